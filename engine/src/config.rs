@@ -1,0 +1,626 @@
+//! `pipeline.yaml`: every LOGO hyper-parameter of the data construction, with the paper's
+//! defaults (section 4.1 and Appendix D).
+//!
+//! The file mirrors [`PipelineConfig`]; unknown keys, wrong types and out-of-range values stop
+//! the run before any work with an error naming the key ([`EngineError::Config`]). Relative paths
+//! are resolved against the folder of the YAML file.
+//!
+//! ```
+//! let cfg = logo_engine::config::PipelineConfig::from_yaml_str(
+//!     "source: {paths: [docs.jsonl]}\nmodel: {path: model.gguf}\n",
+//!     std::path::Path::new("."),
+//! ).unwrap();
+//! assert_eq!(cfg.chunker.chunk_size, 512);
+//! assert_eq!(cfg.sampler.num_chunks, 16);
+//! assert_eq!(cfg.sampler.threshold, 6);
+//! assert_eq!(cfg.sampler.num_negatives, 2);
+//! ```
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::{EngineError, Result};
+
+/// The whole pipeline. Sections follow the stages in order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// Seed of every random choice (chunk fill, position biases, sampling); default 42.
+    #[serde(default = "default_seed")]
+    pub seed: u64,
+    /// Input documents.
+    pub source: SourceConfig,
+    /// The policy model (generator) and its tokenizer.
+    pub model: ModelConfig,
+    /// Question generation for raw documents (paper 4.1, second corpus).
+    #[serde(default)]
+    pub questions: QuestionsConfig,
+    /// Chunking.
+    #[serde(default)]
+    pub chunker: ChunkerConfig,
+    /// Importance scoring.
+    #[serde(default)]
+    pub scorer: ScorerConfig,
+    /// Preference / dis-preference context selection.
+    #[serde(default)]
+    pub sampler: SamplerConfig,
+    /// Response generation.
+    #[serde(default)]
+    pub generator: GeneratorConfig,
+    /// Positional indices synthesis.
+    #[serde(default)]
+    pub positions: PositionsConfig,
+    /// Output.
+    #[serde(default)]
+    pub sink: SinkConfig,
+    /// Streaming: batch sizes and channel bounds.
+    #[serde(default)]
+    pub runtime: RuntimeConfig,
+}
+
+fn default_seed() -> u64 {
+    42
+}
+
+/// Input documents: JSON Lines or Parquet.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// Files or glob patterns (`data/*.jsonl`); `.jsonl`/`.json` are JSON Lines, `.parquet`
+    /// Parquet. Each record holds `context` or `input` (the document), optionally `question` or
+    /// `instructions` (string or list) and `answer`, `answers` or `outputs` (string or list, same
+    /// length as the questions).
+    pub paths: Vec<PathBuf>,
+    /// Documents per record batch; default 8.
+    #[serde(default = "default_source_batch")]
+    pub batch_size: usize,
+}
+
+fn default_source_batch() -> usize {
+    8
+}
+
+/// The policy model π_θ used by question generation and the generator.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    /// A GGUF file of a Llama-family model (the embedded default is SmolLM2-135M-Instruct).
+    pub path: PathBuf,
+    /// `tokenizer.json` to use instead of the tokenizer rebuilt from the GGUF metadata.
+    #[serde(default)]
+    pub tokenizer: Option<PathBuf>,
+    /// Name written to the output's `generator` column; default: the GGUF's `general.name`.
+    #[serde(default)]
+    pub name: Option<String>,
+    /// Weights in memory: `q8_0` (default, requantised, fastest CPU decode), `f32`
+    /// (dequantised) or `native` (as stored).
+    #[serde(default)]
+    pub weights: WeightFormat,
+    /// CPU threads for the model's matrix products; default 1 (measured faster than 2 on a
+    /// 2-core machine).
+    #[serde(default = "one")]
+    pub threads: usize,
+}
+
+fn one() -> usize {
+    1
+}
+
+/// How the GGUF weights are held in memory.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WeightFormat {
+    /// Requantised to Q8_0.
+    #[default]
+    Q8_0,
+    /// Dequantised to f32.
+    F32,
+    /// As stored in the file.
+    Native,
+}
+
+/// Question generation for documents without questions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuestionsConfig {
+    /// Generate a question and answer for rows without a question; default false (such rows are
+    /// rejected).
+    #[serde(default)]
+    pub enabled: bool,
+    /// Tokens of the passage shown to the model; default 384.
+    #[serde(default = "default_passage_tokens")]
+    pub passage_tokens: usize,
+    /// Generation budget, tokens; default 96.
+    #[serde(default = "default_question_tokens")]
+    pub max_new_tokens: usize,
+}
+
+fn default_passage_tokens() -> usize {
+    384
+}
+fn default_question_tokens() -> usize {
+    96
+}
+
+impl Default for QuestionsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: false,
+            passage_tokens: default_passage_tokens(),
+            max_new_tokens: default_question_tokens(),
+        }
+    }
+}
+
+/// Chunker (paper 3.2.2: equal-length chunks of 512 tokens).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChunkerConfig {
+    /// Tokens per chunk; default 512 (paper 4.1).
+    #[serde(default = "default_chunk_size")]
+    pub chunk_size: usize,
+}
+
+fn default_chunk_size() -> usize {
+    512
+}
+
+impl Default for ChunkerConfig {
+    fn default() -> Self {
+        Self {
+            chunk_size: default_chunk_size(),
+        }
+    }
+}
+
+/// Entity scorer backend.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ScorerBackend {
+    /// Normalised, stemmed content terms with stop words removed (default).
+    #[default]
+    Lexical,
+    /// A named-entity recogniser (closest to the paper's spaCy evaluator).
+    Ner,
+}
+
+/// Importance scoring (paper 3.2.2, "Importance Scoring with Automatic Evaluator").
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ScorerConfig {
+    /// Which entity extractor; default `lexical`.
+    #[serde(default)]
+    pub backend: ScorerBackend,
+    /// Add the reference answer's entities to the question's, as the paper's code does;
+    /// default true.
+    #[serde(default = "yes")]
+    pub use_answer: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+impl Default for ScorerConfig {
+    fn default() -> Self {
+        Self {
+            backend: ScorerBackend::default(),
+            use_answer: true,
+        }
+    }
+}
+
+/// Preference / dis-preference data synthesis (paper 3.2.2).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SamplerConfig {
+    /// N: chunks in the shared training context C'; default 16 (paper 4.1).
+    #[serde(default = "default_num_chunks")]
+    pub num_chunks: usize,
+    /// δ: a chunk is relevant when its score s_i > δ; default 6 (paper 4.1).
+    #[serde(default = "default_threshold")]
+    pub threshold: i32,
+    /// M: dis-preferred responses per sample; default 2 (paper 4.1).
+    #[serde(default = "default_num_negatives")]
+    pub num_negatives: usize,
+}
+
+fn default_num_chunks() -> usize {
+    16
+}
+fn default_threshold() -> i32 {
+    6
+}
+fn default_num_negatives() -> usize {
+    2
+}
+
+impl Default for SamplerConfig {
+    fn default() -> Self {
+        Self {
+            num_chunks: default_num_chunks(),
+            threshold: default_threshold(),
+            num_negatives: default_num_negatives(),
+        }
+    }
+}
+
+/// Where the preferred response comes from.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ChosenSource {
+    /// Generated by the policy from the relevant chunks (paper: P_preference).
+    #[default]
+    Generated,
+    /// The source's reference answer (rows without one are skipped).
+    Reference,
+}
+
+/// Response generation by the policy model.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GeneratorConfig {
+    /// Generation budget per response, tokens; default 128.
+    #[serde(default = "default_max_new_tokens")]
+    pub max_new_tokens: usize,
+    /// Sampling temperature; 0 (default) is greedy.
+    #[serde(default)]
+    pub temperature: f64,
+    /// Nucleus sampling mass when temperature > 0; default 0.9.
+    #[serde(default = "default_top_p")]
+    pub top_p: f64,
+    /// Preferred response: `generated` (default) or `reference`.
+    #[serde(default)]
+    pub chosen: ChosenSource,
+    /// System message of the chat template.
+    #[serde(default = "default_system_prompt")]
+    pub system_prompt: String,
+}
+
+fn default_max_new_tokens() -> usize {
+    128
+}
+fn default_top_p() -> f64 {
+    0.9
+}
+fn default_system_prompt() -> String {
+    "You are a helpful assistant. Answer the question using only the given context.".into()
+}
+
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        Self {
+            max_new_tokens: default_max_new_tokens(),
+            temperature: 0.0,
+            top_p: default_top_p(),
+            chosen: ChosenSource::default(),
+            system_prompt: default_system_prompt(),
+        }
+    }
+}
+
+/// Positional indices synthesis (paper Eq. 4, Appendix D).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PositionsConfig {
+    /// K: the virtual context length, tokens; every position id of prompt and responses is
+    /// below it. Default 65536 (8× Llama-3's 8K, paper 4.1).
+    #[serde(default = "default_target_length")]
+    pub target_length: usize,
+    /// Fraction of samples using continuous-chunk synthesis; the rest use sparse. Default 0.9
+    /// (the paper's 9:1).
+    #[serde(default = "default_continuous_ratio")]
+    pub continuous_ratio: f64,
+}
+
+fn default_target_length() -> usize {
+    65536
+}
+fn default_continuous_ratio() -> f64 {
+    0.9
+}
+
+impl Default for PositionsConfig {
+    fn default() -> Self {
+        Self {
+            target_length: default_target_length(),
+            continuous_ratio: default_continuous_ratio(),
+        }
+    }
+}
+
+/// Parquet output.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SinkConfig {
+    /// Output folder; default `out`.
+    #[serde(default = "default_output")]
+    pub output: PathBuf,
+    /// Rows per Parquet row group; default 128.
+    #[serde(default = "default_row_group_size")]
+    pub row_group_size: usize,
+}
+
+fn default_output() -> PathBuf {
+    PathBuf::from("out")
+}
+fn default_row_group_size() -> usize {
+    128
+}
+
+impl Default for SinkConfig {
+    fn default() -> Self {
+        Self {
+            output: default_output(),
+            row_group_size: default_row_group_size(),
+        }
+    }
+}
+
+/// Streaming limits.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RuntimeConfig {
+    /// Batches in flight between two stages; default 2. Memory is bounded by roughly
+    /// `channel_capacity × stages × batch`.
+    #[serde(default = "default_channel_capacity")]
+    pub channel_capacity: usize,
+}
+
+fn default_channel_capacity() -> usize {
+    2
+}
+
+impl Default for RuntimeConfig {
+    fn default() -> Self {
+        Self {
+            channel_capacity: default_channel_capacity(),
+        }
+    }
+}
+
+impl PipelineConfig {
+    /// Reads and validates a YAML file; relative paths inside are resolved against its folder.
+    /// Errors: [`EngineError::Io`] (unreadable), [`EngineError::Config`] (unknown key, wrong
+    /// type, value out of range).
+    pub fn from_path(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Self::from_yaml_str(&text, base).map_err(|e| match e {
+            EngineError::Config { key, message } => EngineError::Config {
+                key,
+                message: format!("{}: {message}", path.display()),
+            },
+            other => other,
+        })
+    }
+
+    /// Parses and validates YAML text; relative paths are resolved against `base`.
+    /// Errors: [`EngineError::Config`].
+    pub fn from_yaml_str(text: &str, base: &Path) -> Result<Self> {
+        let mut cfg: PipelineConfig = serde_yaml::from_str(text).map_err(|e| {
+            let key = e
+                .location()
+                .map(|l| format!("line {} column {}", l.line(), l.column()))
+                .unwrap_or_else(|| "<file>".into());
+            EngineError::Config {
+                key,
+                message: e.to_string(),
+            }
+        })?;
+        cfg.resolve_paths(base);
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn resolve_paths(&mut self, base: &Path) {
+        let fix = |p: &mut PathBuf| {
+            let expanded = expand_home(p);
+            *p = if expanded.is_relative() {
+                base.join(expanded)
+            } else {
+                expanded
+            };
+        };
+        self.source.paths.iter_mut().for_each(fix);
+        fix(&mut self.model.path);
+        if let Some(t) = self.model.tokenizer.as_mut() {
+            fix(t);
+        }
+    }
+
+    /// Checks every range; the error names the key and the allowed values.
+    /// Errors: [`EngineError::Config`].
+    pub fn validate(&self) -> Result<()> {
+        fn bad(key: &str, message: String) -> Result<()> {
+            Err(EngineError::Config {
+                key: key.into(),
+                message,
+            })
+        }
+        if self.source.paths.is_empty() {
+            return bad("source.paths", "must list at least one file or glob".into());
+        }
+        if self.source.batch_size == 0 {
+            return bad("source.batch_size", "must be >= 1 (got 0)".into());
+        }
+        if !(1..=64).contains(&self.model.threads) {
+            return bad(
+                "model.threads",
+                format!("must be in 1..=64 (got {})", self.model.threads),
+            );
+        }
+        if !(16..=32768).contains(&self.chunker.chunk_size) {
+            return bad(
+                "chunker.chunk_size",
+                format!("must be in 16..=32768 tokens (got {})", self.chunker.chunk_size),
+            );
+        }
+        if !(1..=1024).contains(&self.sampler.num_chunks) {
+            return bad(
+                "sampler.num_chunks",
+                format!("must be in 1..=1024 (got {})", self.sampler.num_chunks),
+            );
+        }
+        if self.sampler.threshold < 0 {
+            return bad(
+                "sampler.threshold",
+                format!("must be >= 0 (got {})", self.sampler.threshold),
+            );
+        }
+        if !(1..=64).contains(&self.sampler.num_negatives) {
+            return bad(
+                "sampler.num_negatives",
+                format!("must be in 1..=64 (got {})", self.sampler.num_negatives),
+            );
+        }
+        if !(1..=8192).contains(&self.generator.max_new_tokens) {
+            return bad(
+                "generator.max_new_tokens",
+                format!("must be in 1..=8192 (got {})", self.generator.max_new_tokens),
+            );
+        }
+        if !(0.0..=5.0).contains(&self.generator.temperature) {
+            return bad(
+                "generator.temperature",
+                format!("must be in 0.0..=5.0 (got {})", self.generator.temperature),
+            );
+        }
+        if !(self.generator.top_p > 0.0 && self.generator.top_p <= 1.0) {
+            return bad(
+                "generator.top_p",
+                format!("must be in (0, 1] (got {})", self.generator.top_p),
+            );
+        }
+        if self.questions.enabled && !(16..=8192).contains(&self.questions.passage_tokens) {
+            return bad(
+                "questions.passage_tokens",
+                format!("must be in 16..=8192 (got {})", self.questions.passage_tokens),
+            );
+        }
+        if !(1..=1024).contains(&self.questions.max_new_tokens) {
+            return bad(
+                "questions.max_new_tokens",
+                format!("must be in 1..=1024 (got {})", self.questions.max_new_tokens),
+            );
+        }
+        if !(0.0..=1.0).contains(&self.positions.continuous_ratio) {
+            return bad(
+                "positions.continuous_ratio",
+                format!("must be in 0.0..=1.0 (got {})", self.positions.continuous_ratio),
+            );
+        }
+        // The real training sequence must fit in K: N chunks, template and question, and a
+        // response of max_new_tokens (+1 for the end-of-turn token).
+        let real = self.sampler.num_chunks * self.chunker.chunk_size
+            + self.generator.max_new_tokens
+            + 1;
+        if self.positions.target_length < real || self.positions.target_length > u32::MAX as usize
+        {
+            return bad(
+                "positions.target_length",
+                format!(
+                    "must be >= num_chunks × chunk_size + max_new_tokens + 1 = {real} and < 2^32 (got {})",
+                    self.positions.target_length
+                ),
+            );
+        }
+        if self.sink.row_group_size == 0 {
+            return bad("sink.row_group_size", "must be >= 1 (got 0)".into());
+        }
+        if !(1..=1024).contains(&self.runtime.channel_capacity) {
+            return bad(
+                "runtime.channel_capacity",
+                format!("must be in 1..=1024 (got {})", self.runtime.channel_capacity),
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The cache folder of models and data fetched by the recipes: `$LOGO_CACHE`, else
+/// `$HOME/.cache/logo`.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("LOGO_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".cache/logo"),
+    }
+}
+
+/// Expands a leading `~` (home) and `${LOGO_CACHE}` ([`cache_dir`]) in a configured path.
+fn expand_home(p: &Path) -> PathBuf {
+    if let Ok(rest) = p.strip_prefix("${LOGO_CACHE}") {
+        return cache_dir().join(rest);
+    }
+    match (p.strip_prefix("~"), std::env::var_os("HOME")) {
+        (Ok(rest), Some(home)) => PathBuf::from(home).join(rest),
+        _ => p.to_path_buf(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIN: &str = "source: {paths: [d.jsonl]}\nmodel: {path: m.gguf}\n";
+
+    fn parse(extra: &str) -> Result<PipelineConfig> {
+        PipelineConfig::from_yaml_str(&format!("{MIN}{extra}"), Path::new("/base"))
+    }
+
+    #[test]
+    fn paper_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.chunker.chunk_size, 512);
+        assert_eq!(c.sampler.num_chunks, 16);
+        assert_eq!(c.sampler.threshold, 6);
+        assert_eq!(c.sampler.num_negatives, 2);
+        assert_eq!(c.positions.target_length, 65536);
+        assert_eq!(c.positions.continuous_ratio, 0.9);
+        assert_eq!(c.seed, 42);
+        assert_eq!(c.source.paths, vec![PathBuf::from("/base/d.jsonl")]);
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_allowed_keys() {
+        let e = parse("chunker: {chunk_sise: 10}\n").unwrap_err().to_string();
+        assert!(e.contains("unknown field `chunk_sise`"), "{e}");
+        assert!(e.contains("expected `chunk_size`"), "{e}");
+        let e = parse("sampler: {delta: 3}\n").unwrap_err().to_string();
+        assert!(e.contains("`delta`") && e.contains("`threshold`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let e = parse("sampler: {num_chunks: many}\n").unwrap_err().to_string();
+        assert!(e.contains("num_chunks") && e.contains("invalid type"), "{e}");
+        let e = parse("scorer: {backend: spacy}\n").unwrap_err().to_string();
+        assert!(e.contains("unknown variant `spacy`") && e.contains("`lexical`"), "{e}");
+    }
+
+    #[test]
+    fn out_of_range_names_key_and_range() {
+        let e = parse("sampler: {num_negatives: 0}\n").unwrap_err().to_string();
+        assert_eq!(
+            e,
+            "config key sampler.num_negatives: must be in 1..=64 (got 0)"
+        );
+        let e = parse("positions: {continuous_ratio: 1.5}\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config key positions.continuous_ratio: must be in 0.0..=1.0 (got 1.5)"
+        );
+        let e = parse("positions: {target_length: 1000}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("positions.target_length") && e.contains("8321"), "{e}");
+        let e = parse("sampler: {threshold: -1}\n").unwrap_err().to_string();
+        assert_eq!(e, "config key sampler.threshold: must be >= 0 (got -1)");
+    }
+}

@@ -1,0 +1,73 @@
+//! The engine's error type. Bad input is not a bug: only [`EngineError::Internal`] says
+//! "bug in logo". Row-level problems never surface here; they go to `rejects.jsonl`
+//! (see [`crate::stage::Rejects`]).
+
+use std::path::{Path, PathBuf};
+
+/// Result alias of this crate.
+pub type Result<T, E = EngineError> = std::result::Result<T, E>;
+
+/// Errors that stop a run.
+#[derive(Debug, thiserror::Error)]
+pub enum EngineError {
+    /// A configuration key is unknown, mistyped or out of range; raised before any work.
+    #[error("config key {key}: {message}")]
+    Config {
+        /// Dotted key (`sampler.threshold`) or location in the file.
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// A whole input file is unusable (not Parquet, unreadable schema); rows of other files
+    /// go on.
+    #[error("{}: {message}", path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// Arrow error.
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
+    /// Parquet error.
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// A batch did not match its table.
+    #[error(transparent)]
+    Schema(#[from] logo_schemas::SchemaError),
+    /// The model could not be loaded or run.
+    #[error("model: {0}")]
+    Model(String),
+    /// The tokenizer could not be loaded or run.
+    #[error("tokenizer: {0}")]
+    Tokenizer(String),
+    /// An invariant of logo itself was broken.
+    #[error("bug in logo: {0}")]
+    Internal(String),
+}
+
+impl EngineError {
+    /// Wraps an I/O error with the file it concerns.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        EngineError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+}
+
+impl From<candle_core::Error> for EngineError {
+    fn from(e: candle_core::Error) -> Self {
+        EngineError::Model(e.to_string())
+    }
+}

@@ -1,0 +1,116 @@
+//! `logo-engine`: build LOGO preference data from long documents, inspect it with SQL.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use logo_engine::config::PipelineConfig;
+use logo_engine::pipeline::{self, RunOptions};
+
+/// Turns long documents with questions into LOGO preference data (Tang et al., section 3.2.2).
+#[derive(Parser)]
+#[command(name = "logo-engine", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a pipeline file: documents → chunks → scores → contexts → responses → positions → Parquet.
+    Run {
+        /// The pipeline file (YAML).
+        pipeline: PathBuf,
+        /// Read at most N documents.
+        #[arg(long, value_name = "N")]
+        limit: Option<usize>,
+        /// Output folder (default: sink.output of the pipeline file).
+        #[arg(long, value_name = "DIR")]
+        output: Option<PathBuf>,
+        /// No progress bars.
+        #[arg(long)]
+        quiet: bool,
+    },
+    /// Run a SQL query over an output folder (table `samples`) and print the result.
+    Sql {
+        /// The query, e.g. "SELECT position_strategy, count(*) FROM samples GROUP BY 1".
+        query: String,
+        /// Output folder of a run.
+        #[arg(long, value_name = "DIR", default_value = "out")]
+        data: PathBuf,
+    },
+    /// Print the Arrow schema of every table that crosses a stage or program boundary.
+    Schema,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
+    match run(Cli::parse()) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("logo-engine: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Run {
+            pipeline: path,
+            limit,
+            output,
+            quiet,
+        } => {
+            let cfg = PipelineConfig::from_path(&path)
+                .with_context(|| format!("reading pipeline {}", path.display()))?;
+            let opts = RunOptions {
+                limit,
+                output,
+                progress: !quiet,
+            };
+            let summary = pipeline::run(&cfg, &opts).context("running the pipeline")?;
+            print!("{}", pipeline::format_summary(&summary));
+            // Rejected rows are not fatal, but the exit code says some input was bad.
+            let rejected: u64 = summary.manifest.rejects.values().sum();
+            Ok(if rejected > 0 {
+                eprintln!(
+                    "logo-engine: {rejected} rows rejected, see {}",
+                    summary.output.join("rejects.jsonl").display()
+                );
+                ExitCode::from(1)
+            } else {
+                ExitCode::SUCCESS
+            })
+        }
+        Command::Sql { query, data } => {
+            let batches = logo_engine::sql::query(&data, &query)?;
+            println!("{}", logo_engine::sql::pretty(&batches)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Schema => {
+            for (name, schema) in logo_schemas::all_schemas() {
+                println!("# {name}");
+                for f in schema.fields() {
+                    println!(
+                        "  {:<22} {}{}",
+                        f.name(),
+                        f.data_type(),
+                        if f.is_nullable() { " (nullable)" } else { "" }
+                    );
+                }
+                println!();
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}

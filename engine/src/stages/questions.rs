@@ -1,0 +1,426 @@
+//! Question generation for raw documents (LOGO section 4.1, second corpus: for RedPajama
+//! instances "we prompt the open-source LCM Qwen2-70B-Instruct to generate questions for each
+//! instance"). Here the policy model itself writes one question and its short answer from a
+//! passage of the document.
+//!
+//! Input and output: [`logo_schemas::documents_schema`] batches ([`DocumentRecord`]). Rows
+//! that already have a question pass through untouched, and so do all rows when
+//! `questions.enabled` is false (the source rejected question-less rows then). For a row with
+//! `question == None`:
+//!
+//! 1. a passage of `questions.passage_tokens` tokens starts at a position drawn from
+//!    `rng_for(cfg.seed, ["questions", sample_id])` (the whole document when shorter);
+//! 2. the model is asked, greedily, for `Question: …\nAnswer: …` (the reply is started with
+//!    `Question:` so that it follows the format);
+//! 3. the reply is parsed ([`parse_question_answer`]). When it holds a question line but no
+//!    `Answer:` (small models often write "The answer is …"), the model is asked again with
+//!    its reply restarted as `Question: {question}\nAnswer:` ([`parse_answer`]);
+//! 4. `question`, `answer` and `question_origin = "generated"` are set. An unparseable reply
+//!    drops the row, counted as `questions: unparseable question`.
+
+use std::sync::{Arc, Mutex, PoisonError};
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::SchemaRef;
+use logo_schemas::{DocumentRecord, Record};
+use rand::Rng;
+use tokenizers::Tokenizer;
+
+use crate::config::PipelineConfig;
+use crate::error::{EngineError, Result};
+use crate::model::{encode_text, ChatTemplate, GenerateOptions, Policy, UserPart};
+use crate::seed::{derive_seed, rng_for};
+use crate::stage::{Reject, Stage, StageContext};
+
+const STAGE: &str = "questions";
+
+/// System message of the question-writing prompt.
+const SYSTEM: &str = "You are a helpful assistant that writes reading-comprehension questions.";
+
+/// User message before the passage.
+const BEFORE_PASSAGE: &str = "Passage:\n";
+
+/// User message after the passage.
+const AFTER_PASSAGE: &str = "\n\nWrite one question that can be answered from the passage above, \
+and its short answer. Use exactly this format:\nQuestion: <the question>\nAnswer: <the short answer>";
+
+/// What the assistant's reply is started with; the model continues it.
+const REPLY_PREFIX: &str = "Question:";
+
+/// Tokens of the prompt besides the passage (template, instructions), rounded up; used to
+/// check `passage_tokens + max_new_tokens` against the model's positions.
+const PROMPT_ALLOWANCE: usize = 128;
+
+/// The question-generation stage (see the module doc).
+pub struct QuestionsStage {
+    policy: Arc<Mutex<Policy>>,
+    tokenizer: Arc<Tokenizer>,
+    template: ChatTemplate,
+    enabled: bool,
+    passage_tokens: usize,
+    max_new_tokens: usize,
+    seed: u64,
+    schema: SchemaRef,
+}
+
+impl std::fmt::Debug for QuestionsStage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("QuestionsStage")
+            .field("enabled", &self.enabled)
+            .field("passage_tokens", &self.passage_tokens)
+            .field("max_new_tokens", &self.max_new_tokens)
+            .finish_non_exhaustive()
+    }
+}
+
+impl QuestionsStage {
+    /// Builds the stage from `cfg.questions` (`enabled`, `passage_tokens`, `max_new_tokens`)
+    /// and `cfg.seed`; `tokenizer` is the model's (from [`crate::model::load_tokenizer`], an
+    /// owned `Tokenizer` or an `Arc`), used to cut passages.
+    ///
+    /// Errors: [`EngineError::Config`] (`questions.passage_tokens`) when enabled and
+    /// `passage_tokens + max_new_tokens + 128` exceeds the model's positions (4096);
+    /// [`EngineError::Tokenizer`] when the tokenizer lacks the ChatML control tokens.
+    pub fn try_new(
+        cfg: &PipelineConfig,
+        policy: Arc<Mutex<Policy>>,
+        tokenizer: impl Into<Arc<Tokenizer>>,
+    ) -> Result<Self> {
+        let tokenizer = tokenizer.into();
+        let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+        let max_positions = policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .max_positions();
+        let q = &cfg.questions;
+        let needed = q.passage_tokens + q.max_new_tokens + PROMPT_ALLOWANCE;
+        if q.enabled && needed > max_positions {
+            return Err(EngineError::Config {
+                key: "questions.passage_tokens".into(),
+                message: format!(
+                    "passage_tokens + max_new_tokens + {PROMPT_ALLOWANCE} (prompt) = {needed} \
+                     exceeds the model's {max_positions} positions"
+                ),
+            });
+        }
+        Ok(Self {
+            policy,
+            tokenizer,
+            template,
+            enabled: q.enabled,
+            passage_tokens: q.passage_tokens,
+            max_new_tokens: q.max_new_tokens,
+            seed: cfg.seed,
+            schema: logo_schemas::documents_schema(),
+        })
+    }
+
+    /// The passage `[<= passage_tokens]` of `doc` shown to the model for `sample_id`.
+    /// Errors: [`EngineError::Tokenizer`].
+    fn passage(&self, sample_id: &str, doc: &str) -> Result<Vec<u32>> {
+        let ids = encode_text(&self.tokenizer, doc)?;
+        if ids.len() <= self.passage_tokens {
+            return Ok(ids);
+        }
+        let mut rng = rng_for(self.seed, &[STAGE, sample_id]);
+        let start = rng.random_range(0..=ids.len() - self.passage_tokens);
+        Ok(ids[start..start + self.passage_tokens].to_vec())
+    }
+
+    /// Fills the question of one raw row; `Ok(Ok(None))` when unparseable (counted),
+    /// `Ok(Err)` for a bad row.
+    fn ask(
+        &self,
+        mut row: DocumentRecord,
+        ctx: &StageContext,
+    ) -> Result<std::result::Result<Option<DocumentRecord>, Reject>> {
+        let passage = self.passage(&row.sample_id, &row.context)?;
+        if passage.is_empty() {
+            return Ok(Err(Reject {
+                stage: STAGE.into(),
+                file: row.source_file.clone(),
+                row: row.source_row,
+                field: Some("context".into()),
+                reason: format!("sample {}: empty document", row.sample_id),
+            }));
+        }
+        let opts = GenerateOptions {
+            seed: derive_seed(self.seed, &[STAGE, &row.sample_id]),
+            ..GenerateOptions::greedy(self.max_new_tokens)
+        };
+        // First ask: the reply starts with "Question:" and should hold "Answer:" too.
+        let reply = self.continue_reply(&passage, REPLY_PREFIX, &opts, ctx)?;
+        let parsed = match parse_question_answer(&reply) {
+            Some(qa) => Some(qa),
+            // Second ask, when the model wrote a question but no "Answer:" line: the reply is
+            // restarted with its question and "Answer:".
+            None => match first_line_question(&reply) {
+                Some(question) => {
+                    let prefix = format!("{REPLY_PREFIX} {question}\nAnswer:");
+                    let reply = self.continue_reply(&passage, &prefix, &opts, ctx)?;
+                    parse_answer(&reply).map(|answer| (question, answer))
+                }
+                None => None,
+            },
+        };
+        match parsed {
+            Some((question, answer)) => {
+                row.question = Some(question);
+                row.answer = Some(answer);
+                row.question_origin = "generated".into();
+                Ok(Ok(Some(row)))
+            }
+            None => {
+                tracing::debug!(
+                    "questions: sample {}: unparseable reply {:?}",
+                    row.sample_id,
+                    reply
+                );
+                ctx.stats.skip(STAGE, "unparseable question");
+                Ok(Ok(None))
+            }
+        }
+    }
+
+    /// The model's continuation of the question prompt over `passage` whose assistant reply
+    /// starts with `reply_prefix`. Counts the generated tokens.
+    fn continue_reply(
+        &self,
+        passage: &[u32],
+        reply_prefix: &str,
+        opts: &GenerateOptions,
+        ctx: &StageContext,
+    ) -> Result<String> {
+        let prompt = self.template.chat(
+            &self.tokenizer,
+            SYSTEM,
+            &[
+                UserPart::Text(BEFORE_PASSAGE),
+                UserPart::Ids(passage),
+                UserPart::Text(AFTER_PASSAGE),
+            ],
+            reply_prefix,
+        )?;
+        let g = self
+            .policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .generate(&prompt, opts)?;
+        ctx.stats.add_tokens(STAGE, g.token_ids.len() as u64);
+        Ok(g.text)
+    }
+}
+
+/// Parses the model's continuation of `"Question:"`: `" {question}\nAnswer: {answer}"`.
+/// The question is the text before the first `Answer:` (case-insensitive), whitespace
+/// collapsed; the answer is [`parse_answer`] of the text after it. Returns `None` unless both
+/// are non-empty and the question holds a letter.
+pub fn parse_question_answer(reply: &str) -> Option<(String, String)> {
+    let at = reply.to_ascii_lowercase().find("answer:")?;
+    let question = collapse(reply[..at].trim().trim_start_matches(':'));
+    let answer = parse_answer(&reply[at + "answer:".len()..])?;
+    question
+        .chars()
+        .any(char::is_alphabetic)
+        .then_some((question, answer))
+}
+
+/// The answer in the model's continuation of `"Answer:"`: the text up to a blank line or a
+/// further `Question:` (case-insensitive), whitespace collapsed; `None` when empty.
+pub fn parse_answer(reply: &str) -> Option<String> {
+    let lower = reply.to_ascii_lowercase();
+    let end = [lower.find("\n\n"), lower.find("question:")]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap_or(reply.len());
+    let answer = collapse(&reply[..end]);
+    (!answer.is_empty()).then_some(answer)
+}
+
+/// The question of a reply that has no `Answer:`: its first non-blank line, whitespace
+/// collapsed, when it holds a letter and ends with `?`.
+fn first_line_question(reply: &str) -> Option<String> {
+    let line = collapse(reply.lines().find(|l| !l.trim().is_empty())?);
+    (line.ends_with('?') && line.chars().any(char::is_alphabetic)).then_some(line)
+}
+
+/// Trims and collapses runs of whitespace to one space.
+fn collapse(s: &str) -> String {
+    s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+impl Stage for QuestionsStage {
+    fn name(&self) -> &'static str {
+        STAGE
+    }
+
+    fn output_schema(&self) -> SchemaRef {
+        self.schema.clone()
+    }
+
+    /// Passes rows with a question (or all rows when disabled) through untouched; asks the
+    /// model for the others, in order. Errors: schema mismatch, model failures, rejects I/O.
+    fn process(&mut self, batch: RecordBatch, ctx: &StageContext) -> Result<Vec<RecordBatch>> {
+        if !self.enabled {
+            return Ok(vec![batch]);
+        }
+        let rows = DocumentRecord::from_batch(&batch)?;
+        if rows.iter().all(|r| r.question.is_some()) {
+            return Ok(vec![batch]);
+        }
+        let mut out = Vec::with_capacity(rows.len());
+        for row in rows {
+            if row.question.is_some() {
+                out.push(row);
+                continue;
+            }
+            match self.ask(row, ctx)? {
+                Ok(Some(r)) => out.push(r),
+                Ok(None) => {}
+                Err(reject) => ctx.rejects.push(reject)?,
+            }
+        }
+        if out.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![DocumentRecord::to_batch(&out)?])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::tests::shared_policy;
+    use crate::stage::{Rejects, RunStats};
+
+    fn config(enabled: bool) -> PipelineConfig {
+        PipelineConfig::from_yaml_str(
+            &format!(
+                "source: {{paths: [d.jsonl]}}\nmodel: {{path: m.gguf}}\n\
+                 questions: {{enabled: {enabled}, passage_tokens: 48, max_new_tokens: 40}}\n"
+            ),
+            std::path::Path::new("/"),
+        )
+        .unwrap()
+    }
+
+    fn doc(id: &str, question: Option<&str>) -> DocumentRecord {
+        DocumentRecord {
+            sample_id: format!("{id}#q0"),
+            document_id: id.into(),
+            question_index: 0,
+            source_file: "docs.jsonl".into(),
+            source_row: 1,
+            context: "The Great Wall of China is a series of fortifications built across the \
+                      historical northern borders of ancient Chinese states. Its best-known \
+                      parts were built by the Ming dynasty between 1368 and 1644. The wall is \
+                      more than 21,000 kilometres long."
+                .into(),
+            question: question.map(Into::into),
+            answer: None,
+            question_origin: "source".into(),
+        }
+    }
+
+    #[test]
+    fn parses_the_fixed_format() {
+        assert_eq!(
+            parse_question_answer(" Who built it?\nAnswer: The Ming dynasty.\n\nMore text"),
+            Some(("Who built it?".into(), "The Ming dynasty.".into()))
+        );
+        assert_eq!(
+            parse_question_answer(" How long\n is it? ANSWER: 21,000 km Question: again?"),
+            Some(("How long is it?".into(), "21,000 km".into()))
+        );
+        assert_eq!(parse_question_answer(" Who built it?"), None);
+        assert_eq!(parse_question_answer(" Who built it?\nAnswer:   \n"), None);
+        assert_eq!(parse_question_answer(" ??\nAnswer: yes"), None);
+        assert_eq!(parse_answer(" 1368.\nMore.\n\nQuestion: x"), Some("1368. More.".into()));
+        assert_eq!(parse_answer("\n\n"), None);
+        // A reply without "Answer:" (seen from SmolLM2-135M): its first line is the question.
+        let reply = " What is the Great Wall?\n\nThe answer is: a wall.";
+        assert_eq!(parse_question_answer(reply), None);
+        assert_eq!(
+            first_line_question(reply),
+            Some("What is the Great Wall?".into())
+        );
+        assert_eq!(first_line_question(" The wall is long."), None);
+    }
+
+    #[test]
+    fn passes_questions_through_and_asks_for_raw_documents() {
+        let Some(policy) = shared_policy("passes_questions_through_and_asks_for_raw_documents")
+        else {
+            return;
+        };
+        let tok = policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tokenizer()
+            .clone();
+        let mut stage = QuestionsStage::try_new(&config(true), policy.clone(), tok).unwrap();
+        let given = doc("a:1", Some("Given?"));
+        let input = DocumentRecord::to_batch(&[given.clone(), doc("a:2", None)]).unwrap();
+        let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
+        let ctx = StageContext {
+            rejects: &rejects,
+            stats: &stats,
+        };
+        let out = stage.process(input.clone(), &ctx).unwrap();
+        let rows = DocumentRecord::from_batch(&out[0]).unwrap();
+        assert_eq!(rows[0], given);
+        let skipped = stats.snapshot().skipped;
+        if rows.len() == 1 {
+            assert_eq!(skipped.get("questions: unparseable question"), Some(&1));
+        } else {
+            let r = &rows[1];
+            assert_eq!(r.question_origin, "generated");
+            assert!(!r.question.as_deref().unwrap().is_empty());
+            assert!(!r.answer.as_deref().unwrap().is_empty());
+            assert!(skipped.is_empty());
+            // Greedy and seeded: the same question again.
+            let again = stage.process(input, &ctx).unwrap();
+            assert_eq!(DocumentRecord::from_batch(&again[0]).unwrap(), rows);
+        }
+    }
+
+    #[test]
+    fn disabled_passes_everything_and_passage_is_seeded() {
+        let Some(policy) = shared_policy("disabled_passes_everything_and_passage_is_seeded") else {
+            return;
+        };
+        let tok = policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tokenizer()
+            .clone();
+        let mut stage =
+            QuestionsStage::try_new(&config(false), policy.clone(), tok.clone()).unwrap();
+        let input = DocumentRecord::to_batch(&[doc("a:2", None)]).unwrap();
+        let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
+        let ctx = StageContext {
+            rejects: &rejects,
+            stats: &stats,
+        };
+        let out = stage.process(input.clone(), &ctx).unwrap();
+        assert_eq!(out, vec![input]);
+        // A 48-token window of the document, the same for the same sample id.
+        let text = doc("a:2", None).context;
+        let all = encode_text(&tok, &text).unwrap();
+        assert!(all.len() > 48);
+        let p = stage.passage("a:2#q0", &text).unwrap();
+        assert_eq!(p.len(), 48);
+        assert_eq!(p, stage.passage("a:2#q0", &text).unwrap());
+        assert!(all.windows(48).any(|w| w == p.as_slice()));
+        // Too long a passage for the model's window is a config error.
+        let mut cfg = config(true);
+        cfg.questions.passage_tokens = 4000;
+        let e = QuestionsStage::try_new(&cfg, policy, tok).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("config key questions.passage_tokens"),
+            "{e}"
+        );
+    }
+}

@@ -1,0 +1,782 @@
+//! Arrow schemas of every table that crosses a logo stage or program boundary.
+//!
+//! The LOGO data construction (Tang et al., "LOGO — Long cOntext aliGnment via efficient
+//! preference Optimization", section 3.2.2, Fig. 2, Appendix D) is a chain of tables:
+//!
+//! | table | produced by | one row per |
+//! |---|---|---|
+//! | [`documents_schema`] ([`DocumentRecord`]) | source, question generation | (document, question) |
+//! | [`chunks_schema`] ([`ChunkedRecord`]) | chunker | (document, question) |
+//! | [`scored_schema`] ([`ScoredRecord`]) | entity scorer | (document, question) |
+//! | [`sampled_schema`] ([`SampledRecord`]) | sampler | kept sample |
+//! | [`generations_schema`] ([`GeneratedRecord`]) | generator | kept sample |
+//! | [`training_schema`] ([`TrainingSample`]) | index synthesizer → Parquet sink → trainer | training sample |
+//!
+//! Every column name is a `pub const` in [`col`]; no other crate spells one. Each table has a
+//! typed record with conversion to and from [`RecordBatch`] ([`Record::to_batch`],
+//! [`Record::from_batch`]). Parquet files carry [`SCHEMA_VERSION`] under the key-value metadata
+//! key [`SCHEMA_VERSION_KEY`]; readers call [`check_schema_version`].
+//!
+//! ```
+//! use logo_schemas::{DocumentRecord, Record};
+//! let doc = DocumentRecord {
+//!     sample_id: "essay:1#q0".into(),
+//!     document_id: "essay:1".into(),
+//!     question_index: 0,
+//!     source_file: "essay.jsonl".into(),
+//!     source_row: 1,
+//!     context: "A long document.".into(),
+//!     question: Some("What is it?".into()),
+//!     answer: None,
+//!     question_origin: "source".into(),
+//! };
+//! let batch = DocumentRecord::to_batch(&[doc.clone()]).unwrap();
+//! assert_eq!(batch.num_rows(), 1);
+//! assert_eq!(DocumentRecord::from_batch(&batch).unwrap(), vec![doc]);
+//! ```
+#![deny(missing_docs)]
+
+use std::collections::HashMap;
+use std::sync::Arc;
+
+use arrow::array::RecordBatch;
+use arrow::datatypes::{DataType, Field, FieldRef, Schema, SchemaRef};
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+
+/// Version of the tables below, written into Arrow schema metadata and Parquet key-value
+/// metadata under [`SCHEMA_VERSION_KEY`]. Bump it whenever a column changes meaning or type.
+pub const SCHEMA_VERSION: &str = "1";
+
+/// Metadata key holding [`SCHEMA_VERSION`].
+pub const SCHEMA_VERSION_KEY: &str = "logo.schema_version";
+
+/// Errors of this crate.
+#[derive(Debug, thiserror::Error)]
+pub enum SchemaError {
+    /// A batch could not be converted to or from typed records (wrong column type, missing
+    /// column, null in a non-nullable column).
+    #[error("converting {table} records: {source}")]
+    Convert {
+        /// Table name, e.g. `training`.
+        table: &'static str,
+        /// The conversion error.
+        #[source]
+        source: serde_arrow::Error,
+    },
+    /// Arrow refused a batch (schema and columns disagree).
+    #[error("{table} batch: {source}")]
+    Arrow {
+        /// Table name.
+        table: &'static str,
+        /// The Arrow error.
+        #[source]
+        source: arrow::error::ArrowError,
+    },
+    /// The metadata has no schema version, or a different one.
+    #[error("schema version: expected {expected}, got {got}")]
+    Version {
+        /// [`SCHEMA_VERSION`].
+        expected: &'static str,
+        /// What the file says, or `none`.
+        got: String,
+    },
+    /// A required column is absent.
+    #[error("missing column {column} (table {table})")]
+    MissingColumn {
+        /// Table name.
+        table: &'static str,
+        /// Column name.
+        column: String,
+    },
+    /// A column has another type than the schema requires.
+    #[error("column {column}: expected {expected}, got {got}")]
+    ColumnType {
+        /// Column name.
+        column: String,
+        /// Required type.
+        expected: DataType,
+        /// Type found.
+        got: DataType,
+    },
+}
+
+/// Column names. One constant per column; the doc gives type and meaning.
+pub mod col {
+    /// Utf8: `"{document_id}#q{question_index}"`, unique per run.
+    pub const SAMPLE_ID: &str = "sample_id";
+    /// Utf8: `"{file stem}:{row}"` of the source document.
+    pub const DOCUMENT_ID: &str = "document_id";
+    /// UInt32: index of the question in the document's question list (0 for a generated one).
+    pub const QUESTION_INDEX: &str = "question_index";
+    /// Utf8: path of the input file.
+    pub const SOURCE_FILE: &str = "source_file";
+    /// UInt64: 1-based line (JSON Lines) or row (Parquet) number in `source_file`.
+    pub const SOURCE_ROW: &str = "source_row";
+    /// Utf8: the long document (reference context 𝒞).
+    pub const CONTEXT: &str = "context";
+    /// Utf8, nullable: the question Q (null for a raw document before question generation).
+    pub const QUESTION: &str = "question";
+    /// Utf8, nullable: reference answer.
+    pub const ANSWER: &str = "answer";
+    /// Utf8: `source` or `generated` (paper 4.1, second corpus).
+    pub const QUESTION_ORIGIN: &str = "question_origin";
+    /// List<List<UInt32>>: token ids of each chunk C_i, in document order.
+    pub const CHUNK_INPUT_IDS: &str = "chunk_input_ids";
+    /// List<Utf8>: text of each chunk (the slice of the document its tokens cover).
+    pub const CHUNK_TEXT: &str = "chunk_text";
+    /// List<Int32>: importance score s_i of each chunk (shared entities, paper 3.2.2).
+    pub const CHUNK_SCORES: &str = "chunk_scores";
+    /// List<UInt32>: chunk indices of the shared training context C', ascending.
+    pub const CONTEXT_CHUNK_IDS: &str = "context_chunk_ids";
+    /// List<Int32>: s_i of each chunk of C', same order.
+    pub const CONTEXT_CHUNK_SCORES: &str = "context_chunk_scores";
+    /// List<UInt32>: chunk indices the preferred response is generated from (C_>δ), ascending.
+    pub const CHOSEN_CHUNK_IDS: &str = "chosen_chunk_ids";
+    /// List<List<UInt32>>: per dis-preferred response, the chunk indices it is generated from.
+    pub const REJECTED_CHUNK_IDS: &str = "rejected_chunk_ids";
+    /// List<Utf8>: per dis-preferred response, `irrelevant` (P') or `partial` (P'').
+    pub const REJECTED_STRATEGY: &str = "rejected_strategy";
+    /// List<UInt32>: the chat-templated training prompt (system, C', question, assistant header).
+    pub const PROMPT_INPUT_IDS: &str = "prompt_input_ids";
+    /// List<UInt32>: lengths of the prompt's segments: template prefix, each chunk of C', then
+    /// question and assistant header. Sums to the prompt length.
+    pub const PROMPT_SEGMENTS: &str = "prompt_segments";
+    /// List<UInt32>: synthetic position ids of the prompt, same length as `prompt_input_ids`.
+    pub const PROMPT_POSITION_IDS: &str = "prompt_position_ids";
+    /// Utf8: the preferred response y_w.
+    pub const CHOSEN: &str = "chosen";
+    /// List<UInt32>: token ids of y_w, ending with the end-of-turn token.
+    pub const CHOSEN_INPUT_IDS: &str = "chosen_input_ids";
+    /// Utf8: `generated` or `reference`.
+    pub const CHOSEN_ORIGIN: &str = "chosen_origin";
+    /// List<Utf8>: the M dis-preferred responses y_l^(1..M).
+    pub const REJECTED: &str = "rejected";
+    /// List<List<UInt32>>: token ids of each y_l, each ending with the end-of-turn token.
+    pub const REJECTED_INPUT_IDS: &str = "rejected_input_ids";
+    /// Utf8: `continuous` or `sparse` (Appendix D).
+    pub const POSITION_STRATEGY: &str = "position_strategy";
+    /// UInt32: the virtual context length K (Eq. 4); every position id is below it.
+    pub const TARGET_LENGTH: &str = "target_length";
+    /// Utf8: name of the generator model.
+    pub const GENERATOR: &str = "generator";
+    /// Utf8: the generator's settings as JSON (temperature, seed, max_new_tokens, ...).
+    pub const GENERATOR_SETTINGS: &str = "generator_settings";
+}
+
+fn utf8(name: &str, nullable: bool) -> Field {
+    Field::new(name, DataType::Utf8, nullable)
+}
+
+fn list_of(item: DataType) -> DataType {
+    DataType::List(Arc::new(Field::new("item", item, false)))
+}
+
+fn list(name: &str, item: DataType) -> Field {
+    Field::new(name, list_of(item), false)
+}
+
+fn list_list(name: &str, item: DataType) -> Field {
+    Field::new(name, list_of(list_of(item)), false)
+}
+
+fn id_fields() -> Vec<Field> {
+    vec![
+        utf8(col::SAMPLE_ID, false),
+        utf8(col::DOCUMENT_ID, false),
+        Field::new(col::QUESTION_INDEX, DataType::UInt32, false),
+        utf8(col::SOURCE_FILE, false),
+        Field::new(col::SOURCE_ROW, DataType::UInt64, false),
+    ]
+}
+
+fn qa_fields() -> Vec<Field> {
+    vec![
+        utf8(col::QUESTION, true),
+        utf8(col::ANSWER, true),
+        utf8(col::QUESTION_ORIGIN, false),
+    ]
+}
+
+fn schema(fields: Vec<Field>) -> SchemaRef {
+    let metadata = HashMap::from([(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())]);
+    Arc::new(Schema::new_with_metadata(fields, metadata))
+}
+
+/// Documents: one row per (document, question). Produced by the source stage; question
+/// generation fills `question`/`answer` of raw documents.
+pub fn documents_schema() -> SchemaRef {
+    let mut f = id_fields();
+    f.push(utf8(col::CONTEXT, false));
+    f.extend(qa_fields());
+    schema(f)
+}
+
+fn chunk_fields() -> Vec<Field> {
+    let mut f = id_fields();
+    f.extend(qa_fields());
+    f.push(list_list(col::CHUNK_INPUT_IDS, DataType::UInt32));
+    f.push(list(col::CHUNK_TEXT, DataType::Utf8));
+    f
+}
+
+/// Chunks: the document cut into equal token chunks (paper 3.2.2); the context text is
+/// dropped, its chunks carry it.
+pub fn chunks_schema() -> SchemaRef {
+    schema(chunk_fields())
+}
+
+/// Scored chunks: [`chunks_schema`] plus `chunk_scores`.
+pub fn scored_schema() -> SchemaRef {
+    let mut f = chunk_fields();
+    f.push(list(col::CHUNK_SCORES, DataType::Int32));
+    schema(f)
+}
+
+fn sampled_fields() -> Vec<Field> {
+    let mut f = chunk_fields();
+    f.push(list(col::CHUNK_SCORES, DataType::Int32));
+    f.push(list(col::CONTEXT_CHUNK_IDS, DataType::UInt32));
+    f.push(list(col::CHOSEN_CHUNK_IDS, DataType::UInt32));
+    f.push(list_list(col::REJECTED_CHUNK_IDS, DataType::UInt32));
+    f.push(list(col::REJECTED_STRATEGY, DataType::Utf8));
+    f
+}
+
+/// Sampled: [`scored_schema`] plus the chunk selections of the preference context, the M
+/// dis-preference contexts and the shared training context C'.
+pub fn sampled_schema() -> SchemaRef {
+    schema(sampled_fields())
+}
+
+fn response_fields() -> Vec<Field> {
+    vec![
+        list(col::PROMPT_INPUT_IDS, DataType::UInt32),
+        list(col::PROMPT_SEGMENTS, DataType::UInt32),
+        utf8(col::CHOSEN, false),
+        list(col::CHOSEN_INPUT_IDS, DataType::UInt32),
+        utf8(col::CHOSEN_ORIGIN, false),
+        list(col::REJECTED, DataType::Utf8),
+        list_list(col::REJECTED_INPUT_IDS, DataType::UInt32),
+        list(col::REJECTED_STRATEGY, DataType::Utf8),
+        utf8(col::GENERATOR, false),
+        utf8(col::GENERATOR_SETTINGS, false),
+    ]
+}
+
+/// Generations: ids, question, the training prompt with its segment lengths, the chosen
+/// response and the M rejected ones, and lineage of C'.
+pub fn generations_schema() -> SchemaRef {
+    let mut f = id_fields();
+    f.extend(qa_fields());
+    f.push(list(col::CONTEXT_CHUNK_IDS, DataType::UInt32));
+    f.push(list(col::CONTEXT_CHUNK_SCORES, DataType::Int32));
+    f.extend(response_fields());
+    schema(f)
+}
+
+/// Training samples, the engine's output and the trainer's input: [`generations_schema`] plus
+/// `prompt_position_ids`, `position_strategy` and `target_length`.
+pub fn training_schema() -> SchemaRef {
+    let mut f = id_fields();
+    f.extend(qa_fields());
+    f.push(list(col::CONTEXT_CHUNK_IDS, DataType::UInt32));
+    f.push(list(col::CONTEXT_CHUNK_SCORES, DataType::Int32));
+    f.extend(response_fields());
+    f.push(list(col::PROMPT_POSITION_IDS, DataType::UInt32));
+    f.push(utf8(col::POSITION_STRATEGY, false));
+    f.push(Field::new(col::TARGET_LENGTH, DataType::UInt32, false));
+    schema(f)
+}
+
+/// Every boundary schema with its table name, in pipeline order (for `logo-engine schema`).
+pub fn all_schemas() -> Vec<(&'static str, SchemaRef)> {
+    vec![
+        (DocumentRecord::TABLE, documents_schema()),
+        (ChunkedRecord::TABLE, chunks_schema()),
+        (ScoredRecord::TABLE, scored_schema()),
+        (SampledRecord::TABLE, sampled_schema()),
+        (GeneratedRecord::TABLE, generations_schema()),
+        (TrainingSample::TABLE, training_schema()),
+    ]
+}
+
+/// Checks that `metadata` (Arrow schema or Parquet key-value metadata) carries
+/// [`SCHEMA_VERSION`]. Errors: [`SchemaError::Version`].
+pub fn check_schema_version(metadata: &HashMap<String, String>) -> Result<(), SchemaError> {
+    match metadata.get(SCHEMA_VERSION_KEY) {
+        Some(v) if v == SCHEMA_VERSION => Ok(()),
+        other => Err(SchemaError::Version {
+            expected: SCHEMA_VERSION,
+            got: other.cloned().unwrap_or_else(|| "none".into()),
+        }),
+    }
+}
+
+/// Checks that `found` has every column of `required` with the same data type (extra columns
+/// are allowed). Errors: [`SchemaError::MissingColumn`], [`SchemaError::ColumnType`].
+pub fn check_columns(
+    table: &'static str,
+    required: &Schema,
+    found: &Schema,
+) -> Result<(), SchemaError> {
+    for field in required.fields() {
+        let got = found
+            .field_with_name(field.name())
+            .map_err(|_| SchemaError::MissingColumn {
+                table,
+                column: field.name().clone(),
+            })?;
+        if !types_match(field.data_type(), got.data_type()) {
+            return Err(SchemaError::ColumnType {
+                column: field.name().clone(),
+                expected: field.data_type().clone(),
+                got: got.data_type().clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Type equality that ignores list item names and nullability (Parquet round trips may rename
+/// `item` to `element`).
+fn types_match(a: &DataType, b: &DataType) -> bool {
+    match (a, b) {
+        (DataType::List(x), DataType::List(y))
+        | (DataType::LargeList(x), DataType::LargeList(y)) => {
+            types_match(x.data_type(), y.data_type())
+        }
+        _ => a == b,
+    }
+}
+
+/// A typed row of one table, convertible to and from [`RecordBatch`] (via `serde_arrow`).
+pub trait Record: Serialize + DeserializeOwned + Sized {
+    /// Table name used in errors and `logo-engine schema`.
+    const TABLE: &'static str;
+    /// The table's schema.
+    fn schema() -> SchemaRef;
+
+    /// Builds a batch with [`Self::schema`] (metadata included).
+    /// Errors: [`SchemaError::Convert`] when a value does not fit its column.
+    fn to_batch(rows: &[Self]) -> Result<RecordBatch, SchemaError> {
+        let schema = Self::schema();
+        let fields: Vec<FieldRef> = schema.fields().iter().cloned().collect();
+        let batch = serde_arrow::to_record_batch(&fields, &rows).map_err(|source| {
+            SchemaError::Convert {
+                table: Self::TABLE,
+                source,
+            }
+        })?;
+        batch
+            .with_schema(schema)
+            .map_err(|source| SchemaError::Arrow {
+                table: Self::TABLE,
+                source,
+            })
+    }
+
+    /// Reads rows from a batch that has at least the table's columns.
+    /// Errors: [`SchemaError::MissingColumn`], [`SchemaError::ColumnType`],
+    /// [`SchemaError::Convert`] (e.g. a null in a non-nullable column).
+    fn from_batch(batch: &RecordBatch) -> Result<Vec<Self>, SchemaError> {
+        let schema = Self::schema();
+        check_columns(Self::TABLE, &schema, &batch.schema())?;
+        let indices: Vec<usize> = schema
+            .fields()
+            .iter()
+            .map(|f| batch.schema().index_of(f.name()).expect("checked above"))
+            .collect();
+        let projected = batch
+            .project(&indices)
+            .map_err(|source| SchemaError::Arrow {
+                table: Self::TABLE,
+                source,
+            })?;
+        serde_arrow::from_record_batch(&projected).map_err(|source| SchemaError::Convert {
+            table: Self::TABLE,
+            source,
+        })
+    }
+}
+
+/// One row of [`documents_schema`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentRecord {
+    /// See [`col::SAMPLE_ID`].
+    pub sample_id: String,
+    /// See [`col::DOCUMENT_ID`].
+    pub document_id: String,
+    /// See [`col::QUESTION_INDEX`].
+    pub question_index: u32,
+    /// See [`col::SOURCE_FILE`].
+    pub source_file: String,
+    /// See [`col::SOURCE_ROW`].
+    pub source_row: u64,
+    /// See [`col::CONTEXT`].
+    pub context: String,
+    /// See [`col::QUESTION`].
+    pub question: Option<String>,
+    /// See [`col::ANSWER`].
+    pub answer: Option<String>,
+    /// See [`col::QUESTION_ORIGIN`].
+    pub question_origin: String,
+}
+
+impl Record for DocumentRecord {
+    const TABLE: &'static str = "documents";
+    fn schema() -> SchemaRef {
+        documents_schema()
+    }
+}
+
+/// One row of [`chunks_schema`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ChunkedRecord {
+    /// See [`col::SAMPLE_ID`].
+    pub sample_id: String,
+    /// See [`col::DOCUMENT_ID`].
+    pub document_id: String,
+    /// See [`col::QUESTION_INDEX`].
+    pub question_index: u32,
+    /// See [`col::SOURCE_FILE`].
+    pub source_file: String,
+    /// See [`col::SOURCE_ROW`].
+    pub source_row: u64,
+    /// See [`col::QUESTION`].
+    pub question: Option<String>,
+    /// See [`col::ANSWER`].
+    pub answer: Option<String>,
+    /// See [`col::QUESTION_ORIGIN`].
+    pub question_origin: String,
+    /// See [`col::CHUNK_INPUT_IDS`]: `[n_chunks][<= chunk_size]` token ids.
+    pub chunk_input_ids: Vec<Vec<u32>>,
+    /// See [`col::CHUNK_TEXT`]: `[n_chunks]`.
+    pub chunk_text: Vec<String>,
+}
+
+impl Record for ChunkedRecord {
+    const TABLE: &'static str = "chunks";
+    fn schema() -> SchemaRef {
+        chunks_schema()
+    }
+}
+
+/// One row of [`scored_schema`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ScoredRecord {
+    /// See [`col::SAMPLE_ID`].
+    pub sample_id: String,
+    /// See [`col::DOCUMENT_ID`].
+    pub document_id: String,
+    /// See [`col::QUESTION_INDEX`].
+    pub question_index: u32,
+    /// See [`col::SOURCE_FILE`].
+    pub source_file: String,
+    /// See [`col::SOURCE_ROW`].
+    pub source_row: u64,
+    /// See [`col::QUESTION`].
+    pub question: Option<String>,
+    /// See [`col::ANSWER`].
+    pub answer: Option<String>,
+    /// See [`col::QUESTION_ORIGIN`].
+    pub question_origin: String,
+    /// See [`col::CHUNK_INPUT_IDS`].
+    pub chunk_input_ids: Vec<Vec<u32>>,
+    /// See [`col::CHUNK_TEXT`].
+    pub chunk_text: Vec<String>,
+    /// See [`col::CHUNK_SCORES`]: `[n_chunks]`.
+    pub chunk_scores: Vec<i32>,
+}
+
+impl Record for ScoredRecord {
+    const TABLE: &'static str = "scored";
+    fn schema() -> SchemaRef {
+        scored_schema()
+    }
+}
+
+/// One row of [`sampled_schema`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SampledRecord {
+    /// See [`col::SAMPLE_ID`].
+    pub sample_id: String,
+    /// See [`col::DOCUMENT_ID`].
+    pub document_id: String,
+    /// See [`col::QUESTION_INDEX`].
+    pub question_index: u32,
+    /// See [`col::SOURCE_FILE`].
+    pub source_file: String,
+    /// See [`col::SOURCE_ROW`].
+    pub source_row: u64,
+    /// See [`col::QUESTION`].
+    pub question: Option<String>,
+    /// See [`col::ANSWER`].
+    pub answer: Option<String>,
+    /// See [`col::QUESTION_ORIGIN`].
+    pub question_origin: String,
+    /// See [`col::CHUNK_INPUT_IDS`].
+    pub chunk_input_ids: Vec<Vec<u32>>,
+    /// See [`col::CHUNK_TEXT`].
+    pub chunk_text: Vec<String>,
+    /// See [`col::CHUNK_SCORES`].
+    pub chunk_scores: Vec<i32>,
+    /// See [`col::CONTEXT_CHUNK_IDS`]: `[N]`.
+    pub context_chunk_ids: Vec<u32>,
+    /// See [`col::CHOSEN_CHUNK_IDS`].
+    pub chosen_chunk_ids: Vec<u32>,
+    /// See [`col::REJECTED_CHUNK_IDS`]: `[M][..]`.
+    pub rejected_chunk_ids: Vec<Vec<u32>>,
+    /// See [`col::REJECTED_STRATEGY`]: `[M]`.
+    pub rejected_strategy: Vec<String>,
+}
+
+impl Record for SampledRecord {
+    const TABLE: &'static str = "sampled";
+    fn schema() -> SchemaRef {
+        sampled_schema()
+    }
+}
+
+/// One row of [`generations_schema`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GeneratedRecord {
+    /// See [`col::SAMPLE_ID`].
+    pub sample_id: String,
+    /// See [`col::DOCUMENT_ID`].
+    pub document_id: String,
+    /// See [`col::QUESTION_INDEX`].
+    pub question_index: u32,
+    /// See [`col::SOURCE_FILE`].
+    pub source_file: String,
+    /// See [`col::SOURCE_ROW`].
+    pub source_row: u64,
+    /// See [`col::QUESTION`].
+    pub question: Option<String>,
+    /// See [`col::ANSWER`].
+    pub answer: Option<String>,
+    /// See [`col::QUESTION_ORIGIN`].
+    pub question_origin: String,
+    /// See [`col::CONTEXT_CHUNK_IDS`].
+    pub context_chunk_ids: Vec<u32>,
+    /// See [`col::CONTEXT_CHUNK_SCORES`].
+    pub context_chunk_scores: Vec<i32>,
+    /// See [`col::PROMPT_INPUT_IDS`]: `[T_prompt]`.
+    pub prompt_input_ids: Vec<u32>,
+    /// See [`col::PROMPT_SEGMENTS`]: `[N + 2]`, sums to `T_prompt`.
+    pub prompt_segments: Vec<u32>,
+    /// See [`col::CHOSEN`].
+    pub chosen: String,
+    /// See [`col::CHOSEN_INPUT_IDS`].
+    pub chosen_input_ids: Vec<u32>,
+    /// See [`col::CHOSEN_ORIGIN`].
+    pub chosen_origin: String,
+    /// See [`col::REJECTED`]: `[M]`.
+    pub rejected: Vec<String>,
+    /// See [`col::REJECTED_INPUT_IDS`]: `[M][..]`.
+    pub rejected_input_ids: Vec<Vec<u32>>,
+    /// See [`col::REJECTED_STRATEGY`]: `[M]`.
+    pub rejected_strategy: Vec<String>,
+    /// See [`col::GENERATOR`].
+    pub generator: String,
+    /// See [`col::GENERATOR_SETTINGS`].
+    pub generator_settings: String,
+}
+
+impl Record for GeneratedRecord {
+    const TABLE: &'static str = "generations";
+    fn schema() -> SchemaRef {
+        generations_schema()
+    }
+}
+
+/// One row of [`training_schema`]: one LOGO training sample
+/// `({Q, C', y_w}, {Q, C', y_l^(j)}_{j=1..M})` (paper 3.2.2, Eq. 3).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainingSample {
+    /// See [`col::SAMPLE_ID`].
+    pub sample_id: String,
+    /// See [`col::DOCUMENT_ID`].
+    pub document_id: String,
+    /// See [`col::QUESTION_INDEX`].
+    pub question_index: u32,
+    /// See [`col::SOURCE_FILE`].
+    pub source_file: String,
+    /// See [`col::SOURCE_ROW`].
+    pub source_row: u64,
+    /// See [`col::QUESTION`].
+    pub question: Option<String>,
+    /// See [`col::ANSWER`].
+    pub answer: Option<String>,
+    /// See [`col::QUESTION_ORIGIN`].
+    pub question_origin: String,
+    /// See [`col::CONTEXT_CHUNK_IDS`].
+    pub context_chunk_ids: Vec<u32>,
+    /// See [`col::CONTEXT_CHUNK_SCORES`].
+    pub context_chunk_scores: Vec<i32>,
+    /// See [`col::PROMPT_INPUT_IDS`].
+    pub prompt_input_ids: Vec<u32>,
+    /// See [`col::PROMPT_SEGMENTS`].
+    pub prompt_segments: Vec<u32>,
+    /// See [`col::CHOSEN`].
+    pub chosen: String,
+    /// See [`col::CHOSEN_INPUT_IDS`].
+    pub chosen_input_ids: Vec<u32>,
+    /// See [`col::CHOSEN_ORIGIN`].
+    pub chosen_origin: String,
+    /// See [`col::REJECTED`].
+    pub rejected: Vec<String>,
+    /// See [`col::REJECTED_INPUT_IDS`].
+    pub rejected_input_ids: Vec<Vec<u32>>,
+    /// See [`col::REJECTED_STRATEGY`].
+    pub rejected_strategy: Vec<String>,
+    /// See [`col::GENERATOR`].
+    pub generator: String,
+    /// See [`col::GENERATOR_SETTINGS`].
+    pub generator_settings: String,
+    /// See [`col::PROMPT_POSITION_IDS`]: `[T_prompt]`, strictly increasing, first 0, < K.
+    pub prompt_position_ids: Vec<u32>,
+    /// See [`col::POSITION_STRATEGY`].
+    pub position_strategy: String,
+    /// See [`col::TARGET_LENGTH`] (K, tokens).
+    pub target_length: u32,
+}
+
+impl Record for TrainingSample {
+    const TABLE: &'static str = "training";
+    fn schema() -> SchemaRef {
+        training_schema()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> TrainingSample {
+        TrainingSample {
+            sample_id: "d:1#q0".into(),
+            document_id: "d:1".into(),
+            question_index: 0,
+            source_file: "d.jsonl".into(),
+            source_row: 1,
+            question: Some("q".into()),
+            answer: None,
+            question_origin: "source".into(),
+            context_chunk_ids: vec![0, 2],
+            context_chunk_scores: vec![7, 1],
+            prompt_input_ids: vec![1, 2, 3, 4],
+            prompt_segments: vec![1, 1, 1, 1],
+            chosen: "yes".into(),
+            chosen_input_ids: vec![9, 2],
+            chosen_origin: "generated".into(),
+            rejected: vec!["no".into(), "maybe".into()],
+            rejected_input_ids: vec![vec![8, 2], vec![7, 6, 2]],
+            rejected_strategy: vec!["irrelevant".into(), "partial".into()],
+            generator: "m".into(),
+            generator_settings: "{}".into(),
+            prompt_position_ids: vec![0, 5, 6, 90],
+            position_strategy: "continuous".into(),
+            target_length: 100,
+        }
+    }
+
+    #[test]
+    fn training_round_trip_keeps_values_and_version() {
+        let rows = vec![sample(), sample()];
+        let batch = TrainingSample::to_batch(&rows).unwrap();
+        assert_eq!(batch.num_rows(), 2);
+        assert_eq!(batch.schema().as_ref(), training_schema().as_ref());
+        check_schema_version(batch.schema().metadata()).unwrap();
+        assert_eq!(TrainingSample::from_batch(&batch).unwrap(), rows);
+    }
+
+    #[test]
+    fn every_record_matches_its_schema() {
+        // Each typed record must serialise into exactly its table's schema.
+        let t = sample();
+        let g = GeneratedRecord {
+            sample_id: t.sample_id.clone(),
+            document_id: t.document_id.clone(),
+            question_index: 0,
+            source_file: t.source_file.clone(),
+            source_row: 1,
+            question: None,
+            answer: None,
+            question_origin: "generated".into(),
+            context_chunk_ids: vec![],
+            context_chunk_scores: vec![],
+            prompt_input_ids: vec![],
+            prompt_segments: vec![],
+            chosen: String::new(),
+            chosen_input_ids: vec![],
+            chosen_origin: "reference".into(),
+            rejected: vec![],
+            rejected_input_ids: vec![],
+            rejected_strategy: vec![],
+            generator: String::new(),
+            generator_settings: String::new(),
+        };
+        let b = GeneratedRecord::to_batch(&[g.clone()]).unwrap();
+        assert_eq!(GeneratedRecord::from_batch(&b).unwrap(), vec![g]);
+        let s = SampledRecord {
+            sample_id: "a".into(),
+            document_id: "b".into(),
+            question_index: 3,
+            source_file: "f".into(),
+            source_row: 9,
+            question: Some("q".into()),
+            answer: Some("a".into()),
+            question_origin: "source".into(),
+            chunk_input_ids: vec![vec![1, 2], vec![3]],
+            chunk_text: vec!["x".into(), "y".into()],
+            chunk_scores: vec![0, 7],
+            context_chunk_ids: vec![0, 1],
+            chosen_chunk_ids: vec![1],
+            rejected_chunk_ids: vec![vec![0], vec![0, 1]],
+            rejected_strategy: vec!["irrelevant".into(), "partial".into()],
+        };
+        let b = SampledRecord::to_batch(&[s.clone()]).unwrap();
+        assert_eq!(SampledRecord::from_batch(&b).unwrap(), vec![s]);
+    }
+
+    #[test]
+    fn version_check_names_expected_and_found() {
+        let mut md = HashMap::new();
+        let err = check_schema_version(&md).unwrap_err().to_string();
+        assert_eq!(err, "schema version: expected 1, got none");
+        md.insert(SCHEMA_VERSION_KEY.to_string(), "0".to_string());
+        let err = check_schema_version(&md).unwrap_err().to_string();
+        assert_eq!(err, "schema version: expected 1, got 0");
+    }
+
+    #[test]
+    fn missing_and_mistyped_columns_are_named() {
+        let full = training_schema();
+        let without: Vec<Field> = full
+            .fields()
+            .iter()
+            .filter(|f| f.name() != col::CHOSEN_INPUT_IDS)
+            .map(|f| f.as_ref().clone())
+            .collect();
+        let err = check_columns("training", &full, &Schema::new(without))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "missing column chosen_input_ids (table training)");
+        let retyped: Vec<Field> = full
+            .fields()
+            .iter()
+            .map(|f| {
+                if f.name() == col::TARGET_LENGTH {
+                    Field::new(col::TARGET_LENGTH, DataType::Int64, false)
+                } else {
+                    f.as_ref().clone()
+                }
+            })
+            .collect();
+        let err = check_columns("training", &full, &Schema::new(retyped))
+            .unwrap_err()
+            .to_string();
+        assert_eq!(err, "column target_length: expected UInt32, got Int64");
+    }
+}

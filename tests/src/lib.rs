@@ -1,0 +1,61 @@
+//! Helpers of the end-to-end tests: where the binaries, the embedded model and the shared
+//! sample data are, and skipping with a message when something is absent.
+#![deny(missing_docs)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+/// A built binary of the workspace (`logo-engine`, ...), found next to the test executable
+/// (`target/<profile>/deps/..`). Panics with a hint when it was not built.
+pub fn binary(name: &str) -> PathBuf {
+    let exe = std::env::current_exe().expect("test executable path");
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps");
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} not built: run `cargo build --release --workspace` before the tests (the justfile's `test` does)",
+        path.display()
+    );
+    path
+}
+
+/// Runs a binary with arguments and returns its output.
+pub fn run(name: &str, args: &[&str]) -> Output {
+    Command::new(binary(name))
+        .args(args)
+        .output()
+        .expect("binary starts")
+}
+
+/// `../shared/data` of the checkout, if present.
+pub fn shared_data() -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
+    p.is_dir().then(|| p.canonicalize().expect("canonical path"))
+}
+
+/// The embedded default model in the cache, if fetched (`scripts/just setup`).
+pub fn embedded_model() -> Option<PathBuf> {
+    let p = logo_engine::config::cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    p.is_file().then_some(p)
+}
+
+/// Returns `Some(value)`, or prints why the test is skipped and returns `None`.
+pub fn or_skip<T>(value: Option<T>, what: &str) -> Option<T> {
+    if value.is_none() {
+        eprintln!("SKIPPED: {what} is absent");
+    }
+    value
+}
+
+/// Output as text, for assertion messages.
+pub fn describe(out: &Output) -> String {
+    format!(
+        "status {:?}\n--- stdout\n{}\n--- stderr\n{}",
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
