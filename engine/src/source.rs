@@ -104,8 +104,14 @@ pub struct Source {
     questions_enabled: bool,
 }
 
+/// Why a row is rejected: (field, reason).
+type RowError = (Option<String>, String);
+
 /// (row number, parsed document or reject reason with field).
-type RowResult = (u64, std::result::Result<RawDocument, (Option<String>, String)>);
+type RowResult = (u64, std::result::Result<RawDocument, RowError>);
+
+/// Zero, one or several strings of a field (`None`: the field is absent or null).
+type Strings = std::result::Result<Option<Vec<Option<String>>>, RowError>;
 
 impl Source {
     /// Opens nothing yet; checks the paths. `limit` caps the number of documents read.
@@ -195,7 +201,7 @@ impl Source {
         path: &Path,
         row: u64,
         raw: RawDocument,
-    ) -> std::result::Result<Vec<DocumentRecord>, (Option<String>, String)> {
+    ) -> std::result::Result<Vec<DocumentRecord>, RowError> {
         let field = |f: &str, m: &str| (Some(f.to_string()), m.to_string());
         let context = raw
             .context
@@ -302,7 +308,7 @@ impl Iterator for JsonLines {
     }
 }
 
-fn parse_json_line(text: &str) -> std::result::Result<RawDocument, (Option<String>, String)> {
+fn parse_json_line(text: &str) -> std::result::Result<RawDocument, RowError> {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) if e.to_string().contains("control character") => {
@@ -320,7 +326,7 @@ fn parse_json_line(text: &str) -> std::result::Result<RawDocument, (Option<Strin
         Some((_, Value::String(s))) => Some(s.clone()),
         Some((k, _)) => return Err((Some(k.into()), "expected a string".into())),
     };
-    let strings = |key_set: &[&'static str]| -> std::result::Result<Option<Vec<Option<String>>>, (Option<String>, String)> {
+    let strings = |key_set: &[&'static str]| -> Strings {
         match pick(key_set) {
             None | Some((_, Value::Null)) => Ok(None),
             Some((_, Value::String(s))) => Ok(Some(vec![Some(s.clone())])),
@@ -395,12 +401,12 @@ fn parquet_rows(path: &Path) -> Result<Box<dyn Iterator<Item = RowResult> + Send
 fn parquet_row(
     batch: &RecordBatch,
     i: usize,
-) -> std::result::Result<RawDocument, (Option<String>, String)> {
+) -> std::result::Result<RawDocument, RowError> {
     let find = |keys: &[&'static str]| {
         keys.iter()
             .find_map(|k| batch.column_by_name(k).map(|c| (*k, c.clone())))
     };
-    let strings = |keys: &[&'static str]| -> std::result::Result<Option<Vec<Option<String>>>, (Option<String>, String)> {
+    let strings = |keys: &[&'static str]| -> Strings {
         let Some((k, col)) = find(keys) else { return Ok(None) };
         if col.is_null(i) {
             return Ok(None);

@@ -717,7 +717,7 @@ mod tests {
             generator: String::new(),
             generator_settings: String::new(),
         };
-        let b = GeneratedRecord::to_batch(&[g.clone()]).unwrap();
+        let b = GeneratedRecord::to_batch(std::slice::from_ref(&g)).unwrap();
         assert_eq!(GeneratedRecord::from_batch(&b).unwrap(), vec![g]);
         let s = SampledRecord {
             sample_id: "a".into(),
@@ -736,7 +736,7 @@ mod tests {
             rejected_chunk_ids: vec![vec![0], vec![0, 1]],
             rejected_strategy: vec!["irrelevant".into(), "partial".into()],
         };
-        let b = SampledRecord::to_batch(&[s.clone()]).unwrap();
+        let b = SampledRecord::to_batch(std::slice::from_ref(&s)).unwrap();
         assert_eq!(SampledRecord::from_batch(&b).unwrap(), vec![s]);
     }
 

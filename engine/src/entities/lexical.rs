@@ -46,8 +46,7 @@ impl LexicalExtractor {
     pub fn new() -> Result<Self> {
         let words = stop_words::lookup("en").ok_or_else(|| {
             backend_error(
-                "lexical: the stop-words crate has no English list (feature `nltk` missing)"
-                    .into(),
+                "lexical: the stop-words crate has no English list (feature `nltk` missing)".into(),
             )
         })?;
         Ok(Self {
@@ -83,7 +82,9 @@ impl LexicalExtractor {
             return None;
         }
         let is_number = word.chars().any(|c| c.is_ascii_digit())
-            && word.chars().all(|c| c.is_ascii_digit() || c == '.' || c == ',');
+            && word
+                .chars()
+                .all(|c| c.is_ascii_digit() || c == '.' || c == ',');
         if is_number {
             return Some(word.replace(',', ""));
         }

@@ -11,7 +11,10 @@
 //! Input [`logo_schemas::documents_schema`], output [`logo_schemas::chunks_schema`]. A document
 //! or question that cannot be tokenised (tokenizer error, or no token) goes to the rejects.
 
+use std::collections::HashMap;
+
 use arrow::array::RecordBatch;
+use rayon::prelude::*;
 use arrow::datatypes::SchemaRef;
 use logo_schemas::{chunks_schema, ChunkedRecord, DocumentRecord, Record};
 use tokenizers::Tokenizer;
@@ -103,6 +106,22 @@ impl Stage for ChunkerStage {
     fn process(&mut self, batch: RecordBatch, ctx: &StageContext) -> Result<Vec<RecordBatch>> {
         let rows = DocumentRecord::from_batch(&batch)?;
         let this = &*self;
+        // A document with several questions is one row per question: tokenise it once.
+        let mut first_row: HashMap<&str, usize> = HashMap::new();
+        for (i, d) in rows.iter().enumerate() {
+            first_row.entry(d.document_id.as_str()).or_insert(i);
+        }
+        let cache: HashMap<String, std::result::Result<Chunks, String>> = first_row
+            .into_par_iter()
+            .map(|(id, i)| {
+                let chunks = this.chunk(&rows[i].context);
+                if let Ok(c) = &chunks {
+                    let n: usize = c.input_ids.iter().map(Vec::len).sum();
+                    ctx.stats.add_tokens("chunker", n as u64);
+                }
+                (id.to_string(), chunks)
+            })
+            .collect();
         let out = map_rows(rows, ctx, |d| {
             let reject = |field: &str, reason: String| Reject {
                 stage: "chunker".into(),
@@ -119,9 +138,7 @@ impl Stage for ChunkerStage {
                 Ok(_) => return Err(reject("question", "cannot be tokenised: no tokens".into())),
                 Err(e) => return Err(reject("question", format!("cannot be tokenised: {e}"))),
             }
-            let chunks = this.chunk(&d.context).map_err(|m| reject("context", m))?;
-            let n: usize = chunks.input_ids.iter().map(Vec::len).sum();
-            ctx.stats.add_tokens("chunker", n as u64);
+            let chunks = cache[&d.document_id].clone().map_err(|m| reject("context", m))?;
             Ok(Some(ChunkedRecord {
                 sample_id: d.sample_id,
                 document_id: d.document_id,

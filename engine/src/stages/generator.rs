@@ -441,13 +441,13 @@ mod tests {
             .map(|b| GeneratedRecord::from_batch(b).unwrap())
             .unwrap_or_default();
         let snap = stats.snapshot();
-        if recs.is_empty() {
-            // The only legitimate way to lose the good row: an empty response.
-            assert_eq!(snap.skipped.get("generator: empty response"), Some(&1));
-            return;
-        }
+        assert_eq!(recs.len(), 1, "skipped: {:?}", snap.skipped);
         assert_eq!(out[0].schema(), logo_schemas::generations_schema());
         let r = &recs[0];
+        // SmolLM2-135M q8_0 greedy, observed: chosen (from chunk 0) "The Eiffel Tower was
+        // finished in 1889"; rejected[0] (bananas only) "The Eiffel Tower was finished on July
+        // 14," (a hallucination, P'); rejected[1] (bananas + chunk 0) "... in 1889".
+        assert!(r.chosen.contains("1889"), "{:?}", r.chosen);
         assert_eq!(r.sample_id, "doc:1#q0");
         assert_eq!(r.rejected.len(), 2);
         assert_eq!(r.rejected_input_ids.len(), 2);
@@ -497,6 +497,46 @@ mod tests {
     }
 
     #[test]
+    fn sampled_output_ignores_batch_boundaries() {
+        let Some(policy) = shared_policy("sampled_output_ignores_batch_boundaries") else {
+            return;
+        };
+        let tok = policy
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .tokenizer()
+            .clone();
+        let cfg = config(", temperature: 1.0, top_p: 0.95");
+        let mut stage = GeneratorStage::try_new(&cfg, policy.clone()).unwrap();
+        let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
+        let ctx = StageContext {
+            rejects: &rejects,
+            stats: &stats,
+        };
+        let mut run = |rows: &[SampledRecord]| -> Vec<GeneratedRecord> {
+            let out = stage
+                .process(SampledRecord::to_batch(rows).unwrap(), &ctx)
+                .unwrap();
+            out.iter()
+                .flat_map(|b| GeneratedRecord::from_batch(b).unwrap())
+                .collect()
+        };
+        let alone = run(&[row(&tok, "doc:1#q7")]);
+        let batched = run(&[row(&tok, "doc:1#q3"), row(&tok, "doc:1#q7")]);
+        let find = |v: &[GeneratedRecord]| v.iter().find(|r| r.sample_id == "doc:1#q7").cloned();
+        assert_eq!(find(&alone), find(&batched));
+        assert!(
+            find(&alone).is_some(),
+            "skipped: {:?}",
+            stats.snapshot().skipped
+        );
+        let settings: serde_json::Value =
+            serde_json::from_str(&alone[0].generator_settings).unwrap();
+        assert_eq!(settings["temperature"], 1.0);
+        assert_eq!(settings["seed"], 42);
+    }
+
+    #[test]
     fn reference_chosen_is_tokenised_with_end_of_turn() {
         let Some(policy) = shared_policy("reference_chosen_is_tokenised_with_end_of_turn") else {
             return;
@@ -525,19 +565,16 @@ mod tests {
             .unwrap();
         let snap = stats.snapshot();
         assert_eq!(snap.skipped.get("generator: no reference answer"), Some(&1));
-        let recs = out
-            .first()
-            .map(|b| GeneratedRecord::from_batch(b).unwrap())
-            .unwrap_or_default();
-        let empty = snap.skipped.get("generator: empty response").copied();
-        assert_eq!(recs.len() as u64 + empty.unwrap_or(0), 1);
-        if let Some(r) = recs.first() {
-            assert_eq!(r.chosen_origin, "reference");
-            assert_eq!(r.chosen, "1889 <|im_end|>");
-            let mut expected = encode_text(&tok, "1889 <|im_end|>").unwrap();
-            expected.push(2);
-            assert_eq!(r.chosen_input_ids, expected);
-            assert_eq!(r.chosen_input_ids.iter().filter(|&&t| t == 2).count(), 1);
-        }
+        let recs = GeneratedRecord::from_batch(&out[0]).unwrap();
+        assert_eq!(recs.len(), 1, "skipped: {:?}", snap.skipped);
+        let r = &recs[0];
+        assert_eq!(r.chosen_origin, "reference");
+        assert_eq!(r.chosen, "1889 <|im_end|>");
+        // The answer's "<|im_end|>" is text; the only control id is the appended end of turn.
+        let mut expected = encode_text(&tok, "1889 <|im_end|>").unwrap();
+        expected.push(2);
+        assert_eq!(r.chosen_input_ids, expected);
+        assert_eq!(r.chosen_input_ids.iter().filter(|&&t| t == 2).count(), 1);
+        assert_eq!(r.rejected.len(), 2);
     }
 }

@@ -336,7 +336,10 @@ mod tests {
         assert_eq!(parse_question_answer(" Who built it?"), None);
         assert_eq!(parse_question_answer(" Who built it?\nAnswer:   \n"), None);
         assert_eq!(parse_question_answer(" ??\nAnswer: yes"), None);
-        assert_eq!(parse_answer(" 1368.\nMore.\n\nQuestion: x"), Some("1368. More.".into()));
+        assert_eq!(
+            parse_answer(" 1368.\nMore.\n\nQuestion: x"),
+            Some("1368. More.".into())
+        );
         assert_eq!(parse_answer("\n\n"), None);
         // A reply without "Answer:" (seen from SmolLM2-135M): its first line is the question.
         let reply = " What is the Great Wall?\n\nThe answer is: a wall.";
@@ -370,19 +373,20 @@ mod tests {
         let out = stage.process(input.clone(), &ctx).unwrap();
         let rows = DocumentRecord::from_batch(&out[0]).unwrap();
         assert_eq!(rows[0], given);
-        let skipped = stats.snapshot().skipped;
-        if rows.len() == 1 {
-            assert_eq!(skipped.get("questions: unparseable question"), Some(&1));
-        } else {
-            let r = &rows[1];
-            assert_eq!(r.question_origin, "generated");
-            assert!(!r.question.as_deref().unwrap().is_empty());
-            assert!(!r.answer.as_deref().unwrap().is_empty());
-            assert!(skipped.is_empty());
-            // Greedy and seeded: the same question again.
-            let again = stage.process(input, &ctx).unwrap();
-            assert_eq!(DocumentRecord::from_batch(&again[0]).unwrap(), rows);
-        }
+        // SmolLM2-135M (q8_0, greedy) writes a question about the passage; observed:
+        // "What was the Ming dynasty's most famous fortification?" / "The Ming dynasty's most
+        // famous fortification was the Great Wall of China."
+        assert_eq!(rows.len(), 2, "skipped: {:?}", stats.snapshot().skipped);
+        let r = &rows[1];
+        assert_eq!(r.question_origin, "generated");
+        assert!(r.question.as_deref().unwrap().ends_with('?'), "{r:?}");
+        assert!(!r.answer.as_deref().unwrap().is_empty());
+        assert_eq!(r.context, given.context);
+        assert!(stats.snapshot().skipped.is_empty());
+        assert!(stats.snapshot().tokens["questions"] > 0);
+        // Greedy and seeded: the same question again.
+        let again = stage.process(input, &ctx).unwrap();
+        assert_eq!(DocumentRecord::from_batch(&again[0]).unwrap(), rows);
     }
 
     #[test]

@@ -184,7 +184,12 @@ mod tests {
         .unwrap()
     }
 
-    fn row(id: &str, question: Option<&str>, answer: Option<&str>, chunks: &[&str]) -> ChunkedRecord {
+    fn row(
+        id: &str,
+        question: Option<&str>,
+        answer: Option<&str>,
+        chunks: &[&str],
+    ) -> ChunkedRecord {
         ChunkedRecord {
             sample_id: format!("{id}#q0"),
             document_id: id.into(),
@@ -194,7 +199,11 @@ mod tests {
             question: question.map(Into::into),
             answer: answer.map(Into::into),
             question_origin: "source".into(),
-            chunk_input_ids: chunks.iter().enumerate().map(|(i, _)| vec![i as u32]).collect(),
+            chunk_input_ids: chunks
+                .iter()
+                .enumerate()
+                .map(|(i, _)| vec![i as u32])
+                .collect(),
             chunk_text: chunks.iter().map(|c| c.to_string()).collect(),
         }
     }
@@ -253,7 +262,12 @@ mod tests {
         let mut stage = lexical(true);
         let input = vec![
             row("d:1", Some(Q), None, &CHUNKS),
-            row("d:2", Some("How cold was the weather?"), Some("Cold."), &CHUNKS[..2]),
+            row(
+                "d:2",
+                Some("How cold was the weather?"),
+                Some("Cold."),
+                &CHUNKS[..2],
+            ),
             row("d:3", None, None, &CHUNKS),
         ];
         let batch = ChunkedRecord::to_batch(&input).unwrap();

@@ -1,0 +1,483 @@
+//! Streaming the engine's Parquet training samples into LOGO batches.
+//!
+//! [`TrainingData::open`] checks every file of `--data DIR` before training starts: the schema
+//! version in the Parquet key-value metadata and the columns the trainer reads
+//! ([`logo_schemas::training_schema`]); errors name the file and the column. Training then
+//! reads one row group at a time (never the whole set), passes rows through a seeded shuffle
+//! buffer, and [`collate`] turns B samples into `B·(M+1)` sequences `prompt ⧺ response`,
+//! the responses continuing the prompt's synthetic position ids (last prompt id + 1, + 2, ...).
+//! Logits are needed only at the rows that predict response tokens: the batch carries their
+//! flat indices.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+
+use arrow::array::{Array, AsArray, RecordBatch};
+use arrow::datatypes::UInt32Type;
+use logo_schemas::{check_columns, check_schema_version, col, training_schema};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use rand::Rng;
+use tch::{Device, Kind, Tensor};
+
+use crate::error::{Result, TrainerError};
+
+/// Columns the trainer reads.
+const COLUMNS: [&str; 5] = [
+    col::SAMPLE_ID,
+    col::PROMPT_INPUT_IDS,
+    col::PROMPT_POSITION_IDS,
+    col::CHOSEN_INPUT_IDS,
+    col::REJECTED_INPUT_IDS,
+];
+
+/// One training sample as the trainer sees it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Example {
+    /// `sample_id` of the engine.
+    pub sample_id: String,
+    /// [P] prompt token ids.
+    pub prompt_ids: Vec<i64>,
+    /// [P] synthetic position ids of the prompt (strictly increasing).
+    pub prompt_positions: Vec<i64>,
+    /// [|y_w|] preferred response ids (end-of-turn included).
+    pub chosen_ids: Vec<i64>,
+    /// [M][|y_l|] dis-preferred response ids.
+    pub rejected_ids: Vec<Vec<i64>>,
+}
+
+impl Example {
+    /// Real tokens of the M + 1 sequences of this sample.
+    pub fn tokens(&self) -> usize {
+        let p = self.prompt_ids.len();
+        (p + self.chosen_ids.len()) + self.rejected_ids.iter().map(|r| p + r.len()).sum::<usize>()
+    }
+}
+
+/// One Parquet row group to read.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RowGroupRef {
+    /// The file.
+    pub path: PathBuf,
+    /// Row group index in the file.
+    pub index: usize,
+    /// Rows in it.
+    pub rows: usize,
+}
+
+/// The checked files of a data folder and their row groups.
+#[derive(Debug, Clone)]
+pub struct TrainingData {
+    row_groups: Vec<RowGroupRef>,
+    num_negatives: usize,
+}
+
+impl TrainingData {
+    /// Lists and checks the `*.parquet` files of `dir` (sorted by name), and reads M from the
+    /// first row. Errors: [`TrainerError::Input`] naming the file (no Parquet file, wrong or
+    /// missing schema version, missing or mistyped column, no rows).
+    pub fn open(dir: &Path) -> Result<Self> {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
+            .map_err(|e| TrainerError::io(dir, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(TrainerError::Input {
+                path: dir.to_path_buf(),
+                message: "no .parquet files (run `logo-engine run` first)".into(),
+            });
+        }
+        let required = training_schema();
+        let required = required.project(
+            &COLUMNS
+                .iter()
+                .map(|c| required.index_of(c).expect("training column"))
+                .collect::<Vec<_>>(),
+        )?;
+        let mut row_groups = Vec::new();
+        for path in &files {
+            let input = |message: String| TrainerError::Input {
+                path: path.clone(),
+                message,
+            };
+            let file = File::open(path).map_err(|e| TrainerError::io(path, e))?;
+            let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+                .map_err(|e| input(format!("not a readable Parquet file: {e}")))?;
+            let kv: HashMap<String, String> = builder
+                .metadata()
+                .file_metadata()
+                .key_value_metadata()
+                .map(|kv| {
+                    kv.iter()
+                        .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            check_schema_version(&kv).map_err(|e| input(e.to_string()))?;
+            check_columns("training", &required, builder.schema()).map_err(|e| input(e.to_string()))?;
+            for (index, rg) in builder.metadata().row_groups().iter().enumerate() {
+                row_groups.push(RowGroupRef {
+                    path: path.clone(),
+                    index,
+                    rows: rg.num_rows() as usize,
+                });
+            }
+        }
+        let first = row_groups
+            .iter()
+            .find(|r| r.rows > 0)
+            .ok_or_else(|| TrainerError::Input {
+                path: dir.to_path_buf(),
+                message: "the Parquet files hold no rows".into(),
+            })?;
+        let num_negatives = read_row_group(first)?
+            .first()
+            .map(|e| e.rejected_ids.len())
+            .unwrap_or(0);
+        Ok(Self {
+            row_groups,
+            num_negatives,
+        })
+    }
+
+    /// All row groups, in file order.
+    pub fn row_groups(&self) -> &[RowGroupRef] {
+        &self.row_groups
+    }
+
+    /// Rows in all files.
+    pub fn num_rows(&self) -> usize {
+        self.row_groups.iter().map(|r| r.rows).sum()
+    }
+
+    /// M, read from the first row.
+    pub fn num_negatives(&self) -> usize {
+        self.num_negatives
+    }
+
+    /// The row groups of `rank` out of `world_size` (round robin: disjoint, deterministic).
+    pub fn shard(&self, rank: usize, world_size: usize) -> Vec<RowGroupRef> {
+        self.row_groups
+            .iter()
+            .enumerate()
+            .filter(|(i, _)| i % world_size == rank)
+            .map(|(_, r)| r.clone())
+            .collect()
+    }
+}
+
+/// Reads and checks the rows of one row group. Errors: [`TrainerError::Input`] naming the
+/// file, row (1-based in the file is not tracked across groups: the row group and the
+/// `sample_id` are named) and field: an empty prompt or response, positions that differ in
+/// length from the prompt or do not increase, a sample whose M differs from the first.
+pub fn read_row_group(rg: &RowGroupRef) -> Result<Vec<Example>> {
+    let input = |message: String| TrainerError::Input {
+        path: rg.path.clone(),
+        message,
+    };
+    let file = File::open(&rg.path).map_err(|e| TrainerError::io(&rg.path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
+    let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), COLUMNS);
+    let reader = builder
+        .with_row_groups(vec![rg.index])
+        .with_projection(mask)
+        .build()?;
+    let mut out = Vec::with_capacity(rg.rows);
+    for batch in reader {
+        let batch = batch?;
+        let rows = examples_from_batch(&batch).map_err(|m| input(format!("row group {}: {m}", rg.index)))?;
+        out.extend(rows);
+    }
+    Ok(out)
+}
+
+fn u32_list(batch: &RecordBatch, name: &str, row: usize) -> std::result::Result<Vec<i64>, String> {
+    let c = batch
+        .column_by_name(name)
+        .ok_or_else(|| format!("missing column {name}"))?;
+    let list = c.as_list_opt::<i32>().ok_or_else(|| format!("column {name}: expected List<UInt32>"))?;
+    let values = list.value(row);
+    let v = values
+        .as_primitive_opt::<UInt32Type>()
+        .ok_or_else(|| format!("column {name}: expected List<UInt32>"))?;
+    Ok(v.values().iter().map(|&x| x as i64).collect())
+}
+
+fn examples_from_batch(batch: &RecordBatch) -> std::result::Result<Vec<Example>, String> {
+    let ids = batch
+        .column_by_name(col::SAMPLE_ID)
+        .and_then(|c| c.as_string_opt::<i32>().cloned())
+        .ok_or("column sample_id: expected Utf8")?;
+    let rejected_col = batch
+        .column_by_name(col::REJECTED_INPUT_IDS)
+        .and_then(|c| c.as_list_opt::<i32>().cloned())
+        .ok_or("column rejected_input_ids: expected List<List<UInt32>>")?;
+    let mut out = Vec::with_capacity(batch.num_rows());
+    for row in 0..batch.num_rows() {
+        let sample_id = ids.value(row).to_string();
+        let bad = |field: &str, m: &str| format!("sample {sample_id}: field {field}: {m}");
+        let prompt_ids = u32_list(batch, col::PROMPT_INPUT_IDS, row)?;
+        let prompt_positions = u32_list(batch, col::PROMPT_POSITION_IDS, row)?;
+        let chosen_ids = u32_list(batch, col::CHOSEN_INPUT_IDS, row)?;
+        if prompt_ids.is_empty() {
+            return Err(bad(col::PROMPT_INPUT_IDS, "empty prompt"));
+        }
+        if prompt_positions.len() != prompt_ids.len() {
+            return Err(bad(
+                col::PROMPT_POSITION_IDS,
+                &format!("{} ids for a prompt of {}", prompt_positions.len(), prompt_ids.len()),
+            ));
+        }
+        if prompt_positions.windows(2).any(|w| w[0] >= w[1]) {
+            return Err(bad(col::PROMPT_POSITION_IDS, "not strictly increasing"));
+        }
+        if chosen_ids.is_empty() {
+            return Err(bad(col::CHOSEN_INPUT_IDS, "empty response"));
+        }
+        let inner = rejected_col.value(row);
+        let inner = inner
+            .as_list_opt::<i32>()
+            .ok_or("column rejected_input_ids: expected List<List<UInt32>>")?;
+        if inner.is_empty() {
+            return Err(bad(col::REJECTED_INPUT_IDS, "no rejected response (M = 0)"));
+        }
+        let mut rejected_ids = Vec::with_capacity(inner.len());
+        for j in 0..inner.len() {
+            let v = inner.value(j);
+            let v = v
+                .as_primitive_opt::<UInt32Type>()
+                .ok_or("column rejected_input_ids: expected List<List<UInt32>>")?;
+            if v.is_empty() {
+                return Err(bad(col::REJECTED_INPUT_IDS, &format!("rejected response {j} is empty")));
+            }
+            rejected_ids.push(v.values().iter().map(|&x| x as i64).collect());
+        }
+        out.push(Example {
+            sample_id,
+            prompt_ids,
+            prompt_positions,
+            chosen_ids,
+            rejected_ids,
+        });
+    }
+    Ok(out)
+}
+
+/// An endless, seeded stream of examples over some row groups: each epoch visits the row
+/// groups in a seeded order and passes rows through a shuffle buffer of `buffer` rows.
+pub struct ExampleStream {
+    groups: Vec<RowGroupRef>,
+    order: Vec<usize>,
+    next_group: usize,
+    buffer: Vec<Example>,
+    capacity: usize,
+    rng: rand_chacha::ChaCha8Rng,
+    num_negatives: usize,
+    /// Completed passes over the data.
+    pub epoch: usize,
+}
+
+impl ExampleStream {
+    /// `groups` must be non-empty. `buffer`: shuffle-buffer rows (≥ 1). `num_negatives`: the M
+    /// every example must have.
+    pub fn new(groups: Vec<RowGroupRef>, buffer: usize, seed: u64, num_negatives: usize) -> Self {
+        use rand::SeedableRng;
+        let mut s = Self {
+            order: Vec::new(),
+            groups,
+            next_group: 0,
+            buffer: Vec::new(),
+            capacity: buffer.max(1),
+            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
+            num_negatives,
+            epoch: 0,
+        };
+        s.reshuffle_groups();
+        s
+    }
+
+    fn reshuffle_groups(&mut self) {
+        use rand::seq::SliceRandom;
+        self.order = (0..self.groups.len()).collect();
+        self.order.shuffle(&mut self.rng);
+        self.next_group = 0;
+    }
+
+    fn refill(&mut self) -> Result<()> {
+        while self.buffer.len() < self.capacity {
+            if self.next_group == self.order.len() {
+                if !self.buffer.is_empty() {
+                    return Ok(()); // drain the buffer before the next epoch starts
+                }
+                self.epoch += 1;
+                self.reshuffle_groups();
+            }
+            let rg = &self.groups[self.order[self.next_group]];
+            self.next_group += 1;
+            let rows = read_row_group(rg)?;
+            for e in &rows {
+                if e.rejected_ids.len() != self.num_negatives {
+                    return Err(TrainerError::Input {
+                        path: rg.path.clone(),
+                        message: format!(
+                            "sample {}: field rejected_input_ids: {} rejected responses, expected M = {}",
+                            e.sample_id,
+                            e.rejected_ids.len(),
+                            self.num_negatives
+                        ),
+                    });
+                }
+            }
+            self.buffer.extend(rows);
+        }
+        Ok(())
+    }
+
+    /// The next example. Errors: a row group that fails to read or check.
+    pub fn next_example(&mut self) -> Result<Example> {
+        if self.buffer.is_empty() {
+            self.refill()?;
+            if self.buffer.is_empty() {
+                return Err(TrainerError::Internal("data stream has no rows".into()));
+            }
+        }
+        let i = self.rng.random_range(0..self.buffer.len());
+        let e = self.buffer.swap_remove(i);
+        if self.buffer.len() < self.capacity / 2 && self.next_group < self.order.len() {
+            self.refill()?;
+        }
+        Ok(e)
+    }
+
+    /// The next `n` examples.
+    pub fn next_batch(&mut self, n: usize) -> Result<Vec<Example>> {
+        (0..n).map(|_| self.next_example()).collect()
+    }
+}
+
+/// A collated LOGO batch: B samples → S = B·(M+1) right-padded sequences. Sequence
+/// `b·(M+1)` is sample b's chosen response, `b·(M+1) + 1 + j` its rejected response j.
+#[derive(Debug)]
+pub struct Batch {
+    /// [S, T] i64 token ids (padding 0).
+    pub input_ids: Tensor,
+    /// [S, T] i64 position ids: the prompt's synthetic ids, then last + 1, + 2, ... .
+    pub position_ids: Tensor,
+    /// [N] i64 flat indices `s·T + t` of the rows whose logits predict a response token.
+    pub gather_index: Tensor,
+    /// [N] i64 the response token each gathered row predicts.
+    pub labels: Tensor,
+    /// [N] i64 the sequence of each gathered row.
+    pub sequence: Tensor,
+    /// B.
+    pub num_samples: usize,
+    /// M.
+    pub num_negatives: usize,
+    /// Real tokens (no padding) in the batch.
+    pub tokens: usize,
+}
+
+/// Builds the [`Batch`] of `examples` (all with the same M ≥ 1) on `device`.
+/// Errors: [`TrainerError::Internal`] for an empty batch or mixed M.
+pub fn collate(examples: &[Example], device: Device) -> Result<Batch> {
+    let m = examples
+        .first()
+        .map(|e| e.rejected_ids.len())
+        .ok_or_else(|| TrainerError::Internal("collate: empty batch".into()))?;
+    if examples.iter().any(|e| e.rejected_ids.len() != m) {
+        return Err(TrainerError::Internal("collate: samples with different M".into()));
+    }
+    let seqs: Vec<(&Example, &Vec<i64>)> = examples
+        .iter()
+        .flat_map(|e| std::iter::once(&e.chosen_ids).chain(&e.rejected_ids).map(move |r| (e, r)))
+        .collect();
+    let t = seqs
+        .iter()
+        .map(|(e, r)| e.prompt_ids.len() + r.len())
+        .max()
+        .unwrap_or(0);
+    let s = seqs.len();
+    let mut ids = vec![0i64; s * t];
+    let mut pos = vec![0i64; s * t];
+    let (mut gather, mut labels, mut sequence) = (Vec::new(), Vec::new(), Vec::new());
+    let mut tokens = 0;
+    for (k, (e, resp)) in seqs.iter().enumerate() {
+        let p = e.prompt_ids.len();
+        let row = &mut ids[k * t..(k + 1) * t];
+        row[..p].copy_from_slice(&e.prompt_ids);
+        row[p..p + resp.len()].copy_from_slice(resp);
+        let prow = &mut pos[k * t..(k + 1) * t];
+        prow[..p].copy_from_slice(&e.prompt_positions);
+        let last = *e.prompt_positions.last().expect("non-empty prompt");
+        for (i, slot) in prow[p..].iter_mut().enumerate() {
+            *slot = last + 1 + i as i64;
+        }
+        for (i, &tok) in resp.iter().enumerate() {
+            gather.push((k * t + p - 1 + i) as i64);
+            labels.push(tok);
+            sequence.push(k as i64);
+        }
+        tokens += p + resp.len();
+    }
+    let tensor = |v: &[i64]| Tensor::from_slice(v).to_device(device);
+    Ok(Batch {
+        input_ids: tensor(&ids).reshape([s as i64, t as i64]),
+        position_ids: tensor(&pos).reshape([s as i64, t as i64]),
+        gather_index: tensor(&gather),
+        labels: tensor(&labels),
+        sequence: tensor(&sequence),
+        num_samples: examples.len(),
+        num_negatives: m,
+        tokens,
+    })
+}
+
+impl Batch {
+    /// Splits per-sequence values [S] into chosen [B] and rejected [B, M].
+    pub fn split_chosen_rejected(&self, per_sequence: &Tensor) -> (Tensor, Tensor) {
+        let grid = per_sequence.reshape([self.num_samples as i64, self.num_negatives as i64 + 1]);
+        (
+            grid.select(1, 0),
+            grid.narrow(1, 1, self.num_negatives as i64).to_kind(Kind::Float),
+        )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ex(id: &str, p: &[i64], pos: &[i64], c: &[i64], r: &[&[i64]]) -> Example {
+        Example {
+            sample_id: id.into(),
+            prompt_ids: p.to_vec(),
+            prompt_positions: pos.to_vec(),
+            chosen_ids: c.to_vec(),
+            rejected_ids: r.iter().map(|x| x.to_vec()).collect(),
+        }
+    }
+
+    #[test]
+    fn collate_lays_out_sequences_by_hand() {
+        let e = ex("a", &[5, 6, 7], &[0, 10, 11], &[8, 2], &[&[9, 9, 2], &[2]]);
+        let b = collate(&[e], Device::Cpu).unwrap();
+        assert_eq!(b.input_ids.size(), vec![3, 6]);
+        let ids: Vec<i64> = Vec::try_from(b.input_ids.flatten(0, -1)).unwrap();
+        assert_eq!(ids, vec![5, 6, 7, 8, 2, 0, 5, 6, 7, 9, 9, 2, 5, 6, 7, 2, 0, 0]);
+        let pos: Vec<i64> = Vec::try_from(b.position_ids.flatten(0, -1)).unwrap();
+        assert_eq!(pos, vec![0, 10, 11, 12, 13, 14, 0, 10, 11, 12, 13, 14, 0, 10, 11, 12, 13, 14]);
+        // Row t predicts token t+1: the last prompt row (2) predicts the first response token.
+        let g: Vec<i64> = Vec::try_from(&b.gather_index).unwrap();
+        assert_eq!(g, vec![2, 3, 8, 9, 10, 14]);
+        let l: Vec<i64> = Vec::try_from(&b.labels).unwrap();
+        assert_eq!(l, vec![8, 2, 9, 9, 2, 2]);
+        let s: Vec<i64> = Vec::try_from(&b.sequence).unwrap();
+        assert_eq!(s, vec![0, 0, 1, 1, 1, 2]);
+        assert_eq!(b.tokens, 5 + 6 + 4);
+        let (c, r) = b.split_chosen_rejected(&Tensor::from_slice(&[1.0f32, 2.0, 3.0]));
+        assert_eq!(Vec::<f32>::try_from(c).unwrap(), vec![1.0]);
+        assert_eq!(r.size(), vec![1, 2]);
+    }
+}

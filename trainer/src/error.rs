@@ -1,0 +1,75 @@
+//! The trainer's error type. Bad input is not a bug: only [`TrainerError::Internal`] says
+//! "bug in logo".
+
+use std::path::{Path, PathBuf};
+
+/// Result alias of this crate.
+pub type Result<T, E = TrainerError> = std::result::Result<T, E>;
+
+/// Errors of the trainer.
+#[derive(Debug, thiserror::Error)]
+pub enum TrainerError {
+    /// A command-line or config value is out of range; raised before any work.
+    #[error("config key {key}: {message}")]
+    Config {
+        /// The option or key (`--beta`, `lora.r`).
+        key: String,
+        /// What is wrong and what is allowed.
+        message: String,
+    },
+    /// A file could not be read or written.
+    #[error("{}: {source}", path.display())]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// An input file is unusable: wrong schema version, missing column, bad value.
+    #[error("{}: {message}", path.display())]
+    Input {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong (names the column or row).
+        message: String,
+    },
+    /// A model folder or GGUF could not be loaded (missing tensor, wrong shape, bad config).
+    #[error("model {}: {message}", path.display())]
+    Model {
+        /// The model folder or file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// libtorch failed.
+    #[error("torch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// Parquet error.
+    #[error(transparent)]
+    Parquet(#[from] parquet::errors::ParquetError),
+    /// A batch did not match its table.
+    #[error(transparent)]
+    Schema(#[from] logo_schemas::SchemaError),
+    /// An invariant of logo itself was broken.
+    #[error("bug in logo: {0}")]
+    Internal(String),
+}
+
+impl TrainerError {
+    /// Wraps an I/O error with the file it concerns.
+    pub fn io(path: &Path, source: std::io::Error) -> Self {
+        TrainerError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
+    }
+
+    /// A model loading error for `path`.
+    pub fn model(path: &Path, message: impl Into<String>) -> Self {
+        TrainerError::Model {
+            path: path.to_path_buf(),
+            message: message.into(),
+        }
+    }
+}

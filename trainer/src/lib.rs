@@ -1,0 +1,22 @@
+//! logo-trainer: LoRA training of a Llama-family model with the LOGO objective (Tang et al.,
+//! "LOGO — Long cOntext aliGnment via efficient preference Optimization", section 3.2.1,
+//! Eq. 2 and 3, section 4.1) on libtorch through `tch`, streaming the Parquet training samples
+//! written by `logo-engine` (`logo_schemas::training_schema`).
+//!
+//! Modules: [`model`] (the decoder with explicit `position_ids`), [`lora`] (adapters, PEFT
+//! format), [`gguf`] (the embedded GGUF, dequantised), [`loss`] (Eq. 2/3), [`data`] (Parquet
+//! streaming and batching), [`optim`] (AdamW with a saveable state), [`train_loop`] (the loop,
+//! checkpoints, resume), [`plot`] (loss and margin PNG).
+#![deny(missing_docs)]
+
+pub mod data;
+pub mod error;
+pub mod gguf;
+pub mod lora;
+pub mod loss;
+pub mod model;
+pub mod optim;
+pub mod plot;
+pub mod train_loop;
+
+pub use error::{Result, TrainerError};

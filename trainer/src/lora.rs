@@ -1,0 +1,445 @@
+//! LoRA adapters (Hu et al. 2021) in PEFT's layout and file format.
+//!
+//! LOGO (Tang et al., section 4.1) freezes the backbone and trains LoRA on the attention and
+//! token-embedding modules, hence the default targets `q_proj k_proj v_proj o_proj
+//! embed_tokens`.
+//!
+//! Source: PEFT `tuners/lora/config.py` (`LoraConfig`: `r`, `lora_alpha`, `lora_dropout`,
+//! `target_modules`) and `tuners/lora/layer.py` (`Linear`: `lora_A` [r,in] kaiming-uniform
+//! a=√5, `lora_B` [out,r] zero, `y += lora_B(lora_A(dropout(x)))·scaling`; `Embedding`:
+//! `lora_embedding_A` [r,V] zero, `lora_embedding_B` [H,r] normal, `y += (A^T[ids] Bᵀ)·scaling`,
+//! no dropout; `get_delta_weight`), `scaling = lora_alpha / r`. Files: `adapter_config.json`
+//! and `adapter_model.safetensors` with keys
+//! `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` and
+//! `base_model.model.model.embed_tokens.lora_embedding_A`, loadable by
+//! `PeftModel.from_pretrained(base, dir)`.
+//!
+//! Adapter parameters are f32. In the forward pass they are cast to the dtype of the
+//! activations (bf16 when the base is bf16), as under HF/PEFT autocast mixed precision; the
+//! gradient reaches the f32 parameters through the cast.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use tch::{nn, Kind, Tensor};
+
+use crate::error::{Result, TrainerError};
+use crate::model::{AdapterSlot, Llama};
+
+/// Prefix PEFT puts before the base model's own parameter names.
+pub const PEFT_PREFIX: &str = "base_model.model.";
+/// PEFT adapter config file name.
+pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
+/// PEFT adapter weights file name.
+pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
+
+/// LoRA hyper-parameters with PEFT's names (PEFT `LoraConfig`); `#[serde(default)]`, so a
+/// PEFT `adapter_config.json` parses into it (other keys are ignored).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoraConfig {
+    /// Rank r of the update `B·A`, default 8.
+    pub r: i64,
+    /// α; the update is scaled by `lora_alpha / r`. Default 16.
+    pub lora_alpha: f64,
+    /// Dropout probability on the input of `lora_A` while training (linear targets only, as
+    /// in PEFT). Default 0.05.
+    pub lora_dropout: f64,
+    /// Module names to adapt, matched like PEFT (full name equal or ending in `.name`).
+    /// Default `["q_proj", "k_proj", "v_proj", "o_proj", "embed_tokens"]`: attention and token
+    /// embedding (LOGO section 4.1).
+    pub target_modules: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    fn default() -> Self {
+        LoraConfig {
+            r: 8,
+            lora_alpha: 16.0,
+            lora_dropout: 0.05,
+            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "embed_tokens"]
+                .into_iter()
+                .map(String::from)
+                .collect(),
+        }
+    }
+}
+
+impl LoraConfig {
+    /// `lora_alpha / r` (PEFT `scaling`, without rsLoRA).
+    pub fn scaling(&self) -> f64 {
+        self.lora_alpha / self.r as f64
+    }
+
+    /// Sets `r` (default 8).
+    pub fn with_r(mut self, r: i64) -> Self {
+        self.r = r;
+        self
+    }
+
+    /// Sets `lora_alpha` (default 16).
+    pub fn with_alpha(mut self, lora_alpha: f64) -> Self {
+        self.lora_alpha = lora_alpha;
+        self
+    }
+
+    /// Sets `lora_dropout` (default 0.05).
+    pub fn with_dropout(mut self, lora_dropout: f64) -> Self {
+        self.lora_dropout = lora_dropout;
+        self
+    }
+
+    /// Sets `target_modules` (default attention + `embed_tokens`).
+    pub fn with_target_modules<S: Into<String>>(
+        mut self,
+        targets: impl IntoIterator<Item = S>,
+    ) -> Self {
+        self.target_modules = targets.into_iter().map(Into::into).collect();
+        self
+    }
+
+    /// Checks `r ≥ 1`, `lora_alpha > 0`, `0 ≤ lora_dropout < 1`, a non-empty target list.
+    /// Errors: [`TrainerError::Config`] naming the key (`lora.r`, …).
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, message: String| {
+            Err(TrainerError::Config {
+                key: format!("lora.{key}"),
+                message,
+            })
+        };
+        if self.r < 1 {
+            return bad("r", format!("expected ≥ 1, got {}", self.r));
+        }
+        if !(self.lora_alpha > 0.0) {
+            return bad(
+                "lora_alpha",
+                format!("expected > 0, got {}", self.lora_alpha),
+            );
+        }
+        if !(0.0..1.0).contains(&self.lora_dropout) {
+            return bad(
+                "lora_dropout",
+                format!("expected in [0, 1), got {}", self.lora_dropout),
+            );
+        }
+        if self.target_modules.is_empty() {
+            return bad("target_modules", "expected at least one module".to_string());
+        }
+        Ok(())
+    }
+}
+
+/// LoRA on a linear layer (PEFT `lora.Linear`).
+#[derive(Debug)]
+pub struct LoraLinear {
+    /// `lora_A.weight` [r,in] f32, trainable; kaiming-uniform(a=√5) = U(±1/√in).
+    pub a: Tensor,
+    /// `lora_B.weight` [out,r] f32, trainable; zero.
+    pub b: Tensor,
+    scaling: f64,
+    dropout: f64,
+}
+
+impl LoraLinear {
+    /// Registers `lora_A.weight` and `lora_B.weight` under `p` (the module's path in the
+    /// adapter store). Errors: [`TrainerError::Torch`].
+    pub fn new(p: nn::Path, in_features: i64, out_features: i64, cfg: &LoraConfig) -> Result<Self> {
+        // kaiming_uniform_(a=√5): gain = √(2/(1+5)), bound = gain·√(3/fan_in) = 1/√fan_in.
+        let bound = 1.0 / (in_features as f64).sqrt();
+        let a = p.sub("lora_A").f_var(
+            "weight",
+            &[cfg.r, in_features],
+            nn::Init::Uniform {
+                lo: -bound,
+                up: bound,
+            },
+        )?;
+        let b = p.sub("lora_B").f_zeros("weight", &[out_features, cfg.r])?;
+        Ok(LoraLinear {
+            a,
+            b,
+            scaling: cfg.scaling(),
+            dropout: cfg.lora_dropout,
+        })
+    }
+
+    /// The update `(dropout(x) Aᵀ Bᵀ)·scaling`: `x` [..,in] → [..,out] in `x`'s dtype;
+    /// dropout only when `train`.
+    pub fn delta(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let kind = x.kind();
+        let x = if train && self.dropout > 0.0 {
+            x.f_dropout(self.dropout, true)?
+        } else {
+            x.shallow_clone()
+        };
+        let a = self.a.f_to_kind(kind)?;
+        let b = self.b.f_to_kind(kind)?;
+        Ok(x.f_linear(&a, None::<Tensor>)?
+            .f_linear(&b, None::<Tensor>)?
+            .f_mul_scalar(self.scaling)?)
+    }
+
+    /// `B·A·scaling` [out,in] f32 (PEFT `get_delta_weight`).
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        Ok(self.b.f_matmul(&self.a)?.f_mul_scalar(self.scaling)?)
+    }
+}
+
+/// LoRA on the token embedding (PEFT `lora.Embedding`).
+#[derive(Debug)]
+pub struct LoraEmbedding {
+    /// `lora_embedding_A` [r,V] f32, trainable; zero.
+    pub a: Tensor,
+    /// `lora_embedding_B` [H,r] f32, trainable; standard normal.
+    pub b: Tensor,
+    scaling: f64,
+    padding_idx: i64,
+}
+
+impl LoraEmbedding {
+    /// Registers `lora_embedding_A` and `lora_embedding_B` under `p`. `padding_idx` (the
+    /// base embedding's, HF `pad_token_id`) only masks that row's gradient, as in PEFT.
+    /// Errors: [`TrainerError::Torch`].
+    pub fn new(
+        p: nn::Path,
+        vocab: i64,
+        hidden: i64,
+        padding_idx: Option<i64>,
+        cfg: &LoraConfig,
+    ) -> Result<Self> {
+        let a = p.f_zeros("lora_embedding_A", &[cfg.r, vocab])?;
+        let b = p.f_randn_standard("lora_embedding_B", &[hidden, cfg.r])?;
+        Ok(LoraEmbedding {
+            a,
+            b,
+            scaling: cfg.scaling(),
+            padding_idx: padding_idx.unwrap_or(-1),
+        })
+    }
+
+    /// The update `(Aᵀ[ids] Bᵀ)·scaling`: `ids` [B,T] i64 → [B,T,H] computed in `kind` (the
+    /// base embedding's dtype; A and B are cast).
+    pub fn delta(&self, ids: &Tensor, kind: Kind) -> Result<Tensor> {
+        let a_t = self.a.f_to_kind(kind)?.f_transpose(0, 1)?; // (V, r)
+        let after_a = Tensor::f_embedding(&a_t, ids, self.padding_idx, false, false)?; // (B, T, r)
+        Ok(after_a
+            .f_linear(&self.b.f_to_kind(kind)?, None::<Tensor>)?
+            .f_mul_scalar(self.scaling)?)
+    }
+
+    /// `(B·A)ᵀ·scaling` [V,H] f32 (PEFT `get_delta_weight` for embeddings).
+    pub fn delta_weight(&self) -> Result<Tensor> {
+        Ok(self
+            .b
+            .f_matmul(&self.a)?
+            .f_transpose(0, 1)?
+            .f_mul_scalar(self.scaling)?)
+    }
+}
+
+/// `adapter_config.json` as PEFT writes it (the keys PEFT needs to rebuild the adapter).
+#[derive(Debug, Serialize, Deserialize)]
+struct AdapterConfigFile {
+    peft_type: String,
+    task_type: String,
+    r: i64,
+    lora_alpha: f64,
+    lora_dropout: f64,
+    target_modules: Vec<String>,
+    bias: String,
+    base_model_name_or_path: Option<String>,
+    fan_in_fan_out: bool,
+    inference_mode: bool,
+    #[serde(default)]
+    use_rslora: bool,
+    #[serde(default)]
+    use_dora: bool,
+    #[serde(default)]
+    modules_to_save: Option<Vec<String>>,
+}
+
+/// Reads `dir/adapter_config.json` into a [`LoraConfig`]. Errors: [`TrainerError::Io`];
+/// [`TrainerError::Model`] unless it is a plain LoRA (`peft_type` "LORA", `bias` "none", no
+/// rsLoRA/DoRA, `fan_in_fan_out` false, no `modules_to_save`, a list of targets).
+pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
+    let path = dir.join(ADAPTER_CONFIG_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|e| TrainerError::io(&path, e))?;
+    let file: AdapterConfigFile =
+        serde_json::from_str(&text).map_err(|e| TrainerError::model(&path, e.to_string()))?;
+    let unsupported = if file.peft_type != "LORA" {
+        Some(format!("peft_type: expected LORA, got {}", file.peft_type))
+    } else if file.bias != "none" {
+        Some(format!("bias: expected none, got {}", file.bias))
+    } else if file.use_rslora || file.use_dora || file.fan_in_fan_out {
+        Some("expected use_rslora, use_dora and fan_in_fan_out false".to_string())
+    } else if file.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
+        Some("modules_to_save: expected none".to_string())
+    } else {
+        None
+    };
+    if let Some(message) = unsupported {
+        return Err(TrainerError::model(&path, message));
+    }
+    let cfg = LoraConfig {
+        r: file.r,
+        lora_alpha: file.lora_alpha,
+        lora_dropout: file.lora_dropout,
+        target_modules: file.target_modules,
+    };
+    cfg.validate()?;
+    Ok(cfg)
+}
+
+/// The model's adapters, or a [`TrainerError::Config`] saying there are none.
+fn adapters(model: &Llama) -> Result<(&nn::VarStore, &LoraConfig)> {
+    match (model.lora_var_store(), model.lora_config()) {
+        (Some(vs), Some(cfg)) => Ok((vs, cfg)),
+        _ => Err(TrainerError::Config {
+            key: "lora".to_string(),
+            message: "the model has no LoRA adapters".to_string(),
+        }),
+    }
+}
+
+/// Saves the adapters in PEFT format: `dir/adapter_config.json` (`peft_type` "LORA",
+/// `task_type` "CAUSAL_LM", `base_model_name_or_path` = `base_name`, `inference_mode` true)
+/// and `dir/adapter_model.safetensors` (f32, keys `base_model.model.` + the adapter store's
+/// names). Creates `dir`. Errors: [`TrainerError::Config`] without adapters,
+/// [`TrainerError::Io`], [`TrainerError::Torch`].
+pub fn save_adapter(model: &Llama, dir: &Path, base_name: &str) -> Result<()> {
+    let (vs, cfg) = adapters(model)?;
+    std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
+    let file = AdapterConfigFile {
+        peft_type: "LORA".to_string(),
+        task_type: "CAUSAL_LM".to_string(),
+        r: cfg.r,
+        lora_alpha: cfg.lora_alpha,
+        lora_dropout: cfg.lora_dropout,
+        target_modules: cfg.target_modules.clone(),
+        bias: "none".to_string(),
+        base_model_name_or_path: Some(base_name.to_string()),
+        fan_in_fan_out: false,
+        inference_mode: true,
+        use_rslora: false,
+        use_dora: false,
+        modules_to_save: None,
+    };
+    let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
+    let json = serde_json::to_string_pretty(&file)
+        .map_err(|e| TrainerError::Internal(format!("adapter config to JSON: {e}")))?;
+    std::fs::write(&cfg_path, json).map_err(|e| TrainerError::io(&cfg_path, e))?;
+    let mut named: Vec<(String, Tensor)> = vs
+        .variables()
+        .into_iter()
+        .map(|(name, t)| {
+            let t = t
+                .f_detach()?
+                .f_to_kind(Kind::Float)?
+                .f_to_device(tch::Device::Cpu)?
+                .f_contiguous()?;
+            Ok((format!("{PEFT_PREFIX}{name}"), t))
+        })
+        .collect::<Result<_>>()?;
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    let weights = dir.join(ADAPTER_WEIGHTS_FILE);
+    Tensor::write_safetensors(&named, &weights)?;
+    Ok(())
+}
+
+/// Loads `dir/adapter_model.safetensors` into the model's adapters, which must have been
+/// attached with the same configuration (build the model with
+/// `Llama::load(path, Some(&read_adapter_config(dir)?), ..)` first). Values are copied in
+/// place, so optimizer references to the parameters stay valid.
+///
+/// Errors: [`TrainerError::Config`] without adapters; [`TrainerError::Model`] if `r`,
+/// `lora_alpha` or the targets differ from `adapter_config.json`, or a tensor is missing,
+/// unexpected or of the wrong shape; [`TrainerError::Io`], [`TrainerError::Torch`].
+pub fn load_adapter(model: &Llama, dir: &Path) -> Result<()> {
+    let (vs, cfg) = adapters(model)?;
+    let file_cfg = read_adapter_config(dir)?;
+    let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
+    let mut ours = cfg.target_modules.clone();
+    let mut theirs = file_cfg.target_modules.clone();
+    ours.sort();
+    theirs.sort();
+    if file_cfg.r != cfg.r || file_cfg.lora_alpha != cfg.lora_alpha || ours != theirs {
+        return Err(TrainerError::model(
+            &cfg_path,
+            format!(
+                "expected r {}, lora_alpha {}, target_modules {:?} (the model's adapters), \
+                 got r {}, lora_alpha {}, target_modules {:?}",
+                cfg.r, cfg.lora_alpha, ours, file_cfg.r, file_cfg.lora_alpha, theirs
+            ),
+        ));
+    }
+    let weights = dir.join(ADAPTER_WEIGHTS_FILE);
+    let mut loaded: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&weights)?
+        .into_iter()
+        .map(|(k, t)| (k.strip_prefix(PEFT_PREFIX).unwrap_or(&k).to_string(), t))
+        .collect();
+    let _guard = tch::no_grad_guard();
+    let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (name, mut var) in vars {
+        let src = loaded.remove(&name).ok_or_else(|| {
+            TrainerError::model(&weights, format!("missing tensor {PEFT_PREFIX}{name}"))
+        })?;
+        if src.size() != var.size() {
+            return Err(TrainerError::model(
+                &weights,
+                format!(
+                    "tensor {PEFT_PREFIX}{name}: expected shape {:?}, got {:?}",
+                    var.size(),
+                    src.size()
+                ),
+            ));
+        }
+        var.f_copy_(&src)?;
+    }
+    if let Some(extra) = loaded.keys().min() {
+        return Err(TrainerError::model(
+            &weights,
+            format!("unexpected tensor {PEFT_PREFIX}{extra} (no such adapter in the model)"),
+        ));
+    }
+    Ok(())
+}
+
+/// Folds every adapter into its base weight, `W += B·A·scaling` (embedding:
+/// `W += (B·A)ᵀ·scaling`), cast to the base dtype, then drops the adapters (PEFT
+/// `merge_and_unload`). With tied embeddings and an `embed_tokens` adapter the LM head first
+/// gets its own copy of the embedding (the config becomes untied), so the merged model gives
+/// the same logits as the adapted one: PEFT's adapter changes only the input embedding.
+///
+/// Errors: [`TrainerError::Config`] without adapters; [`TrainerError::Torch`].
+pub fn merge_lora(model: &mut Llama) -> Result<()> {
+    adapters(model)?;
+    let embed_adapted = model
+        .adapter_slots()
+        .into_iter()
+        .any(|(_, slot)| matches!(slot, AdapterSlot::Embedding(e) if e.lora.is_some()));
+    if embed_adapted {
+        model.untie_lm_head()?;
+    }
+    {
+        let _guard = tch::no_grad_guard();
+        for (_, slot) in model.adapter_slots() {
+            match slot {
+                AdapterSlot::Linear(lin) => {
+                    if let Some(lora) = &lin.lora {
+                        let delta = lora.delta_weight()?.f_to_kind(lin.weight.kind())?;
+                        lin.weight.f_add_(&delta)?;
+                    }
+                }
+                AdapterSlot::Embedding(emb) => {
+                    if let Some(lora) = &emb.lora {
+                        let delta = lora.delta_weight()?.f_to_kind(emb.weight.kind())?;
+                        emb.weight.f_add_(&delta)?;
+                    }
+                }
+            }
+        }
+    }
+    model.detach_lora();
+    Ok(())
+}

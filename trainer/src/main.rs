@@ -1,0 +1,166 @@
+//! `logo-trainer`: LoRA training with the LOGO objective on the engine's Parquet output.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::Parser;
+use logo_trainer::lora::LoraConfig;
+use logo_trainer::loss::LossConfig;
+use logo_trainer::optim::AdamWConfig;
+use logo_trainer::train_loop::{train, TrainConfig};
+
+/// Trains a LoRA adapter with the LOGO objective (Tang et al., Eq. 2 and 3) on the Parquet
+/// training samples written by `logo-engine run`. Writes a PEFT adapter folder, checkpoints,
+/// metrics.jsonl and training.png to --output.
+#[derive(Parser)]
+#[command(name = "logo-trainer", version, about)]
+struct Cli {
+    /// Folder of the engine's output (*.parquet).
+    #[arg(long, value_name = "DIR")]
+    data: PathBuf,
+    /// Base model: a Hugging Face folder (config.json + *.safetensors) or a GGUF file.
+    /// Default: the embedded SmolLM2-135M-Instruct GGUF in $LOGO_CACHE/models.
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, value_name = "DIR", default_value = "adapter")]
+    output: PathBuf,
+    /// β of Eq. 2 (reward scale).
+    #[arg(long, default_value_t = 10.0)]
+    beta: f64,
+    /// γ of Eq. 2 (target margin).
+    #[arg(long, default_value_t = 3.0)]
+    gamma: f64,
+    /// λ of Eq. 3 (weight of the SFT negative log-likelihood).
+    #[arg(long, default_value_t = 0.1)]
+    sft_weight: f64,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 1e-4)]
+    lr: f64,
+    /// AdamW decoupled weight decay.
+    #[arg(long, default_value_t = 0.0)]
+    weight_decay: f64,
+    /// Linear warm-up steps.
+    #[arg(long, default_value_t = 0)]
+    warmup_steps: usize,
+    /// Final learning rate as a fraction of the peak (cosine decay).
+    #[arg(long, default_value_t = 0.1)]
+    min_lr_ratio: f64,
+    /// Optimizer steps (default: one pass over the data).
+    #[arg(long)]
+    max_steps: Option<usize>,
+    /// Samples per micro-batch (each sample is M + 1 sequences).
+    #[arg(long, default_value_t = 1)]
+    batch_size: usize,
+    /// Micro-batches per optimizer step.
+    #[arg(long, default_value_t = 1)]
+    grad_accum: usize,
+    /// Gradient clipping norm (0 = off).
+    #[arg(long, default_value_t = 1.0)]
+    max_grad_norm: f64,
+    /// Save a checkpoint every N steps (0 = only at the end).
+    #[arg(long, default_value_t = 0)]
+    save_steps: usize,
+    /// Rows in the shuffle buffer.
+    #[arg(long, default_value_t = 256)]
+    shuffle_buffer: usize,
+    /// LoRA rank r.
+    #[arg(long, default_value_t = 8)]
+    lora_r: i64,
+    /// LoRA alpha (scaling = alpha / r).
+    #[arg(long, default_value_t = 16.0)]
+    lora_alpha: f64,
+    /// LoRA dropout.
+    #[arg(long, default_value_t = 0.05)]
+    lora_dropout: f64,
+    /// Modules that get LoRA (paper 4.1: attention and token embedding).
+    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,embed_tokens")]
+    target_modules: Vec<String>,
+    /// Seed of data order, LoRA init and dropout.
+    #[arg(long, default_value_t = 42)]
+    seed: u64,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Resume from a checkpoint folder (output/checkpoint-N).
+    #[arg(long, value_name = "DIR")]
+    resume: Option<PathBuf>,
+    /// No progress bar.
+    #[arg(long)]
+    quiet: bool,
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("LOGO_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("logo-trainer: {e:#}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn default_model() -> PathBuf {
+    let cache = std::env::var_os("LOGO_CACHE")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo"));
+    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    let cfg = TrainConfig {
+        data: cli.data,
+        model: cli.model.unwrap_or_else(default_model),
+        output: cli.output,
+        loss: LossConfig {
+            beta: cli.beta,
+            gamma: cli.gamma,
+            sft_weight: cli.sft_weight,
+        },
+        lora: LoraConfig {
+            r: cli.lora_r,
+            lora_alpha: cli.lora_alpha,
+            lora_dropout: cli.lora_dropout,
+            target_modules: cli.target_modules,
+        },
+        optim: AdamWConfig {
+            lr: cli.lr,
+            weight_decay: cli.weight_decay,
+            ..AdamWConfig::default()
+        },
+        max_steps: cli.max_steps,
+        batch_size: cli.batch_size,
+        grad_accum: cli.grad_accum,
+        warmup_steps: cli.warmup_steps,
+        min_lr_ratio: cli.min_lr_ratio,
+        max_grad_norm: cli.max_grad_norm,
+        save_steps: cli.save_steps,
+        shuffle_buffer: cli.shuffle_buffer,
+        seed: cli.seed,
+        device: cli.device,
+        resume: cli.resume,
+        progress: !cli.quiet,
+    };
+    let summary = train(&cfg).context("training")?;
+    if let (Some(first), Some(last)) = (summary.metrics.first(), summary.metrics.last()) {
+        println!(
+            "logo-trainer: {} steps; loss {:.4} → {:.4}, margin {:+.3} → {:+.3}, accuracy {:.2} → {:.2}",
+            summary.steps, first.loss, last.loss, first.margin, last.margin, first.accuracy, last.accuracy
+        );
+    }
+    println!(
+        "logo-trainer: adapter in {} (adapter_config.json, adapter_model.safetensors); metrics.jsonl, training.png",
+        summary.adapter.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,1231 @@
+//! The Llama-family decoder (Llama 2/3, Mistral, Qwen2, SmolLM2) on libtorch, driven by
+//! explicit `position_ids`.
+//!
+//! Sources: HF transformers `models/llama/modeling_llama.py` (v5: `LlamaRMSNorm`,
+//! `LlamaRotaryEmbedding`, `rotate_half`, `apply_rotary_pos_emb`, `LlamaMLP`, `LlamaAttention`
+//! with the SDPA interface, `LlamaDecoderLayer`, `LlamaModel`, `LlamaForCausalLM`) and
+//! `modeling_rope_utils.py` (`_compute_linear_scaling_rope_parameters`,
+//! `_compute_llama3_parameters`); layout after tch-rs `examples/llama/main.rs` and candle
+//! `candle-transformers/src/models/llama.rs`.
+//!
+//! LOGO (Tang et al., section 3.2.2 and Appendix D) trains on positional indices synthesised
+//! up to the target length K (64K and more): every token carries its own position id, which may
+//! start anywhere and jump, so the rotary embedding is computed from `position_ids` [B,T] i64
+//! and never from the token's place in the sequence. Attention stays causal over the sequence
+//! order. Batches must be right-padded: a padding token never precedes a real token, so causal
+//! attention already keeps real tokens from seeing padding and no attention mask is needed.
+//!
+//! The base weights live in their own frozen [`nn::VarStore`] (`requires_grad` false) whose
+//! variable names repeat HF's (`model.layers.{i}.self_attn.q_proj.weight`), so safetensors load
+//! by name; the LoRA adapters (see [`crate::lora`]) live in a second, trainable store with
+//! PEFT's names. Numerics follow HF: RMSNorm in f32, cos/sin of the rotary embedding computed in
+//! f32 then cast to the model dtype, attention through `scaled_dot_product_attention`.
+
+use std::collections::HashMap;
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::error::{Result, TrainerError};
+use crate::lora::{LoraConfig, LoraEmbedding, LoraLinear};
+
+/// Rotary-embedding scaling of the inverse frequencies (HF `rope_scaling` / `rope_parameters`,
+/// `modeling_rope_utils.py`). Types HF computes at load time only; "dynamic" and "yarn" are not
+/// supported and fail in [`LlamaConfig`] parsing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum RopeScaling {
+    /// Position interpolation: `inv_freq / factor` (HF `_compute_linear_scaling_rope_parameters`).
+    Linear {
+        /// Interpolation factor (> 0).
+        factor: f64,
+    },
+    /// Llama 3.1 frequency-dependent scaling (HF `_compute_llama3_parameters`): wavelengths
+    /// above `original_max_position_embeddings / low_freq_factor` are divided by `factor`,
+    /// below `original_max_position_embeddings / high_freq_factor` kept, smoothed between.
+    Llama3 {
+        /// Scaling of the low frequencies, 8 in Llama 3.1.
+        factor: f64,
+        /// 1 in Llama 3.1.
+        low_freq_factor: f64,
+        /// 4 in Llama 3.1.
+        high_freq_factor: f64,
+        /// Pre-training context length, 8192 in Llama 3.1.
+        original_max_position_embeddings: usize,
+    },
+}
+
+/// Which attention projections carry a bias.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AttentionBias {
+    /// No bias (Llama, Mistral, SmolLM2).
+    None,
+    /// q, k, v and o biases (Llama `attention_bias: true`).
+    QkvO,
+    /// q, k, v biases only (Qwen2).
+    Qkv,
+}
+
+/// Hyper-parameters of a Llama-family decoder, parsed from HF `config.json` (both the v4 form
+/// `rope_theta` + `rope_scaling` and the v5 form `rope_parameters`) or from GGUF metadata
+/// ([`crate::gguf`]). Parsing validates: heads divide, head_dim even, act "silu".
+///
+/// Source: HF `models/llama/configuration_llama.py` (defaults in parentheses).
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(try_from = "RawLlamaConfig")]
+pub struct LlamaConfig {
+    /// HF `model_type`: "llama", "mistral" or "qwen2" ("llama" if absent).
+    pub model_type: String,
+    /// V, the vocabulary size.
+    pub vocab_size: usize,
+    /// H, the residual width.
+    pub hidden_size: usize,
+    /// Width of the SwiGLU MLP.
+    pub intermediate_size: usize,
+    /// Number of decoder layers.
+    pub num_hidden_layers: usize,
+    /// nh, number of query heads.
+    pub num_attention_heads: usize,
+    /// nkv, number of key/value heads (grouped-query attention); default nh.
+    pub num_key_value_heads: usize,
+    /// hd, width of one head; default H / nh.
+    pub head_dim: usize,
+    /// RMSNorm epsilon (1e-6).
+    pub rms_norm_eps: f64,
+    /// RoPE base θ (10000).
+    pub rope_theta: f64,
+    /// RoPE scaling (none).
+    pub rope_scaling: Option<RopeScaling>,
+    /// Whether `lm_head` shares `model.embed_tokens.weight` (false).
+    pub tie_word_embeddings: bool,
+    /// Biases of the attention projections (Llama `attention_bias`, Qwen2: q/k/v).
+    pub attention_bias: AttentionBias,
+    /// Biases of gate/up/down projections (Llama `mlp_bias`, false).
+    pub mlp_bias: bool,
+    /// Context length the model was trained for (2048); informational, positions beyond it
+    /// are computed all the same.
+    pub max_position_embeddings: usize,
+    /// Padding token id (none); only masks the gradient of the embedding LoRA row, like HF's
+    /// `nn.Embedding(padding_idx)` under PEFT.
+    pub pad_token_id: Option<i64>,
+}
+
+/// `rope_scaling` / `rope_parameters` as written by HF (v4 uses `type` or `rope_type`).
+#[derive(Debug, Clone, Default, Deserialize)]
+struct RawRope {
+    rope_type: Option<String>,
+    #[serde(rename = "type")]
+    legacy_type: Option<String>,
+    rope_theta: Option<f64>,
+    factor: Option<f64>,
+    low_freq_factor: Option<f64>,
+    high_freq_factor: Option<f64>,
+    original_max_position_embeddings: Option<usize>,
+}
+
+/// The `config.json` keys we read, as HF writes them.
+#[derive(Debug, Clone, Deserialize)]
+struct RawLlamaConfig {
+    model_type: Option<String>,
+    vocab_size: usize,
+    hidden_size: usize,
+    intermediate_size: usize,
+    num_hidden_layers: usize,
+    num_attention_heads: usize,
+    num_key_value_heads: Option<usize>,
+    head_dim: Option<usize>,
+    rms_norm_eps: Option<f64>,
+    rope_theta: Option<f64>,
+    rope_scaling: Option<RawRope>,
+    rope_parameters: Option<RawRope>,
+    #[serde(default)]
+    tie_word_embeddings: bool,
+    attention_bias: Option<bool>,
+    #[serde(default)]
+    mlp_bias: bool,
+    max_position_embeddings: Option<usize>,
+    hidden_act: Option<String>,
+    pad_token_id: Option<i64>,
+    sliding_window: Option<usize>,
+    #[serde(default)]
+    use_sliding_window: bool,
+}
+
+impl TryFrom<RawLlamaConfig> for LlamaConfig {
+    type Error = String;
+
+    fn try_from(raw: RawLlamaConfig) -> std::result::Result<Self, String> {
+        let model_type = raw.model_type.unwrap_or_else(|| "llama".to_string());
+        let attention_bias = match model_type.as_str() {
+            "llama" | "mistral" => {
+                if raw.attention_bias.unwrap_or(false) {
+                    AttentionBias::QkvO
+                } else {
+                    AttentionBias::None
+                }
+            }
+            "qwen2" => AttentionBias::Qkv,
+            other => {
+                return Err(format!(
+                    "model_type: expected llama, mistral or qwen2, got {other}"
+                ))
+            }
+        };
+        let sliding = match model_type.as_str() {
+            "mistral" => raw.sliding_window.is_some(),
+            "qwen2" => raw.use_sliding_window,
+            _ => false,
+        };
+        if sliding {
+            return Err("sliding-window attention is not supported".to_string());
+        }
+        if let Some(act) = &raw.hidden_act {
+            if act != "silu" {
+                return Err(format!("hidden_act: expected silu, got {act}"));
+            }
+        }
+        // v5 keeps θ inside `rope_parameters`; v4 has `rope_theta` and `rope_scaling`.
+        let rope = raw.rope_parameters.or(raw.rope_scaling).unwrap_or_default();
+        let rope_theta = rope.rope_theta.or(raw.rope_theta).unwrap_or(10000.0);
+        let rope_type = rope
+            .rope_type
+            .clone()
+            .or(rope.legacy_type.clone())
+            .unwrap_or_else(|| "default".to_string());
+        let need = |v: Option<f64>, key: &str| {
+            v.ok_or_else(|| format!("rope scaling {rope_type}: missing key {key}"))
+        };
+        let rope_scaling = match rope_type.as_str() {
+            "default" => None,
+            "linear" => Some(RopeScaling::Linear {
+                factor: need(rope.factor, "factor")?,
+            }),
+            "llama3" => Some(RopeScaling::Llama3 {
+                factor: need(rope.factor, "factor")?,
+                low_freq_factor: need(rope.low_freq_factor, "low_freq_factor")?,
+                high_freq_factor: need(rope.high_freq_factor, "high_freq_factor")?,
+                original_max_position_embeddings: rope
+                    .original_max_position_embeddings
+                    .ok_or("rope scaling llama3: missing key original_max_position_embeddings")?,
+            }),
+            other => {
+                return Err(format!(
+                    "rope type: expected default, linear or llama3, got {other}"
+                ))
+            }
+        };
+        let heads = raw.num_attention_heads;
+        let cfg = LlamaConfig {
+            model_type,
+            vocab_size: raw.vocab_size,
+            hidden_size: raw.hidden_size,
+            intermediate_size: raw.intermediate_size,
+            num_hidden_layers: raw.num_hidden_layers,
+            num_attention_heads: heads,
+            num_key_value_heads: raw.num_key_value_heads.unwrap_or(heads),
+            head_dim: raw.head_dim.unwrap_or(raw.hidden_size / heads.max(1)),
+            rms_norm_eps: raw.rms_norm_eps.unwrap_or(1e-6),
+            rope_theta,
+            rope_scaling,
+            tie_word_embeddings: raw.tie_word_embeddings,
+            attention_bias,
+            mlp_bias: raw.mlp_bias,
+            max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
+            pad_token_id: raw.pad_token_id,
+        };
+        cfg.check()?;
+        Ok(cfg)
+    }
+}
+
+impl LlamaConfig {
+    /// SmolLM2-135M(-Instruct): 30 layers, H 576, 9 heads, 3 kv heads, hd 64, MLP 1536,
+    /// V 49152, θ 100000, tied embeddings, eps 1e-5, 8192 context (HF
+    /// `HuggingFaceTB/SmolLM2-135M-Instruct/config.json`).
+    pub fn smollm2_135m() -> Self {
+        LlamaConfig {
+            model_type: "llama".to_string(),
+            vocab_size: 49152,
+            hidden_size: 576,
+            intermediate_size: 1536,
+            num_hidden_layers: 30,
+            num_attention_heads: 9,
+            num_key_value_heads: 3,
+            head_dim: 64,
+            rms_norm_eps: 1e-5,
+            rope_theta: 100000.0,
+            rope_scaling: None,
+            tie_word_embeddings: true,
+            attention_bias: AttentionBias::None,
+            mlp_bias: false,
+            max_position_embeddings: 8192,
+            pad_token_id: None,
+        }
+    }
+
+    /// Reads and validates a HF `config.json`. Errors: [`TrainerError::Io`] when unreadable,
+    /// [`TrainerError::Model`] naming the key when a value is missing or unsupported.
+    pub fn from_json_file(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+        serde_json::from_str(&text).map_err(|e| TrainerError::model(path, e.to_string()))
+    }
+
+    /// Checks the invariants the model relies on; the message names the key.
+    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+        let positive = [
+            ("vocab_size", self.vocab_size),
+            ("hidden_size", self.hidden_size),
+            ("intermediate_size", self.intermediate_size),
+            ("num_hidden_layers", self.num_hidden_layers),
+            ("num_attention_heads", self.num_attention_heads),
+            ("num_key_value_heads", self.num_key_value_heads),
+            ("head_dim", self.head_dim),
+        ];
+        for (key, v) in positive {
+            if v == 0 {
+                return Err(format!("{key}: expected > 0, got 0"));
+            }
+        }
+        if self.num_attention_heads % self.num_key_value_heads != 0 {
+            return Err(format!(
+                "num_key_value_heads: expected a divisor of num_attention_heads {}, got {}",
+                self.num_attention_heads, self.num_key_value_heads
+            ));
+        }
+        if self.head_dim % 2 != 0 {
+            return Err(format!("head_dim: expected even, got {}", self.head_dim));
+        }
+        if !(self.rope_theta > 0.0) {
+            return Err(format!("rope_theta: expected > 0, got {}", self.rope_theta));
+        }
+        match &self.rope_scaling {
+            Some(RopeScaling::Linear { factor }) if !(*factor > 0.0) => {
+                return Err(format!("rope_scaling.factor: expected > 0, got {factor}"));
+            }
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                if !(*factor > 0.0)
+                    || !(*low_freq_factor > 0.0)
+                    || !(*high_freq_factor > *low_freq_factor)
+                    || *original_max_position_embeddings == 0
+                {
+                    return Err(format!(
+                        "rope_scaling llama3: expected factor > 0, 0 < low_freq_factor < \
+                         high_freq_factor, original_max_position_embeddings > 0, got {factor}, \
+                         {low_freq_factor}, {high_freq_factor}, {original_max_position_embeddings}"
+                    ));
+                }
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+}
+
+/// Follows a dotted HF module path (`model.layers.0.self_attn`) from `root`.
+pub(crate) fn sub_path<'a>(root: nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
+    dotted
+        .split('.')
+        .filter(|s| !s.is_empty())
+        .fold(root, |p, s| p.sub(s))
+}
+
+/// Registers a frozen (non-trainable) zero tensor of the store's kind under `p.name`.
+fn frozen(p: &nn::Path, name: &str, dims: &[i64]) -> Result<Tensor> {
+    let t = Tensor::f_zeros(dims, (p.kind(), p.device()))?;
+    Ok(p.add(name, t, false))
+}
+
+/// `torch.nn.Linear` with frozen weight [out,in] (and bias [out]) plus an optional LoRA
+/// adapter (PEFT `lora.Linear`): `y = x Wᵀ + b + (dropout(x) Aᵀ Bᵀ)·scaling`.
+#[derive(Debug)]
+pub(crate) struct Linear {
+    /// [out,in], model dtype, frozen.
+    pub(crate) weight: Tensor,
+    /// [out], model dtype, frozen.
+    pub(crate) bias: Option<Tensor>,
+    /// The adapter, if this module is a LoRA target.
+    pub(crate) lora: Option<LoraLinear>,
+}
+
+impl Linear {
+    fn new(p: nn::Path, in_features: i64, out_features: i64, bias: bool) -> Result<Self> {
+        let weight = frozen(&p, "weight", &[out_features, in_features])?;
+        let bias = if bias {
+            Some(frozen(&p, "bias", &[out_features])?)
+        } else {
+            None
+        };
+        Ok(Linear {
+            weight,
+            bias,
+            lora: None,
+        })
+    }
+
+    /// `x` [..,in] model dtype → [..,out] model dtype.
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let y = x.f_linear(&self.weight, self.bias.as_ref())?;
+        match &self.lora {
+            None => Ok(y),
+            Some(lora) => Ok(y.f_add(&lora.delta(x, train)?)?),
+        }
+    }
+}
+
+/// `torch.nn.Embedding` with frozen weight [V,H] plus an optional LoRA adapter (PEFT
+/// `lora.Embedding`, no dropout).
+#[derive(Debug)]
+pub(crate) struct Embedding {
+    /// [V,H], model dtype, frozen.
+    pub(crate) weight: Tensor,
+    /// The adapter, if `embed_tokens` is a LoRA target.
+    pub(crate) lora: Option<LoraEmbedding>,
+}
+
+impl Embedding {
+    /// `ids` [B,T] i64 → [B,T,H] model dtype.
+    fn forward(&self, ids: &Tensor) -> Result<Tensor> {
+        let y = Tensor::f_embedding(&self.weight, ids, -1, false, false)?;
+        match &self.lora {
+            None => Ok(y),
+            Some(lora) => Ok(y.f_add(&lora.delta(ids, self.weight.kind())?)?),
+        }
+    }
+}
+
+/// HF `LlamaRMSNorm`: `w · (x_f32 · rsqrt(mean(x_f32²) + eps)).to(dtype)`.
+#[derive(Debug)]
+struct RmsNorm {
+    /// [H], model dtype.
+    weight: Tensor,
+    eps: f64,
+}
+
+impl RmsNorm {
+    fn new(p: nn::Path, size: i64, eps: f64) -> Result<Self> {
+        Ok(RmsNorm {
+            weight: frozen(&p, "weight", &[size])?,
+            eps,
+        })
+    }
+
+    /// [..,H] → [..,H], same dtype.
+    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let kind = x.kind();
+        let xf = x.f_to_kind(Kind::Float)?;
+        let var = xf.f_square()?.f_mean_dim(-1, true, None::<Kind>)?;
+        let normed = xf.f_mul(&var.f_add_scalar(self.eps)?.f_rsqrt()?)?;
+        Ok(self.weight.f_mul(&normed.f_to_kind(kind)?)?)
+    }
+}
+
+/// HF `LlamaRotaryEmbedding`: inverse frequencies [hd/2] f32, cos/sin from explicit
+/// positions.
+#[derive(Debug)]
+struct Rotary {
+    /// [hd/2] f32.
+    inv_freq: Tensor,
+}
+
+impl Rotary {
+    /// Inverse frequencies as HF computes them, op for op, in f32 on the CPU:
+    /// `1 / θ^(arange(0, hd, 2) / hd)`, then the scaling. `freq_factors` [hd/2] (GGUF
+    /// `rope_freqs.weight`, llama.cpp's form of Llama 3 scaling) divide them when given.
+    fn new(cfg: &LlamaConfig, freq_factors: Option<&Tensor>, device: Device) -> Result<Self> {
+        let dim = cfg.head_dim as i64;
+        let exponent = Tensor::f_arange_start_step(0, dim, 2, (Kind::Int64, Device::Cpu))?
+            .f_to_kind(Kind::Float)?
+            .f_div_scalar(dim as f64)?;
+        // Python `1.0 / t` is `t.reciprocal() * 1.0`.
+        let mut inv_freq = Tensor::f_pow_scalar(cfg.rope_theta, &exponent)?.f_reciprocal()?;
+        match &cfg.rope_scaling {
+            None => {}
+            Some(RopeScaling::Linear { factor }) => inv_freq = inv_freq.f_div_scalar(*factor)?,
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => {
+                let old = *original_max_position_embeddings as f64;
+                let low_freq_wavelen = old / low_freq_factor;
+                let high_freq_wavelen = old / high_freq_factor;
+                let wavelen = inv_freq
+                    .f_reciprocal()?
+                    .f_mul_scalar(2.0 * std::f64::consts::PI)?;
+                let is_low = wavelen.f_gt(low_freq_wavelen)?;
+                let inv_freq_llama = inv_freq
+                    .f_div_scalar(*factor)?
+                    .f_where_self(&is_low, &inv_freq)?;
+                let smooth = wavelen
+                    .f_reciprocal()?
+                    .f_mul_scalar(old)?
+                    .f_sub_scalar(*low_freq_factor)?
+                    .f_div_scalar(high_freq_factor - low_freq_factor)?;
+                let smoothed = smooth
+                    .f_neg()?
+                    .f_add_scalar(1.0)?
+                    .f_mul(&inv_freq_llama)?
+                    .f_div_scalar(*factor)?
+                    .f_add(&smooth.f_mul(&inv_freq_llama)?)?;
+                let is_medium = wavelen
+                    .f_lt(high_freq_wavelen)?
+                    .f_logical_not()?
+                    .f_logical_and(&is_low.f_logical_not()?)?;
+                inv_freq = smoothed.f_where_self(&is_medium, &inv_freq_llama)?;
+            }
+        }
+        if let Some(f) = freq_factors {
+            let f = f.f_to_kind(Kind::Float)?.f_to_device(Device::Cpu)?;
+            inv_freq = inv_freq.f_div(&f)?;
+        }
+        Ok(Rotary {
+            inv_freq: inv_freq.f_to_device(device)?,
+        })
+    }
+
+    /// `position_ids` [B,T] i64 → (cos, sin), each [B,1,T,hd] of `kind`: the angles
+    /// `pos · inv_freq` in f32, duplicated over both halves, like HF's forward.
+    fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
+        let freqs = position_ids
+            .f_to_kind(Kind::Float)?
+            .f_unsqueeze(-1)?
+            .f_mul(&self.inv_freq)?; // (B, T, hd/2)
+        let emb = Tensor::f_cat(&[&freqs, &freqs], -1)?; // (B, T, hd)
+        let cos = emb.f_cos()?.f_to_kind(kind)?.f_unsqueeze(1)?;
+        let sin = emb.f_sin()?.f_to_kind(kind)?.f_unsqueeze(1)?;
+        Ok((cos, sin))
+    }
+}
+
+/// HF `apply_rotary_pos_emb` on one of q/k: `x·cos + rotate_half(x)·sin`, with
+/// `rotate_half(x) = cat(-x₂, x₁)`. `x` [B,n,T,hd], cos/sin [B,1,T,hd].
+fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
+    let half = x.size()[3] / 2;
+    let x1 = x.f_narrow(-1, 0, half)?;
+    let x2 = x.f_narrow(-1, half, half)?;
+    let rotated = Tensor::f_cat(&[&x2.f_neg()?, &x1], -1)?;
+    Ok(x.f_mul(cos)?.f_add(&rotated.f_mul(sin)?)?)
+}
+
+/// HF `LlamaAttention` (SDPA interface): grouped-query, causal over the sequence order.
+#[derive(Debug)]
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    num_heads: i64,
+    num_kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn new(p: nn::Path, cfg: &LlamaConfig) -> Result<Self> {
+        let h = cfg.hidden_size as i64;
+        let nh = cfg.num_attention_heads as i64;
+        let nkv = cfg.num_key_value_heads as i64;
+        let hd = cfg.head_dim as i64;
+        let qkv_bias = cfg.attention_bias != AttentionBias::None;
+        let o_bias = cfg.attention_bias == AttentionBias::QkvO;
+        Ok(Attention {
+            q_proj: Linear::new(p.sub("q_proj"), h, nh * hd, qkv_bias)?,
+            k_proj: Linear::new(p.sub("k_proj"), h, nkv * hd, qkv_bias)?,
+            v_proj: Linear::new(p.sub("v_proj"), h, nkv * hd, qkv_bias)?,
+            o_proj: Linear::new(p.sub("o_proj"), nh * hd, h, o_bias)?,
+            num_heads: nh,
+            num_kv_heads: nkv,
+            head_dim: hd,
+        })
+    }
+
+    /// `x` [B,T,H], cos/sin [B,1,T,hd] → [B,T,H].
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, train: bool) -> Result<Tensor> {
+        let (b, t, _) = x.size3()?;
+        let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
+        let q = self
+            .q_proj
+            .forward(x, train)?
+            .f_view([b, t, nh, hd])?
+            .f_transpose(1, 2)?; // (B, nh, T, hd)
+        let k = self
+            .k_proj
+            .forward(x, train)?
+            .f_view([b, t, nkv, hd])?
+            .f_transpose(1, 2)?; // (B, nkv, T, hd)
+        let v = self
+            .v_proj
+            .forward(x, train)?
+            .f_view([b, t, nkv, hd])?
+            .f_transpose(1, 2)?; // (B, nkv, T, hd)
+        let q = apply_rotary(&q, cos, sin)?;
+        let k = apply_rotary(&k, cos, sin)?;
+        // Like HF `use_gqa_in_sdpa`: let SDPA broadcast the kv heads (no mask, hd ≤ 256
+        // keeps the flash kernel); otherwise repeat them (HF `repeat_kv`).
+        let gqa = nh != nkv;
+        let (k, v, enable_gqa) = if gqa && hd > 256 {
+            let rep = nh / nkv;
+            let repeat = |t: &Tensor| -> Result<Tensor> {
+                Ok(t.f_unsqueeze(2)?
+                    .f_expand([b, nkv, rep, t.size()[2], hd], false)?
+                    .f_reshape([b, nh, -1, hd])?)
+            };
+            (repeat(&k)?, repeat(&v)?, false)
+        } else {
+            (k, v, gqa)
+        };
+        let y = Tensor::f_scaled_dot_product_attention(
+            &q,
+            &k,
+            &v,
+            None::<Tensor>,
+            0.0,
+            true,
+            None,
+            enable_gqa,
+        )?; // (B, nh, T, hd)
+        let y = y.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
+        self.o_proj.forward(&y, train)
+    }
+}
+
+/// HF `LlamaMLP`: `down(silu(gate(x)) · up(x))`.
+#[derive(Debug)]
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn new(p: nn::Path, cfg: &LlamaConfig) -> Result<Self> {
+        let h = cfg.hidden_size as i64;
+        let i = cfg.intermediate_size as i64;
+        Ok(Mlp {
+            gate_proj: Linear::new(p.sub("gate_proj"), h, i, cfg.mlp_bias)?,
+            up_proj: Linear::new(p.sub("up_proj"), h, i, cfg.mlp_bias)?,
+            down_proj: Linear::new(p.sub("down_proj"), i, h, cfg.mlp_bias)?,
+        })
+    }
+
+    /// [B,T,H] → [B,T,H].
+    fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
+        let gate = self.gate_proj.forward(x, train)?.f_silu()?;
+        let up = self.up_proj.forward(x, train)?;
+        self.down_proj.forward(&gate.f_mul(&up)?, train)
+    }
+}
+
+/// HF `LlamaDecoderLayer`: pre-norm attention and MLP, each with a residual.
+#[derive(Debug)]
+struct DecoderLayer {
+    self_attn: Attention,
+    mlp: Mlp,
+    input_layernorm: RmsNorm,
+    post_attention_layernorm: RmsNorm,
+}
+
+impl DecoderLayer {
+    fn new(p: nn::Path, cfg: &LlamaConfig) -> Result<Self> {
+        let h = cfg.hidden_size as i64;
+        Ok(DecoderLayer {
+            self_attn: Attention::new(p.sub("self_attn"), cfg)?,
+            mlp: Mlp::new(p.sub("mlp"), cfg)?,
+            input_layernorm: RmsNorm::new(p.sub("input_layernorm"), h, cfg.rms_norm_eps)?,
+            post_attention_layernorm: RmsNorm::new(
+                p.sub("post_attention_layernorm"),
+                h,
+                cfg.rms_norm_eps,
+            )?,
+        })
+    }
+
+    /// [B,T,H] → [B,T,H].
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, train: bool) -> Result<Tensor> {
+        let h = self.input_layernorm.forward(x)?;
+        let x = x.f_add(&self.self_attn.forward(&h, cos, sin, train)?)?;
+        let h = self.post_attention_layernorm.forward(&x)?;
+        Ok(x.f_add(&self.mlp.forward(&h, train)?)?)
+    }
+}
+
+/// A module that LoRA can adapt, as [`crate::lora`] sees it.
+pub(crate) enum AdapterSlot<'a> {
+    /// A linear projection (`q_proj`, …, `down_proj`).
+    Linear(&'a mut Linear),
+    /// The token embedding (`embed_tokens`).
+    Embedding(&'a mut Embedding),
+}
+
+/// A Llama-family causal LM (HF `LlamaForCausalLM`) with frozen base weights and optional
+/// LoRA adapters.
+///
+/// Built by [`Llama::load`] from a HF folder or a GGUF file. All tensors live on
+/// [`Llama::device`]; base weights have [`Llama::kind`] (f32 or bf16), adapters are f32.
+#[derive(Debug)]
+pub struct Llama {
+    cfg: LlamaConfig,
+    device: Device,
+    kind: Kind,
+    base: nn::VarStore,
+    lora_vs: Option<nn::VarStore>,
+    lora_cfg: Option<LoraConfig>,
+    embed_tokens: Embedding,
+    layers: Vec<DecoderLayer>,
+    norm: RmsNorm,
+    /// [V,H]; the embedding's tensor itself when tied.
+    lm_head: Tensor,
+    rotary: Rotary,
+}
+
+impl Llama {
+    /// Loads a model: `path` is a HF model folder (`config.json` plus `model.safetensors`, or
+    /// shards listed in `model.safetensors.index.json`) or a `.gguf` file (see
+    /// [`crate::gguf`]). Base weights are cast to `kind` (f32, bf16 or f16) on `device` and
+    /// frozen; when `lora` is given, fresh adapters are attached ([`Llama::attach_lora`]).
+    ///
+    /// Errors: [`TrainerError::Io`] for unreadable files, [`TrainerError::Model`] for a bad
+    /// config, a missing tensor or a shape mismatch (naming the tensor, expected and got),
+    /// [`TrainerError::Config`] for a bad [`LoraConfig`].
+    pub fn load(
+        path: &Path,
+        lora: Option<&LoraConfig>,
+        device: Device,
+        kind: Kind,
+    ) -> Result<Self> {
+        if path.is_dir() {
+            load_hf_folder(path, lora, device, kind)
+        } else if path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+        {
+            crate::gguf::load(path, lora, device, kind)
+        } else if !path.exists() {
+            Err(TrainerError::model(path, "no such file or folder"))
+        } else {
+            Err(TrainerError::model(
+                path,
+                "expected a HF model folder (config.json + *.safetensors) or a .gguf file",
+            ))
+        }
+    }
+
+    /// Builds the model with zero weights, then fills every base variable from `fetch(name)`
+    /// (HF names; `Ok(None)` = absent, an error naming the tensor). `freq_factors`: GGUF
+    /// `rope_freqs.weight` [hd/2], if any. `origin` names the source in errors.
+    pub(crate) fn from_weights(
+        cfg: LlamaConfig,
+        lora: Option<&LoraConfig>,
+        device: Device,
+        kind: Kind,
+        origin: &Path,
+        freq_factors: Option<&Tensor>,
+        fetch: &mut dyn FnMut(&str) -> Result<Option<Tensor>>,
+    ) -> Result<Self> {
+        cfg.check().map_err(|m| TrainerError::model(origin, m))?;
+        if !matches!(
+            kind,
+            Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+        ) {
+            return Err(TrainerError::Config {
+                key: "dtype".to_string(),
+                message: format!("expected a float kind (f32, bf16, f16, f64), got {kind:?}"),
+            });
+        }
+        let mut base = nn::VarStore::new(device);
+        base.set_kind(kind);
+        let root = base.root();
+        let h = cfg.hidden_size as i64;
+        let v = cfg.vocab_size as i64;
+        let model = root.sub("model");
+        let embed_weight = frozen(&model.sub("embed_tokens"), "weight", &[v, h])?;
+        let layers = (0..cfg.num_hidden_layers)
+            .map(|i| DecoderLayer::new(model.sub("layers").sub(i), &cfg))
+            .collect::<Result<Vec<_>>>()?;
+        let norm = RmsNorm::new(model.sub("norm"), h, cfg.rms_norm_eps)?;
+        let lm_head = if cfg.tie_word_embeddings {
+            embed_weight.shallow_clone()
+        } else {
+            frozen(&root.sub("lm_head"), "weight", &[v, h])?
+        };
+        let rotary = Rotary::new(&cfg, freq_factors, device)?;
+        let mut names: Vec<(String, Tensor)> = base.variables().into_iter().collect();
+        names.sort_by(|a, b| a.0.cmp(&b.0));
+        {
+            let _guard = tch::no_grad_guard();
+            for (name, mut var) in names {
+                let src = fetch(&name)?
+                    .ok_or_else(|| TrainerError::model(origin, format!("missing tensor {name}")))?;
+                if src.size() != var.size() {
+                    return Err(TrainerError::model(
+                        origin,
+                        format!(
+                            "tensor {name}: expected shape {:?}, got {:?}",
+                            var.size(),
+                            src.size()
+                        ),
+                    ));
+                }
+                var.f_copy_(&src)?;
+            }
+        }
+        let mut llama = Llama {
+            cfg,
+            device,
+            kind,
+            base,
+            lora_vs: None,
+            lora_cfg: None,
+            embed_tokens: Embedding {
+                weight: embed_weight,
+                lora: None,
+            },
+            layers,
+            norm,
+            lm_head,
+            rotary,
+        };
+        if let Some(lora) = lora {
+            llama.attach_lora(lora)?;
+        }
+        Ok(llama)
+    }
+
+    /// Attaches fresh LoRA adapters (PEFT initialisation: `lora_A` kaiming-uniform(a=√5),
+    /// `lora_B` zero; `lora_embedding_A` zero, `lora_embedding_B` normal) to every module named
+    /// in `cfg.target_modules`, in a new trainable f32 [`nn::VarStore`] on the model's device.
+    /// The model's output is unchanged until the adapters are trained.
+    ///
+    /// Errors: [`TrainerError::Config`] if adapters are already attached, `r` is 0, or a
+    /// target matches no module (supported: `q_proj k_proj v_proj o_proj gate_proj up_proj
+    /// down_proj embed_tokens`).
+    pub fn attach_lora(&mut self, cfg: &LoraConfig) -> Result<()> {
+        if self.lora_vs.is_some() {
+            return Err(TrainerError::Config {
+                key: "lora".to_string(),
+                message: "adapters are already attached".to_string(),
+            });
+        }
+        cfg.validate()?;
+        let vs = nn::VarStore::new(self.device);
+        let mut matched = vec![false; cfg.target_modules.len()];
+        let pad = self.cfg.pad_token_id;
+        for (module, slot) in self.adapter_slots() {
+            let Some(t) = cfg
+                .target_modules
+                .iter()
+                .position(|t| module_matches(&module, t))
+            else {
+                continue;
+            };
+            matched[t] = true;
+            let p = sub_path(vs.root(), &module);
+            match slot {
+                AdapterSlot::Linear(lin) => {
+                    let (out_f, in_f) = lin.weight.size2()?;
+                    lin.lora = Some(LoraLinear::new(p, in_f, out_f, cfg)?);
+                }
+                AdapterSlot::Embedding(emb) => {
+                    let (v, h) = emb.weight.size2()?;
+                    emb.lora = Some(LoraEmbedding::new(p, v, h, pad, cfg)?);
+                }
+            }
+        }
+        if let Some(missing) = cfg
+            .target_modules
+            .iter()
+            .zip(&matched)
+            .find(|(_, m)| !**m)
+            .map(|(t, _)| t)
+        {
+            for (_, slot) in self.adapter_slots() {
+                match slot {
+                    AdapterSlot::Linear(l) => l.lora = None,
+                    AdapterSlot::Embedding(e) => e.lora = None,
+                }
+            }
+            return Err(TrainerError::Config {
+                key: "lora.target_modules".to_string(),
+                message: format!(
+                    "{missing} matches no module; expected names among q_proj, k_proj, v_proj, \
+                     o_proj, gate_proj, up_proj, down_proj, embed_tokens"
+                ),
+            });
+        }
+        self.lora_vs = Some(vs);
+        self.lora_cfg = Some(cfg.clone());
+        Ok(())
+    }
+
+    /// Every adaptable module with its HF path (`model.layers.0.self_attn.q_proj`,
+    /// `model.embed_tokens`), in model order.
+    pub(crate) fn adapter_slots(&mut self) -> Vec<(String, AdapterSlot<'_>)> {
+        let mut slots = vec![(
+            "model.embed_tokens".to_string(),
+            AdapterSlot::Embedding(&mut self.embed_tokens),
+        )];
+        for (i, layer) in self.layers.iter_mut().enumerate() {
+            let a = &mut layer.self_attn;
+            let m = &mut layer.mlp;
+            let attn = format!("model.layers.{i}.self_attn");
+            let mlp = format!("model.layers.{i}.mlp");
+            slots.push((format!("{attn}.q_proj"), AdapterSlot::Linear(&mut a.q_proj)));
+            slots.push((format!("{attn}.k_proj"), AdapterSlot::Linear(&mut a.k_proj)));
+            slots.push((format!("{attn}.v_proj"), AdapterSlot::Linear(&mut a.v_proj)));
+            slots.push((format!("{attn}.o_proj"), AdapterSlot::Linear(&mut a.o_proj)));
+            slots.push((
+                format!("{mlp}.gate_proj"),
+                AdapterSlot::Linear(&mut m.gate_proj),
+            ));
+            slots.push((
+                format!("{mlp}.up_proj"),
+                AdapterSlot::Linear(&mut m.up_proj),
+            ));
+            slots.push((
+                format!("{mlp}.down_proj"),
+                AdapterSlot::Linear(&mut m.down_proj),
+            ));
+        }
+        slots
+    }
+
+    /// Drops the adapters (after [`crate::lora::merge_lora`] folded them in).
+    pub(crate) fn detach_lora(&mut self) {
+        for (_, slot) in self.adapter_slots() {
+            match slot {
+                AdapterSlot::Linear(l) => l.lora = None,
+                AdapterSlot::Embedding(e) => e.lora = None,
+            }
+        }
+        self.lora_vs = None;
+        self.lora_cfg = None;
+    }
+
+    /// Gives `lm_head` its own copy of the embedding, registered as `lm_head.weight` in the
+    /// base store, so that changing the embedding no longer changes the head. No-op when
+    /// already untied.
+    pub(crate) fn untie_lm_head(&mut self) -> Result<()> {
+        if !self.cfg.tie_word_embeddings {
+            return Ok(());
+        }
+        let copy = tch::no_grad(|| self.embed_tokens.weight.f_detach_copy())?;
+        self.lm_head = self.base.root().sub("lm_head").add("weight", copy, false);
+        self.cfg.tie_word_embeddings = false;
+        Ok(())
+    }
+
+    /// Final hidden states: `input_ids` [B,T] i64 and `position_ids` [B,T] i64 (any values
+    /// ≥ 0, e.g. LOGO's synthesised indices, up to K and beyond) → [B,T,H] of
+    /// [`Llama::kind`], after the final RMSNorm (HF `LlamaModel.forward(...)
+    /// .last_hidden_state`). `train` enables LoRA dropout (the base model has none).
+    /// Inputs are moved to the model's device. Batches must be right-padded.
+    ///
+    /// Errors: [`TrainerError::Config`] (key `position_ids` / `input_ids`) if shapes differ
+    /// or are not 2-D; [`TrainerError::Torch`] from libtorch (e.g. an id ≥ V, out of memory).
+    pub fn hidden_states(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        train: bool,
+    ) -> Result<Tensor> {
+        let ids_size = input_ids.size();
+        if ids_size.len() != 2 {
+            return Err(TrainerError::Config {
+                key: "input_ids".to_string(),
+                message: format!("expected shape [B,T], got {ids_size:?}"),
+            });
+        }
+        if position_ids.size() != ids_size {
+            return Err(TrainerError::Config {
+                key: "position_ids".to_string(),
+                message: format!(
+                    "expected shape {ids_size:?} (that of input_ids), got {:?}",
+                    position_ids.size()
+                ),
+            });
+        }
+        let ids = input_ids.f_to_device(self.device)?.f_to_kind(Kind::Int64)?;
+        let pos = position_ids.f_to_device(self.device)?;
+        let (cos, sin) = self.rotary.cos_sin(&pos, self.kind)?;
+        let mut h = self.embed_tokens.forward(&ids)?; // (B, T, H)
+        for layer in &self.layers {
+            h = layer.forward(&h, &cos, &sin, train)?;
+        }
+        self.norm.forward(&h)
+    }
+
+    /// The LM head on selected rows: `hidden` [N,H] (or any [..,H]) of [`Llama::kind`] →
+    /// [N,V] f32 logits. The matmul runs in the model dtype and is then cast to f32, as HF
+    /// does (`logits.float()` in its loss). Apply it only to the rows whose next token is
+    /// scored, so a [B,T,V] tensor over the whole prompt is never built.
+    ///
+    /// Errors: [`TrainerError::Torch`] if the last dim is not H.
+    pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
+        let hidden = hidden.f_to_device(self.device)?.f_to_kind(self.kind)?;
+        Ok(hidden
+            .f_linear(&self.lm_head, None::<Tensor>)?
+            .f_to_kind(Kind::Float)?)
+    }
+
+    /// Full logits for evaluation and tests: `input_ids` [B,T] i64, `position_ids` [B,T] i64 →
+    /// [B,T,V] f32 (HF `LlamaForCausalLM.forward(input_ids, position_ids=...).logits`).
+    /// No dropout. Run it under `tch::no_grad_guard()` unless gradients are wanted.
+    ///
+    /// Errors: as [`Llama::hidden_states`].
+    pub fn forward(&self, input_ids: &Tensor, position_ids: &Tensor) -> Result<Tensor> {
+        let h = self.hidden_states(input_ids, position_ids, false)?;
+        self.lm_logits(&h)
+    }
+
+    /// The model's hyper-parameters.
+    pub fn config(&self) -> &LlamaConfig {
+        &self.cfg
+    }
+
+    /// The trainable LoRA parameters (f32, PEFT names without the `base_model.model.`
+    /// prefix), or `None` without adapters. Hand `trainable_variables()` to the optimizer.
+    pub fn lora_var_store(&self) -> Option<&nn::VarStore> {
+        self.lora_vs.as_ref()
+    }
+
+    /// The adapter configuration, or `None` without adapters.
+    pub fn lora_config(&self) -> Option<&LoraConfig> {
+        self.lora_cfg.as_ref()
+    }
+
+    /// The frozen base weights, named as in HF safetensors.
+    pub fn base_var_store(&self) -> &nn::VarStore {
+        &self.base
+    }
+
+    /// Where all tensors live.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// The dtype of the base weights and of the hidden states.
+    pub fn kind(&self) -> Kind {
+        self.kind
+    }
+}
+
+/// PEFT's list matching (`check_target_module_exists`): the module's full name equals the
+/// target or ends with `.target`.
+pub(crate) fn module_matches(module: &str, target: &str) -> bool {
+    module == target
+        || module
+            .strip_suffix(target)
+            .is_some_and(|prefix| prefix.ends_with('.'))
+}
+
+/// One tensor's entry in a safetensors header.
+#[derive(Debug, Clone, Deserialize)]
+struct SafetensorsEntry {
+    dtype: String,
+    shape: Vec<i64>,
+    data_offsets: [u64; 2],
+}
+
+/// Where a tensor lies: its file, the file's data start, and its header entry.
+#[derive(Debug, Clone)]
+struct TensorLocation {
+    file: PathBuf,
+    data_start: u64,
+    entry: SafetensorsEntry,
+}
+
+/// Reads the header of a safetensors file (8-byte little-endian length, then JSON).
+fn read_safetensors_header(path: &Path) -> Result<Vec<(String, TensorLocation)>> {
+    let mut f = File::open(path).map_err(|e| TrainerError::io(path, e))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len)
+        .map_err(|e| TrainerError::io(path, e))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100_000_000 {
+        return Err(TrainerError::model(
+            path,
+            format!("safetensors header of {len} bytes; expected < 100 MB"),
+        ));
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header)
+        .map_err(|e| TrainerError::io(path, e))?;
+    let map: HashMap<String, serde_json::Value> = serde_json::from_slice(&header)
+        .map_err(|e| TrainerError::model(path, format!("safetensors header: {e}")))?;
+    let mut out = Vec::with_capacity(map.len());
+    for (name, value) in map {
+        if name == "__metadata__" {
+            continue;
+        }
+        let entry: SafetensorsEntry = serde_json::from_value(value)
+            .map_err(|e| TrainerError::model(path, format!("safetensors entry {name}: {e}")))?;
+        out.push((
+            name,
+            TensorLocation {
+                file: path.to_path_buf(),
+                data_start: 8 + len,
+                entry,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Reads one tensor from its safetensors file (one tensor in memory at a time).
+fn read_safetensors_tensor(name: &str, loc: &TensorLocation) -> Result<Tensor> {
+    let path = &loc.file;
+    let kind = match loc.entry.dtype.as_str() {
+        "F32" => Kind::Float,
+        "BF16" => Kind::BFloat16,
+        "F16" => Kind::Half,
+        "F64" => Kind::Double,
+        other => {
+            return Err(TrainerError::model(
+                path,
+                format!("tensor {name}: expected dtype F32, BF16, F16 or F64, got {other}"),
+            ))
+        }
+    };
+    let [start, end] = loc.entry.data_offsets;
+    let numel: i64 = loc.entry.shape.iter().product();
+    let expected = numel as u64 * kind.elt_size_in_bytes() as u64;
+    if end < start || end - start != expected {
+        return Err(TrainerError::model(
+            path,
+            format!(
+                "tensor {name}: expected {expected} bytes for shape {:?}, got offsets {start}..{end}",
+                loc.entry.shape
+            ),
+        ));
+    }
+    let mut f = File::open(path).map_err(|e| TrainerError::io(path, e))?;
+    f.seek(SeekFrom::Start(loc.data_start + start))
+        .map_err(|e| TrainerError::io(path, e))?;
+    let mut bytes = vec![0u8; expected as usize];
+    f.read_exact(&mut bytes)
+        .map_err(|e| TrainerError::io(path, e))?;
+    Ok(Tensor::f_from_data_size(&bytes, &loc.entry.shape, kind)?)
+}
+
+/// Loads a HF folder: `config.json`, then the shards named by
+/// `model.safetensors.index.json` (or every `*.safetensors` in the folder).
+fn load_hf_folder(
+    dir: &Path,
+    lora: Option<&LoraConfig>,
+    device: Device,
+    kind: Kind,
+) -> Result<Llama> {
+    let cfg = LlamaConfig::from_json_file(&dir.join("config.json"))?;
+    let index = dir.join("model.safetensors.index.json");
+    let files: Vec<PathBuf> = if index.is_file() {
+        #[derive(Deserialize)]
+        struct Index {
+            weight_map: HashMap<String, String>,
+        }
+        let text = std::fs::read_to_string(&index).map_err(|e| TrainerError::io(&index, e))?;
+        let idx: Index =
+            serde_json::from_str(&text).map_err(|e| TrainerError::model(&index, e.to_string()))?;
+        let mut files: Vec<String> = idx.weight_map.into_values().collect();
+        files.sort();
+        files.dedup();
+        files.into_iter().map(|f| dir.join(f)).collect()
+    } else {
+        let mut files = Vec::new();
+        for entry in std::fs::read_dir(dir).map_err(|e| TrainerError::io(dir, e))? {
+            let p = entry.map_err(|e| TrainerError::io(dir, e))?.path();
+            if p.extension().is_some_and(|e| e == "safetensors") {
+                files.push(p);
+            }
+        }
+        files.sort();
+        files
+    };
+    if files.is_empty() {
+        return Err(TrainerError::model(
+            dir,
+            "no *.safetensors weights in the folder",
+        ));
+    }
+    let mut locations = HashMap::new();
+    for f in &files {
+        locations.extend(read_safetensors_header(f)?);
+    }
+    let mut fetch = |name: &str| -> Result<Option<Tensor>> {
+        locations
+            .get(name)
+            .map(|loc| read_safetensors_tensor(name, loc))
+            .transpose()
+    };
+    Llama::from_weights(cfg, lora, device, kind, dir, None, &mut fetch)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_v4_and_v5_rope_configs() {
+        let v4 = r#"{"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
+            "rope_theta": 500000.0, "rope_scaling": {"type": "linear", "factor": 2.0}}"#;
+        let c: LlamaConfig = serde_json::from_str(v4).unwrap();
+        assert_eq!(c.head_dim, 16);
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+        let v5 = r#"{"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
+            "num_hidden_layers": 2, "num_attention_heads": 4, "model_type": "qwen2",
+            "rope_parameters": {"rope_type": "llama3", "rope_theta": 10.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64}}"#;
+        let c: LlamaConfig = serde_json::from_str(v5).unwrap();
+        assert_eq!(c.num_key_value_heads, 4);
+        assert_eq!(c.rope_theta, 10.0);
+        assert_eq!(c.attention_bias, AttentionBias::Qkv);
+        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { .. })));
+    }
+
+    #[test]
+    fn rejects_bad_configs() {
+        let bad_heads = r#"{"vocab_size": 8, "hidden_size": 64, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 3}"#;
+        let e = serde_json::from_str::<LlamaConfig>(bad_heads).unwrap_err();
+        assert!(e.to_string().contains("num_key_value_heads"), "{e}");
+        let yarn = r#"{"vocab_size": 8, "hidden_size": 64, "intermediate_size": 8,
+            "num_hidden_layers": 1, "num_attention_heads": 4,
+            "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#;
+        let e = serde_json::from_str::<LlamaConfig>(yarn).unwrap_err();
+        assert!(e.to_string().contains("yarn"), "{e}");
+    }
+
+    #[test]
+    fn default_inv_freq_matches_formula() {
+        // θ = 10000, hd = 4: inv_freq = [1, 10000^-0.5] = [1, 0.01].
+        let mut cfg = LlamaConfig::smollm2_135m();
+        cfg.head_dim = 4;
+        cfg.rope_theta = 10000.0;
+        let r = Rotary::new(&cfg, None, Device::Cpu).unwrap();
+        let v: Vec<f32> = Vec::try_from(&r.inv_freq).unwrap();
+        assert_eq!(v.len(), 2);
+        assert!(
+            (v[0] - 1.0).abs() < 1e-7 && (v[1] - 0.01).abs() < 1e-8,
+            "{v:?}"
+        );
+    }
+
+    #[test]
+    fn module_matching_is_by_suffix() {
+        assert!(module_matches("model.layers.0.self_attn.q_proj", "q_proj"));
+        assert!(module_matches("model.embed_tokens", "embed_tokens"));
+        assert!(!module_matches(
+            "model.layers.0.self_attn.xq_proj",
+            "q_proj"
+        ));
+    }
+}

@@ -1,0 +1,374 @@
+//! The training loop: LoRA over a frozen backbone with the LOGO objective (paper 3.2.1 and
+//! 4.1), AdamW with linear warm-up then cosine decay, gradient accumulation and clipping,
+//! checkpoints that resume the same run, metrics as JSON Lines and a PNG of the curves.
+//!
+//! Determinism: the data order depends only on `seed`; LoRA dropout is re-seeded at every
+//! optimizer step from `seed` and the step, so a resumed run repeats the uninterrupted run's
+//! losses.
+//!
+//! Output folder: `adapter_config.json` + `adapter_model.safetensors` (PEFT) at the end,
+//! `checkpoint-{step}/` (adapter, `optimizer.safetensors`, `trainer_state.json`) every
+//! `save_steps`, `metrics.jsonl`, `training.png`, `summary.json`.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use serde::{Deserialize, Serialize};
+use tch::{Device, Kind, Tensor};
+
+use crate::data::{collate, Batch, ExampleStream, TrainingData};
+use crate::error::{Result, TrainerError};
+use crate::lora::{load_adapter, save_adapter, LoraConfig};
+use crate::loss::{logo_loss, sequence_logps, LossConfig, LossMetrics};
+use crate::model::Llama;
+use crate::optim::{lr_at, AdamW, AdamWConfig};
+
+/// Everything a run needs.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainConfig {
+    /// Folder of the engine's Parquet output.
+    pub data: PathBuf,
+    /// Base model: a Hugging Face folder (config.json, *.safetensors) or a GGUF file.
+    pub model: PathBuf,
+    /// Output folder.
+    pub output: PathBuf,
+    /// β, γ, λ of Eq. 2/3.
+    pub loss: LossConfig,
+    /// LoRA rank, alpha, dropout, targets.
+    pub lora: LoraConfig,
+    /// AdamW.
+    pub optim: AdamWConfig,
+    /// Optimizer steps; `None`: one pass over the data.
+    pub max_steps: Option<usize>,
+    /// Samples per micro-batch (each is M + 1 sequences).
+    pub batch_size: usize,
+    /// Micro-batches per optimizer step.
+    pub grad_accum: usize,
+    /// Linear warm-up steps.
+    pub warmup_steps: usize,
+    /// Final learning rate as a fraction of the peak.
+    pub min_lr_ratio: f64,
+    /// Gradient clipping norm (0 = off).
+    pub max_grad_norm: f64,
+    /// Checkpoint every this many steps (0 = only at the end).
+    pub save_steps: usize,
+    /// Rows in the shuffle buffer.
+    pub shuffle_buffer: usize,
+    /// Seed of data order, LoRA init and dropout.
+    pub seed: u64,
+    /// `cpu`, `cuda`, `cuda:N` or `auto`.
+    pub device: String,
+    /// Checkpoint folder to resume from.
+    pub resume: Option<PathBuf>,
+    /// Draw a progress bar.
+    pub progress: bool,
+}
+
+/// One line of `metrics.jsonl`.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Optimizer step, 1-based.
+    pub step: usize,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Total loss (mean over the step's micro-batches).
+    pub loss: f64,
+    /// Eq. 2.
+    pub preference_loss: f64,
+    /// −ℓ(y_w).
+    pub sft_loss: f64,
+    /// Mean β·ℓ(y_w).
+    pub reward_chosen: f64,
+    /// Mean β·ℓ(y_l).
+    pub reward_rejected: f64,
+    /// Mean reward margin.
+    pub margin: f64,
+    /// Fraction of samples with the chosen reward above every rejected one.
+    pub accuracy: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Real tokens processed in the step.
+    pub tokens: usize,
+    /// Wall seconds of the step.
+    pub seconds: f64,
+}
+
+/// `trainer_state.json` of a checkpoint.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainerState {
+    /// Optimizer steps done.
+    pub step: usize,
+    /// Total steps of the run.
+    pub total_steps: usize,
+    /// The run's configuration.
+    pub config: TrainConfig,
+}
+
+/// What [`train`] returns.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Steps done (including resumed ones).
+    pub steps: usize,
+    /// Metrics of the steps run in this process.
+    pub metrics: Vec<StepMetrics>,
+    /// The final adapter folder.
+    pub adapter: PathBuf,
+}
+
+/// Resolves `cpu`, `cuda`, `cuda:N`, `auto`. Errors: [`TrainerError::Config`] (`--device`).
+pub fn parse_device(s: &str) -> Result<Device> {
+    let bad = |m: &str| TrainerError::Config {
+        key: "--device".into(),
+        message: m.into(),
+    };
+    match s {
+        "cpu" => Ok(Device::Cpu),
+        "auto" => Ok(Device::cuda_if_available()),
+        "cuda" => {
+            if tch::Cuda::is_available() {
+                Ok(Device::Cuda(0))
+            } else {
+                Err(bad("CUDA requested but libtorch sees no GPU (allowed: cpu, cuda, cuda:N, auto)"))
+            }
+        }
+        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+            Some(n) if (n as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(n)),
+            Some(n) => Err(bad(&format!("cuda:{n} is not present ({} GPUs)", tch::Cuda::device_count()))),
+            None => Err(bad(&format!("unknown device {other} (allowed: cpu, cuda, cuda:N, auto)"))),
+        },
+    }
+}
+
+impl TrainConfig {
+    /// Range checks. Errors: [`TrainerError::Config`] naming the option.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, message: String| {
+            Err(TrainerError::Config {
+                key: key.into(),
+                message,
+            })
+        };
+        if self.batch_size == 0 {
+            return bad("--batch-size", "must be >= 1".into());
+        }
+        if self.grad_accum == 0 {
+            return bad("--grad-accum", "must be >= 1".into());
+        }
+        if !(self.optim.lr > 0.0 && self.optim.lr < 1.0) {
+            return bad("--lr", format!("must be in (0, 1) (got {})", self.optim.lr));
+        }
+        if self.loss.beta <= 0.0 {
+            return bad("--beta", format!("must be > 0 (got {})", self.loss.beta));
+        }
+        if self.loss.sft_weight < 0.0 {
+            return bad("--sft-weight", format!("must be >= 0 (got {})", self.loss.sft_weight));
+        }
+        if self.max_steps == Some(0) {
+            return bad("--max-steps", "must be >= 1".into());
+        }
+        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
+            return bad("--min-lr-ratio", format!("must be in [0, 1] (got {})", self.min_lr_ratio));
+        }
+        self.lora.validate()?;
+        Ok(())
+    }
+}
+
+/// The loss of one micro-batch (graph attached for backward).
+pub fn batch_loss(model: &Llama, batch: &Batch, cfg: &LossConfig, train: bool) -> Result<crate::loss::LossOutput> {
+    let hidden = model.hidden_states(&batch.input_ids, &batch.position_ids, train)?; // [S, T, H]
+    let rows = hidden.flatten(0, 1).f_index_select(0, &batch.gather_index)?; // [N, H]
+    let logits = model.lm_logits(&rows)?; // [N, V] f32
+    let s = (batch.num_samples * (batch.num_negatives + 1)) as i64;
+    let logps = sequence_logps(&logits, &batch.labels, &batch.sequence, s)?; // [S]
+    let (chosen, rejected) = batch.split_chosen_rejected(&logps);
+    logo_loss(&chosen, &rejected, cfg)
+}
+
+/// Trains. Errors: config ([`TrainerError::Config`]) and data checks ([`TrainerError::Input`])
+/// before the first step; I/O and torch errors after.
+pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
+    cfg.validate()?;
+    let device = parse_device(&cfg.device)?;
+    let data = TrainingData::open(&cfg.data)?;
+    let per_step = cfg.batch_size * cfg.grad_accum;
+    let total_steps = cfg
+        .max_steps
+        .unwrap_or_else(|| data.num_rows().div_ceil(per_step).max(1));
+    tch::manual_seed(cfg.seed as i64);
+    let kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
+    let mut model = Llama::load(&cfg.model, Some(&cfg.lora), device, kind)?;
+    let mut start_step = 0;
+    if let Some(dir) = &cfg.resume {
+        load_adapter(&mut model, dir)?;
+        let state: TrainerState = read_json(&dir.join("trainer_state.json"))?;
+        start_step = state.step;
+    }
+    let params: Vec<(String, Tensor)> = model
+        .lora_var_store()
+        .ok_or_else(|| TrainerError::Config {
+            key: "lora.target_modules".into(),
+            message: "no LoRA parameter to train".into(),
+        })?
+        .variables()
+        .into_iter()
+        .collect();
+    let mut opt = AdamW::new(params, cfg.optim);
+    if let Some(dir) = &cfg.resume {
+        opt.load(&dir.join("optimizer.safetensors"))?;
+    }
+    let mut stream = ExampleStream::new(
+        data.row_groups().to_vec(),
+        cfg.shuffle_buffer,
+        cfg.seed,
+        data.num_negatives(),
+    );
+    // Replay the data consumed before the checkpoint, so the run continues where it stopped.
+    for _ in 0..start_step * per_step {
+        stream.next_example()?;
+    }
+
+    std::fs::create_dir_all(&cfg.output).map_err(|e| TrainerError::io(&cfg.output, e))?;
+    let metrics_path = cfg.output.join("metrics.jsonl");
+    let mut history = read_metrics(&metrics_path)?;
+    history.retain(|m| m.step <= start_step);
+    let mut metrics_file = std::fs::File::create(&metrics_path).map_err(|e| TrainerError::io(&metrics_path, e))?;
+    for m in &history {
+        writeln!(metrics_file, "{}", serde_json::to_string(m).expect("metrics serialise"))
+            .map_err(|e| TrainerError::io(&metrics_path, e))?;
+    }
+
+    let bar = ProgressBar::with_draw_target(
+        Some(total_steps as u64),
+        if cfg.progress {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        },
+    );
+    bar.set_style(
+        ProgressStyle::with_template("train {bar:30} {pos}/{len} steps {elapsed_precise}<{eta_precise} {msg}")
+            .expect("valid template"),
+    );
+    bar.set_position(start_step as u64);
+
+    let mut run_metrics = Vec::new();
+    for step in start_step..total_steps {
+        let started = Instant::now();
+        tch::manual_seed(crate_seed(cfg.seed, step));
+        let mut acc: Vec<LossMetrics> = Vec::with_capacity(cfg.grad_accum);
+        let mut tokens = 0;
+        for _ in 0..cfg.grad_accum {
+            let examples = stream.next_batch(cfg.batch_size)?;
+            let batch = collate(&examples, device)?;
+            tokens += batch.tokens;
+            let out = batch_loss(&model, &batch, &cfg.loss, true)?;
+            (&out.loss / cfg.grad_accum as f64).f_backward()?;
+            acc.push(out.metrics()?);
+        }
+        let grad_norm = opt.clip_grad_norm(cfg.max_grad_norm);
+        let lr = lr_at(step, cfg.optim.lr, cfg.warmup_steps, total_steps, cfg.min_lr_ratio);
+        opt.step(lr);
+        opt.zero_grad();
+        let mean = |f: fn(&LossMetrics) -> f64| acc.iter().map(f).sum::<f64>() / acc.len() as f64;
+        let m = StepMetrics {
+            step: step + 1,
+            lr,
+            loss: mean(|m| m.loss),
+            preference_loss: mean(|m| m.preference_loss),
+            sft_loss: mean(|m| m.sft_loss),
+            reward_chosen: mean(|m| m.reward_chosen),
+            reward_rejected: mean(|m| m.reward_rejected),
+            margin: mean(|m| m.margin),
+            accuracy: mean(|m| m.accuracy),
+            grad_norm,
+            tokens,
+            seconds: started.elapsed().as_secs_f64(),
+        };
+        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialise"))
+            .map_err(|e| TrainerError::io(&metrics_path, e))?;
+        let line = format!(
+            "step {:>4}  loss {:.4}  pref {:.4}  sft {:.4}  margin {:+.3}  acc {:.2}  {:.0} tok/s",
+            m.step,
+            m.loss,
+            m.preference_loss,
+            m.sft_loss,
+            m.margin,
+            m.accuracy,
+            m.tokens as f64 / m.seconds
+        );
+        bar.set_message(format!("loss {:.4} margin {:+.3} {:.0} tok/s", m.loss, m.margin, m.tokens as f64 / m.seconds));
+        bar.inc(1);
+        bar.suspend(|| println!("{line}"));
+        run_metrics.push(m);
+        history.push(m);
+        let done = step + 1;
+        if cfg.save_steps > 0 && done % cfg.save_steps == 0 && done < total_steps {
+            save_checkpoint(&model, &opt, cfg, done, total_steps)?;
+        }
+    }
+    bar.finish_and_clear();
+    save_checkpoint(&model, &opt, cfg, total_steps, total_steps)?;
+    save_adapter(&model, &cfg.output, &cfg.model.display().to_string())?;
+    if !history.is_empty() {
+        crate::plot::plot_training(&history, &cfg.output.join("training.png"))?;
+    }
+    let summary = TrainSummary {
+        steps: total_steps,
+        metrics: run_metrics,
+        adapter: cfg.output.clone(),
+    };
+    write_json(&cfg.output.join("summary.json"), &summary)?;
+    Ok(summary)
+}
+
+fn crate_seed(seed: u64, step: usize) -> i64 {
+    (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step as u64) as i64 & i64::MAX
+}
+
+fn save_checkpoint(model: &Llama, opt: &AdamW, cfg: &TrainConfig, step: usize, total_steps: usize) -> Result<()> {
+    let dir = cfg.output.join(format!("checkpoint-{step}"));
+    std::fs::create_dir_all(&dir).map_err(|e| TrainerError::io(&dir, e))?;
+    save_adapter(model, &dir, &cfg.model.display().to_string())?;
+    opt.save(&dir.join("optimizer.safetensors"))?;
+    write_json(
+        &dir.join("trainer_state.json"),
+        &TrainerState {
+            step,
+            total_steps,
+            config: cfg.clone(),
+        },
+    )
+}
+
+fn write_json<T: Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("serialises");
+    std::fs::write(path, text).map_err(|e| TrainerError::io(path, e))
+}
+
+fn read_json<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| TrainerError::Input {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Reads `metrics.jsonl` (empty when absent). Errors: [`TrainerError::Input`] for a bad line.
+pub fn read_metrics(path: &Path) -> Result<Vec<StepMetrics>> {
+    let Ok(text) = std::fs::read_to_string(path) else {
+        return Ok(vec![]);
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| !l.trim().is_empty())
+        .map(|(i, l)| {
+            serde_json::from_str(l).map_err(|e| TrainerError::Input {
+                path: path.to_path_buf(),
+                message: format!("line {}: {e}", i + 1),
+            })
+        })
+        .collect()
+}
