@@ -846,6 +846,8 @@ pub(crate) mod tests {
         let mut p = policy
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
+        assert_eq!(p.weights(), WeightFormat::Q8_0);
+        assert_eq!(p.vocab_size(), 49152);
         let tok = p.tokenizer().clone();
         let t = p.template();
         let ctx = encode_text(&tok, "Paris is the capital of France.").unwrap();
@@ -883,6 +885,44 @@ pub(crate) mod tests {
         let e = p.generate(&ids, &forced).unwrap();
         assert_eq!(e.token_ids.len(), 8);
         assert!(!e.stopped_on_eos);
+    }
+
+    #[test]
+    fn every_weight_format_loads_and_answers() {
+        let Some(cfg) = embedded_config("every_weight_format_loads_and_answers") else {
+            return;
+        };
+        for weights in [WeightFormat::F32, WeightFormat::Native] {
+            let mut p = Policy::load(&ModelConfig {
+                weights,
+                ..cfg.clone()
+            })
+            .unwrap();
+            assert_eq!(p.weights(), weights);
+            assert_eq!(p.vocab_size(), 49152);
+            assert_eq!(p.name(), "Smollm2 135M 8k Lc100K Mix1 Ep2");
+            let tok = p.tokenizer().clone();
+            let ctx = encode_text(&tok, "Paris is the capital of France.").unwrap();
+            let (ids, _) = p
+                .template()
+                .prompt(
+                    &tok,
+                    "Answer briefly.",
+                    &[&ctx],
+                    "What is the capital of France?",
+                )
+                .unwrap();
+            // Observed for q8_0, f32 and native alike: "Paris is the capital of France."
+            let g = p.generate(&ids, &GenerateOptions::greedy(8)).unwrap();
+            assert!(g.text.starts_with("Paris"), "{weights:?}: {:?}", g.text);
+        }
+        let named = Policy::load(&ModelConfig {
+            name: Some("my-policy".into()),
+            weights: WeightFormat::Native,
+            ..cfg
+        })
+        .unwrap();
+        assert_eq!(named.name(), "my-policy");
     }
 
     #[test]

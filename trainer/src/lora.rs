@@ -241,14 +241,17 @@ impl LoraEmbedding {
 #[derive(Debug, Serialize, Deserialize)]
 struct AdapterConfigFile {
     peft_type: String,
-    task_type: String,
+    task_type: Option<String>,
     r: i64,
     lora_alpha: f64,
+    #[serde(default)]
     lora_dropout: f64,
     target_modules: Vec<String>,
     bias: String,
     base_model_name_or_path: Option<String>,
+    #[serde(default)]
     fan_in_fan_out: bool,
+    #[serde(default)]
     inference_mode: bool,
     #[serde(default)]
     use_rslora: bool,
@@ -311,7 +314,7 @@ pub fn save_adapter(model: &Llama, dir: &Path, base_name: &str) -> Result<()> {
     std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
     let file = AdapterConfigFile {
         peft_type: "LORA".to_string(),
-        task_type: "CAUSAL_LM".to_string(),
+        task_type: Some("CAUSAL_LM".to_string()),
         r: cfg.r,
         lora_alpha: cfg.lora_alpha,
         lora_dropout: cfg.lora_dropout,
@@ -428,13 +431,13 @@ pub fn merge_lora(model: &mut Llama) -> Result<()> {
                 AdapterSlot::Linear(lin) => {
                     if let Some(lora) = &lin.lora {
                         let delta = lora.delta_weight()?.f_to_kind(lin.weight.kind())?;
-                        lin.weight.f_add_(&delta)?;
+                        let _ = lin.weight.f_add_(&delta)?;
                     }
                 }
                 AdapterSlot::Embedding(emb) => {
                     if let Some(lora) = &emb.lora {
                         let delta = lora.delta_weight()?.f_to_kind(emb.weight.kind())?;
-                        emb.weight.f_add_(&delta)?;
+                        let _ = emb.weight.f_add_(&delta)?;
                     }
                 }
             }
