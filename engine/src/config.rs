@@ -335,7 +335,7 @@ impl Default for PositionsConfig {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SinkConfig {
-    /// Output folder; default `out`.
+    /// Output folder, relative to the pipeline file's folder; default `out`.
     #[serde(default = "default_output")]
     pub output: PathBuf,
     /// Rows per Parquet row group; default 128.
@@ -382,19 +382,14 @@ impl Default for RuntimeConfig {
 }
 
 impl PipelineConfig {
-    /// Reads and validates a YAML file; relative paths inside are resolved against its folder.
+    /// Reads and validates a YAML file; relative paths inside (sources, model, output) are
+    /// resolved against its folder.
     /// Errors: [`EngineError::Io`] (unreadable), [`EngineError::Config`] (unknown key, wrong
     /// type, value out of range).
     pub fn from_path(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
         let base = path.parent().unwrap_or(Path::new("."));
-        Self::from_yaml_str(&text, base).map_err(|e| match e {
-            EngineError::Config { key, message } => EngineError::Config {
-                key,
-                message: format!("{}: {message}", path.display()),
-            },
-            other => other,
-        })
+        Self::from_yaml_str(&text, base)
     }
 
     /// Parses and validates YAML text; relative paths are resolved against `base`.
@@ -426,6 +421,7 @@ impl PipelineConfig {
         };
         self.source.paths.iter_mut().for_each(fix);
         fix(&mut self.model.path);
+        fix(&mut self.sink.output);
         if let Some(t) = self.model.tokenizer.as_mut() {
             fix(t);
         }

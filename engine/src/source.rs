@@ -145,7 +145,10 @@ impl Source {
                 break;
             }
             if self.current.is_none() {
-                let path = self.files.next()?;
+                // At the end of the last file, emit what the batch holds.
+                let Some(path) = self.files.next() else {
+                    break;
+                };
                 match open(&path) {
                     Ok(it) => self.current = Some((path, it)),
                     Err(e) => {
@@ -452,6 +455,36 @@ mod tests {
         assert_eq!(fixed, "{\"input\": \"a\\u0009b\\u0001c\", \"q\": \"\\\"x\\\"\"}");
         let raw = parse_json_line(line).unwrap();
         assert_eq!(raw.context.as_deref(), Some("a\tb\u{1}c"));
+    }
+
+    /// Regression: the last, partial batch of the last file was dropped.
+    #[test]
+    fn rows_do_not_depend_on_batch_size_or_limit_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..7)
+            .map(|i| format!(r#"{{"context": "doc {i}", "instructions": ["q{i}a", "q{i}b"]}}"#))
+            .collect();
+        std::fs::write(dir.path().join("a.jsonl"), lines[..4].join("\n")).unwrap();
+        std::fs::write(dir.path().join("b.jsonl"), lines[4..].join("\n") + "\n").unwrap();
+        let read = |batch_size: usize, limit: Option<usize>| -> Vec<String> {
+            let yaml = format!("source: {{paths: ['*.jsonl'], batch_size: {batch_size}}}\nmodel: {{path: m.gguf}}\n");
+            let cfg = PipelineConfig::from_yaml_str(&yaml, dir.path()).unwrap();
+            let mut src = Source::try_new(&cfg, limit).unwrap();
+            let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
+            let mut ids = Vec::new();
+            while let Some(b) = src.next_batch(&rejects, &stats) {
+                ids.extend(DocumentRecord::from_batch(&b.unwrap()).unwrap().into_iter().map(|d| d.sample_id));
+            }
+            ids
+        };
+        let all = read(1, None);
+        assert_eq!(all.len(), 14);
+        assert_eq!(all[0], "a:1#q0");
+        assert_eq!(all[13], "b:3#q1");
+        for bs in [2, 3, 5, 8] {
+            assert_eq!(read(bs, None), all, "batch_size {bs}");
+        }
+        assert_eq!(read(3, Some(5)), all[..10].to_vec());
     }
 
     #[test]

@@ -196,7 +196,7 @@ fn leval_run_produces_valid_samples() {
         assert_eq!(s.rejected.len(), m);
         assert_eq!(s.rejected_input_ids.len(), m);
         assert_eq!(s.rejected_strategy.len(), m);
-        assert_eq!(Some(s.chosen.as_str()), s.answer.as_deref());
+        assert_eq!(Some(s.chosen.as_str()), s.answer.as_deref().map(str::trim));
         assert_eq!(s.chosen_origin, "reference");
         let p = &s.prompt_position_ids;
         assert_eq!(p.len(), s.prompt_input_ids.len());
