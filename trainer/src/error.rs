@@ -45,6 +45,9 @@ pub enum TrainerError {
     /// libtorch failed.
     #[error("torch: {0}")]
     Torch(#[from] tch::TchError),
+    /// Arrow error.
+    #[error(transparent)]
+    Arrow(#[from] arrow::error::ArrowError),
     /// Parquet error.
     #[error(transparent)]
     Parquet(#[from] parquet::errors::ParquetError),

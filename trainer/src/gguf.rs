@@ -217,7 +217,7 @@ fn gguf_source(hf: &str, cfg: &LlamaConfig) -> Option<GgufSource> {
     })
 }
 
-/// Undoes llama.cpp's q/k row permutation: `w` [n_head·hd, dim] →
+/// Undoes llama.cpp's q/k row permutation: `w` `[n_head·hd, dim]` →
 /// `w.reshape(n_head, hd/2, 2, dim).transpose(1, 2).reshape(n_head·hd, dim)`.
 pub fn unpermute_rows(w: &Tensor, n_head: i64) -> Result<Tensor> {
     let (rows, dim) = w.size2()?;
@@ -228,7 +228,7 @@ pub fn unpermute_rows(w: &Tensor, n_head: i64) -> Result<Tensor> {
 }
 
 /// Dequantises one GGUF tensor to a CPU f32 tch tensor with candle's shape (HF order:
-/// [out,in] for matrices).
+/// `[out,in]` for matrices).
 fn dequantize(path: &Path, file: &mut File, content: &Content, name: &str) -> Result<Tensor> {
     let cpu = candle_core::Device::Cpu;
     let err = |e: candle_core::Error| TrainerError::model(path, format!("tensor {name}: {e}"));

@@ -5,9 +5,9 @@
 //! embed_tokens`.
 //!
 //! Source: PEFT `tuners/lora/config.py` (`LoraConfig`: `r`, `lora_alpha`, `lora_dropout`,
-//! `target_modules`) and `tuners/lora/layer.py` (`Linear`: `lora_A` [r,in] kaiming-uniform
-//! a=√5, `lora_B` [out,r] zero, `y += lora_B(lora_A(dropout(x)))·scaling`; `Embedding`:
-//! `lora_embedding_A` [r,V] zero, `lora_embedding_B` [H,r] normal, `y += (A^T[ids] Bᵀ)·scaling`,
+//! `target_modules`) and `tuners/lora/layer.py` (`Linear`: `lora_A` `[r,in]` kaiming-uniform
+//! a=√5, `lora_B` `[out,r]` zero, `y += lora_B(lora_A(dropout(x)))·scaling`; `Embedding`:
+//! `lora_embedding_A` `[r,V]` zero, `lora_embedding_B` `[H,r]` normal, `y += (A^T[ids] Bᵀ)·scaling`,
 //! no dropout; `get_delta_weight`), `scaling = lora_alpha / r`. Files: `adapter_config.json`
 //! and `adapter_model.safetensors` with keys
 //! `base_model.model.model.layers.{i}.self_attn.q_proj.lora_A.weight` and
@@ -110,7 +110,7 @@ impl LoraConfig {
         if self.r < 1 {
             return bad("r", format!("expected ≥ 1, got {}", self.r));
         }
-        if !(self.lora_alpha > 0.0) {
+        if self.lora_alpha.is_nan() || self.lora_alpha <= 0.0 {
             return bad(
                 "lora_alpha",
                 format!("expected > 0, got {}", self.lora_alpha),
@@ -132,9 +132,9 @@ impl LoraConfig {
 /// LoRA on a linear layer (PEFT `lora.Linear`).
 #[derive(Debug)]
 pub struct LoraLinear {
-    /// `lora_A.weight` [r,in] f32, trainable; kaiming-uniform(a=√5) = U(±1/√in).
+    /// `lora_A.weight` `[r,in]` f32, trainable; kaiming-uniform(a=√5) = U(±1/√in).
     pub a: Tensor,
-    /// `lora_B.weight` [out,r] f32, trainable; zero.
+    /// `lora_B.weight` `[out,r]` f32, trainable; zero.
     pub b: Tensor,
     scaling: f64,
     dropout: f64,
@@ -163,7 +163,7 @@ impl LoraLinear {
         })
     }
 
-    /// The update `(dropout(x) Aᵀ Bᵀ)·scaling`: `x` [..,in] → [..,out] in `x`'s dtype;
+    /// The update `(dropout(x) Aᵀ Bᵀ)·scaling`: `x` `[..,in]` → `[..,out]` in `x`'s dtype;
     /// dropout only when `train`.
     pub fn delta(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let kind = x.kind();
@@ -179,7 +179,7 @@ impl LoraLinear {
             .f_mul_scalar(self.scaling)?)
     }
 
-    /// `B·A·scaling` [out,in] f32 (PEFT `get_delta_weight`).
+    /// `B·A·scaling` `[out,in]` f32 (PEFT `get_delta_weight`).
     pub fn delta_weight(&self) -> Result<Tensor> {
         Ok(self.b.f_matmul(&self.a)?.f_mul_scalar(self.scaling)?)
     }
@@ -188,9 +188,9 @@ impl LoraLinear {
 /// LoRA on the token embedding (PEFT `lora.Embedding`).
 #[derive(Debug)]
 pub struct LoraEmbedding {
-    /// `lora_embedding_A` [r,V] f32, trainable; zero.
+    /// `lora_embedding_A` `[r,V]` f32, trainable; zero.
     pub a: Tensor,
-    /// `lora_embedding_B` [H,r] f32, trainable; standard normal.
+    /// `lora_embedding_B` `[H,r]` f32, trainable; standard normal.
     pub b: Tensor,
     scaling: f64,
     padding_idx: i64,
@@ -217,7 +217,7 @@ impl LoraEmbedding {
         })
     }
 
-    /// The update `(Aᵀ[ids] Bᵀ)·scaling`: `ids` [B,T] i64 → [B,T,H] computed in `kind` (the
+    /// The update `(Aᵀ[ids] Bᵀ)·scaling`: `ids` `[B,T]` i64 → `[B,T,H]` computed in `kind` (the
     /// base embedding's dtype; A and B are cast).
     pub fn delta(&self, ids: &Tensor, kind: Kind) -> Result<Tensor> {
         let a_t = self.a.f_to_kind(kind)?.f_transpose(0, 1)?; // (V, r)
@@ -227,7 +227,7 @@ impl LoraEmbedding {
             .f_mul_scalar(self.scaling)?)
     }
 
-    /// `(B·A)ᵀ·scaling` [V,H] f32 (PEFT `get_delta_weight` for embeddings).
+    /// `(B·A)ᵀ·scaling` `[V,H]` f32 (PEFT `get_delta_weight` for embeddings).
     pub fn delta_weight(&self) -> Result<Tensor> {
         Ok(self
             .b

@@ -10,10 +10,14 @@
 //!
 //! LOGO (Tang et al., section 3.2.2 and Appendix D) trains on positional indices synthesised
 //! up to the target length K (64K and more): every token carries its own position id, which may
-//! start anywhere and jump, so the rotary embedding is computed from `position_ids` [B,T] i64
+//! start anywhere and jump, so the rotary embedding is computed from `position_ids` `[B,T]` i64
 //! and never from the token's place in the sequence. Attention stays causal over the sequence
 //! order. Batches must be right-padded: a padding token never precedes a real token, so causal
 //! attention already keeps real tokens from seeing padding and no attention mask is needed.
+//! (HF transformers v5 differs when called with jumping `position_ids` and no
+//! `attention_mask`: `masking_utils.find_packed_sequence_indices` takes every jump for the start
+//! of a new packed sequence and attends block-diagonally. To compare with HF, pass an all-ones
+//! `attention_mask`, as `tests/py/hf_reference.py` does.)
 //!
 //! The base weights live in their own frozen [`nn::VarStore`] (`requires_grad` false) whose
 //! variable names repeat HF's (`model.layers.{i}.self_attn.q_proj.weight`), so safetensors load
@@ -288,41 +292,44 @@ impl LlamaConfig {
                 return Err(format!("{key}: expected > 0, got 0"));
             }
         }
-        if self.num_attention_heads % self.num_key_value_heads != 0 {
+        if !self
+            .num_attention_heads
+            .is_multiple_of(self.num_key_value_heads)
+        {
             return Err(format!(
                 "num_key_value_heads: expected a divisor of num_attention_heads {}, got {}",
                 self.num_attention_heads, self.num_key_value_heads
             ));
         }
-        if self.head_dim % 2 != 0 {
+        if !self.head_dim.is_multiple_of(2) {
             return Err(format!("head_dim: expected even, got {}", self.head_dim));
         }
-        if !(self.rope_theta > 0.0) {
+        // `x > 0.0` is false for NaN too.
+        let positive = |x: f64| x > 0.0;
+        if !positive(self.rope_theta) {
             return Err(format!("rope_theta: expected > 0, got {}", self.rope_theta));
         }
-        match &self.rope_scaling {
-            Some(RopeScaling::Linear { factor }) if !(*factor > 0.0) => {
-                return Err(format!("rope_scaling.factor: expected > 0, got {factor}"));
-            }
+        let scaling_ok = match &self.rope_scaling {
+            None => true,
+            Some(RopeScaling::Linear { factor }) => positive(*factor),
             Some(RopeScaling::Llama3 {
                 factor,
                 low_freq_factor,
                 high_freq_factor,
                 original_max_position_embeddings,
             }) => {
-                if !(*factor > 0.0)
-                    || !(*low_freq_factor > 0.0)
-                    || !(*high_freq_factor > *low_freq_factor)
-                    || *original_max_position_embeddings == 0
-                {
-                    return Err(format!(
-                        "rope_scaling llama3: expected factor > 0, 0 < low_freq_factor < \
-                         high_freq_factor, original_max_position_embeddings > 0, got {factor}, \
-                         {low_freq_factor}, {high_freq_factor}, {original_max_position_embeddings}"
-                    ));
-                }
+                positive(*factor)
+                    && positive(*low_freq_factor)
+                    && high_freq_factor > low_freq_factor
+                    && *original_max_position_embeddings > 0
             }
-            _ => {}
+        };
+        if !scaling_ok {
+            return Err(format!(
+                "rope_scaling: expected factor > 0 (llama3: also 0 < low_freq_factor < \
+                 high_freq_factor, original_max_position_embeddings > 0), got {:?}",
+                self.rope_scaling
+            ));
         }
         Ok(())
     }
@@ -342,13 +349,13 @@ fn frozen(p: &nn::Path, name: &str, dims: &[i64]) -> Result<Tensor> {
     Ok(p.add(name, t, false))
 }
 
-/// `torch.nn.Linear` with frozen weight [out,in] (and bias [out]) plus an optional LoRA
+/// `torch.nn.Linear` with frozen weight `[out,in]` (and bias `[out]`) plus an optional LoRA
 /// adapter (PEFT `lora.Linear`): `y = x Wᵀ + b + (dropout(x) Aᵀ Bᵀ)·scaling`.
 #[derive(Debug)]
 pub(crate) struct Linear {
-    /// [out,in], model dtype, frozen.
+    /// `[out,in]`, model dtype, frozen.
     pub(crate) weight: Tensor,
-    /// [out], model dtype, frozen.
+    /// `[out]`, model dtype, frozen.
     pub(crate) bias: Option<Tensor>,
     /// The adapter, if this module is a LoRA target.
     pub(crate) lora: Option<LoraLinear>,
@@ -369,7 +376,7 @@ impl Linear {
         })
     }
 
-    /// `x` [..,in] model dtype → [..,out] model dtype.
+    /// `x` `[..,in]` model dtype → `[..,out]` model dtype.
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let y = x.f_linear(&self.weight, self.bias.as_ref())?;
         match &self.lora {
@@ -379,18 +386,18 @@ impl Linear {
     }
 }
 
-/// `torch.nn.Embedding` with frozen weight [V,H] plus an optional LoRA adapter (PEFT
+/// `torch.nn.Embedding` with frozen weight `[V,H]` plus an optional LoRA adapter (PEFT
 /// `lora.Embedding`, no dropout).
 #[derive(Debug)]
 pub(crate) struct Embedding {
-    /// [V,H], model dtype, frozen.
+    /// `[V,H]`, model dtype, frozen.
     pub(crate) weight: Tensor,
     /// The adapter, if `embed_tokens` is a LoRA target.
     pub(crate) lora: Option<LoraEmbedding>,
 }
 
 impl Embedding {
-    /// `ids` [B,T] i64 → [B,T,H] model dtype.
+    /// `ids` `[B,T]` i64 → `[B,T,H]` model dtype.
     fn forward(&self, ids: &Tensor) -> Result<Tensor> {
         let y = Tensor::f_embedding(&self.weight, ids, -1, false, false)?;
         match &self.lora {
@@ -403,7 +410,7 @@ impl Embedding {
 /// HF `LlamaRMSNorm`: `w · (x_f32 · rsqrt(mean(x_f32²) + eps)).to(dtype)`.
 #[derive(Debug)]
 struct RmsNorm {
-    /// [H], model dtype.
+    /// `[H]`, model dtype.
     weight: Tensor,
     eps: f64,
 }
@@ -416,7 +423,7 @@ impl RmsNorm {
         })
     }
 
-    /// [..,H] → [..,H], same dtype.
+    /// `[..,H]` → `[..,H]`, same dtype.
     fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let kind = x.kind();
         let xf = x.f_to_kind(Kind::Float)?;
@@ -426,17 +433,17 @@ impl RmsNorm {
     }
 }
 
-/// HF `LlamaRotaryEmbedding`: inverse frequencies [hd/2] f32, cos/sin from explicit
+/// HF `LlamaRotaryEmbedding`: inverse frequencies `[hd/2]` f32, cos/sin from explicit
 /// positions.
 #[derive(Debug)]
 struct Rotary {
-    /// [hd/2] f32.
+    /// `[hd/2]` f32.
     inv_freq: Tensor,
 }
 
 impl Rotary {
     /// Inverse frequencies as HF computes them, op for op, in f32 on the CPU:
-    /// `1 / θ^(arange(0, hd, 2) / hd)`, then the scaling. `freq_factors` [hd/2] (GGUF
+    /// `1 / θ^(arange(0, hd, 2) / hd)`, then the scaling. `freq_factors` `[hd/2]` (GGUF
     /// `rope_freqs.weight`, llama.cpp's form of Llama 3 scaling) divide them when given.
     fn new(cfg: &LlamaConfig, freq_factors: Option<&Tensor>, device: Device) -> Result<Self> {
         let dim = cfg.head_dim as i64;
@@ -491,7 +498,7 @@ impl Rotary {
         })
     }
 
-    /// `position_ids` [B,T] i64 → (cos, sin), each [B,1,T,hd] of `kind`: the angles
+    /// `position_ids` `[B,T]` i64 → (cos, sin), each `[B,1,T,hd]` of `kind`: the angles
     /// `pos · inv_freq` in f32, duplicated over both halves, like HF's forward.
     fn cos_sin(&self, position_ids: &Tensor, kind: Kind) -> Result<(Tensor, Tensor)> {
         let freqs = position_ids
@@ -506,7 +513,7 @@ impl Rotary {
 }
 
 /// HF `apply_rotary_pos_emb` on one of q/k: `x·cos + rotate_half(x)·sin`, with
-/// `rotate_half(x) = cat(-x₂, x₁)`. `x` [B,n,T,hd], cos/sin [B,1,T,hd].
+/// `rotate_half(x) = cat(-x₂, x₁)`. `x` `[B,n,T,hd]`, cos/sin `[B,1,T,hd]`.
 fn apply_rotary(x: &Tensor, cos: &Tensor, sin: &Tensor) -> Result<Tensor> {
     let half = x.size()[3] / 2;
     let x1 = x.f_narrow(-1, 0, half)?;
@@ -546,7 +553,7 @@ impl Attention {
         })
     }
 
-    /// `x` [B,T,H], cos/sin [B,1,T,hd] → [B,T,H].
+    /// `x` `[B,T,H]`, cos/sin `[B,1,T,hd]` → `[B,T,H]`.
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, train: bool) -> Result<Tensor> {
         let (b, t, _) = x.size3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
@@ -615,7 +622,7 @@ impl Mlp {
         })
     }
 
-    /// [B,T,H] → [B,T,H].
+    /// `[B,T,H]` → `[B,T,H]`.
     fn forward(&self, x: &Tensor, train: bool) -> Result<Tensor> {
         let gate = self.gate_proj.forward(x, train)?.f_silu()?;
         let up = self.up_proj.forward(x, train)?;
@@ -647,7 +654,7 @@ impl DecoderLayer {
         })
     }
 
-    /// [B,T,H] → [B,T,H].
+    /// `[B,T,H]` → `[B,T,H]`.
     fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, train: bool) -> Result<Tensor> {
         let h = self.input_layernorm.forward(x)?;
         let x = x.f_add(&self.self_attn.forward(&h, cos, sin, train)?)?;
@@ -680,7 +687,7 @@ pub struct Llama {
     embed_tokens: Embedding,
     layers: Vec<DecoderLayer>,
     norm: RmsNorm,
-    /// [V,H]; the embedding's tensor itself when tied.
+    /// `[V,H]`; the embedding's tensor itself when tied.
     lm_head: Tensor,
     rotary: Rotary,
 }
@@ -719,7 +726,7 @@ impl Llama {
 
     /// Builds the model with zero weights, then fills every base variable from `fetch(name)`
     /// (HF names; `Ok(None)` = absent, an error naming the tensor). `freq_factors`: GGUF
-    /// `rope_freqs.weight` [hd/2], if any. `origin` names the source in errors.
+    /// `rope_freqs.weight` `[hd/2]`, if any. `origin` names the source in errors.
     pub(crate) fn from_weights(
         cfg: LlamaConfig,
         lora: Option<&LoraConfig>,
@@ -921,8 +928,8 @@ impl Llama {
         Ok(())
     }
 
-    /// Final hidden states: `input_ids` [B,T] i64 and `position_ids` [B,T] i64 (any values
-    /// ≥ 0, e.g. LOGO's synthesised indices, up to K and beyond) → [B,T,H] of
+    /// Final hidden states: `input_ids` `[B,T]` i64 and `position_ids` `[B,T]` i64 (any values
+    /// ≥ 0, e.g. LOGO's synthesised indices, up to K and beyond) → `[B,T,H]` of
     /// [`Llama::kind`], after the final RMSNorm (HF `LlamaModel.forward(...)
     /// .last_hidden_state`). `train` enables LoRA dropout (the base model has none).
     /// Inputs are moved to the model's device. Batches must be right-padded.
@@ -961,10 +968,10 @@ impl Llama {
         self.norm.forward(&h)
     }
 
-    /// The LM head on selected rows: `hidden` [N,H] (or any [..,H]) of [`Llama::kind`] →
-    /// [N,V] f32 logits. The matmul runs in the model dtype and is then cast to f32, as HF
+    /// The LM head on selected rows: `hidden` `[N,H]` (or any `[..,H]`) of [`Llama::kind`] →
+    /// `[N,V]` f32 logits. The matmul runs in the model dtype and is then cast to f32, as HF
     /// does (`logits.float()` in its loss). Apply it only to the rows whose next token is
-    /// scored, so a [B,T,V] tensor over the whole prompt is never built.
+    /// scored, so a `[B,T,V]` tensor over the whole prompt is never built.
     ///
     /// Errors: [`TrainerError::Torch`] if the last dim is not H.
     pub fn lm_logits(&self, hidden: &Tensor) -> Result<Tensor> {
@@ -974,8 +981,8 @@ impl Llama {
             .f_to_kind(Kind::Float)?)
     }
 
-    /// Full logits for evaluation and tests: `input_ids` [B,T] i64, `position_ids` [B,T] i64 →
-    /// [B,T,V] f32 (HF `LlamaForCausalLM.forward(input_ids, position_ids=...).logits`).
+    /// Full logits for evaluation and tests: `input_ids` `[B,T]` i64, `position_ids` `[B,T]` i64 →
+    /// `[B,T,V]` f32 (HF `LlamaForCausalLM.forward(input_ids, position_ids=...).logits`).
     /// No dropout. Run it under `tch::no_grad_guard()` unless gradients are wanted.
     ///
     /// Errors: as [`Llama::hidden_states`].

@@ -502,3 +502,50 @@ fn gguf_logits_match_candle_quantized_llama() {
         assert_eq!(argmax.0, argmax.1);
     }
 }
+
+#[test]
+fn bf16_training_graph_reaches_only_the_adapters() {
+    let work = tempfile::tempdir().unwrap();
+    let dir = work.path().join("model");
+    write_random_model(&dir, true);
+    let (ids, pos) = cases(96)[1].tensors();
+    let f32_model = Llama::load(&dir, None, Device::Cpu, Kind::Float).unwrap();
+    let reference = tch::no_grad(|| f32_model.forward(&ids, &pos).unwrap());
+    let model = Llama::load(
+        &dir,
+        Some(&LoraConfig::default()),
+        Device::Cpu,
+        Kind::BFloat16,
+    )
+    .unwrap();
+    let hidden = model.hidden_states(&ids, &pos, true).unwrap();
+    assert_eq!(hidden.kind(), Kind::BFloat16);
+    assert_eq!(hidden.size(), vec![2, 12, 32]);
+    // The head on selected rows only: [N,H] → [N,V] f32.
+    let rows = hidden
+        .flatten(0, 1)
+        .index_select(0, &Tensor::from_slice(&[3i64, 20]));
+    let logits = model.lm_logits(&rows).unwrap();
+    assert_eq!((logits.kind(), logits.size()), (Kind::Float, vec![2, 96]));
+    // bf16 keeps ~3 significant digits: within 5% of the f32 logits' range.
+    let full = tch::no_grad(|| model.forward(&ids, &pos).unwrap());
+    let d = max_abs_diff(&full, &reference);
+    let scale = reference.abs().max().double_value(&[]);
+    println!("bf16: max |bf16 - f32| = {d:.3e} (max |logit| {scale:.2})");
+    assert!(d <= 0.05 * scale, "bf16 logits too far from f32: {d}");
+
+    logits.sum(Kind::Float).backward();
+    let vs = model.lora_var_store().unwrap();
+    for (name, t) in vs.variables() {
+        assert_eq!(t.kind(), Kind::Float, "{name} should be f32");
+        let grad = t.grad();
+        assert!(grad.defined(), "{name} has no gradient");
+        // At init B = 0 and the embedding's A = 0, so only those receive a non-zero gradient.
+        let norm = grad.abs().sum(Kind::Float).double_value(&[]);
+        let expect_nonzero = name.ends_with("lora_B.weight") || name.ends_with("lora_embedding_A");
+        assert_eq!(norm > 0.0, expect_nonzero, "{name}: |grad| = {norm}");
+    }
+    for (name, t) in model.base_var_store().variables() {
+        assert!(!t.requires_grad(), "base weight {name} must be frozen");
+    }
+}

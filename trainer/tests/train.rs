@@ -100,8 +100,9 @@ fn write_parquet(path: &Path, rows: &[TrainingSample], version: Option<&str>) {
     let props = WriterProperties::builder()
         .set_key_value_metadata(version.map(|v| vec![KeyValue::new(SCHEMA_VERSION_KEY.into(), v.to_string())]))
         .build();
+    // Drop the Arrow schema metadata (which carries the version too): the KV entry alone decides.
     let schema = Arc::new(Schema::new(batch.schema().fields().clone()));
-    let batch = batch.with_schema(schema.clone()).unwrap();
+    let batch = arrow::array::RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).unwrap();
     let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
@@ -218,7 +219,7 @@ fn bad_parquet_gives_a_clear_error() {
             .collect();
         let batch = batch.project(&keep).unwrap();
         let props = WriterProperties::builder()
-            .set_key_value_metadata(Some(vec![KeyValue::new(SCHEMA_VERSION_KEY.into(), SCHEMA_VERSION.into())]))
+            .set_key_value_metadata(Some(vec![KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())]))
             .build();
         let mut w = ArrowWriter::try_new(std::fs::File::create(p).unwrap(), batch.schema(), Some(props)).unwrap();
         w.write(&batch).unwrap();
