@@ -109,8 +109,18 @@ fn main() {
             scored_out = t.out;
         } else {
             // Keep NER scores for the spaCy agreement below.
-            let ner: Vec<ScoredRecord> = t.out.iter().flat_map(|b| ScoredRecord::from_batch(b).unwrap()).collect();
-            scorer_results.insert("ner_scores".into(), json!(ner.iter().map(|r| r.chunk_scores.clone()).collect::<Vec<_>>()));
+            let ner: Vec<ScoredRecord> = t
+                .out
+                .iter()
+                .flat_map(|b| ScoredRecord::from_batch(b).unwrap())
+                .collect();
+            scorer_results.insert(
+                "ner_scores".into(),
+                json!(ner
+                    .iter()
+                    .map(|r| r.chunk_scores.clone())
+                    .collect::<Vec<_>>()),
+            );
         }
     }
 
@@ -118,15 +128,24 @@ fn main() {
     let mut sampler = SamplerStage::try_new(&SamplerConfig::default(), 42).expect("sampler");
     let sampled = run_stage(&mut sampler, &scored_out, &ctx);
     let positions = PositionsStage::try_new(&PositionsConfig::default(), 42).expect("positions");
-    let sampled_rows: Vec<SampledRecord> =
-        sampled.out.iter().flat_map(|b| SampledRecord::from_batch(b).unwrap()).collect();
+    let sampled_rows: Vec<SampledRecord> = sampled
+        .out
+        .iter()
+        .flat_map(|b| SampledRecord::from_batch(b).unwrap())
+        .collect();
     let start = Instant::now();
     let mut synthesized = 0usize;
     for r in &sampled_rows {
         let mut segments = vec![24u32];
-        segments.extend(r.context_chunk_ids.iter().map(|&c| r.chunk_input_ids[c as usize].len() as u32));
+        segments.extend(
+            r.context_chunk_ids
+                .iter()
+                .map(|&c| r.chunk_input_ids[c as usize].len() as u32),
+        );
         segments.push(32);
-        let (ids, _) = positions.synthesize(&r.sample_id, &segments, 129).expect("fits in K");
+        let (ids, _) = positions
+            .synthesize(&r.sample_id, &segments, 129)
+            .expect("fits in K");
         synthesized += ids.len();
     }
     let positions_s = start.elapsed().as_secs_f64();
@@ -169,7 +188,10 @@ fn main() {
 
 /// Scores the same (question + answer, chunk) pairs with spaCy NER through
 /// `bench/spacy_scorer.py`; returns its timing, the ratio to our backends and the agreement.
-fn spacy_compare(chunked: &[RecordBatch], ours: &serde_json::Map<String, serde_json::Value>) -> serde_json::Value {
+fn spacy_compare(
+    chunked: &[RecordBatch],
+    ours: &serde_json::Map<String, serde_json::Value>,
+) -> serde_json::Value {
     let Some(python) = std::env::var_os("LOGO_BENCH_PYTHON") else {
         return json!({"skipped": "LOGO_BENCH_PYTHON not set (a python with spacy and en_core_web_sm)"});
     };
@@ -185,14 +207,20 @@ fn spacy_compare(chunked: &[RecordBatch], ours: &serde_json::Map<String, serde_j
     let in_path = dir.join("spacy_in.json");
     std::fs::write(&in_path, serde_json::to_string(&input).unwrap()).unwrap();
     let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/spacy_scorer.py");
-    let out = std::process::Command::new(python).arg(script).arg(&in_path).output().expect("python runs");
+    let out = std::process::Command::new(python)
+        .arg(script)
+        .arg(&in_path)
+        .output()
+        .expect("python runs");
     if !out.status.success() {
         return json!({"error": String::from_utf8_lossy(&out.stderr).to_string()});
     }
     let theirs: serde_json::Value = serde_json::from_slice(&out.stdout).expect("spacy JSON");
     let spacy_s = theirs["seconds"].as_f64().unwrap_or(f64::NAN);
-    let spacy_scores: Vec<Vec<f64>> = serde_json::from_value(theirs["scores"].clone()).unwrap_or_default();
-    let ner_scores: Vec<Vec<f64>> = serde_json::from_value(ours["ner_scores"].clone()).unwrap_or_default();
+    let spacy_scores: Vec<Vec<f64>> =
+        serde_json::from_value(theirs["scores"].clone()).unwrap_or_default();
+    let ner_scores: Vec<Vec<f64>> =
+        serde_json::from_value(ours["ner_scores"].clone()).unwrap_or_default();
     let flat = |v: &Vec<Vec<f64>>| v.iter().flatten().copied().collect::<Vec<f64>>();
     let r = pearson(&flat(&ner_scores), &flat(&spacy_scores));
     json!({

@@ -451,7 +451,10 @@ impl PipelineConfig {
         if !(16..=32768).contains(&self.chunker.chunk_size) {
             return bad(
                 "chunker.chunk_size",
-                format!("must be in 16..=32768 tokens (got {})", self.chunker.chunk_size),
+                format!(
+                    "must be in 16..=32768 tokens (got {})",
+                    self.chunker.chunk_size
+                ),
             );
         }
         if !(1..=1024).contains(&self.sampler.num_chunks) {
@@ -475,7 +478,10 @@ impl PipelineConfig {
         if !(1..=8192).contains(&self.generator.max_new_tokens) {
             return bad(
                 "generator.max_new_tokens",
-                format!("must be in 1..=8192 (got {})", self.generator.max_new_tokens),
+                format!(
+                    "must be in 1..=8192 (got {})",
+                    self.generator.max_new_tokens
+                ),
             );
         }
         if !(0.0..=5.0).contains(&self.generator.temperature) {
@@ -493,28 +499,35 @@ impl PipelineConfig {
         if self.questions.enabled && !(16..=8192).contains(&self.questions.passage_tokens) {
             return bad(
                 "questions.passage_tokens",
-                format!("must be in 16..=8192 (got {})", self.questions.passage_tokens),
+                format!(
+                    "must be in 16..=8192 (got {})",
+                    self.questions.passage_tokens
+                ),
             );
         }
         if !(1..=1024).contains(&self.questions.max_new_tokens) {
             return bad(
                 "questions.max_new_tokens",
-                format!("must be in 1..=1024 (got {})", self.questions.max_new_tokens),
+                format!(
+                    "must be in 1..=1024 (got {})",
+                    self.questions.max_new_tokens
+                ),
             );
         }
         if !(0.0..=1.0).contains(&self.positions.continuous_ratio) {
             return bad(
                 "positions.continuous_ratio",
-                format!("must be in 0.0..=1.0 (got {})", self.positions.continuous_ratio),
+                format!(
+                    "must be in 0.0..=1.0 (got {})",
+                    self.positions.continuous_ratio
+                ),
             );
         }
         // The real training sequence must fit in K: N chunks, template and question, and a
         // response of max_new_tokens (+1 for the end-of-turn token).
-        let real = self.sampler.num_chunks * self.chunker.chunk_size
-            + self.generator.max_new_tokens
-            + 1;
-        if self.positions.target_length < real || self.positions.target_length > u32::MAX as usize
-        {
+        let real =
+            self.sampler.num_chunks * self.chunker.chunk_size + self.generator.max_new_tokens + 1;
+        if self.positions.target_length < real || self.positions.target_length > u32::MAX as usize {
             return bad(
                 "positions.target_length",
                 format!(
@@ -529,7 +542,10 @@ impl PipelineConfig {
         if !(1..=1024).contains(&self.runtime.channel_capacity) {
             return bad(
                 "runtime.channel_capacity",
-                format!("must be in 1..=1024 (got {})", self.runtime.channel_capacity),
+                format!(
+                    "must be in 1..=1024 (got {})",
+                    self.runtime.channel_capacity
+                ),
             );
         }
         Ok(())
@@ -584,7 +600,9 @@ mod tests {
 
     #[test]
     fn unknown_key_is_named_with_allowed_keys() {
-        let e = parse("chunker: {chunk_sise: 10}\n").unwrap_err().to_string();
+        let e = parse("chunker: {chunk_sise: 10}\n")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown field `chunk_sise`"), "{e}");
         assert!(e.contains("expected `chunk_size`"), "{e}");
         let e = parse("sampler: {delta: 3}\n").unwrap_err().to_string();
@@ -593,15 +611,25 @@ mod tests {
 
     #[test]
     fn wrong_type_is_an_error() {
-        let e = parse("sampler: {num_chunks: many}\n").unwrap_err().to_string();
-        assert!(e.contains("num_chunks") && e.contains("invalid type"), "{e}");
+        let e = parse("sampler: {num_chunks: many}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("num_chunks") && e.contains("invalid type"),
+            "{e}"
+        );
         let e = parse("scorer: {backend: spacy}\n").unwrap_err().to_string();
-        assert!(e.contains("unknown variant `spacy`") && e.contains("`lexical`"), "{e}");
+        assert!(
+            e.contains("unknown variant `spacy`") && e.contains("`lexical`"),
+            "{e}"
+        );
     }
 
     #[test]
     fn out_of_range_names_key_and_range() {
-        let e = parse("sampler: {num_negatives: 0}\n").unwrap_err().to_string();
+        let e = parse("sampler: {num_negatives: 0}\n")
+            .unwrap_err()
+            .to_string();
         assert_eq!(
             e,
             "config key sampler.num_negatives: must be in 1..=64 (got 0)"
@@ -616,7 +644,10 @@ mod tests {
         let e = parse("positions: {target_length: 1000}\n")
             .unwrap_err()
             .to_string();
-        assert!(e.contains("positions.target_length") && e.contains("8321"), "{e}");
+        assert!(
+            e.contains("positions.target_length") && e.contains("8321"),
+            "{e}"
+        );
         let e = parse("sampler: {threshold: -1}\n").unwrap_err().to_string();
         assert_eq!(e, "config key sampler.threshold: must be >= 0 (got -1)");
     }

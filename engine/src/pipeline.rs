@@ -78,7 +78,10 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
     stages.push(Box::new(GeneratorStage::try_new(cfg, policy)?));
     stages.push(Box::new(PositionsStage::try_new(&cfg.positions, cfg.seed)?));
 
-    let output = opts.output.clone().unwrap_or_else(|| cfg.sink.output.clone());
+    let output = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| cfg.sink.output.clone());
     let mut sink = ParquetSink::create(&output, cfg.sink.row_group_size)?;
     let rejects = Rejects::create(&output.join("rejects.jsonl"))?;
     let stats = RunStats::default();
@@ -201,7 +204,11 @@ pub fn format_summary(s: &RunSummary) -> String {
     let m = &s.manifest;
     let samples: u64 = m.files.iter().map(|f| f.rows).sum();
     let mut out = String::new();
-    let _ = writeln!(out, "logo-engine summary ({:.1} s)", s.elapsed.as_secs_f64());
+    let _ = writeln!(
+        out,
+        "logo-engine summary ({:.1} s)",
+        s.elapsed.as_secs_f64()
+    );
     let _ = writeln!(out, "  documents in     {}", m.documents);
     let _ = writeln!(
         out,
@@ -219,7 +226,10 @@ pub fn format_summary(s: &RunSummary) -> String {
     for (reason, n) in &m.stats.skipped {
         let _ = writeln!(out, "    {reason}: {n}");
     }
-    let _ = writeln!(out, "  stage            rows in  rows out   seconds    tokens");
+    let _ = writeln!(
+        out,
+        "  stage            rows in  rows out   seconds    tokens"
+    );
     for (stage, secs) in &m.stats.seconds {
         let _ = writeln!(
             out,

@@ -136,7 +136,11 @@ impl Source {
     /// The next batch, `None` at the end. Bad rows go to `rejects`. Errors: an output error of
     /// the rejects file, or a Parquet file that cannot be opened at all (its rows are lost, the
     /// error says which file; other files are read on a later call).
-    pub fn next_batch(&mut self, rejects: &Rejects, stats: &RunStats) -> Option<Result<RecordBatch>> {
+    pub fn next_batch(
+        &mut self,
+        rejects: &Rejects,
+        stats: &RunStats,
+    ) -> Option<Result<RecordBatch>> {
         let start = std::time::Instant::now();
         let mut rows: Vec<DocumentRecord> = Vec::new();
         let mut docs_in_batch = 0;
@@ -193,7 +197,12 @@ impl Source {
         if docs_in_batch == 0 {
             return None;
         }
-        stats.record(STAGE, docs_in_batch as u64, rows.len() as u64, start.elapsed());
+        stats.record(
+            STAGE,
+            docs_in_batch as u64,
+            rows.len() as u64,
+            start.elapsed(),
+        );
         Some(DocumentRecord::to_batch(&rows).map_err(EngineError::from))
     }
 
@@ -304,7 +313,12 @@ impl Iterator for JsonLines {
                 continue; // blank lines are not records
             }
             let parsed = String::from_utf8(bytes)
-                .map_err(|e| (None, format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to())))
+                .map_err(|e| {
+                    (
+                        None,
+                        format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()),
+                    )
+                })
                 .and_then(|text| parse_json_line(&text));
             return Some((self.row, parsed));
         }
@@ -334,9 +348,15 @@ fn parse_json_line(text: &str) -> std::result::Result<RawDocument, RowError> {
             None | Some((_, Value::Null)) => Ok(None),
             Some((_, Value::String(s))) => Ok(Some(vec![Some(s.clone())])),
             Some((_, Value::Array(items))) => Ok(Some(
-                items.iter().map(|v| v.as_str().map(str::to_string)).collect(),
+                items
+                    .iter()
+                    .map(|v| v.as_str().map(str::to_string))
+                    .collect(),
             )),
-            Some((k, _)) => Err((Some(k.into()), "expected a string or a list of strings".into())),
+            Some((k, _)) => Err((
+                Some(k.into()),
+                "expected a string or a list of strings".into(),
+            )),
         }
     };
     Ok(RawDocument {
@@ -401,39 +421,56 @@ fn parquet_rows(path: &Path) -> Result<Box<dyn Iterator<Item = RowResult> + Send
     Ok(Box::new(rows))
 }
 
-fn parquet_row(
-    batch: &RecordBatch,
-    i: usize,
-) -> std::result::Result<RawDocument, RowError> {
+fn parquet_row(batch: &RecordBatch, i: usize) -> std::result::Result<RawDocument, RowError> {
     let find = |keys: &[&'static str]| {
         keys.iter()
             .find_map(|k| batch.column_by_name(k).map(|c| (*k, c.clone())))
     };
     let strings = |keys: &[&'static str]| -> Strings {
-        let Some((k, col)) = find(keys) else { return Ok(None) };
+        let Some((k, col)) = find(keys) else {
+            return Ok(None);
+        };
         if col.is_null(i) {
             return Ok(None);
         }
         match col.data_type() {
-            DataType::Utf8 => Ok(Some(vec![Some(col.as_string::<i32>().value(i).to_string())])),
-            DataType::LargeUtf8 => Ok(Some(vec![Some(col.as_string::<i64>().value(i).to_string())])),
+            DataType::Utf8 => Ok(Some(vec![Some(
+                col.as_string::<i32>().value(i).to_string(),
+            )])),
+            DataType::LargeUtf8 => Ok(Some(vec![Some(
+                col.as_string::<i64>().value(i).to_string(),
+            )])),
             DataType::List(f) if matches!(f.data_type(), DataType::Utf8) => {
                 let items = col.as_list::<i32>().value(i);
                 let s = items.as_string::<i32>();
-                Ok(Some((0..s.len()).map(|j| (!s.is_null(j)).then(|| s.value(j).to_string())).collect()))
+                Ok(Some(
+                    (0..s.len())
+                        .map(|j| (!s.is_null(j)).then(|| s.value(j).to_string()))
+                        .collect(),
+                ))
             }
             DataType::LargeList(f) if matches!(f.data_type(), DataType::Utf8) => {
                 let items = col.as_list::<i64>().value(i);
                 let s = items.as_string::<i32>();
-                Ok(Some((0..s.len()).map(|j| (!s.is_null(j)).then(|| s.value(j).to_string())).collect()))
+                Ok(Some(
+                    (0..s.len())
+                        .map(|j| (!s.is_null(j)).then(|| s.value(j).to_string()))
+                        .collect(),
+                ))
             }
-            other => Err((Some(k.into()), format!("expected Utf8 or List<Utf8>, got {other}"))),
+            other => Err((
+                Some(k.into()),
+                format!("expected Utf8 or List<Utf8>, got {other}"),
+            )),
         }
     };
     let context = match strings(&CONTEXT_KEYS)? {
         Some(mut v) if v.len() == 1 => v.pop().flatten(),
         Some(_) => {
-            return Err((Some("context".into()), "expected one string, got a list".into()))
+            return Err((
+                Some("context".into()),
+                "expected one string, got a list".into(),
+            ))
         }
         None => None,
     };
@@ -452,7 +489,10 @@ mod tests {
     fn control_characters_are_escaped_only_inside_strings() {
         let line = "{\"input\": \"a\tb\u{1}c\", \"q\": \"\\\"x\\\"\"}";
         let fixed = escape_control_chars(line);
-        assert_eq!(fixed, "{\"input\": \"a\\u0009b\\u0001c\", \"q\": \"\\\"x\\\"\"}");
+        assert_eq!(
+            fixed,
+            "{\"input\": \"a\\u0009b\\u0001c\", \"q\": \"\\\"x\\\"\"}"
+        );
         let raw = parse_json_line(line).unwrap();
         assert_eq!(raw.context.as_deref(), Some("a\tb\u{1}c"));
     }
@@ -473,7 +513,12 @@ mod tests {
             let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
             let mut ids = Vec::new();
             while let Some(b) = src.next_batch(&rejects, &stats) {
-                ids.extend(DocumentRecord::from_batch(&b.unwrap()).unwrap().into_iter().map(|d| d.sample_id));
+                ids.extend(
+                    DocumentRecord::from_batch(&b.unwrap())
+                        .unwrap()
+                        .into_iter()
+                        .map(|d| d.sample_id),
+                );
             }
             ids
         };
@@ -494,8 +539,14 @@ mod tests {
         )
         .unwrap();
         assert_eq!(raw.context.as_deref(), Some("doc"));
-        assert_eq!(raw.questions.unwrap(), vec![Some("q1".into()), Some("q2".into())]);
-        assert_eq!(raw.answers.unwrap(), vec![Some("a1".into()), Some("a2".into())]);
+        assert_eq!(
+            raw.questions.unwrap(),
+            vec![Some("q1".into()), Some("q2".into())]
+        );
+        assert_eq!(
+            raw.answers.unwrap(),
+            vec![Some("a1".into()), Some("a2".into())]
+        );
         let raw = parse_json_line(r#"{"context": "doc", "question": "q", "answer": "a"}"#).unwrap();
         assert_eq!(raw.questions.unwrap(), vec![Some("q".into())]);
         let e = parse_json_line(r#"{"context": 3}"#).unwrap_err();

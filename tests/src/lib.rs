@@ -33,7 +33,8 @@ pub fn run(name: &str, args: &[&str]) -> Output {
 /// `../shared/data` of the checkout, if present.
 pub fn shared_data() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");
-    p.is_dir().then(|| p.canonicalize().expect("canonical path"))
+    p.is_dir()
+        .then(|| p.canonicalize().expect("canonical path"))
 }
 
 /// The embedded default model in the cache, if fetched (`scripts/just setup`).

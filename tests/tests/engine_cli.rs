@@ -38,15 +38,24 @@ fn config_errors_stop_before_any_work() {
         assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
         let err = String::from_utf8_lossy(&out.stderr);
         assert!(err.contains(expected), "expected {expected:?} in {err}");
-        assert!(!out_dir.exists(), "no work may happen before the config is valid");
+        assert!(
+            !out_dir.exists(),
+            "no work may happen before the config is valid"
+        );
     }
     // A source that matches nothing is a config error too, named by key.
     let yaml = dir.path().join("p.yaml");
-    write(&yaml, "source: {paths: [missing/*.jsonl]}\nmodel: {path: m.gguf}\n");
+    write(
+        &yaml,
+        "source: {paths: [missing/*.jsonl]}\nmodel: {path: m.gguf}\n",
+    );
     let out = run("logo-engine", &["run", yaml.to_str().unwrap()]);
     assert_eq!(out.status.code(), Some(2), "{}", describe(&out));
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains("config key source.paths") && err.contains("no such file"), "{err}");
+    assert!(
+        err.contains("config key source.paths") && err.contains("no such file"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -54,7 +63,14 @@ fn schema_lists_every_boundary_table() {
     let out = run("logo-engine", &["schema"]);
     assert!(out.status.success(), "{}", describe(&out));
     let text = String::from_utf8_lossy(&out.stdout);
-    for table in ["documents", "chunks", "scored", "sampled", "generations", "training"] {
+    for table in [
+        "documents",
+        "chunks",
+        "scored",
+        "sampled",
+        "generations",
+        "training",
+    ] {
         assert!(text.contains(&format!("# {table}\n")), "{text}");
     }
     assert!(text.contains("prompt_position_ids"));
@@ -124,7 +140,8 @@ fn every_kind_of_bad_row_is_rejected_and_the_rest_goes_on() {
         .iter()
         .map(|r| (r.row, r.field.as_deref(), r.reason.as_str()))
         .collect();
-    let expected: Vec<(u64, Option<&str>, &str)> = vec![
+    let expected: Vec<(u64, Option<&str>, &str)> =
+        vec![
         (2, None, "malformed JSON: key must be a string at line 1 column 2"),
         (3, None, "invalid UTF-8 at byte 16"),
         (4, Some("context"), "missing field (expected `context` or `input`)"),
@@ -139,7 +156,9 @@ fn every_kind_of_bad_row_is_rejected_and_the_rest_goes_on() {
         ),
     ];
     assert_eq!(got, expected);
-    assert!(rejects.iter().all(|r| r.file.ends_with("docs.jsonl") && r.stage == "source"));
+    assert!(rejects
+        .iter()
+        .all(|r| r.file.ends_with("docs.jsonl") && r.stage == "source"));
     // Both valid documents became samples: nothing valid was lost.
     let samples = read_training_samples(&dir.path().join("out")).unwrap();
     let rows: Vec<u64> = samples.iter().map(|s| s.source_row).collect();
@@ -176,7 +195,10 @@ fn leval_run_produces_valid_samples() {
             model.display()
         ),
     );
-    let out = run("logo-engine", &["run", yaml.to_str().unwrap(), "--limit", "2", "--quiet"]);
+    let out = run(
+        "logo-engine",
+        &["run", yaml.to_str().unwrap(), "--limit", "2", "--quiet"],
+    );
     assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
     let out_dir = dir.path().join("out");
     let manifest: Manifest =
@@ -187,8 +209,17 @@ fn leval_run_produces_valid_samples() {
     let questions = manifest.stats.rows_out["source"];
     let skipped: u64 = manifest.stats.skipped.values().sum();
     assert!(questions >= 2, "{manifest:?}");
-    assert_eq!(samples.len() as u64 + skipped, questions, "{:?}", manifest.stats);
-    assert!(!samples.is_empty(), "no sample: {:?}", manifest.stats.skipped);
+    assert_eq!(
+        samples.len() as u64 + skipped,
+        questions,
+        "{:?}",
+        manifest.stats
+    );
+    assert!(
+        !samples.is_empty(),
+        "no sample: {:?}",
+        manifest.stats.skipped
+    );
     for s in &samples {
         assert_eq!(s.context_chunk_ids.len(), n);
         assert!(s.context_chunk_ids.windows(2).all(|w| w[0] < w[1]));
@@ -229,8 +260,5 @@ fn leval_run_produces_valid_samples() {
     );
     assert!(sql.status.success(), "{}", describe(&sql));
     let table = String::from_utf8_lossy(&sql.stdout);
-    assert!(
-        table.contains(&format!("| {} ", samples.len())),
-        "{table}"
-    );
+    assert!(table.contains(&format!("| {} ", samples.len())), "{table}");
 }

@@ -116,7 +116,8 @@ impl TrainingData {
                 })
                 .unwrap_or_default();
             check_schema_version(&kv).map_err(|e| input(e.to_string()))?;
-            check_columns("training", &required, builder.schema()).map_err(|e| input(e.to_string()))?;
+            check_columns("training", &required, builder.schema())
+                .map_err(|e| input(e.to_string()))?;
             for (index, rg) in builder.metadata().row_groups().iter().enumerate() {
                 row_groups.push(RowGroupRef {
                     path: path.clone(),
@@ -187,7 +188,8 @@ pub fn read_row_group(rg: &RowGroupRef) -> Result<Vec<Example>> {
     let mut out = Vec::with_capacity(rg.rows);
     for batch in reader {
         let batch = batch?;
-        let rows = examples_from_batch(&batch).map_err(|m| input(format!("row group {}: {m}", rg.index)))?;
+        let rows = examples_from_batch(&batch)
+            .map_err(|m| input(format!("row group {}: {m}", rg.index)))?;
         out.extend(rows);
     }
     Ok(out)
@@ -197,7 +199,9 @@ fn u32_list(batch: &RecordBatch, name: &str, row: usize) -> std::result::Result<
     let c = batch
         .column_by_name(name)
         .ok_or_else(|| format!("missing column {name}"))?;
-    let list = c.as_list_opt::<i32>().ok_or_else(|| format!("column {name}: expected List<UInt32>"))?;
+    let list = c
+        .as_list_opt::<i32>()
+        .ok_or_else(|| format!("column {name}: expected List<UInt32>"))?;
     let values = list.value(row);
     let v = values
         .as_primitive_opt::<UInt32Type>()
@@ -227,7 +231,11 @@ fn examples_from_batch(batch: &RecordBatch) -> std::result::Result<Vec<Example>,
         if prompt_positions.len() != prompt_ids.len() {
             return Err(bad(
                 col::PROMPT_POSITION_IDS,
-                &format!("{} ids for a prompt of {}", prompt_positions.len(), prompt_ids.len()),
+                &format!(
+                    "{} ids for a prompt of {}",
+                    prompt_positions.len(),
+                    prompt_ids.len()
+                ),
             ));
         }
         if prompt_positions.windows(2).any(|w| w[0] >= w[1]) {
@@ -250,7 +258,10 @@ fn examples_from_batch(batch: &RecordBatch) -> std::result::Result<Vec<Example>,
                 .as_primitive_opt::<UInt32Type>()
                 .ok_or("column rejected_input_ids: expected List<List<UInt32>>")?;
             if v.is_empty() {
-                return Err(bad(col::REJECTED_INPUT_IDS, &format!("rejected response {j} is empty")));
+                return Err(bad(
+                    col::REJECTED_INPUT_IDS,
+                    &format!("rejected response {j} is empty"),
+                ));
             }
             rejected_ids.push(v.values().iter().map(|&x| x as i64).collect());
         }
@@ -387,11 +398,17 @@ pub fn collate(examples: &[Example], device: Device) -> Result<Batch> {
         .map(|e| e.rejected_ids.len())
         .ok_or_else(|| TrainerError::Internal("collate: empty batch".into()))?;
     if examples.iter().any(|e| e.rejected_ids.len() != m) {
-        return Err(TrainerError::Internal("collate: samples with different M".into()));
+        return Err(TrainerError::Internal(
+            "collate: samples with different M".into(),
+        ));
     }
     let seqs: Vec<(&Example, &Vec<i64>)> = examples
         .iter()
-        .flat_map(|e| std::iter::once(&e.chosen_ids).chain(&e.rejected_ids).map(move |r| (e, r)))
+        .flat_map(|e| {
+            std::iter::once(&e.chosen_ids)
+                .chain(&e.rejected_ids)
+                .map(move |r| (e, r))
+        })
         .collect();
     let t = seqs
         .iter()
@@ -440,7 +457,8 @@ impl Batch {
         let grid = per_sequence.reshape([self.num_samples as i64, self.num_negatives as i64 + 1]);
         (
             grid.select(1, 0),
-            grid.narrow(1, 1, self.num_negatives as i64).to_kind(Kind::Float),
+            grid.narrow(1, 1, self.num_negatives as i64)
+                .to_kind(Kind::Float),
         )
     }
 }
@@ -465,9 +483,15 @@ mod tests {
         let b = collate(&[e], Device::Cpu).unwrap();
         assert_eq!(b.input_ids.size(), vec![3, 6]);
         let ids: Vec<i64> = Vec::try_from(b.input_ids.flatten(0, -1)).unwrap();
-        assert_eq!(ids, vec![5, 6, 7, 8, 2, 0, 5, 6, 7, 9, 9, 2, 5, 6, 7, 2, 0, 0]);
+        assert_eq!(
+            ids,
+            vec![5, 6, 7, 8, 2, 0, 5, 6, 7, 9, 9, 2, 5, 6, 7, 2, 0, 0]
+        );
         let pos: Vec<i64> = Vec::try_from(b.position_ids.flatten(0, -1)).unwrap();
-        assert_eq!(pos, vec![0, 10, 11, 12, 13, 14, 0, 10, 11, 12, 13, 14, 0, 10, 11, 12, 13, 14]);
+        assert_eq!(
+            pos,
+            vec![0, 10, 11, 12, 13, 14, 0, 10, 11, 12, 13, 14, 0, 10, 11, 12, 13, 14]
+        );
         // Row t predicts token t+1: the last prompt row (2) predicts the first response token.
         let g: Vec<i64> = Vec::try_from(&b.gather_index).unwrap();
         assert_eq!(g, vec![2, 3, 8, 9, 10, 14]);

@@ -105,8 +105,15 @@ impl LossOutput {
 ///
 /// `chosen_logps`: [B] f32, ℓ(y_w). `rejected_logps`: [B, M] f32, ℓ(y_l^(j)).
 /// Errors: [`TrainerError::Internal`] when the shapes disagree (B differs, or not 1-D/2-D).
-pub fn logo_loss(chosen_logps: &Tensor, rejected_logps: &Tensor, cfg: &LossConfig) -> Result<LossOutput> {
-    let (b, m) = match (chosen_logps.size().as_slice(), rejected_logps.size().as_slice()) {
+pub fn logo_loss(
+    chosen_logps: &Tensor,
+    rejected_logps: &Tensor,
+    cfg: &LossConfig,
+) -> Result<LossOutput> {
+    let (b, m) = match (
+        chosen_logps.size().as_slice(),
+        rejected_logps.size().as_slice(),
+    ) {
         (&[b], &[b2, m]) if b == b2 && m >= 1 => (b, m),
         (c, r) => {
             return Err(TrainerError::Internal(format!(
@@ -207,7 +214,9 @@ mod tests {
         let chosen = t1(&[-0.5, -1.0]);
         let rejected3 = [-1.0f32, -2.0, -3.0, -0.8, -1.2, -1.0];
         for m in 1..=3usize {
-            let rej: Vec<f32> = (0..2).flat_map(|b| rejected3[b * 3..b * 3 + m].to_vec()).collect();
+            let rej: Vec<f32> = (0..2)
+                .flat_map(|b| rejected3[b * 3..b * 3 + m].to_vec())
+                .collect();
             let out = logo_loss(&chosen, &t2(&rej, m as i64), &cfg).unwrap();
             // z_b = 2·ℓ_w − (2/M)·Σ ℓ_l − 0.5; L_b = softplus(−z_b) + 0.1·(−ℓ_w)
             let mut expect = 0.0;
@@ -217,13 +226,21 @@ mod tests {
                 expect += softplus(-z) - 0.1 * lw;
             }
             expect /= 2.0;
-            assert!((val(&out.loss) - expect).abs() < 1e-6, "M={m}: {} vs {expect}", val(&out.loss));
+            assert!(
+                (val(&out.loss) - expect).abs() < 1e-6,
+                "M={m}: {} vs {expect}",
+                val(&out.loss)
+            );
         }
         // The numbers themselves, by hand: M=1 → z = (0.5, −0.9):
         // L = (softplus(−0.5) + 0.05 + softplus(0.9) + 0.1) / 2
         //   = (0.474077 + 0.05 + 1.241154 + 0.1) / 2 = 0.932615.
         let out = logo_loss(&chosen, &t2(&[-1.0, -0.8], 1), &cfg).unwrap();
-        assert!((val(&out.loss) - 0.932615).abs() < 1e-5, "{}", val(&out.loss));
+        assert!(
+            (val(&out.loss) - 0.932615).abs() < 1e-5,
+            "{}",
+            val(&out.loss)
+        );
     }
 
     /// M = 1 is SimPO: −log σ(β/|y_w| log π(y_w) − β/|y_l| log π(y_l) − γ) (Meng et al., Eq. 6).
@@ -262,7 +279,8 @@ mod tests {
     #[test]
     fn sequence_logps_averages_response_rows() {
         // Two sequences: rows 0,1 → seq 0, row 2 → seq 1; vocabulary of 3.
-        let logits = Tensor::from_slice(&[0.0f32, 0.0, 0.0, 1.0, 2.0, 3.0, 5.0, 0.0, 0.0]).reshape([3, 3]);
+        let logits =
+            Tensor::from_slice(&[0.0f32, 0.0, 0.0, 1.0, 2.0, 3.0, 5.0, 0.0, 0.0]).reshape([3, 3]);
         let labels = Tensor::from_slice(&[0i64, 2, 0]);
         let seq = Tensor::from_slice(&[0i64, 0, 1]);
         let lp = sequence_logps(&logits, &labels, &seq, 2).unwrap();
@@ -285,7 +303,11 @@ mod tests {
         let num = (f(&(&c + Tensor::from_slice(&[h as f32, 0.0])), &r)
             - f(&(&c - Tensor::from_slice(&[h as f32, 0.0])), &r))
             / (2.0 * h);
-        assert!((gc.double_value(&[0]) - num).abs() < 1e-3, "{} vs {num}", gc.double_value(&[0]));
+        assert!(
+            (gc.double_value(&[0]) - num).abs() < 1e-3,
+            "{} vs {num}",
+            gc.double_value(&[0])
+        );
         let bump = Tensor::from_slice(&[0.0f32, h as f32, 0.0, 0.0]).reshape([2, 2]);
         let num = (f(&c, &(&r + &bump)) - f(&c, &(&r - &bump))) / (2.0 * h);
         assert!((gr.double_value(&[0, 1]) - num).abs() < 1e-3);

@@ -75,7 +75,11 @@ struct Cli {
     #[arg(long, default_value_t = 0.05)]
     lora_dropout: f64,
     /// Modules that get LoRA (paper 4.1: attention and token embedding).
-    #[arg(long, value_delimiter = ',', default_value = "q_proj,k_proj,v_proj,o_proj,embed_tokens")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "q_proj,k_proj,v_proj,o_proj,embed_tokens"
+    )]
     target_modules: Vec<String>,
     /// Seed of data order, LoRA init and dropout.
     #[arg(long, default_value_t = 42)]
@@ -113,7 +117,9 @@ fn default_model() -> PathBuf {
     let cache = std::env::var_os("LOGO_CACHE")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo")
+        });
     cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
 }
 

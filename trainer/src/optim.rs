@@ -80,12 +80,20 @@ impl AdamW {
     /// Clips the global L2 norm of the gradients to `max_norm` (if > 0) and returns the norm
     /// before clipping.
     pub fn clip_grad_norm(&mut self, max_norm: f64) -> f64 {
-        let grads: Vec<Tensor> = self.params.values().map(|p| p.grad()).filter(|g| g.defined()).collect();
+        let grads: Vec<Tensor> = self
+            .params
+            .values()
+            .map(|p| p.grad())
+            .filter(|g| g.defined())
+            .collect();
         if grads.is_empty() {
             return 0.0;
         }
         let total = Tensor::stack(
-            &grads.iter().map(|g| g.to_kind(Kind::Float).norm()).collect::<Vec<_>>(),
+            &grads
+                .iter()
+                .map(|g| g.to_kind(Kind::Float).norm())
+                .collect::<Vec<_>>(),
             0,
         )
         .norm()
@@ -111,10 +119,18 @@ impl AdamW {
             if !g.defined() {
                 continue;
             }
-            let m = self.exp_avg.get_mut(name).expect("state for every parameter");
+            let m = self
+                .exp_avg
+                .get_mut(name)
+                .expect("state for every parameter");
             let _ = m.g_mul_scalar_(c.beta1).g_add_(&(&g * (1.0 - c.beta1)));
-            let v = self.exp_avg_sq.get_mut(name).expect("state for every parameter");
-            let _ = v.g_mul_scalar_(c.beta2).g_add_(&(&g * &g * (1.0 - c.beta2)));
+            let v = self
+                .exp_avg_sq
+                .get_mut(name)
+                .expect("state for every parameter");
+            let _ = v
+                .g_mul_scalar_(c.beta2)
+                .g_add_(&(&g * &g * (1.0 - c.beta2)));
             if c.weight_decay > 0.0 {
                 let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
             }
@@ -142,17 +158,27 @@ impl AdamW {
     /// Restores what [`AdamW::save`] wrote. Errors: [`TrainerError::Input`] when a moment is
     /// missing or has another shape than its parameter.
     pub fn load(&mut self, path: &Path) -> Result<()> {
-        let tensors: BTreeMap<String, Tensor> = Tensor::read_safetensors(path)?.into_iter().collect();
+        let tensors: BTreeMap<String, Tensor> =
+            Tensor::read_safetensors(path)?.into_iter().collect();
         let bad = |m: String| TrainerError::Input {
             path: path.to_path_buf(),
             message: m,
         };
         for (name, p) in &self.params {
-            for (prefix, store) in [("exp_avg", &mut self.exp_avg), ("exp_avg_sq", &mut self.exp_avg_sq)] {
+            for (prefix, store) in [
+                ("exp_avg", &mut self.exp_avg),
+                ("exp_avg_sq", &mut self.exp_avg_sq),
+            ] {
                 let key = format!("{prefix}.{name}");
-                let t = tensors.get(&key).ok_or_else(|| bad(format!("missing {key}")))?;
+                let t = tensors
+                    .get(&key)
+                    .ok_or_else(|| bad(format!("missing {key}")))?;
                 if t.size() != p.size() {
-                    return Err(bad(format!("{key}: shape {:?}, parameter {:?}", t.size(), p.size())));
+                    return Err(bad(format!(
+                        "{key}: shape {:?}, parameter {:?}",
+                        t.size(),
+                        p.size()
+                    )));
                 }
                 store.insert(name.clone(), t.to_device(p.device()).to_kind(p.kind()));
             }
@@ -167,7 +193,13 @@ impl AdamW {
 
 /// Learning rate at optimizer step `step` (0-based): linear warm-up over `warmup_steps` to
 /// `lr`, then cosine decay to `min_lr_ratio · lr` at `total_steps`.
-pub fn lr_at(step: usize, lr: f64, warmup_steps: usize, total_steps: usize, min_lr_ratio: f64) -> f64 {
+pub fn lr_at(
+    step: usize,
+    lr: f64,
+    warmup_steps: usize,
+    total_steps: usize,
+    min_lr_ratio: f64,
+) -> f64 {
     if step < warmup_steps {
         return lr * (step + 1) as f64 / warmup_steps as f64;
     }
@@ -218,20 +250,32 @@ mod tests {
             }
         }
         let got: Vec<f32> = Vec::try_from(p.detach()).unwrap();
-        assert!((got[0] as f64 - expect[0]).abs() < 1e-6, "{got:?} {expect:?}");
-        assert!((got[1] as f64 - expect[1]).abs() < 1e-6, "{got:?} {expect:?}");
+        assert!(
+            (got[0] as f64 - expect[0]).abs() < 1e-6,
+            "{got:?} {expect:?}"
+        );
+        assert!(
+            (got[1] as f64 - expect[1]).abs() < 1e-6,
+            "{got:?} {expect:?}"
+        );
     }
 
     #[test]
     fn state_round_trip() {
         let p = Tensor::from_slice(&[1.0f32, 3.0]).set_requires_grad(true);
-        let mut opt = AdamW::new([("w".to_string(), p.shallow_clone())], AdamWConfig::default());
+        let mut opt = AdamW::new(
+            [("w".to_string(), p.shallow_clone())],
+            AdamWConfig::default(),
+        );
         (&p * 3.0).sum(Kind::Float).backward();
         opt.step(0.01);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("optimizer.safetensors");
         opt.save(&path).unwrap();
-        let mut other = AdamW::new([("w".to_string(), p.shallow_clone())], AdamWConfig::default());
+        let mut other = AdamW::new(
+            [("w".to_string(), p.shallow_clone())],
+            AdamWConfig::default(),
+        );
         other.load(&path).unwrap();
         assert_eq!(other.steps(), 1);
         let a: Vec<f32> = Vec::try_from(&opt.exp_avg["w"]).unwrap();

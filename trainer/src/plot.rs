@@ -13,13 +13,18 @@ pub fn plot_training(metrics: &[StepMetrics], path: &Path) -> Result<()> {
     draw(metrics, path).map_err(|e| TrainerError::Internal(format!("plot {}: {e}", path.display())))
 }
 
-fn draw(metrics: &[StepMetrics], path: &Path) -> std::result::Result<(), Box<dyn std::error::Error>> {
+fn draw(
+    metrics: &[StepMetrics],
+    path: &Path,
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
     let steps = metrics.last().map(|m| m.step).unwrap_or(1).max(1) as f64;
     let range = |vals: &mut dyn Iterator<Item = f64>| {
-        let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| (a.min(v), b.max(v)));
+        let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+            (a.min(v), b.max(v))
+        });
         if lo.is_finite() && hi > lo {
             let pad = (hi - lo) * 0.05;
             (lo - pad, hi + pad)
@@ -27,26 +32,44 @@ fn draw(metrics: &[StepMetrics], path: &Path) -> std::result::Result<(), Box<dyn
             (lo.min(0.0) - 1.0, hi.max(0.0) + 1.0)
         }
     };
-    let (lo, hi) = range(&mut metrics.iter().flat_map(|m| [m.loss, m.preference_loss, m.sft_loss]));
+    let (lo, hi) = range(
+        &mut metrics
+            .iter()
+            .flat_map(|m| [m.loss, m.preference_loss, m.sft_loss]),
+    );
     let mut chart = ChartBuilder::on(&left)
         .caption("LOGO loss", ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(55)
         .build_cartesian_2d(0f64..steps, lo..hi)?;
-    chart.configure_mesh().x_desc("step").y_desc("nats").draw()?;
-    let series: [(&str, RGBColor, fn(&StepMetrics) -> f64); 3] = [
+    chart
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("nats")
+        .draw()?;
+    type Series = (&'static str, RGBColor, fn(&StepMetrics) -> f64);
+    let series: [Series; 3] = [
         ("loss", BLUE, |m| m.loss),
         ("preference (Eq. 2)", RED, |m| m.preference_loss),
         ("SFT −ℓ(y_w)", GREEN, |m| m.sft_loss),
     ];
     for (name, color, f) in series {
         chart
-            .draw_series(LineSeries::new(metrics.iter().map(|m| (m.step as f64, f(m))), color.stroke_width(2)))?
+            .draw_series(LineSeries::new(
+                metrics.iter().map(|m| (m.step as f64, f(m))),
+                color.stroke_width(2),
+            ))?
             .label(name)
-            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2)));
+            .legend(move |(x, y)| {
+                PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
+            });
     }
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
 
     let (lo, hi) = range(&mut metrics.iter().map(|m| m.margin));
     let mut chart = ChartBuilder::on(&right)
@@ -55,12 +78,23 @@ fn draw(metrics: &[StepMetrics], path: &Path) -> std::result::Result<(), Box<dyn
         .x_label_area_size(35)
         .y_label_area_size(55)
         .build_cartesian_2d(0f64..steps, lo..hi)?;
-    chart.configure_mesh().x_desc("step").y_desc("margin").draw()?;
     chart
-        .draw_series(LineSeries::new(metrics.iter().map(|m| (m.step as f64, m.margin)), MAGENTA.stroke_width(2)))?
+        .configure_mesh()
+        .x_desc("step")
+        .y_desc("margin")
+        .draw()?;
+    chart
+        .draw_series(LineSeries::new(
+            metrics.iter().map(|m| (m.step as f64, m.margin)),
+            MAGENTA.stroke_width(2),
+        ))?
         .label("margin")
         .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], MAGENTA.stroke_width(2)));
-    chart.configure_series_labels().border_style(BLACK).background_style(WHITE.mix(0.8)).draw()?;
+    chart
+        .configure_series_labels()
+        .border_style(BLACK)
+        .background_style(WHITE.mix(0.8))
+        .draw()?;
     root.present()?;
     Ok(())
 }

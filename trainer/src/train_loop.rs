@@ -130,13 +130,23 @@ pub fn parse_device(s: &str) -> Result<Device> {
             if tch::Cuda::is_available() {
                 Ok(Device::Cuda(0))
             } else {
-                Err(bad("CUDA requested but libtorch sees no GPU (allowed: cpu, cuda, cuda:N, auto)"))
+                Err(bad(
+                    "CUDA requested but libtorch sees no GPU (allowed: cpu, cuda, cuda:N, auto)",
+                ))
             }
         }
-        other => match other.strip_prefix("cuda:").and_then(|n| n.parse::<usize>().ok()) {
+        other => match other
+            .strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+        {
             Some(n) if (n as i64) < tch::Cuda::device_count() => Ok(Device::Cuda(n)),
-            Some(n) => Err(bad(&format!("cuda:{n} is not present ({} GPUs)", tch::Cuda::device_count()))),
-            None => Err(bad(&format!("unknown device {other} (allowed: cpu, cuda, cuda:N, auto)"))),
+            Some(n) => Err(bad(&format!(
+                "cuda:{n} is not present ({} GPUs)",
+                tch::Cuda::device_count()
+            ))),
+            None => Err(bad(&format!(
+                "unknown device {other} (allowed: cpu, cuda, cuda:N, auto)"
+            ))),
         },
     }
 }
@@ -163,13 +173,19 @@ impl TrainConfig {
             return bad("--beta", format!("must be > 0 (got {})", self.loss.beta));
         }
         if self.loss.sft_weight < 0.0 {
-            return bad("--sft-weight", format!("must be >= 0 (got {})", self.loss.sft_weight));
+            return bad(
+                "--sft-weight",
+                format!("must be >= 0 (got {})", self.loss.sft_weight),
+            );
         }
         if self.max_steps == Some(0) {
             return bad("--max-steps", "must be >= 1".into());
         }
         if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return bad("--min-lr-ratio", format!("must be in [0, 1] (got {})", self.min_lr_ratio));
+            return bad(
+                "--min-lr-ratio",
+                format!("must be in [0, 1] (got {})", self.min_lr_ratio),
+            );
         }
         self.lora.validate()?;
         Ok(())
@@ -177,9 +193,16 @@ impl TrainConfig {
 }
 
 /// The loss of one micro-batch (graph attached for backward).
-pub fn batch_loss(model: &Llama, batch: &Batch, cfg: &LossConfig, train: bool) -> Result<crate::loss::LossOutput> {
+pub fn batch_loss(
+    model: &Llama,
+    batch: &Batch,
+    cfg: &LossConfig,
+    train: bool,
+) -> Result<crate::loss::LossOutput> {
     let hidden = model.hidden_states(&batch.input_ids, &batch.position_ids, train)?; // [S, T, H]
-    let rows = hidden.flatten(0, 1).f_index_select(0, &batch.gather_index)?; // [N, H]
+    let rows = hidden
+        .flatten(0, 1)
+        .f_index_select(0, &batch.gather_index)?; // [N, H]
     let logits = model.lm_logits(&rows)?; // [N, V] f32
     let s = (batch.num_samples * (batch.num_negatives + 1)) as i64;
     let logps = sequence_logps(&logits, &batch.labels, &batch.sequence, s)?; // [S]
@@ -198,11 +221,15 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         .max_steps
         .unwrap_or_else(|| data.num_rows().div_ceil(per_step).max(1));
     tch::manual_seed(cfg.seed as i64);
-    let kind = if device.is_cuda() { Kind::BFloat16 } else { Kind::Float };
-    let mut model = Llama::load(&cfg.model, Some(&cfg.lora), device, kind)?;
+    let kind = if device.is_cuda() {
+        Kind::BFloat16
+    } else {
+        Kind::Float
+    };
+    let model = Llama::load(&cfg.model, Some(&cfg.lora), device, kind)?;
     let mut start_step = 0;
     if let Some(dir) = &cfg.resume {
-        load_adapter(&mut model, dir)?;
+        load_adapter(&model, dir)?;
         let state: TrainerState = read_json(&dir.join("trainer_state.json"))?;
         start_step = state.step;
     }
@@ -234,10 +261,15 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     let metrics_path = cfg.output.join("metrics.jsonl");
     let mut history = read_metrics(&metrics_path)?;
     history.retain(|m| m.step <= start_step);
-    let mut metrics_file = std::fs::File::create(&metrics_path).map_err(|e| TrainerError::io(&metrics_path, e))?;
+    let mut metrics_file =
+        std::fs::File::create(&metrics_path).map_err(|e| TrainerError::io(&metrics_path, e))?;
     for m in &history {
-        writeln!(metrics_file, "{}", serde_json::to_string(m).expect("metrics serialise"))
-            .map_err(|e| TrainerError::io(&metrics_path, e))?;
+        writeln!(
+            metrics_file,
+            "{}",
+            serde_json::to_string(m).expect("metrics serialise")
+        )
+        .map_err(|e| TrainerError::io(&metrics_path, e))?;
     }
 
     let bar = ProgressBar::with_draw_target(
@@ -249,8 +281,10 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         },
     );
     bar.set_style(
-        ProgressStyle::with_template("train {bar:30} {pos}/{len} steps {elapsed_precise}<{eta_precise} {msg}")
-            .expect("valid template"),
+        ProgressStyle::with_template(
+            "train {bar:30} {pos}/{len} steps {elapsed_precise}<{eta_precise} {msg}",
+        )
+        .expect("valid template"),
     );
     bar.set_position(start_step as u64);
 
@@ -269,7 +303,13 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             acc.push(out.metrics()?);
         }
         let grad_norm = opt.clip_grad_norm(cfg.max_grad_norm);
-        let lr = lr_at(step, cfg.optim.lr, cfg.warmup_steps, total_steps, cfg.min_lr_ratio);
+        let lr = lr_at(
+            step,
+            cfg.optim.lr,
+            cfg.warmup_steps,
+            total_steps,
+            cfg.min_lr_ratio,
+        );
         opt.step(lr);
         opt.zero_grad();
         let mean = |f: fn(&LossMetrics) -> f64| acc.iter().map(f).sum::<f64>() / acc.len() as f64;
@@ -287,8 +327,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             tokens,
             seconds: started.elapsed().as_secs_f64(),
         };
-        writeln!(metrics_file, "{}", serde_json::to_string(&m).expect("metrics serialise"))
-            .map_err(|e| TrainerError::io(&metrics_path, e))?;
+        writeln!(
+            metrics_file,
+            "{}",
+            serde_json::to_string(&m).expect("metrics serialise")
+        )
+        .map_err(|e| TrainerError::io(&metrics_path, e))?;
         let line = format!(
             "step {:>4}  loss {:.4}  pref {:.4}  sft {:.4}  margin {:+.3}  acc {:.2}  {:.0} tok/s",
             m.step,
@@ -299,7 +343,12 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             m.accuracy,
             m.tokens as f64 / m.seconds
         );
-        bar.set_message(format!("loss {:.4} margin {:+.3} {:.0} tok/s", m.loss, m.margin, m.tokens as f64 / m.seconds));
+        bar.set_message(format!(
+            "loss {:.4} margin {:+.3} {:.0} tok/s",
+            m.loss,
+            m.margin,
+            m.tokens as f64 / m.seconds
+        ));
         bar.inc(1);
         bar.suspend(|| println!("{line}"));
         run_metrics.push(m);
@@ -328,7 +377,13 @@ fn crate_seed(seed: u64, step: usize) -> i64 {
     (seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) ^ step as u64) as i64 & i64::MAX
 }
 
-fn save_checkpoint(model: &Llama, opt: &AdamW, cfg: &TrainConfig, step: usize, total_steps: usize) -> Result<()> {
+fn save_checkpoint(
+    model: &Llama,
+    opt: &AdamW,
+    cfg: &TrainConfig,
+    step: usize,
+    total_steps: usize,
+) -> Result<()> {
     let dir = cfg.output.join(format!("checkpoint-{step}"));
     std::fs::create_dir_all(&dir).map_err(|e| TrainerError::io(&dir, e))?;
     save_adapter(model, &dir, &cfg.model.display().to_string())?;

@@ -12,10 +12,18 @@ fn starts_without_ld_library_path_and_keeps_cuda() {
         .env_remove("LD_LIBRARY_PATH")
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stdout).starts_with("logo-trainer "));
 
-    let ldd = Command::new("ldd").arg(exe).env_remove("LD_LIBRARY_PATH").output().unwrap();
+    let ldd = Command::new("ldd")
+        .arg(exe)
+        .env_remove("LD_LIBRARY_PATH")
+        .output()
+        .unwrap();
     let libs = String::from_utf8_lossy(&ldd.stdout);
     assert!(!libs.contains("not found"), "{libs}");
     assert!(libs.contains("libtorch.so =>"), "{libs}");
@@ -28,8 +36,14 @@ fn starts_without_ld_library_path_and_keeps_cuda() {
         .map(|p| std::path::Path::new(p).parent().unwrap().to_path_buf())
         .unwrap();
     if torch_lib.join("libtorch_cuda.so").exists() {
-        assert!(libs.contains("libtorch_cuda.so =>"), "libtorch_cuda dropped:\n{libs}");
+        assert!(
+            libs.contains("libtorch_cuda.so =>"),
+            "libtorch_cuda dropped:\n{libs}"
+        );
     } else {
-        eprintln!("libtorch at {} is a CPU build; CUDA part not checked", torch_lib.display());
+        eprintln!(
+            "libtorch at {} is a CPU build; CUDA part not checked",
+            torch_lib.display()
+        );
     }
 }

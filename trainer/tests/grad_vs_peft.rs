@@ -18,7 +18,9 @@ fn python() -> Option<PathBuf> {
     let cache = std::env::var_os("LOGO_CACHE")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo")
+        });
     let py = cache.join("venv/bin/python");
     let ok = py.is_file()
         && Command::new(&py)
@@ -26,25 +28,46 @@ fn python() -> Option<PathBuf> {
             .output()
             .is_ok_and(|o| o.status.success());
     if !ok {
-        eprintln!("SKIPPED: {} cannot import transformers/peft (scripts/setup-venv.sh)", py.display());
+        eprintln!(
+            "SKIPPED: {} cannot import transformers/peft (scripts/setup-venv.sh)",
+            py.display()
+        );
     }
     ok.then_some(py)
 }
 
 fn run_py(python: &Path, script: &str, spec: &serde_json::Value, work: &Path) {
-    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/py").join(script);
-    let spec_path = work.join(format!("{}.json", script.file_stem().unwrap().to_string_lossy()));
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/py")
+        .join(script);
+    let spec_path = work.join(format!(
+        "{}.json",
+        script.file_stem().unwrap().to_string_lossy()
+    ));
     std::fs::write(&spec_path, spec.to_string()).unwrap();
-    let out = Command::new(python).arg(&script).arg(&spec_path).output().unwrap();
-    assert!(out.status.success(), "{} failed:\n{}", script.display(), String::from_utf8_lossy(&out.stderr));
+    let out = Command::new(python)
+        .arg(&script)
+        .arg(&spec_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{} failed:\n{}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn examples() -> Vec<Example> {
     let ex = |seed: i64, p: usize| Example {
         sample_id: format!("s{seed}"),
-        prompt_ids: (0..p as i64).map(|t| (t * 13 + seed * 7) % 96 + 1).collect(),
+        prompt_ids: (0..p as i64)
+            .map(|t| (t * 13 + seed * 7) % 96 + 1)
+            .collect(),
         // Two continuous chunks with a gap, as the engine's index synthesizer writes.
-        prompt_positions: (0..p as i64).map(|t| if t < 5 { t } else { t + 300 + seed }).collect(),
+        prompt_positions: (0..p as i64)
+            .map(|t| if t < 5 { t } else { t + 300 + seed })
+            .collect(),
         chosen_ids: vec![17, 23, 5, 2],
         rejected_ids: vec![vec![40, 41, 2], vec![60 + seed, 61, 62, 63, 2]],
     };
@@ -68,7 +91,10 @@ fn lora_gradients_equal_peft_reference() {
         }),
         work.path(),
     );
-    let lora = LoraConfig::default().with_r(4).with_alpha(8.0).with_dropout(0.0);
+    let lora = LoraConfig::default()
+        .with_r(4)
+        .with_alpha(8.0)
+        .with_dropout(0.0);
     let model = Llama::load(&model_dir, Some(&lora), Device::Cpu, Kind::Float).unwrap();
     // Non-zero adapters everywhere, so every gradient path is exercised.
     tch::manual_seed(9);
@@ -82,7 +108,11 @@ fn lora_gradients_equal_peft_reference() {
     let adapter_dir = work.path().join("adapter");
     save_adapter(&model, &adapter_dir, "tiny").unwrap();
 
-    let cfg = LossConfig { beta: 2.5, gamma: 0.25, sft_weight: 0.1 };
+    let cfg = LossConfig {
+        beta: 2.5,
+        gamma: 0.25,
+        sft_weight: 0.1,
+    };
     let batch = collate(&examples(), Device::Cpu).unwrap();
     let out = batch_loss(&model, &batch, &cfg, true).unwrap();
     out.loss.backward();
@@ -104,23 +134,32 @@ fn lora_gradients_equal_peft_reference() {
                 "samples": samples}),
         work.path(),
     );
-    let reference: std::collections::HashMap<String, Tensor> =
-        Tensor::read_safetensors(&ref_path).unwrap().into_iter().collect();
+    let reference: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&ref_path)
+        .unwrap()
+        .into_iter()
+        .collect();
     let ref_loss = reference["loss"].double_value(&[0]);
     let our_loss = out.loss.double_value(&[]);
-    assert!((ref_loss - our_loss).abs() < 1e-5, "loss: ours {our_loss}, PEFT {ref_loss}");
+    assert!(
+        (ref_loss - our_loss).abs() < 1e-5,
+        "loss: ours {our_loss}, PEFT {ref_loss}"
+    );
 
     let ours = model.lora_var_store().unwrap().variables();
     assert_eq!(ours.len() + 1, reference.len(), "same trainable parameters");
     let mut worst = 0.0f64;
     for (name, param) in ours {
         let key = format!("base_model.model.{name}");
-        let theirs = reference.get(&key).unwrap_or_else(|| panic!("PEFT has no {key}"));
+        let theirs = reference
+            .get(&key)
+            .unwrap_or_else(|| panic!("PEFT has no {key}"));
         let g = param.grad();
         let scale = theirs.abs().max().double_value(&[]).max(1e-6);
         let diff = (&g - theirs).abs().max().double_value(&[]) / scale;
         worst = worst.max(diff);
         assert!(diff < 1e-4, "{key}: relative max difference {diff}");
     }
-    println!("LoRA gradients vs PEFT: worst relative max difference {worst:.2e}, loss {our_loss:.6}");
+    println!(
+        "LoRA gradients vs PEFT: worst relative max difference {worst:.2e}, loss {our_loss:.6}"
+    );
 }

@@ -11,7 +11,9 @@ fn python() -> Option<PathBuf> {
     let cache = std::env::var_os("LOGO_CACHE")
         .filter(|v| !v.is_empty())
         .map(PathBuf::from)
-        .unwrap_or_else(|| PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo"));
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo")
+        });
     let p = cache.join("venv/bin/python");
     p.is_file().then_some(p)
 }
@@ -44,10 +46,21 @@ fn loss_equals_pytorch_for_m_1_2_3() {
         let rejected = Tensor::rand([5, m], (tch::Kind::Float, tch::Device::Cpu)) * -2.0;
         for cfg in [
             LossConfig::default(),
-            LossConfig { beta: 2.5, gamma: 0.25, sft_weight: 0.0 },
-            LossConfig { beta: 3.0, gamma: 0.6, sft_weight: 0.5 },
+            LossConfig {
+                beta: 2.5,
+                gamma: 0.25,
+                sft_weight: 0.0,
+            },
+            LossConfig {
+                beta: 3.0,
+                gamma: 0.6,
+                sft_weight: 0.5,
+            },
         ] {
-            let ours = logo_loss(&chosen, &rejected, &cfg).unwrap().loss.double_value(&[]);
+            let ours = logo_loss(&chosen, &rejected, &cfg)
+                .unwrap()
+                .loss
+                .double_value(&[]);
             let c: Vec<f32> = Vec::try_from(&chosen).unwrap();
             let r: Vec<Vec<f32>> = (0..5)
                 .map(|b| Vec::try_from(rejected.get(b)).unwrap())
@@ -63,9 +76,18 @@ fn loss_equals_pytorch_for_m_1_2_3() {
                 .spawn()
                 .unwrap();
             use std::io::Write;
-            child.stdin.take().unwrap().write_all(input.to_string().as_bytes()).unwrap();
+            child
+                .stdin
+                .take()
+                .unwrap()
+                .write_all(input.to_string().as_bytes())
+                .unwrap();
             let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
             let theirs: f64 = serde_json::from_slice(&out.stdout).unwrap();
             assert!(
                 (ours - theirs).abs() < 1e-5 * theirs.abs().max(1.0),

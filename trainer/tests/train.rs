@@ -43,7 +43,10 @@ fn tiny_model(dir: &Path) {
     let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)) * 0.08;
     let mut named: Vec<(String, Tensor)> = vec![
         ("model.embed_tokens.weight".into(), r(&[VOCAB, h])),
-        ("model.norm.weight".into(), Tensor::ones([h], (Kind::Float, tch::Device::Cpu))),
+        (
+            "model.norm.weight".into(),
+            Tensor::ones([h], (Kind::Float, tch::Device::Cpu)),
+        ),
         ("lm_head.weight".into(), r(&[VOCAB, h])),
     ];
     for l in 0..layers {
@@ -55,7 +58,10 @@ fn tiny_model(dir: &Path) {
         named.push((format!("{p}.mlp.gate_proj.weight"), r(&[i, h])));
         named.push((format!("{p}.mlp.up_proj.weight"), r(&[i, h])));
         named.push((format!("{p}.mlp.down_proj.weight"), r(&[h, i])));
-        named.push((format!("{p}.input_layernorm.weight"), Tensor::ones([h], (Kind::Float, tch::Device::Cpu))));
+        named.push((
+            format!("{p}.input_layernorm.weight"),
+            Tensor::ones([h], (Kind::Float, tch::Device::Cpu)),
+        ));
         named.push((
             format!("{p}.post_attention_layernorm.weight"),
             Tensor::ones([h], (Kind::Float, tch::Device::Cpu)),
@@ -67,7 +73,9 @@ fn tiny_model(dir: &Path) {
 fn sample(i: u32) -> TrainingSample {
     let prompt: Vec<u32> = (0..12).map(|t| (t * 7 + i * 3) % VOCAB as u32).collect();
     // Synthetic, non-contiguous positions (continuous chunks with gaps).
-    let positions: Vec<u32> = (0..12u32).map(|t| t + if t >= 6 { 900 } else { 0 }).collect();
+    let positions: Vec<u32> = (0..12u32)
+        .map(|t| t + if t >= 6 { 900 } else { 0 })
+        .collect();
     TrainingSample {
         sample_id: format!("doc:{i}#q0"),
         document_id: format!("doc:{i}"),
@@ -98,12 +106,16 @@ fn sample(i: u32) -> TrainingSample {
 fn write_parquet(path: &Path, rows: &[TrainingSample], version: Option<&str>) {
     let batch = TrainingSample::to_batch(rows).unwrap();
     let props = WriterProperties::builder()
-        .set_key_value_metadata(version.map(|v| vec![KeyValue::new(SCHEMA_VERSION_KEY.into(), v.to_string())]))
+        .set_key_value_metadata(
+            version.map(|v| vec![KeyValue::new(SCHEMA_VERSION_KEY.into(), v.to_string())]),
+        )
         .build();
     // Drop the Arrow schema metadata (which carries the version too): the KV entry alone decides.
     let schema = Arc::new(Schema::new(batch.schema().fields().clone()));
-    let batch = arrow::array::RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).unwrap();
-    let mut w = ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
+    let batch =
+        arrow::array::RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).unwrap();
+    let mut w =
+        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
     w.write(&batch).unwrap();
     w.close().unwrap();
 }
@@ -148,17 +160,40 @@ fn loss_falls_and_margin_rises_on_a_fixed_batch() {
     tiny_model(&dir.path().join("model"));
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     // Two samples, batch 2: every step sees the same batch.
-    write_parquet(&dir.path().join("data/a.parquet"), &[sample(0), sample(1)], Some(SCHEMA_VERSION));
-    let mut cfg = config(&dir.path().join("data"), &dir.path().join("model"), &dir.path().join("out"));
+    write_parquet(
+        &dir.path().join("data/a.parquet"),
+        &[sample(0), sample(1)],
+        Some(SCHEMA_VERSION),
+    );
+    let mut cfg = config(
+        &dir.path().join("data"),
+        &dir.path().join("model"),
+        &dir.path().join("out"),
+    );
     cfg.lora.lora_dropout = 0.0;
     cfg.max_steps = Some(8);
     cfg.save_steps = 0;
     let summary = train(&cfg).unwrap();
     let (first, last) = (summary.metrics[0], *summary.metrics.last().unwrap());
     assert_eq!(summary.metrics.len(), 8);
-    assert!(last.loss < first.loss - 0.05, "loss {} → {}", first.loss, last.loss);
-    assert!(last.margin > first.margin + 0.1, "margin {} → {}", first.margin, last.margin);
-    for f in ["adapter_config.json", "adapter_model.safetensors", "metrics.jsonl", "training.png"] {
+    assert!(
+        last.loss < first.loss - 0.05,
+        "loss {} → {}",
+        first.loss,
+        last.loss
+    );
+    assert!(
+        last.margin > first.margin + 0.1,
+        "margin {} → {}",
+        first.margin,
+        last.margin
+    );
+    for f in [
+        "adapter_config.json",
+        "adapter_model.safetensors",
+        "metrics.jsonl",
+        "training.png",
+    ] {
         assert!(dir.path().join("out").join(f).is_file(), "{f} missing");
     }
 }
@@ -169,7 +204,11 @@ fn resume_repeats_the_uninterrupted_run() {
     tiny_model(&dir.path().join("model"));
     std::fs::create_dir_all(dir.path().join("data")).unwrap();
     let rows: Vec<TrainingSample> = (0..10).map(sample).collect();
-    write_parquet(&dir.path().join("data/a.parquet"), &rows, Some(SCHEMA_VERSION));
+    write_parquet(
+        &dir.path().join("data/a.parquet"),
+        &rows,
+        Some(SCHEMA_VERSION),
+    );
     let data = dir.path().join("data");
     let model = dir.path().join("model");
     // Uninterrupted: 6 steps.
@@ -179,12 +218,22 @@ fn resume_repeats_the_uninterrupted_run() {
     resumed_cfg.resume = Some(dir.path().join("full/checkpoint-3"));
     resumed_cfg.output = dir.path().join("resumed");
     std::fs::create_dir_all(&resumed_cfg.output).unwrap();
-    std::fs::copy(dir.path().join("full/metrics.jsonl"), resumed_cfg.output.join("metrics.jsonl")).unwrap();
+    std::fs::copy(
+        dir.path().join("full/metrics.jsonl"),
+        resumed_cfg.output.join("metrics.jsonl"),
+    )
+    .unwrap();
     let resumed = train(&resumed_cfg).unwrap();
     assert_eq!(resumed.metrics.len(), 3);
     for (a, b) in full.metrics[3..].iter().zip(&resumed.metrics) {
         assert_eq!(a.step, b.step);
-        assert!((a.loss - b.loss).abs() < 1e-5, "step {}: {} vs {}", a.step, a.loss, b.loss);
+        assert!(
+            (a.loss - b.loss).abs() < 1e-5,
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
         assert!((a.margin - b.margin).abs() < 1e-4);
     }
     // metrics.jsonl of the resumed folder holds steps 1..=6 once each.
@@ -209,7 +258,10 @@ fn bad_parquet_gives_a_clear_error() {
         train(&cfg).unwrap_err().to_string()
     };
     let e = case("noversion", &|p| write_parquet(p, &[sample(0)], None));
-    assert!(e.contains("part.parquet") && e.contains("schema version: expected 1, got none"), "{e}");
+    assert!(
+        e.contains("part.parquet") && e.contains("schema version: expected 1, got none"),
+        "{e}"
+    );
     let e = case("oldversion", &|p| write_parquet(p, &[sample(0)], Some("0")));
     assert!(e.contains("schema version: expected 1, got 0"), "{e}");
     let e = case("nocolumn", &|p| {
@@ -219,13 +271,24 @@ fn bad_parquet_gives_a_clear_error() {
             .collect();
         let batch = batch.project(&keep).unwrap();
         let props = WriterProperties::builder()
-            .set_key_value_metadata(Some(vec![KeyValue::new(SCHEMA_VERSION_KEY.to_string(), SCHEMA_VERSION.to_string())]))
+            .set_key_value_metadata(Some(vec![KeyValue::new(
+                SCHEMA_VERSION_KEY.to_string(),
+                SCHEMA_VERSION.to_string(),
+            )]))
             .build();
-        let mut w = ArrowWriter::try_new(std::fs::File::create(p).unwrap(), batch.schema(), Some(props)).unwrap();
+        let mut w = ArrowWriter::try_new(
+            std::fs::File::create(p).unwrap(),
+            batch.schema(),
+            Some(props),
+        )
+        .unwrap();
         w.write(&batch).unwrap();
         w.close().unwrap();
     });
-    assert!(e.contains("part.parquet") && e.contains("missing column chosen_input_ids"), "{e}");
+    assert!(
+        e.contains("part.parquet") && e.contains("missing column chosen_input_ids"),
+        "{e}"
+    );
     let e = case("emptyresponse", &|p| {
         let mut s = sample(0);
         s.rejected_input_ids[1].clear();
@@ -233,7 +296,9 @@ fn bad_parquet_gives_a_clear_error() {
     });
     assert!(
         e.contains("part.parquet")
-            && e.contains("sample doc:0#q0: field rejected_input_ids: rejected response 1 is empty"),
+            && e.contains(
+                "sample doc:0#q0: field rejected_input_ids: rejected response 1 is empty"
+            ),
         "{e}"
     );
 }

@@ -14,9 +14,9 @@
 use std::collections::HashMap;
 
 use arrow::array::RecordBatch;
-use rayon::prelude::*;
 use arrow::datatypes::SchemaRef;
 use logo_schemas::{chunks_schema, ChunkedRecord, DocumentRecord, Record};
+use rayon::prelude::*;
 use tokenizers::Tokenizer;
 
 use crate::config::ChunkerConfig;
@@ -131,14 +131,19 @@ impl Stage for ChunkerStage {
                 reason,
             };
             let Some(question) = d.question.as_deref() else {
-                return Err(reject("question", "missing (question generation did not run)".into()));
+                return Err(reject(
+                    "question",
+                    "missing (question generation did not run)".into(),
+                ));
             };
             match this.tokenizer.encode(question, false) {
                 Ok(e) if !e.get_ids().is_empty() => {}
                 Ok(_) => return Err(reject("question", "cannot be tokenised: no tokens".into())),
                 Err(e) => return Err(reject("question", format!("cannot be tokenised: {e}"))),
             }
-            let chunks = cache[&d.document_id].clone().map_err(|m| reject("context", m))?;
+            let chunks = cache[&d.document_id]
+                .clone()
+                .map_err(|m| reject("context", m))?;
             Ok(Some(ChunkedRecord {
                 sample_id: d.sample_id,
                 document_id: d.document_id,
@@ -187,7 +192,8 @@ mod tests {
 
     #[test]
     fn chunks_are_equal_and_concatenate_back() {
-        let stage = ChunkerStage::try_new(&ChunkerConfig { chunk_size: 3 }, word_tokenizer()).unwrap();
+        let stage =
+            ChunkerStage::try_new(&ChunkerConfig { chunk_size: 3 }, word_tokenizer()).unwrap();
         let text = "a b c d e f g h";
         let c = stage.chunk(text).unwrap();
         // 8 tokens at 3 per chunk: [a b c] [d e f] [g h]
@@ -200,7 +206,8 @@ mod tests {
 
     #[test]
     fn exact_multiple_and_multibyte_text() {
-        let stage = ChunkerStage::try_new(&ChunkerConfig { chunk_size: 2 }, word_tokenizer()).unwrap();
+        let stage =
+            ChunkerStage::try_new(&ChunkerConfig { chunk_size: 2 }, word_tokenizer()).unwrap();
         let text = "ü a ü b";
         let c = stage.chunk(text).unwrap();
         assert_eq!(c.input_ids, vec![vec![11, 1], vec![11, 2]]);
@@ -209,7 +216,11 @@ mod tests {
 
     #[test]
     fn empty_text_is_an_error() {
-        let stage = ChunkerStage::try_new(&ChunkerConfig { chunk_size: 2 }, word_tokenizer()).unwrap();
-        assert_eq!(stage.chunk("   ").unwrap_err(), "cannot be tokenised: no tokens");
+        let stage =
+            ChunkerStage::try_new(&ChunkerConfig { chunk_size: 2 }, word_tokenizer()).unwrap();
+        assert_eq!(
+            stage.chunk("   ").unwrap_err(),
+            "cannot be tokenised: no tokens"
+        );
     }
 }

@@ -74,14 +74,25 @@ impl PositionsStage {
     /// `segments`: lengths of the prompt's segments (sum k, tokens). `reserve`: the longest
     /// response in tokens R. Returns `[k]` position ids and the strategy used, or `None` when
     /// `k + reserve > K`.
-    pub fn synthesize(&self, sample_id: &str, segments: &[u32], reserve: usize) -> Option<(Vec<u32>, Strategy)> {
+    pub fn synthesize(
+        &self,
+        sample_id: &str,
+        segments: &[u32],
+        reserve: usize,
+    ) -> Option<(Vec<u32>, Strategy)> {
         let mut rng = rng_for(self.seed, &[sample_id, "positions"]);
         let strategy = if rng.random_bool(self.cfg.continuous_ratio) {
             Strategy::Continuous
         } else {
             Strategy::Sparse
         };
-        let ids = positions(&mut rng, strategy, segments, self.cfg.target_length, reserve)?;
+        let ids = positions(
+            &mut rng,
+            strategy,
+            segments,
+            self.cfg.target_length,
+            reserve,
+        )?;
         Some((ids, strategy))
     }
 }
@@ -203,7 +214,10 @@ mod tests {
             let p = positions(&mut rng, s, &[2, 3, 1], 10, 4).unwrap();
             assert_eq!(p, vec![0, 1, 2, 3, 4, 5]);
         }
-        assert_eq!(positions(&mut rng, Strategy::Sparse, &[2, 3, 1], 10, 5), None);
+        assert_eq!(
+            positions(&mut rng, Strategy::Sparse, &[2, 3, 1], 10, 5),
+            None
+        );
     }
 
     #[test]
@@ -236,7 +250,9 @@ mod tests {
         let stage = PositionsStage::try_new(&PositionsConfig::default(), 42).unwrap();
         let continuous = (0..10_000)
             .filter(|i| {
-                let (_, s) = stage.synthesize(&format!("s{i}"), &[4, 8, 8, 4], 16).unwrap();
+                let (_, s) = stage
+                    .synthesize(&format!("s{i}"), &[4, 8, 8, 4], 16)
+                    .unwrap();
                 s == Strategy::Continuous
             })
             .count();
@@ -281,7 +297,10 @@ mod tests {
             );
             // Distances reach K − R − 1 at most; every bucket below that is hit.
             assert_eq!(covered, 64, "{strategy:?}: {buckets:?}");
-            assert!(max_d >= k_target - 16 - 64, "{strategy:?}: max distance {max_d}");
+            assert!(
+                max_d >= k_target - 16 - 64,
+                "{strategy:?}: max distance {max_d}"
+            );
         }
     }
 
@@ -289,7 +308,13 @@ mod tests {
     fn same_seed_same_positions() {
         let a = PositionsStage::try_new(&PositionsConfig::default(), 5).unwrap();
         let b = PositionsStage::try_new(&PositionsConfig::default(), 5).unwrap();
-        assert_eq!(a.synthesize("x", &[3, 9, 2], 4), b.synthesize("x", &[3, 9, 2], 4));
-        assert_ne!(a.synthesize("x", &[3, 9, 2], 4), a.synthesize("y", &[3, 9, 2], 4));
+        assert_eq!(
+            a.synthesize("x", &[3, 9, 2], 4),
+            b.synthesize("x", &[3, 9, 2], 4)
+        );
+        assert_ne!(
+            a.synthesize("x", &[3, 9, 2], 4),
+            a.synthesize("y", &[3, 9, 2], 4)
+        );
     }
 }

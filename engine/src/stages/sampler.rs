@@ -67,7 +67,11 @@ impl SamplerStage {
     }
 
     /// Selects the contexts of one sample from its scores, or the skip reason.
-    pub fn select(&self, sample_id: &str, scores: &[i32]) -> std::result::Result<Selection, &'static str> {
+    pub fn select(
+        &self,
+        sample_id: &str,
+        scores: &[i32],
+    ) -> std::result::Result<Selection, &'static str> {
         let n_chunks = self.cfg.num_chunks;
         if scores.len() < n_chunks {
             return Err(SKIP_TOO_FEW_CHUNKS);
@@ -91,14 +95,21 @@ impl SamplerStage {
         let mut rng = rng_for(self.seed, &[sample_id, "sampler"]);
         let draw = |rng: &mut rand_chacha::ChaCha8Rng, from: &[u32], k: usize| -> Vec<u32> {
             let k = k.min(from.len());
-            index::sample(rng, from.len(), k).into_iter().map(|i| from[i]).collect()
+            index::sample(rng, from.len(), k)
+                .into_iter()
+                .map(|i| from[i])
+                .collect()
         };
         let sorted = |mut v: Vec<u32>| {
             v.sort_unstable();
             v
         };
         let context = sorted(
-            [relevant.clone(), draw(&mut rng, &irrelevant, n_chunks - relevant.len())].concat(),
+            [
+                relevant.clone(),
+                draw(&mut rng, &irrelevant, n_chunks - relevant.len()),
+            ]
+            .concat(),
         );
         let mut rejected = Vec::with_capacity(self.cfg.num_negatives);
         let mut strategy = Vec::with_capacity(self.cfg.num_negatives);
@@ -135,28 +146,30 @@ impl Stage for SamplerStage {
     fn process(&mut self, batch: RecordBatch, ctx: &StageContext) -> Result<Vec<RecordBatch>> {
         let rows = ScoredRecord::from_batch(&batch)?;
         let this = &*self;
-        let out = map_rows(rows, ctx, |r| match this.select(&r.sample_id, &r.chunk_scores) {
-            Err(reason) => {
-                ctx.stats.skip("sampler", reason);
-                Ok(None)
+        let out = map_rows(rows, ctx, |r| {
+            match this.select(&r.sample_id, &r.chunk_scores) {
+                Err(reason) => {
+                    ctx.stats.skip("sampler", reason);
+                    Ok(None)
+                }
+                Ok(sel) => Ok(Some(SampledRecord {
+                    sample_id: r.sample_id,
+                    document_id: r.document_id,
+                    question_index: r.question_index,
+                    source_file: r.source_file,
+                    source_row: r.source_row,
+                    question: r.question,
+                    answer: r.answer,
+                    question_origin: r.question_origin,
+                    chunk_input_ids: r.chunk_input_ids,
+                    chunk_text: r.chunk_text,
+                    chunk_scores: r.chunk_scores,
+                    context_chunk_ids: sel.context,
+                    chosen_chunk_ids: sel.chosen,
+                    rejected_chunk_ids: sel.rejected,
+                    rejected_strategy: sel.strategy.into_iter().map(String::from).collect(),
+                })),
             }
-            Ok(sel) => Ok(Some(SampledRecord {
-                sample_id: r.sample_id,
-                document_id: r.document_id,
-                question_index: r.question_index,
-                source_file: r.source_file,
-                source_row: r.source_row,
-                question: r.question,
-                answer: r.answer,
-                question_origin: r.question_origin,
-                chunk_input_ids: r.chunk_input_ids,
-                chunk_text: r.chunk_text,
-                chunk_scores: r.chunk_scores,
-                context_chunk_ids: sel.context,
-                chosen_chunk_ids: sel.chosen,
-                rejected_chunk_ids: sel.rejected,
-                rejected_strategy: sel.strategy.into_iter().map(String::from).collect(),
-            })),
         })?;
         if out.is_empty() {
             return Ok(vec![]);
@@ -236,9 +249,12 @@ mod tests {
                 let len = n + rng.random_range(0..40);
                 let scores: Vec<i32> = (0..len).map(|_| rng.random_range(0..12)).collect();
                 let id = format!("s{t}");
-                let Ok(sel) = s.select(&id, &scores) else { continue };
-                let relevant: Vec<u32> =
-                    (0..len as u32).filter(|&i| scores[i as usize] > 6).collect();
+                let Ok(sel) = s.select(&id, &scores) else {
+                    continue;
+                };
+                let relevant: Vec<u32> = (0..len as u32)
+                    .filter(|&i| scores[i as usize] > 6)
+                    .collect();
                 assert_eq!(sel.context.len(), n);
                 assert!(ascending(&sel.context) && ascending(&sel.chosen));
                 // every kept relevant chunk is in C'; all relevant when they fit.
