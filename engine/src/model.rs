@@ -846,7 +846,7 @@ pub(crate) mod tests {
         let mut p = policy
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        assert_eq!(p.weights(), WeightFormat::Q8_0);
+        assert_eq!(p.weights(), WeightFormat::F32);
         assert_eq!(p.vocab_size(), 49152);
         let tok = p.tokenizer().clone();
         let t = p.template();
@@ -892,7 +892,7 @@ pub(crate) mod tests {
         let Some(cfg) = embedded_config("every_weight_format_loads_and_answers") else {
             return;
         };
-        for weights in [WeightFormat::F32, WeightFormat::Native] {
+        for weights in [WeightFormat::Q8_0, WeightFormat::Native] {
             let mut p = Policy::load(&ModelConfig {
                 weights,
                 ..cfg.clone()

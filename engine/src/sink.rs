@@ -199,3 +199,116 @@ fn read_file(path: &Path) -> Result<Vec<TrainingSample>> {
     }
     Ok(out)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stage::StatsSnapshot;
+
+    fn sample(i: u32) -> TrainingSample {
+        TrainingSample {
+            sample_id: format!("d:{i}#q0"),
+            document_id: format!("d:{i}"),
+            question_index: 0,
+            source_file: "d.jsonl".into(),
+            source_row: i as u64,
+            question: Some("q?".into()),
+            answer: i.is_multiple_of(2).then(|| "a".into()),
+            question_origin: "source".into(),
+            context_chunk_ids: vec![0, 3],
+            context_chunk_scores: vec![7, 0],
+            prompt_input_ids: vec![1, 5, 6, 7],
+            prompt_segments: vec![1, 1, 1, 1],
+            chosen: "yes".into(),
+            chosen_input_ids: vec![9, 2],
+            chosen_origin: "generated".into(),
+            rejected: vec!["no".into()],
+            rejected_input_ids: vec![vec![8, 2]],
+            rejected_strategy: vec!["irrelevant".into()],
+            generator: "m".into(),
+            generator_settings: "{}".into(),
+            prompt_position_ids: vec![0, 10, 11, 40],
+            position_strategy: "continuous".into(),
+            target_length: 64,
+        }
+    }
+
+    fn manifest() -> Manifest {
+        let cfg = PipelineConfig::from_yaml_str(
+            "source: {paths: [d.jsonl]}\nmodel: {path: m.gguf}\n",
+            Path::new("/"),
+        )
+        .unwrap();
+        Manifest {
+            schema_version: logo_schemas::SCHEMA_VERSION.into(),
+            engine_version: "test".into(),
+            created_unix: 0,
+            files: vec![],
+            config: cfg,
+            documents: 3,
+            rejects: Default::default(),
+            stats: StatsSnapshot::default(),
+        }
+    }
+
+    #[test]
+    fn parquet_round_trip_with_version_and_manifest() {
+        let dir = tempfile::tempdir().unwrap();
+        let rows: Vec<TrainingSample> = (0..5).map(sample).collect();
+        let mut sink = ParquetSink::create(dir.path(), 2).unwrap();
+        sink.write(&TrainingSample::to_batch(&rows[..3]).unwrap())
+            .unwrap();
+        sink.write(&TrainingSample::to_batch(&rows[3..]).unwrap())
+            .unwrap();
+        // Nothing under the final name until finish.
+        assert!(!dir.path().join(DATA_FILE).exists());
+        let m = sink.finish(manifest()).unwrap();
+        assert_eq!(
+            m.files,
+            vec![ManifestFile {
+                path: DATA_FILE.into(),
+                rows: 5,
+                bytes: m.files[0].bytes
+            }]
+        );
+        assert_eq!(read_training_samples(dir.path()).unwrap(), rows);
+        // Row groups of 2 rows: 3 groups.
+        let f = File::open(dir.path().join(DATA_FILE)).unwrap();
+        let meta = ParquetRecordBatchReaderBuilder::try_new(f)
+            .unwrap()
+            .metadata()
+            .clone();
+        assert_eq!(meta.num_row_groups(), 3);
+        // A second run replaces the files the first manifest lists.
+        let sink = ParquetSink::create(dir.path(), 2).unwrap();
+        assert!(!dir.path().join(MANIFEST).exists());
+        sink.finish(manifest()).unwrap();
+        assert!(read_training_samples(dir.path()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn wrong_version_names_the_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let batch = TrainingSample::to_batch(&[sample(1)]).unwrap();
+        let schema = std::sync::Arc::new(arrow::datatypes::Schema::new(
+            batch.schema().fields().clone(),
+        ));
+        let batch = RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).unwrap();
+        let props = WriterProperties::builder()
+            .set_key_value_metadata(Some(vec![KeyValue::new(
+                logo_schemas::SCHEMA_VERSION_KEY.to_string(),
+                "0".to_string(),
+            )]))
+            .build();
+        let path = dir.path().join("old.parquet");
+        let mut w =
+            ArrowWriter::try_new(File::create(&path).unwrap(), schema, Some(props)).unwrap();
+        w.write(&batch).unwrap();
+        w.close().unwrap();
+        let e = read_training_samples(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains("old.parquet") && e.contains("schema version: expected 1, got 0"),
+            "{e}"
+        );
+    }
+}

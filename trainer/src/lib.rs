@@ -9,7 +9,9 @@
 //! checkpoints, resume), [`plot`] (loss and margin PNG).
 #![deny(missing_docs)]
 
+pub mod bench;
 pub mod data;
+pub mod decoupled;
 pub mod error;
 pub mod gguf;
 pub mod lora;

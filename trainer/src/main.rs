@@ -14,11 +14,78 @@ use logo_trainer::train_loop::{train, TrainConfig};
 /// training samples written by `logo-engine run`. Writes a PEFT adapter folder, checkpoints,
 /// metrics.jsonl and training.png to --output.
 #[derive(Parser)]
-#[command(name = "logo-trainer", version, about)]
+#[command(
+    name = "logo-trainer",
+    version,
+    about,
+    args_conflicts_with_subcommands = true
+)]
 struct Cli {
-    /// Folder of the engine's output (*.parquet).
+    #[command(subcommand)]
+    command: Option<Command>,
+    #[command(flatten)]
+    train: TrainArgs,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    /// Time LOGO training steps on a synthetic sample; prints JSON (step time, tokens/s,
+    /// peak memory, estimated MFU).
+    Bench(BenchArgs),
+    /// Write a model (e.g. the embedded GGUF, dequantised) as a Hugging Face folder.
+    ExportHf {
+        /// Model to export (GGUF file or HF folder). Default: the embedded GGUF.
+        #[arg(long, value_name = "PATH")]
+        model: Option<PathBuf>,
+        /// Output folder.
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+    },
+}
+
+#[derive(clap::Args)]
+struct BenchArgs {
+    /// Base model (default: the embedded GGUF).
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// Prompt tokens.
+    #[arg(long, default_value_t = 2048)]
+    prompt_tokens: usize,
+    /// Tokens per response.
+    #[arg(long, default_value_t = 64)]
+    response_tokens: usize,
+    /// M, dis-preferred responses.
+    #[arg(long, default_value_t = 2)]
+    num_negatives: usize,
+    /// Virtual context K of the synthetic positions.
+    #[arg(long, default_value_t = 16384)]
+    target_length: usize,
+    /// Measured steps (after one warm-up).
+    #[arg(long, default_value_t = 3)]
+    steps: usize,
+    /// cpu, cuda, cuda:N or auto.
+    #[arg(long, default_value = "auto")]
+    device: String,
+    /// Peak TFLOP/s of the device, for MFU.
+    #[arg(long)]
+    peak_tflops: Option<f64>,
+    /// Write the JSON here too.
+    #[arg(long, value_name = "FILE")]
+    json: Option<PathBuf>,
+    /// Decoupled gradient (memory flat in M).
+    #[arg(long)]
+    decoupled: bool,
+    /// Write the synthetic sample (prompt ids and positions, responses) as JSON, so that a
+    /// reference implementation can run the same step (bench/hf_peft_logo_step.py).
+    #[arg(long, value_name = "FILE")]
+    dump_example: Option<PathBuf>,
+}
+
+#[derive(clap::Args)]
+struct TrainArgs {
+    /// Folder of the engine's output (*.parquet). Required for training.
     #[arg(long, value_name = "DIR")]
-    data: PathBuf,
+    data: Option<PathBuf>,
     /// Base model: a Hugging Face folder (config.json + *.safetensors) or a GGUF file.
     /// Default: the embedded SmolLM2-135M-Instruct GGUF in $LOGO_CACHE/models.
     #[arg(long, value_name = "PATH")]
@@ -93,6 +160,10 @@ struct Cli {
     /// No progress bar.
     #[arg(long)]
     quiet: bool,
+    /// Back-propagate one response at a time: activation memory independent of M, ~1.5×
+    /// the compute (see trainer/src/decoupled.rs).
+    #[arg(long)]
+    decoupled: bool,
 }
 
 fn main() -> ExitCode {
@@ -124,8 +195,61 @@ fn default_model() -> PathBuf {
 }
 
 fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Some(Command::Bench(b)) => {
+            let cfg = logo_trainer::bench::BenchConfig {
+                model: b.model.unwrap_or_else(default_model),
+                prompt_tokens: b.prompt_tokens,
+                response_tokens: b.response_tokens,
+                num_negatives: b.num_negatives,
+                target_length: b.target_length,
+                steps: b.steps.max(1),
+                device: b.device,
+                lora: LoraConfig::default(),
+                peak_tflops: b.peak_tflops,
+                seed: 0,
+                decoupled: b.decoupled,
+            };
+            if let Some(path) = &b.dump_example {
+                let vocab = logo_trainer::model::Llama::config_of(&cfg.model)
+                    .context("reading the model config")?
+                    .vocab_size;
+                let ex = logo_trainer::bench::synthetic_example(vocab, &cfg);
+                let json = serde_json::json!({
+                    "prompt_ids": ex.prompt_ids, "prompt_positions": ex.prompt_positions,
+                    "chosen_ids": ex.chosen_ids, "rejected_ids": ex.rejected_ids,
+                });
+                std::fs::write(path, json.to_string())
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            let report = logo_trainer::bench::run(&cfg).context("benchmark")?;
+            let text = serde_json::to_string_pretty(&report)?;
+            if let Some(path) = b.json {
+                std::fs::write(&path, &text)
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            println!("{text}");
+            return Ok(());
+        }
+        Some(Command::ExportHf { model, output }) => {
+            let model = model.unwrap_or_else(default_model);
+            logo_trainer::bench::export_hf(&model, &output).context("export")?;
+            println!(
+                "logo-trainer: wrote {} (config.json, model.safetensors)",
+                output.display()
+            );
+            return Ok(());
+        }
+        None => {}
+    }
+    let cli = cli.train;
+    let Some(data) = cli.data else {
+        anyhow::bail!(
+            "--data DIR is required (the output folder of `logo-engine run`); see --help"
+        );
+    };
     let cfg = TrainConfig {
-        data: cli.data,
+        data,
         model: cli.model.unwrap_or_else(default_model),
         output: cli.output,
         loss: LossConfig {
@@ -156,6 +280,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         device: cli.device,
         resume: cli.resume,
         progress: !cli.quiet,
+        decoupled: cli.decoupled,
     };
     let summary = train(&cfg).context("training")?;
     if let (Some(first), Some(last)) = (summary.metrics.first(), summary.metrics.last()) {

@@ -724,6 +724,16 @@ impl Llama {
         }
     }
 
+    /// Reads only the configuration of the model at `path` (HF folder's `config.json`, or the
+    /// GGUF metadata), without loading weights. Errors: as [`Llama::load`].
+    pub fn config_of(path: &Path) -> Result<LlamaConfig> {
+        if path.is_dir() {
+            LlamaConfig::from_json_file(&path.join("config.json"))
+        } else {
+            crate::gguf::read_config(path)
+        }
+    }
+
     /// Builds the model with zero weights, then fills every base variable from `fetch(name)`
     /// (HF names; `Ok(None)` = absent, an error naming the tensor). `freq_factors`: GGUF
     /// `rope_freqs.weight` `[hd/2]`, if any. `origin` names the source in errors.

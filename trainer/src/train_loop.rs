@@ -19,6 +19,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{collate, Batch, ExampleStream, TrainingData};
+use crate::decoupled::backward_decoupled;
 use crate::error::{Result, TrainerError};
 use crate::lora::{load_adapter, save_adapter, LoraConfig};
 use crate::loss::{logo_loss, sequence_logps, LossConfig, LossMetrics};
@@ -64,6 +65,10 @@ pub struct TrainConfig {
     pub resume: Option<PathBuf>,
     /// Draw a progress bar.
     pub progress: bool,
+    /// Compute the gradient one response at a time ([`crate::decoupled`]): activation memory
+    /// independent of M for ~1.5× the compute. Otherwise all M + 1 sequences form one batch.
+    #[serde(default)]
+    pub decoupled: bool,
 }
 
 /// One line of `metrics.jsonl`.
@@ -294,12 +299,19 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         tch::manual_seed(crate_seed(cfg.seed, step));
         let mut acc: Vec<LossMetrics> = Vec::with_capacity(cfg.grad_accum);
         let mut tokens = 0;
-        for _ in 0..cfg.grad_accum {
+        for micro in 0..cfg.grad_accum {
             let examples = stream.next_batch(cfg.batch_size)?;
-            let batch = collate(&examples, device)?;
-            tokens += batch.tokens;
-            let out = batch_loss(&model, &batch, &cfg.loss, true)?;
-            (&out.loss / cfg.grad_accum as f64).f_backward()?;
+            tokens += examples.iter().map(|e| e.tokens()).sum::<usize>();
+            let scale = 1.0 / cfg.grad_accum as f64;
+            let out = if cfg.decoupled {
+                let seed = crate_seed(cfg.seed, step).wrapping_add(1 << 20 | micro as i64);
+                backward_decoupled(&model, &examples, &cfg.loss, device, true, seed, scale)?
+            } else {
+                let batch = collate(&examples, device)?;
+                let out = batch_loss(&model, &batch, &cfg.loss, true)?;
+                (&out.loss * scale).f_backward()?;
+                out
+            };
             acc.push(out.metrics()?);
         }
         let grad_norm = opt.clip_grad_norm(cfg.max_grad_norm);

@@ -456,7 +456,7 @@ mod tests {
         assert_eq!(r.chosen_origin, "generated");
         assert_eq!(r.generator, "Smollm2 135M 8k Lc100K Mix1 Ep2");
         let settings: serde_json::Value = serde_json::from_str(&r.generator_settings).unwrap();
-        assert_eq!(settings["weights"], "q8_0");
+        assert_eq!(settings["weights"], "f32");
         assert_eq!(settings["max_new_tokens"], 12);
         for ids in std::iter::once(&r.chosen_input_ids).chain(&r.rejected_input_ids) {
             assert_eq!(ids.last(), Some(&2), "{ids:?}"); // <|im_end|>

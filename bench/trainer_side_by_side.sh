@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# One LOGO training step, logo-trainer vs PyTorch + transformers + PEFT, on the same model
+# (the embedded SmolLM2-135M, dequantised) and the same synthetic sample, in this run on this
+# machine. Writes bench/results/trainer_step_<device>.json with both measurements and ratios.
+# Usage: bench/trainer_side_by_side.sh [prompt_tokens=2048] [num_negatives=2] [steps=3] [device=cpu]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+P=${1:-2048}; M=${2:-2} ; STEPS=${3:-3}; DEVICE=${4:-cpu}
+cache="${LOGO_CACHE:-$HOME/.cache/logo}"
+bin="${CARGO_TARGET_DIR:-$cache/target}/release/logo-trainer"
+py="$cache/venv/bin/python"
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+[ -d "$cache/smollm2-hf" ] || "$bin" export-hf --output "$cache/smollm2-hf" >&2
+"$bin" bench --prompt-tokens "$P" --num-negatives "$M" --steps "$STEPS" --device "$DEVICE" \
+    --json "$work/ours.json" --dump-example "$work/example.json" > /dev/null
+"$py" bench/hf_peft_logo_step.py "$cache/smollm2-hf" "$work/example.json" "$STEPS" > "$work/theirs.json"
+mkdir -p bench/results
+"$py" - "$work/ours.json" "$work/theirs.json" "bench/results/trainer_step_${DEVICE}.json" <<'PY'
+import json, os, platform, sys, time
+ours, theirs = json.load(open(sys.argv[1])), json.load(open(sys.argv[2]))
+report = {
+    "benchmark": "one LOGO training step (forward, backward, AdamW), LoRA r=8 on q,k,v,o,embed_tokens",
+    "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor()},
+    "unix_time": int(time.time()),
+    "logo_trainer": ours,
+    "reference": theirs,
+    "speedup_step_time": theirs["median_step_seconds"] / ours["median_step_seconds"],
+    "memory_ratio_ours_over_reference": ours["peak_rss_bytes"] / theirs["peak_rss_bytes"],
+}
+json.dump(report, open(sys.argv[3], "w"), indent=2)
+print(json.dumps({k: report[k] for k in ("speedup_step_time", "memory_ratio_ours_over_reference")}))
+PY
