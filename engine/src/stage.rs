@@ -205,6 +205,15 @@ impl RunStats {
     }
 }
 
+/// The output of a stage: one batch of `rows`, or none when every row was left out.
+/// Errors: [`EngineError::Schema`] when a value does not fit its column.
+pub fn emit<R: logo_schemas::Record>(rows: &[R]) -> Result<Vec<RecordBatch>> {
+    if rows.is_empty() {
+        return Ok(vec![]);
+    }
+    Ok(vec![R::to_batch(rows)?])
+}
+
 /// Splits rows into kept records and rejects: runs `f` on every row in parallel (rayon),
 /// keeping the input order. `f` returns `Ok(Some(out))` to keep, `Ok(None)` when it already
 /// counted a skip, `Err(reject)` for bad input. Errors: [`EngineError::Io`] from the rejects file.

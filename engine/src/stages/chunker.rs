@@ -21,7 +21,7 @@ use tokenizers::Tokenizer;
 
 use crate::config::ChunkerConfig;
 use crate::error::{EngineError, Result};
-use crate::stage::{map_rows, Reject, Stage, StageContext};
+use crate::stage::{emit, map_rows, Reject, Stage, StageContext};
 
 /// The chunker stage.
 pub struct ChunkerStage {
@@ -157,10 +157,7 @@ impl Stage for ChunkerStage {
                 chunk_text: chunks.text,
             }))
         })?;
-        if out.is_empty() {
-            return Ok(vec![]);
-        }
-        Ok(vec![ChunkedRecord::to_batch(&out)?])
+        emit(&out)
     }
 }
 

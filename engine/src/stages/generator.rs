@@ -30,7 +30,7 @@ use crate::config::{ChosenSource, PipelineConfig};
 use crate::error::{EngineError, Result};
 use crate::model::{encode_text, ChatTemplate, GenerateOptions, Generation, Policy};
 use crate::seed::derive_seed;
-use crate::stage::{Reject, Stage, StageContext};
+use crate::stage::{emit, Reject, Stage, StageContext};
 
 const STAGE: &str = "generator";
 
@@ -365,10 +365,7 @@ impl Stage for GeneratorStage {
                 Err(reject) => ctx.rejects.push(reject)?,
             }
         }
-        if out.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(vec![GeneratedRecord::to_batch(&out)?])
+        emit(&out)
     }
 }
 

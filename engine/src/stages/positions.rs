@@ -30,7 +30,7 @@ use rand::Rng;
 use crate::config::PositionsConfig;
 use crate::error::Result;
 use crate::seed::rng_for;
-use crate::stage::{map_rows, Stage, StageContext};
+use crate::stage::{emit, map_rows, Stage, StageContext};
 
 /// Reason counted when prompt + longest response does not fit in K.
 pub const SKIP_TOO_LONG: &str = "prompt + response longer than target_length";
@@ -191,10 +191,7 @@ impl Stage for PositionsStage {
                 target_length: this.cfg.target_length as u32,
             }))
         })?;
-        if out.is_empty() {
-            return Ok(vec![]);
-        }
-        Ok(vec![TrainingSample::to_batch(&out)?])
+        emit(&out)
     }
 }
 

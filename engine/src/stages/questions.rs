@@ -30,7 +30,7 @@ use crate::config::PipelineConfig;
 use crate::error::{EngineError, Result};
 use crate::model::{encode_text, ChatTemplate, GenerateOptions, Policy, UserPart};
 use crate::seed::{derive_seed, rng_for};
-use crate::stage::{Reject, Stage, StageContext};
+use crate::stage::{emit, Reject, Stage, StageContext};
 
 const STAGE: &str = "questions";
 
@@ -281,10 +281,7 @@ impl Stage for QuestionsStage {
                 Err(reject) => ctx.rejects.push(reject)?,
             }
         }
-        if out.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(vec![DocumentRecord::to_batch(&out)?])
+        emit(&out)
     }
 }
 

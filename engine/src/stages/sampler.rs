@@ -31,7 +31,7 @@ use rand::Rng;
 use crate::config::SamplerConfig;
 use crate::error::Result;
 use crate::seed::rng_for;
-use crate::stage::{map_rows, Stage, StageContext};
+use crate::stage::{emit, map_rows, Stage, StageContext};
 
 /// Reason counted when no chunk scores above δ.
 pub const SKIP_NO_RELEVANT: &str = "no relevant chunk (no s_i > threshold)";
@@ -171,10 +171,7 @@ impl Stage for SamplerStage {
                 })),
             }
         })?;
-        if out.is_empty() {
-            return Ok(vec![]);
-        }
-        Ok(vec![SampledRecord::to_batch(&out)?])
+        emit(&out)
     }
 }
 

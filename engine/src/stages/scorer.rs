@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use crate::config::ScorerConfig;
 use crate::entities::{self, overlap, EntityExtractor};
 use crate::error::Result;
-use crate::stage::{map_rows, Reject, Stage, StageContext};
+use crate::stage::{emit, map_rows, Reject, Stage, StageContext};
 
 /// The scorer stage: adds `chunk_scores` (s_i, paper 3.2.2) to chunked rows.
 pub struct ScorerStage {
@@ -163,10 +163,7 @@ impl Stage for ScorerStage {
                 chunk_scores,
             }))
         })?;
-        if out.is_empty() {
-            return Ok(vec![]);
-        }
-        Ok(vec![ScoredRecord::to_batch(&out)?])
+        emit(&out)
     }
 }
 
