@@ -24,7 +24,7 @@ use crate::lora::LoraConfig;
 use crate::loss::LossConfig;
 use crate::model::{Llama, LlamaConfig};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::train_loop::{batch_loss, parse_device};
+use crate::train_loop::{backward_joint, parse_device};
 
 /// What to measure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -52,6 +52,9 @@ pub struct BenchConfig {
     pub seed: u64,
     /// Use the decoupled (memory flat in M) gradient ([`crate::decoupled`]).
     pub decoupled: bool,
+    /// Per-layer activation checkpointing.
+    #[serde(default)]
+    pub checkpointing: bool,
 }
 
 /// The measurement.
@@ -175,14 +178,12 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
                 std::slice::from_ref(&example),
                 &loss_cfg,
                 device,
-                true,
+                cfg.checkpointing,
                 i as i64,
                 1.0,
             )?
         } else {
-            let out = batch_loss(&model, &batch, &loss_cfg, true)?;
-            out.loss.f_backward()?;
-            out
+            backward_joint(&model, &batch, &loss_cfg, cfg.checkpointing, i as i64, 1.0)?
         };
         opt.clip_grad_norm(1.0);
         opt.step(1e-4);

@@ -10,24 +10,20 @@
 //! Only one sequence's graph is alive at any time, so activation memory is that of a single
 //! prompt + response whatever M is, for ~1.5× the compute of the joint backward (one extra
 //! forward per sequence). Dropout masks are made identical in both passes by re-seeding the
-//! generator per sequence. The result equals the joint backward (tested to 1e-5).
+//! generator per sequence (per layer with checkpointing). The result equals the joint backward
+//! (tested to 1e-5). With `checkpointing`, each sequence's backward is also checkpointed per
+//! layer ([`Llama::backward_checkpointed`]).
 
 use tch::{Device, Kind, Tensor};
 
-use crate::data::{collate, Example};
+use crate::data::{collate, Batch, Example};
 use crate::error::Result;
 use crate::loss::{logo_loss, loss_grad_wrt_logps, sequence_logps, LossConfig, LossOutput};
 use crate::model::Llama;
 
-/// ℓ of one sequence `prompt ⧺ response` of `example` (response 0 = chosen, j + 1 = rejected j):
-/// a scalar f32 tensor, with a graph unless called under `no_grad`.
-fn sequence_ell(
-    model: &Llama,
-    example: &Example,
-    response: usize,
-    device: Device,
-    train: bool,
-) -> Result<Tensor> {
+/// The one-sequence batch `prompt ⧺ response` of `example` (response 0 = chosen, j + 1 =
+/// rejected j).
+fn single_batch(example: &Example, response: usize, device: Device) -> Result<Batch> {
     let resp = if response == 0 {
         example.chosen_ids.clone()
     } else {
@@ -41,8 +37,11 @@ fn sequence_ell(
         chosen_ids: resp,
         rejected_ids: vec![],
     };
-    let batch = collate(std::slice::from_ref(&single), device)?;
-    let hidden = model.hidden_states(&batch.input_ids, &batch.position_ids, train)?; // [1, T, H]
+    collate(std::slice::from_ref(&single), device)
+}
+
+/// ℓ of a one-sequence batch from its final hidden states `[1,T,H]`: a scalar f32 tensor.
+fn ell_from_hidden(model: &Llama, batch: &Batch, hidden: &Tensor) -> Result<Tensor> {
     let rows = hidden
         .flatten(0, 1)
         .f_index_select(0, &batch.gather_index)?; // [R, H]
@@ -59,10 +58,11 @@ pub fn backward_decoupled(
     examples: &[Example],
     cfg: &LossConfig,
     device: Device,
-    train: bool,
+    checkpointing: bool,
     seed: i64,
     scale: f64,
 ) -> Result<LossOutput> {
+    let train = true;
     let m = examples.first().map_or(0, |e| e.rejected_ids.len());
     let per_sample = m + 1;
     let seq_seed = |b: usize, r: usize| seed.wrapping_add((b * per_sample + r) as i64) & i64::MAX;
@@ -72,8 +72,15 @@ pub fn backward_decoupled(
         let _guard = tch::no_grad_guard();
         for (b, e) in examples.iter().enumerate() {
             for r in 0..per_sample {
-                tch::manual_seed(seq_seed(b, r));
-                ells.push(sequence_ell(model, e, r, device, train)?.f_double_value(&[])?);
+                let batch = single_batch(e, r, device)?;
+                let (ids, pos) = (&batch.input_ids, &batch.position_ids);
+                let hidden = if checkpointing {
+                    model.hidden_states_seeded(ids, pos, train, seq_seed(b, r))?
+                } else {
+                    tch::manual_seed(seq_seed(b, r));
+                    model.hidden_states(ids, pos, train)?
+                };
+                ells.push(ell_from_hidden(model, &batch, &hidden)?.f_double_value(&[])?);
             }
         }
     }
@@ -83,14 +90,27 @@ pub fn backward_decoupled(
     let chosen = grid.select(1, 0);
     let rejected = grid.narrow(1, 1, m as i64);
     let (g_chosen, g_rejected) = loss_grad_wrt_logps(&chosen, &rejected, cfg)?;
-    let g = Tensor::cat(&[g_chosen.unsqueeze(1), g_rejected], 1).to_kind(Kind::Float); // [B, M+1]
-                                                                                       // Pass 2: one graph at a time, weighted by ∂L/∂ℓ.
+    // [B, M+1]
+    let g = Tensor::cat(&[g_chosen.unsqueeze(1), g_rejected], 1).to_kind(Kind::Float);
+    // Pass 2: one graph at a time, weighted by ∂L/∂ℓ.
     for (b, e) in examples.iter().enumerate() {
         for r in 0..per_sample {
-            tch::manual_seed(seq_seed(b, r));
-            let ell = sequence_ell(model, e, r, device, train)?;
             let weight = g.double_value(&[b as i64, r as i64]) * scale;
-            (ell * weight).f_backward()?;
+            let batch = single_batch(e, r, device)?;
+            if checkpointing {
+                let s = seq_seed(b, r);
+                model.backward_checkpointed(
+                    &batch.input_ids,
+                    &batch.position_ids,
+                    train,
+                    s,
+                    &mut |h| Ok(ell_from_hidden(model, &batch, h)? * weight),
+                )?;
+            } else {
+                tch::manual_seed(seq_seed(b, r));
+                let hidden = model.hidden_states(&batch.input_ids, &batch.position_ids, train)?;
+                (ell_from_hidden(model, &batch, &hidden)? * weight).f_backward()?;
+            }
         }
     }
     logo_loss(&chosen, &rejected, cfg)

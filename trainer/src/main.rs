@@ -75,6 +75,9 @@ struct BenchArgs {
     /// Decoupled gradient (memory flat in M).
     #[arg(long)]
     decoupled: bool,
+    /// Per-layer activation checkpointing.
+    #[arg(long)]
+    checkpointing: bool,
     /// Write the synthetic sample (prompt ids and positions, responses) as JSON, so that a
     /// reference implementation can run the same step (bench/hf_peft_logo_step.py).
     #[arg(long, value_name = "FILE")]
@@ -164,6 +167,9 @@ struct TrainArgs {
     /// the compute (see trainer/src/decoupled.rs).
     #[arg(long)]
     decoupled: bool,
+    /// Per-layer activation checkpointing: keep only layer inputs, recompute in the backward.
+    #[arg(long)]
+    checkpointing: bool,
 }
 
 fn main() -> ExitCode {
@@ -209,6 +215,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 peak_tflops: b.peak_tflops,
                 seed: 0,
                 decoupled: b.decoupled,
+                checkpointing: b.checkpointing,
             };
             if let Some(path) = &b.dump_example {
                 let vocab = logo_trainer::model::Llama::config_of(&cfg.model)
@@ -281,6 +288,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         resume: cli.resume,
         progress: !cli.quiet,
         decoupled: cli.decoupled,
+        checkpointing: cli.checkpointing,
     };
     let summary = train(&cfg).context("training")?;
     if let (Some(first), Some(last)) = (summary.metrics.first(), summary.metrics.last()) {

@@ -69,6 +69,11 @@ pub struct TrainConfig {
     /// independent of M for ~1.5× the compute. Otherwise all M + 1 sequences form one batch.
     #[serde(default)]
     pub decoupled: bool,
+    /// Per-layer activation checkpointing ([`Llama::backward_checkpointed`]): keep only layer
+    /// inputs, recompute each layer in the backward (~1.3× compute, activation memory of one
+    /// layer).
+    #[serde(default)]
+    pub checkpointing: bool,
 }
 
 /// One line of `metrics.jsonl`.
@@ -205,6 +210,17 @@ pub fn batch_loss(
     train: bool,
 ) -> Result<crate::loss::LossOutput> {
     let hidden = model.hidden_states(&batch.input_ids, &batch.position_ids, train)?; // [S, T, H]
+    loss_from_hidden(model, &hidden, batch, cfg)
+}
+
+/// The LOGO loss from the final hidden states `[S,T,H]` of a batch: logits only at the rows
+/// that predict response tokens.
+pub fn loss_from_hidden(
+    model: &Llama,
+    hidden: &Tensor,
+    batch: &Batch,
+    cfg: &LossConfig,
+) -> Result<crate::loss::LossOutput> {
     let rows = hidden
         .flatten(0, 1)
         .f_index_select(0, &batch.gather_index)?; // [N, H]
@@ -213,6 +229,38 @@ pub fn batch_loss(
     let logps = sequence_logps(&logits, &batch.labels, &batch.sequence, s)?; // [S]
     let (chosen, rejected) = batch.split_chosen_rejected(&logps);
     logo_loss(&chosen, &rejected, cfg)
+}
+
+/// Forward, loss and backward of one micro-batch with the joint backward; `scale` multiplies
+/// the loss before backward (1 / grad_accum). With `checkpointing`, per-layer activation
+/// checkpointing ([`Llama::backward_checkpointed`]). Returns the loss outputs (detached use).
+pub fn backward_joint(
+    model: &Llama,
+    batch: &Batch,
+    cfg: &LossConfig,
+    checkpointing: bool,
+    seed: i64,
+    scale: f64,
+) -> Result<crate::loss::LossOutput> {
+    if !checkpointing {
+        let out = batch_loss(model, batch, cfg, true)?;
+        (&out.loss * scale).f_backward()?;
+        return Ok(out);
+    }
+    let mut stash = None;
+    model.backward_checkpointed(
+        &batch.input_ids,
+        &batch.position_ids,
+        true,
+        seed,
+        &mut |hidden| {
+            let out = loss_from_hidden(model, hidden, batch, cfg)?;
+            let scaled = &out.loss * scale;
+            stash = Some(out);
+            Ok(scaled)
+        },
+    )?;
+    stash.ok_or_else(|| TrainerError::Internal("checkpointed head did not run".into()))
 }
 
 /// Trains. Errors: config ([`TrainerError::Config`]) and data checks ([`TrainerError::Input`])
@@ -303,14 +351,20 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             let examples = stream.next_batch(cfg.batch_size)?;
             tokens += examples.iter().map(|e| e.tokens()).sum::<usize>();
             let scale = 1.0 / cfg.grad_accum as f64;
+            let seed = crate_seed(cfg.seed, step).wrapping_add(1 << 20 | micro as i64);
             let out = if cfg.decoupled {
-                let seed = crate_seed(cfg.seed, step).wrapping_add(1 << 20 | micro as i64);
-                backward_decoupled(&model, &examples, &cfg.loss, device, true, seed, scale)?
+                backward_decoupled(
+                    &model,
+                    &examples,
+                    &cfg.loss,
+                    device,
+                    cfg.checkpointing,
+                    seed,
+                    scale,
+                )?
             } else {
                 let batch = collate(&examples, device)?;
-                let out = batch_loss(&model, &batch, &cfg.loss, true)?;
-                (&out.loss * scale).f_backward()?;
-                out
+                backward_joint(&model, &batch, &cfg.loss, cfg.checkpointing, seed, scale)?
             };
             acc.push(out.metrics()?);
         }

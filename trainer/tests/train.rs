@@ -162,6 +162,7 @@ fn config(data: &Path, model: &Path, output: &Path) -> TrainConfig {
         resume: None,
         progress: false,
         decoupled: false,
+        checkpointing: false,
     }
 }
 
@@ -401,4 +402,94 @@ fn decoupled_gradient_equals_joint_gradient() {
         assert!(d < 1e-5, "{name}: relative difference {d}");
     }
     println!("decoupled vs joint: worst relative difference {worst:.2e}");
+}
+
+/// Per-layer activation checkpointing gives the plain gradient, joint and decoupled.
+#[test]
+fn checkpointed_gradient_equals_plain_gradient() {
+    use logo_trainer::data::{collate, Example};
+    use logo_trainer::decoupled::backward_decoupled;
+    use logo_trainer::model::Llama;
+    use logo_trainer::train_loop::backward_joint;
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(&dir.path().join("model"));
+    let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
+    let model = Llama::load(
+        &dir.path().join("model"),
+        Some(&lora),
+        tch::Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    {
+        let _g = tch::no_grad_guard();
+        for (_, mut t) in model.lora_var_store().unwrap().variables() {
+            let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.3;
+            t.copy_(&r);
+        }
+    }
+    let v = |x: &[u32]| x.iter().map(|&t| t as i64).collect::<Vec<i64>>();
+    let examples: Vec<Example> = (0..2)
+        .map(|i| {
+            let s = sample(i);
+            Example {
+                sample_id: s.sample_id.clone(),
+                prompt_ids: v(&s.prompt_input_ids),
+                prompt_positions: v(&s.prompt_position_ids),
+                chosen_ids: v(&s.chosen_input_ids),
+                rejected_ids: s.rejected_input_ids.iter().map(|r| v(r)).collect(),
+            }
+        })
+        .collect();
+    let cfg = LossConfig::default();
+    let grads = |run: &dyn Fn() -> f64| -> (f64, Vec<Tensor>) {
+        let vars = model.lora_var_store().unwrap().variables();
+        for t in vars.values() {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        let loss = run();
+        let mut named: Vec<(String, Tensor)> = vars
+            .into_iter()
+            .map(|(k, t)| (k, t.grad().copy()))
+            .collect();
+        named.sort_by(|a, b| a.0.cmp(&b.0));
+        (loss, named.into_iter().map(|(_, t)| t).collect())
+    };
+    let batch = collate(&examples, tch::Device::Cpu).unwrap();
+    let dev = tch::Device::Cpu;
+    let (l0, plain) = grads(&|| {
+        backward_joint(&model, &batch, &cfg, false, 1, 1.0)
+            .unwrap()
+            .loss
+            .double_value(&[])
+    });
+    let (l1, ckpt) = grads(&|| {
+        backward_joint(&model, &batch, &cfg, true, 1, 1.0)
+            .unwrap()
+            .loss
+            .double_value(&[])
+    });
+    let (l2, both) = grads(&|| {
+        backward_decoupled(&model, &examples, &cfg, dev, true, 1, 1.0)
+            .unwrap()
+            .loss
+            .double_value(&[])
+    });
+    assert!(
+        (l0 - l1).abs() < 1e-6 && (l0 - l2).abs() < 1e-5,
+        "{l0} {l1} {l2}"
+    );
+    let mut worst = 0.0f64;
+    for ((a, b), c) in plain.iter().zip(&ckpt).zip(&both) {
+        for other in [b, c] {
+            let d = (a - other).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
+            worst = worst.max(d);
+            assert!(d < 1e-5, "relative difference {d}");
+        }
+    }
+    println!("checkpointed vs plain: worst relative difference {worst:.2e}");
 }

@@ -366,6 +366,11 @@ impl DecoderLayer {
     }
 }
 
+/// The dropout seed of layer `i` under a checkpointed pass seeded with `seed`.
+fn layer_seed(seed: i64, i: usize) -> i64 {
+    seed.wrapping_mul(1_000_003).wrapping_add(i as i64) & i64::MAX
+}
+
 /// A module that LoRA can adapt, as [`crate::lora`] sees it.
 pub(crate) enum AdapterSlot<'a> {
     /// A linear projection (`q_proj`, …, `down_proj`).
@@ -679,6 +684,83 @@ impl Llama {
             h = layer.forward(&h, &cos, &sin, train)?;
         }
         self.norm.forward(&h)
+    }
+
+    /// [`Llama::hidden_states`] with libtorch's generator re-seeded before each layer exactly
+    /// as [`Llama::backward_checkpointed`] does, so that both see the same dropout masks.
+    pub fn hidden_states_seeded(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        train: bool,
+        seed: i64,
+    ) -> Result<Tensor> {
+        let ids = input_ids.f_to_device(self.device)?.f_to_kind(Kind::Int64)?;
+        let pos = position_ids.f_to_device(self.device)?;
+        let (cos, sin) = self.rotary.cos_sin(&pos, self.kind)?;
+        let mut h = self.embed_tokens.forward(&ids)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            tch::manual_seed(layer_seed(seed, i));
+            h = layer.forward(&h, &cos, &sin, train)?;
+        }
+        self.norm.forward(&h)
+    }
+
+    /// Forward and backward with per-layer activation checkpointing: the forward runs without
+    /// autograd and keeps only each decoder layer's input `[B,T,H]`; then `head` maps the final
+    /// (normed) hidden states `[B,T,H]` to a scalar loss, which is back-propagated through the
+    /// layers one at a time in reverse, each recomputed from its stored input (Chen et al.
+    /// 2016, "Training Deep Nets with Sublinear Memory Cost"). Gradients accumulate into the
+    /// LoRA parameters exactly as a plain `head(hidden_states(..)).backward()` would, while only
+    /// one layer's graph (its attention probabilities included) is alive at a time.
+    ///
+    /// Dropout masks are reproduced by re-seeding libtorch's generator from `seed` before each
+    /// layer in both passes. Returns the loss value. Errors: as [`Llama::hidden_states`], and
+    /// whatever `head` returns.
+    pub fn backward_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        train: bool,
+        seed: i64,
+        head: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
+    ) -> Result<f64> {
+        let ids = input_ids.f_to_device(self.device)?.f_to_kind(Kind::Int64)?;
+        let pos = position_ids.f_to_device(self.device)?;
+        // Pass 1: keep the input of every layer, no graph.
+        let (cos, sin, inputs, last) = {
+            let _guard = tch::no_grad_guard();
+            let (cos, sin) = self.rotary.cos_sin(&pos, self.kind)?;
+            let mut h = self.embed_tokens.forward(&ids)?;
+            let mut inputs = Vec::with_capacity(self.layers.len());
+            for (i, layer) in self.layers.iter().enumerate() {
+                tch::manual_seed(layer_seed(seed, i));
+                let next = layer.forward(&h, &cos, &sin, train)?;
+                inputs.push(h);
+                h = next;
+            }
+            (cos, sin, inputs, h)
+        };
+        // The head on the last layer's output.
+        let x = last.detach().set_requires_grad(true);
+        let loss = head(&self.norm.forward(&x)?)?;
+        let value = loss.f_double_value(&[])?;
+        loss.f_backward()?;
+        let mut grad = x.grad();
+        // Pass 2: layers in reverse, each recomputed with a graph and fed its output gradient.
+        for (i, layer) in self.layers.iter().enumerate().rev() {
+            let x = inputs[i].detach().set_requires_grad(true);
+            tch::manual_seed(layer_seed(seed, i));
+            let y = layer.forward(&x, &cos, &sin, train)?;
+            y.f_mul(&grad)?.f_sum(Kind::Float)?.f_backward()?;
+            grad = x.grad();
+        }
+        // The embedding (its LoRA, when targeted).
+        let e = self.embed_tokens.forward(&ids)?;
+        if e.requires_grad() {
+            e.f_mul(&grad)?.f_sum(Kind::Float)?.f_backward()?;
+        }
+        Ok(value)
     }
 
     /// The LM head on selected rows: `hidden` `[N,H]` (or any `[..,H]`) of [`Llama::kind`] →
