@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
-# Peak memory of one LOGO step against M with the decoupled gradient (trainer/src/decoupled.rs)
-# and with the joint backward, on the embedded SmolLM2-135M at 2K prompt tokens on CPU.
+# Peak memory of one LOGO step against M with the decoupled gradient (trainer/src/decoupled.rs),
+# with the decoupled gradient plus per-layer activation checkpointing, and with the joint backward, on the embedded SmolLM2-135M at 2K prompt tokens on CPU.
 # A run the kernel kills for memory is recorded as such. Writes
 # bench/results/memory_vs_m_cpu.json; trainer/tests/bench_results.rs checks it.
 # Usage: bench/memory_vs_m.sh [prompt_tokens=2048] [steps=1]
@@ -12,7 +12,11 @@ bin="${CARGO_TARGET_DIR:-$cache/target}/release/logo-trainer"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 run() { # mode m
-    local flag=""; [ "$1" = decoupled ] && flag="--decoupled"
+    local flag=""
+    case "$1" in
+        decoupled) flag="--decoupled" ;;
+        checkpointed) flag="--decoupled --checkpointing" ;;
+    esac
     local code=0
     "$bin" bench --prompt-tokens "$P" --num-negatives "$2" --steps "$STEPS" --device cpu $flag \
         --json "$work/$1-$2.json" > /dev/null || code=$?
@@ -20,7 +24,7 @@ run() { # mode m
         echo "{\"error\": \"exit status $code (137: killed by the kernel's OOM killer)\"}" > "$work/$1-$2.json"
     fi
 }
-for m in 1 4; do run decoupled "$m"; done
+for m in 1 4; do run decoupled "$m"; run checkpointed "$m"; done
 for m in 1 2 4; do run joint "$m"; done
 mkdir -p bench/results
 python3 - "$work" bench/results/memory_vs_m_cpu.json <<'PY'
@@ -38,10 +42,11 @@ report = {
     "peak_rss_gib": gib,
     "median_step_seconds": {k: v.get("median_step_seconds") for k, v in runs.items()},
     "decoupled_m4_over_m1": ratio("decoupled_m4", "decoupled_m1"),
+    "checkpointed_m4_over_m1": ratio("checkpointed_m4", "checkpointed_m1"),
     "joint_m2_over_m1": ratio("joint_m2", "joint_m1"),
     "joint_m4_over_m1": ratio("joint_m4", "joint_m1"),
     "runs": runs,
 }
 json.dump(report, open(sys.argv[2], "w"), indent=2)
-print(json.dumps({k: report[k] for k in ("peak_rss_gib", "median_step_seconds", "decoupled_m4_over_m1", "joint_m2_over_m1", "joint_m4_over_m1")}, indent=1))
+print(json.dumps({k: report[k] for k in ("peak_rss_gib", "median_step_seconds", "decoupled_m4_over_m1", "checkpointed_m4_over_m1", "joint_m2_over_m1", "joint_m4_over_m1")}, indent=1))
 PY
