@@ -21,7 +21,9 @@
 //! PRODUCT, EVENT, WORK_OF_ART, LAW, CARDINAL, ORDINAL). So it has no CARDINAL/ORDINAL and
 //! no EVENT/WORK_OF_ART labels, lower recall on lower-case text, and its keys ignore the
 //! label and are case-folded (spaCy's `ent.text` is case-sensitive), so scores are in the same
-//! range as the paper's but not equal to them.
+//! range as the paper's but not equal to them. Measured on all L-Eval chunks (512 tokens,
+//! 971 questions; `bench/results/engine_stages.json`): its scores correlate with spaCy
+//! `en_core_web_sm` 3.8's at Pearson r = 0.73, at 0.86× spaCy's speed.
 //!
 //! [`LexicalExtractor`] counts every shared content term (stop words removed, stems matched),
 //! not only names: a question of 12 content words yields up to 12 keys where spaCy finds 2–3
