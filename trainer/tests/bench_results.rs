@@ -36,4 +36,9 @@ fn decoupled_memory_is_flat_in_m() {
         "decoupled ({ratio}) should grow less with M than joint ({joint})"
     );
     assert_eq!(r["prompt_tokens"].as_u64(), Some(2048));
+    // With per-layer checkpointing as well, memory stays flat and far below the joint backward.
+    let ckpt = r["checkpointed_m4_over_m1"].as_f64().unwrap();
+    assert!(ckpt <= 1.15, "checkpointed peak RSS M=4 / M=1 = {ckpt}");
+    let gib = |k: &str| r["peak_rss_gib"][k].as_f64().unwrap();
+    assert!(gib("checkpointed_m4") < gib("joint_m1") / 2.0);
 }
