@@ -226,10 +226,20 @@ fn device_index(device: Device) -> i64 {
 }
 
 /// Writes `model` (HF folder or GGUF) as a Hugging Face Llama folder: `config.json` and
-/// `model.safetensors` (f32, HF tensor names; no LoRA). Tokenizer files are not written.
-/// Errors: [`TrainerError::Io`], model loading.
-pub fn export_hf(model_path: &Path, out: &Path) -> Result<()> {
-    let model = Llama::load(model_path, None, Device::Cpu, Kind::Float)?;
+/// `model.safetensors` (f32, HF tensor names). With `adapter` (a PEFT LoRA folder, ours or any
+/// on the same base), the adapter is merged into the base weights first (W + B·A·scaling).
+/// Tokenizer files are not written. Errors: [`TrainerError::Io`], model or adapter loading.
+pub fn export_hf(model_path: &Path, adapter: Option<&Path>, out: &Path) -> Result<()> {
+    let model = match adapter {
+        None => Llama::load(model_path, None, Device::Cpu, Kind::Float)?,
+        Some(dir) => {
+            let lora = crate::lora::read_adapter_config(dir)?;
+            let mut model = Llama::load(model_path, Some(&lora), Device::Cpu, Kind::Float)?;
+            crate::lora::load_adapter(&model, dir)?;
+            crate::lora::merge_lora(&mut model)?;
+            model
+        }
+    };
     let c = model.config();
     std::fs::create_dir_all(out).map_err(|e| TrainerError::io(out, e))?;
     let mut config = serde_json::json!({

@@ -32,11 +32,15 @@ enum Command {
     /// Time LOGO training steps on a synthetic sample; prints JSON (step time, tokens/s,
     /// peak memory, estimated MFU).
     Bench(BenchArgs),
-    /// Write a model (e.g. the embedded GGUF, dequantised) as a Hugging Face folder.
+    /// Write a model (e.g. the embedded GGUF, dequantised) as a Hugging Face folder,
+    /// optionally with a LoRA adapter merged into its weights.
     ExportHf {
         /// Model to export (GGUF file or HF folder). Default: the embedded GGUF.
         #[arg(long, value_name = "PATH")]
         model: Option<PathBuf>,
+        /// A PEFT LoRA adapter folder to merge into the weights.
+        #[arg(long, value_name = "DIR")]
+        adapter: Option<PathBuf>,
         /// Output folder.
         #[arg(long, value_name = "DIR")]
         output: PathBuf,
@@ -238,9 +242,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             println!("{text}");
             return Ok(());
         }
-        Some(Command::ExportHf { model, output }) => {
+        Some(Command::ExportHf {
+            model,
+            adapter,
+            output,
+        }) => {
             let model = model.unwrap_or_else(default_model);
-            logo_trainer::bench::export_hf(&model, &output).context("export")?;
+            logo_trainer::bench::export_hf(&model, adapter.as_deref(), &output)
+                .context("export")?;
             println!(
                 "logo-trainer: wrote {} (config.json, model.safetensors)",
                 output.display()

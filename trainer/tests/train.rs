@@ -493,3 +493,53 @@ fn checkpointed_gradient_equals_plain_gradient() {
     }
     println!("checkpointed vs plain: worst relative difference {worst:.2e}");
 }
+
+/// `export-hf --adapter` writes a HF folder whose plain logits equal the base model with the
+/// adapter applied.
+#[test]
+fn exported_merged_model_equals_base_with_adapter() {
+    use logo_trainer::lora::save_adapter;
+    use logo_trainer::model::Llama;
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("model");
+    tiny_model(&base);
+    let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
+    let model = Llama::load(&base, Some(&lora), tch::Device::Cpu, Kind::Float).unwrap();
+    {
+        let _g = tch::no_grad_guard();
+        for (_, mut t) in model.lora_var_store().unwrap().variables() {
+            let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.3;
+            t.copy_(&r);
+        }
+    }
+    save_adapter(&model, &dir.path().join("adapter"), "tiny").unwrap();
+    logo_trainer::bench::export_hf(
+        &base,
+        Some(&dir.path().join("adapter")),
+        &dir.path().join("merged"),
+    )
+    .unwrap();
+    let merged = Llama::load(
+        &dir.path().join("merged"),
+        None,
+        tch::Device::Cpu,
+        Kind::Float,
+    )
+    .unwrap();
+    let ids = Tensor::from_slice(&[3i64, 9, 27, 14, 5, 60]).reshape([1, 6]);
+    let pos = Tensor::from_slice(&[0i64, 1, 2, 700, 701, 702]).reshape([1, 6]);
+    let _g = tch::no_grad_guard();
+    let a = model.forward(&ids, &pos).unwrap();
+    let b = merged.forward(&ids, &pos).unwrap();
+    let plain = Llama::load(&base, None, tch::Device::Cpu, Kind::Float)
+        .unwrap()
+        .forward(&ids, &pos)
+        .unwrap();
+    let diff = (&a - &b).abs().max().double_value(&[]);
+    assert!(diff < 1e-4, "merged export differs by {diff}");
+    assert!(
+        (&a - &plain).abs().max().double_value(&[]) > 1e-2,
+        "the adapter must matter"
+    );
+}
