@@ -318,36 +318,29 @@ fn bad_parquet_gives_a_clear_error() {
     );
 }
 
-/// The decoupled gradient (one response graph at a time) equals the joint backward.
-#[test]
-fn decoupled_gradient_equals_joint_gradient() {
-    let _rng = rng_lock();
-    use logo_trainer::data::{collate, Example};
-    use logo_trainer::decoupled::backward_decoupled;
-    use logo_trainer::model::Llama;
-    use logo_trainer::train_loop::batch_loss;
-    let dir = tempfile::tempdir().unwrap();
-    tiny_model(&dir.path().join("model"));
+/// The tiny model with LoRA r = 4, no dropout, and every adapter tensor random (so every
+/// gradient path is exercised).
+fn tiny_lora_model(dir: &Path) -> logo_trainer::model::Llama {
+    tiny_model(dir);
     let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
-    let model = Llama::load(
-        &dir.path().join("model"),
-        Some(&lora),
-        tch::Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    {
-        let _g = tch::no_grad_guard();
-        for (_, mut t) in model.lora_var_store().unwrap().variables() {
-            let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.3;
-            t.copy_(&r);
-        }
+    let model =
+        logo_trainer::model::Llama::load(dir, Some(&lora), tch::Device::Cpu, Kind::Float).unwrap();
+    let _g = tch::no_grad_guard();
+    for (_, mut t) in model.lora_var_store().unwrap().variables() {
+        let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.3;
+        t.copy_(&r);
     }
-    let examples: Vec<Example> = (0..2)
+    drop(_g);
+    model
+}
+
+/// Samples 0 and 1 as the trainer's examples.
+fn tiny_examples() -> Vec<logo_trainer::data::Example> {
+    let v = |x: &[u32]| x.iter().map(|&t| t as i64).collect::<Vec<i64>>();
+    (0..2)
         .map(|i| {
             let s = sample(i);
-            let v = |x: &[u32]| x.iter().map(|&t| t as i64).collect::<Vec<i64>>();
-            Example {
+            logo_trainer::data::Example {
                 sample_id: s.sample_id.clone(),
                 prompt_ids: v(&s.prompt_input_ids),
                 prompt_positions: v(&s.prompt_position_ids),
@@ -355,40 +348,59 @@ fn decoupled_gradient_equals_joint_gradient() {
                 rejected_ids: s.rejected_input_ids.iter().map(|r| v(r)).collect(),
             }
         })
-        .collect();
-    let cfg = LossConfig::default();
-    let grads = |decoupled: bool| -> (f64, Vec<(String, Tensor)>) {
-        let vars = model.lora_var_store().unwrap().variables();
-        for t in vars.values() {
-            let mut g = t.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
+        .collect()
+}
+
+/// Zeroes the LoRA gradients, runs `run` (which back-propagates and returns the loss), and
+/// returns the loss and the gradients sorted by name.
+fn lora_grads(
+    model: &logo_trainer::model::Llama,
+    run: &dyn Fn() -> f64,
+) -> (f64, Vec<(String, Tensor)>) {
+    let vars = model.lora_var_store().unwrap().variables();
+    for t in vars.values() {
+        let mut g = t.grad();
+        if g.defined() {
+            let _ = g.zero_();
         }
-        let loss = if decoupled {
-            backward_decoupled(&model, &examples, &cfg, tch::Device::Cpu, false, 1, 0.5)
-                .unwrap()
-                .loss
-        } else {
-            let out = batch_loss(
-                &model,
-                &collate(&examples, tch::Device::Cpu).unwrap(),
-                &cfg,
-                false,
-            )
-            .unwrap();
-            (&out.loss * 0.5).backward();
-            out.loss
-        };
-        let mut named: Vec<(String, Tensor)> = vars
-            .into_iter()
-            .map(|(k, t)| (k, t.grad().copy()))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        (loss.double_value(&[]), named)
-    };
-    let (loss_joint, joint) = grads(false);
-    let (loss_dec, dec) = grads(true);
+    }
+    let loss = run();
+    let mut named: Vec<(String, Tensor)> = vars
+        .into_iter()
+        .map(|(k, t)| (k, t.grad().copy()))
+        .collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    (loss, named)
+}
+
+/// The decoupled gradient (one response graph at a time) equals the joint backward.
+#[test]
+fn decoupled_gradient_equals_joint_gradient() {
+    use logo_trainer::data::collate;
+    use logo_trainer::decoupled::backward_decoupled;
+    use logo_trainer::train_loop::batch_loss;
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_lora_model(&dir.path().join("model"));
+    let examples = tiny_examples();
+    let cfg = LossConfig::default();
+    let (loss_joint, joint) = lora_grads(&model, &|| {
+        let out = batch_loss(
+            &model,
+            &collate(&examples, tch::Device::Cpu).unwrap(),
+            &cfg,
+            false,
+        )
+        .unwrap();
+        (&out.loss * 0.5).backward();
+        out.loss.double_value(&[])
+    });
+    let (loss_dec, dec) = lora_grads(&model, &|| {
+        backward_decoupled(&model, &examples, &cfg, tch::Device::Cpu, false, 1, 0.5)
+            .unwrap()
+            .loss
+            .double_value(&[])
+    });
     assert!(
         (loss_joint - loss_dec).abs() < 1e-5,
         "{loss_joint} vs {loss_dec}"
@@ -407,73 +419,25 @@ fn decoupled_gradient_equals_joint_gradient() {
 /// Per-layer activation checkpointing gives the plain gradient, joint and decoupled.
 #[test]
 fn checkpointed_gradient_equals_plain_gradient() {
-    use logo_trainer::data::{collate, Example};
+    use logo_trainer::data::collate;
     use logo_trainer::decoupled::backward_decoupled;
-    use logo_trainer::model::Llama;
     use logo_trainer::train_loop::backward_joint;
     let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    tiny_model(&dir.path().join("model"));
-    let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
-    let model = Llama::load(
-        &dir.path().join("model"),
-        Some(&lora),
-        tch::Device::Cpu,
-        Kind::Float,
-    )
-    .unwrap();
-    {
-        let _g = tch::no_grad_guard();
-        for (_, mut t) in model.lora_var_store().unwrap().variables() {
-            let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.3;
-            t.copy_(&r);
-        }
-    }
-    let v = |x: &[u32]| x.iter().map(|&t| t as i64).collect::<Vec<i64>>();
-    let examples: Vec<Example> = (0..2)
-        .map(|i| {
-            let s = sample(i);
-            Example {
-                sample_id: s.sample_id.clone(),
-                prompt_ids: v(&s.prompt_input_ids),
-                prompt_positions: v(&s.prompt_position_ids),
-                chosen_ids: v(&s.chosen_input_ids),
-                rejected_ids: s.rejected_input_ids.iter().map(|r| v(r)).collect(),
-            }
-        })
-        .collect();
+    let model = tiny_lora_model(&dir.path().join("model"));
+    let examples = tiny_examples();
     let cfg = LossConfig::default();
-    let grads = |run: &dyn Fn() -> f64| -> (f64, Vec<Tensor>) {
-        let vars = model.lora_var_store().unwrap().variables();
-        for t in vars.values() {
-            let mut g = t.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
-        let loss = run();
-        let mut named: Vec<(String, Tensor)> = vars
-            .into_iter()
-            .map(|(k, t)| (k, t.grad().copy()))
-            .collect();
-        named.sort_by(|a, b| a.0.cmp(&b.0));
-        (loss, named.into_iter().map(|(_, t)| t).collect())
-    };
     let batch = collate(&examples, tch::Device::Cpu).unwrap();
     let dev = tch::Device::Cpu;
-    let (l0, plain) = grads(&|| {
-        backward_joint(&model, &batch, &cfg, false, 1, 1.0)
+    let joint = |ckpt: bool| {
+        backward_joint(&model, &batch, &cfg, ckpt, 1, 1.0)
             .unwrap()
             .loss
             .double_value(&[])
-    });
-    let (l1, ckpt) = grads(&|| {
-        backward_joint(&model, &batch, &cfg, true, 1, 1.0)
-            .unwrap()
-            .loss
-            .double_value(&[])
-    });
-    let (l2, both) = grads(&|| {
+    };
+    let (l0, plain) = lora_grads(&model, &|| joint(false));
+    let (l1, ckpt) = lora_grads(&model, &|| joint(true));
+    let (l2, both) = lora_grads(&model, &|| {
         backward_decoupled(&model, &examples, &cfg, dev, true, 1, 1.0)
             .unwrap()
             .loss
@@ -484,11 +448,11 @@ fn checkpointed_gradient_equals_plain_gradient() {
         "{l0} {l1} {l2}"
     );
     let mut worst = 0.0f64;
-    for ((a, b), c) in plain.iter().zip(&ckpt).zip(&both) {
+    for (((name, a), (_, b)), (_, c)) in plain.iter().zip(&ckpt).zip(&both) {
         for other in [b, c] {
             let d = (a - other).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
             worst = worst.max(d);
-            assert!(d < 1e-5, "relative difference {d}");
+            assert!(d < 1e-5, "{name}: relative difference {d}");
         }
     }
     println!("checkpointed vs plain: worst relative difference {worst:.2e}");
@@ -503,16 +467,7 @@ fn exported_merged_model_equals_base_with_adapter() {
     let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("model");
-    tiny_model(&base);
-    let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
-    let model = Llama::load(&base, Some(&lora), tch::Device::Cpu, Kind::Float).unwrap();
-    {
-        let _g = tch::no_grad_guard();
-        for (_, mut t) in model.lora_var_store().unwrap().variables() {
-            let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.3;
-            t.copy_(&r);
-        }
-    }
+    let model = tiny_lora_model(&base);
     save_adapter(&model, &dir.path().join("adapter"), "tiny").unwrap();
     logo_trainer::bench::export_hf(
         &base,

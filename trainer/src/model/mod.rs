@@ -676,11 +676,26 @@ impl Llama {
                 ),
             });
         }
+        self.run_layers(input_ids, position_ids, train, None)
+    }
+
+    /// Embedding, decoder layers (re-seeding the generator per layer when `seed` is given) and
+    /// final norm: `[B,T]` ids and positions → `[B,T,H]`.
+    fn run_layers(
+        &self,
+        input_ids: &Tensor,
+        position_ids: &Tensor,
+        train: bool,
+        seed: Option<i64>,
+    ) -> Result<Tensor> {
         let ids = input_ids.f_to_device(self.device)?.f_to_kind(Kind::Int64)?;
         let pos = position_ids.f_to_device(self.device)?;
         let (cos, sin) = self.rotary.cos_sin(&pos, self.kind)?;
         let mut h = self.embed_tokens.forward(&ids)?; // (B, T, H)
-        for layer in &self.layers {
+        for (i, layer) in self.layers.iter().enumerate() {
+            if let Some(seed) = seed {
+                tch::manual_seed(layer_seed(seed, i));
+            }
             h = layer.forward(&h, &cos, &sin, train)?;
         }
         self.norm.forward(&h)
@@ -695,15 +710,7 @@ impl Llama {
         train: bool,
         seed: i64,
     ) -> Result<Tensor> {
-        let ids = input_ids.f_to_device(self.device)?.f_to_kind(Kind::Int64)?;
-        let pos = position_ids.f_to_device(self.device)?;
-        let (cos, sin) = self.rotary.cos_sin(&pos, self.kind)?;
-        let mut h = self.embed_tokens.forward(&ids)?;
-        for (i, layer) in self.layers.iter().enumerate() {
-            tch::manual_seed(layer_seed(seed, i));
-            h = layer.forward(&h, &cos, &sin, train)?;
-        }
-        self.norm.forward(&h)
+        self.run_layers(input_ids, position_ids, train, Some(seed))
     }
 
     /// Forward and backward with per-layer activation checkpointing: the forward runs without
