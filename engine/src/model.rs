@@ -754,6 +754,19 @@ pub(crate) mod tests {
         )
     }
 
+    /// [`shared_policy`] and a copy of its tokenizer.
+    pub(crate) fn shared_policy_and_tokenizer(
+        test: &str,
+    ) -> Option<(Arc<Mutex<Policy>>, Tokenizer)> {
+        let policy = shared_policy(test)?;
+        let tok = policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .tokenizer()
+            .clone();
+        Some((policy, tok))
+    }
+
     fn tokenizer(test: &str) -> Option<Tokenizer> {
         let cfg = embedded_config(test)?;
         Some(load_tokenizer(&cfg).expect("tokenizer from GGUF"))

@@ -13,6 +13,9 @@ pub fn plot_training(metrics: &[StepMetrics], path: &Path) -> Result<()> {
     draw(metrics, path).map_err(|e| TrainerError::Internal(format!("plot {}: {e}", path.display())))
 }
 
+/// One curve: legend label, colour, value of a step.
+type Series = (&'static str, RGBColor, fn(&StepMetrics) -> f64);
+
 fn draw(
     metrics: &[StepMetrics],
     path: &Path,
@@ -20,25 +23,51 @@ fn draw(
     let root = BitMapBackend::new(path, (1200, 500)).into_drawing_area();
     root.fill(&WHITE)?;
     let (left, right) = root.split_horizontally(600);
+    panel(
+        &left,
+        metrics,
+        "LOGO loss",
+        "nats",
+        &[
+            ("loss", BLUE, |m| m.loss),
+            ("preference (Eq. 2)", RED, |m| m.preference_loss),
+            ("SFT −ℓ(y_w)", GREEN, |m| m.sft_loss),
+        ],
+    )?;
+    panel(
+        &right,
+        metrics,
+        "reward margin β·ℓ(y_w) − mean β·ℓ(y_l)",
+        "margin",
+        &[("margin", MAGENTA, |m| m.margin)],
+    )?;
+    root.present()?;
+    Ok(())
+}
+
+/// A line chart of `series` against the step, with a legend, on `area`.
+fn panel(
+    area: &DrawingArea<BitMapBackend, plotters::coord::Shift>,
+    metrics: &[StepMetrics],
+    caption: &str,
+    y_desc: &str,
+    series: &[Series],
+) -> std::result::Result<(), Box<dyn std::error::Error>> {
     let steps = metrics.last().map(|m| m.step).unwrap_or(1).max(1) as f64;
-    let range = |vals: &mut dyn Iterator<Item = f64>| {
-        let (lo, hi) = vals.fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
+    let (lo, hi) = metrics
+        .iter()
+        .flat_map(|m| series.iter().map(move |(_, _, f)| f(m)))
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
             (a.min(v), b.max(v))
         });
-        if lo.is_finite() && hi > lo {
-            let pad = (hi - lo) * 0.05;
-            (lo - pad, hi + pad)
-        } else {
-            (lo.min(0.0) - 1.0, hi.max(0.0) + 1.0)
-        }
+    let (lo, hi) = if lo.is_finite() && hi > lo {
+        let pad = (hi - lo) * 0.05;
+        (lo - pad, hi + pad)
+    } else {
+        (lo.min(0.0) - 1.0, hi.max(0.0) + 1.0)
     };
-    let (lo, hi) = range(
-        &mut metrics
-            .iter()
-            .flat_map(|m| [m.loss, m.preference_loss, m.sft_loss]),
-    );
-    let mut chart = ChartBuilder::on(&left)
-        .caption("LOGO loss", ("sans-serif", 22))
+    let mut chart = ChartBuilder::on(area)
+        .caption(caption, ("sans-serif", 22))
         .margin(12)
         .x_label_area_size(35)
         .y_label_area_size(55)
@@ -46,15 +75,9 @@ fn draw(
     chart
         .configure_mesh()
         .x_desc("step")
-        .y_desc("nats")
+        .y_desc(y_desc)
         .draw()?;
-    type Series = (&'static str, RGBColor, fn(&StepMetrics) -> f64);
-    let series: [Series; 3] = [
-        ("loss", BLUE, |m| m.loss),
-        ("preference (Eq. 2)", RED, |m| m.preference_loss),
-        ("SFT −ℓ(y_w)", GREEN, |m| m.sft_loss),
-    ];
-    for (name, color, f) in series {
+    for &(name, color, f) in series {
         chart
             .draw_series(LineSeries::new(
                 metrics.iter().map(|m| (m.step as f64, f(m))),
@@ -64,37 +87,17 @@ fn draw(
             .legend(move |(x, y)| {
                 PathElement::new(vec![(x, y), (x + 18, y)], color.stroke_width(2))
             });
+        // Markers, so that short runs (one step) still show their values.
+        chart.draw_series(
+            metrics
+                .iter()
+                .map(|m| Circle::new((m.step as f64, f(m)), 3, color.filled())),
+        )?;
     }
     chart
         .configure_series_labels()
         .border_style(BLACK)
         .background_style(WHITE.mix(0.8))
         .draw()?;
-
-    let (lo, hi) = range(&mut metrics.iter().map(|m| m.margin));
-    let mut chart = ChartBuilder::on(&right)
-        .caption("reward margin β·ℓ(y_w) − mean β·ℓ(y_l)", ("sans-serif", 22))
-        .margin(12)
-        .x_label_area_size(35)
-        .y_label_area_size(55)
-        .build_cartesian_2d(0f64..steps, lo..hi)?;
-    chart
-        .configure_mesh()
-        .x_desc("step")
-        .y_desc("margin")
-        .draw()?;
-    chart
-        .draw_series(LineSeries::new(
-            metrics.iter().map(|m| (m.step as f64, m.margin)),
-            MAGENTA.stroke_width(2),
-        ))?
-        .label("margin")
-        .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 18, y)], MAGENTA.stroke_width(2)));
-    chart
-        .configure_series_labels()
-        .border_style(BLACK)
-        .background_style(WHITE.mix(0.8))
-        .draw()?;
-    root.present()?;
     Ok(())
 }

@@ -372,7 +372,7 @@ impl Stage for GeneratorStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::shared_policy;
+    use crate::model::tests::shared_policy_and_tokenizer;
     use crate::stage::{Rejects, RunStats};
 
     fn config(extra: &str) -> PipelineConfig {
@@ -414,14 +414,10 @@ mod tests {
 
     #[test]
     fn generates_chosen_and_m_rejected() {
-        let Some(policy) = shared_policy("generates_chosen_and_m_rejected") else {
+        let Some((policy, tok)) = shared_policy_and_tokenizer("generates_chosen_and_m_rejected")
+        else {
             return;
         };
-        let tok = policy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tokenizer()
-            .clone();
         let mut stage = GeneratorStage::try_new(&config(""), policy.clone()).unwrap();
         let mut bad = row(&tok, "doc:1#q1");
         bad.rejected_chunk_ids[0] = vec![9];
@@ -495,14 +491,11 @@ mod tests {
 
     #[test]
     fn sampled_output_ignores_batch_boundaries() {
-        let Some(policy) = shared_policy("sampled_output_ignores_batch_boundaries") else {
+        let Some((policy, tok)) =
+            shared_policy_and_tokenizer("sampled_output_ignores_batch_boundaries")
+        else {
             return;
         };
-        let tok = policy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tokenizer()
-            .clone();
         let cfg = config(", temperature: 1.0, top_p: 0.95");
         let mut stage = GeneratorStage::try_new(&cfg, policy.clone()).unwrap();
         let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
@@ -535,14 +528,11 @@ mod tests {
 
     #[test]
     fn reference_chosen_is_tokenised_with_end_of_turn() {
-        let Some(policy) = shared_policy("reference_chosen_is_tokenised_with_end_of_turn") else {
+        let Some((policy, tok)) =
+            shared_policy_and_tokenizer("reference_chosen_is_tokenised_with_end_of_turn")
+        else {
             return;
         };
-        let tok = policy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tokenizer()
-            .clone();
         let cfg = config(", chosen: reference");
         let mut stage = GeneratorStage::try_new(&cfg, policy.clone()).unwrap();
         let mut no_answer = row(&tok, "doc:1#q1");

@@ -288,7 +288,7 @@ impl Stage for QuestionsStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::shared_policy;
+    use crate::model::tests::{shared_policy, shared_policy_and_tokenizer};
     use crate::stage::{Rejects, RunStats};
 
     fn config(enabled: bool) -> PipelineConfig {
@@ -388,14 +388,11 @@ mod tests {
 
     #[test]
     fn disabled_passes_everything_and_passage_is_seeded() {
-        let Some(policy) = shared_policy("disabled_passes_everything_and_passage_is_seeded") else {
+        let Some((policy, tok)) =
+            shared_policy_and_tokenizer("disabled_passes_everything_and_passage_is_seeded")
+        else {
             return;
         };
-        let tok = policy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .tokenizer()
-            .clone();
         let mut stage =
             QuestionsStage::try_new(&config(false), policy.clone(), tok.clone()).unwrap();
         let input = DocumentRecord::to_batch(&[doc("a:2", None)]).unwrap();
