@@ -1,15 +1,7 @@
-//! Links libtorch so that the binary runs without LD_LIBRARY_PATH and keeps CUDA.
-//!
-//! torch-sys (a direct dependency, `links = "tch"`) exports the libtorch folder as
-//! `DEP_TCH_LIBTORCH_LIB`. Without an rpath the binary needs LD_LIBRARY_PATH, and with the
-//! linker's default `--as-needed` the unreferenced `libtorch_cuda.so` is dropped, so CUDA
-//! silently vanishes (tch-rs issue #980): link `-ltorch` with `--no-as-needed`.
+//! Links libtorch into the binary; see `libtorch_link.rs`.
+#[path = "libtorch_link.rs"]
+mod libtorch_link;
+
 fn main() {
-    println!("cargo:rerun-if-env-changed=DEP_TCH_LIBTORCH_LIB");
-    if let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
-        println!("cargo:rustc-link-search=native={lib}");
-    }
-    println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-    println!("cargo:rustc-link-arg=-ltorch");
+    libtorch_link::emit();
 }

@@ -93,6 +93,11 @@ pub struct ModelConfig {
     /// Name written to the output's `generator` column; default: the GGUF's `general.name`.
     #[serde(default)]
     pub name: Option<String>,
+    /// A PEFT LoRA adapter folder (`adapter_config.json`, `adapter_model.safetensors`; the
+    /// trainer's output or any plain PEFT LoRA on the same base) folded into the weights at
+    /// load time (see [`crate::adapter`]); default none.
+    #[serde(default)]
+    pub adapter: Option<PathBuf>,
     /// Weights in memory: `f32` (default, dequantised: LOGO prompts are long and answers
     /// short, and f32 prefill measured 2–3× faster than Q8_0 on CPU), `q8_0` (requantised,
     /// fastest decode) or `native` (as stored). See `bench/results/generation.json`.
@@ -424,6 +429,9 @@ impl PipelineConfig {
         fix(&mut self.sink.output);
         if let Some(t) = self.model.tokenizer.as_mut() {
             fix(t);
+        }
+        if let Some(a) = self.model.adapter.as_mut() {
+            fix(a);
         }
     }
 

@@ -13,6 +13,7 @@
 //! [`config::PipelineConfig`] (`pipeline.yaml`); the run is [`pipeline::run`].
 #![deny(missing_docs)]
 
+pub mod adapter;
 pub mod config;
 pub mod entities;
 pub mod error;

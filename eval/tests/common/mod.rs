@@ -1,0 +1,57 @@
+//! Shared helpers of the eval integration tests: the embedded model, a random PEFT adapter.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use logo_engine::config::{ModelConfig, WeightFormat};
+use logo_engine::model::default_model_config;
+use logo_trainer::lora::LoraConfig;
+use tch::{Kind, Tensor};
+
+/// The embedded GGUF's config (f32 weights, 2 threads), or `None` with a skip message.
+pub fn embedded(test: &str) -> Option<ModelConfig> {
+    let cfg = default_model_config();
+    if cfg.path.exists() {
+        Some(ModelConfig {
+            weights: WeightFormat::F32,
+            threads: 2,
+            ..cfg
+        })
+    } else {
+        eprintln!(
+            "{test}: skipped, embedded model not found at {} (run scripts/just setup)",
+            cfg.path.display()
+        );
+        None
+    }
+}
+
+/// `../shared/data/<rel>` if present, else `None` with a skip message.
+pub fn shared_data(test: &str, rel: &str) -> Option<PathBuf> {
+    let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../../shared/data")
+        .join(rel);
+    if p.exists() {
+        Some(p)
+    } else {
+        eprintln!("{test}: skipped, {} not found", p.display());
+        None
+    }
+}
+
+/// Writes a PEFT adapter for the model at `model` into `dir`: r 4 on q/k/v/o and the
+/// embedding, every factor random (normal · `scale`, seeded), so that it changes the logits.
+pub fn random_adapter(model: &Path, dir: &Path, scale: f64) {
+    tch::manual_seed(7);
+    let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
+    let m = logo_trainer::model::Llama::load(model, Some(&lora), tch::Device::Cpu, Kind::Float)
+        .expect("load model with adapters");
+    {
+        let _g = tch::no_grad_guard();
+        for (_, mut t) in m.lora_var_store().unwrap().variables() {
+            let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * scale;
+            t.copy_(&r);
+        }
+    }
+    logo_trainer::lora::save_adapter(&m, dir, "SmolLM2-135M-Instruct").expect("save adapter");
+}
