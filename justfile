@@ -28,6 +28,10 @@ main limit="8" steps="8": build
     {{bin}}/logo-engine sql "SELECT position_strategy, count(*) AS samples, avg(array_length(chosen_input_ids)) AS mean_chosen_tokens, avg(array_length(prompt_input_ids)) AS mean_prompt_tokens FROM samples GROUP BY position_strategy" --data out/data
     {{bin}}/logo-trainer --data out/data --output out/adapter --max-steps {{steps}} --device auto
 
+# Base vs the main job's adapter: NIAH heatmap, L-Eval QA, sliding-window perplexity → out/eval/.
+eval adapter="out/adapter" questions="4": build
+    {{bin}}/logo-eval --adapter {{adapter}} --compare --out out/eval --qa ../shared/data/leval/multidoc_qa.jsonl,../shared/data/leval/scientific_qa.jsonl --qa-questions {{questions}} --ppl-lengths 1024,2048,4096,8192,12288 --ppl-tokens 12288
+
 # L-Eval long-document QA from ../shared/data/leval (real questions and references).
 leval limit="4": build
     {{bin}}/logo-engine run pipelines/leval.yaml --limit {{limit}} --output out/leval

@@ -604,6 +604,18 @@ mod tests {
         assert_eq!(c.positions.continuous_ratio, 0.9);
         assert_eq!(c.seed, 42);
         assert_eq!(c.source.paths, vec![PathBuf::from("/base/d.jsonl")]);
+        assert_eq!(c.model.adapter, None);
+    }
+
+    #[test]
+    fn adapter_path_is_resolved_like_the_model() {
+        let c = PipelineConfig::from_yaml_str(
+            "source: {paths: [d.jsonl]}\nmodel: {path: m.gguf, adapter: out/adapter}\n",
+            Path::new("/base"),
+        )
+        .unwrap();
+        assert_eq!(c.model.path, PathBuf::from("/base/m.gguf"));
+        assert_eq!(c.model.adapter, Some(PathBuf::from("/base/out/adapter")));
     }
 
     #[test]

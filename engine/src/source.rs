@@ -4,7 +4,8 @@
 //! questions under `question`, `questions` or `instructions` (a string or a list of strings);
 //! reference answers under `answer`, `answers` or `outputs` (a string or a list of the same
 //! length). Each question becomes one row (the L-Eval layout of `../shared/data/leval` is one
-//! such). A document without questions is accepted when question generation is on.
+//! such). LongBench rows (`context` document, `input` question, `answers` references) are
+//! recognised too, keeping the first reference. A document without questions is accepted when question generation is on.
 //!
 //! Bad rows go to `rejects.jsonl` with file, row and field; the run goes on: a malformed JSON
 //! line, invalid UTF-8, a missing or empty document, a missing, empty or non-string question,
@@ -359,6 +360,20 @@ fn parse_json_line(text: &str) -> std::result::Result<RawDocument, RowError> {
             )),
         }
     };
+    // LongBench layout: the document in `context`, the question in `input`, a list of
+    // reference answers in `answers`; the first reference is kept.
+    if pick(&QUESTION_KEYS).is_none() && map.get("context").is_some_and(Value::is_string) {
+        if let Some(Value::String(q)) = map.get("input") {
+            let answers = strings(&ANSWER_KEYS)?
+                .map(|a| a.into_iter().take(1).collect::<Vec<_>>())
+                .filter(|a| !a.is_empty());
+            return Ok(RawDocument {
+                context,
+                questions: Some(vec![Some(q.clone())]),
+                answers,
+            });
+        }
+    }
     Ok(RawDocument {
         context,
         questions: strings(&QUESTION_KEYS)?,
@@ -549,6 +564,18 @@ mod tests {
         );
         let raw = parse_json_line(r#"{"context": "doc", "question": "q", "answer": "a"}"#).unwrap();
         assert_eq!(raw.questions.unwrap(), vec![Some("q".into())]);
+        // LongBench: question in `input`, several references of which the first is kept.
+        let raw = parse_json_line(
+            r#"{"context": "doc", "input": "q", "answers": ["a", "b"], "dataset": "qasper"}"#,
+        )
+        .unwrap();
+        assert_eq!(raw.context.as_deref(), Some("doc"));
+        assert_eq!(raw.questions.unwrap(), vec![Some("q".into())]);
+        assert_eq!(raw.answers.unwrap(), vec![Some("a".into())]);
+        // A raw document in `input` alone stays a document without question.
+        let raw = parse_json_line(r#"{"input": "doc"}"#).unwrap();
+        assert_eq!(raw.context.as_deref(), Some("doc"));
+        assert_eq!(raw.questions, None);
         let e = parse_json_line(r#"{"context": 3}"#).unwrap_err();
         assert_eq!(e, (Some("context".into()), "expected a string".into()));
         let e = parse_json_line("[1]").unwrap_err();

@@ -20,3 +20,38 @@ pub mod report;
 pub mod window;
 
 pub use error::{EvalError, Result};
+
+/// How answers are decoded: greedy by default (`temperature` 0), else seeded nucleus sampling
+/// with the engine's sampler ([`logo_engine::model::GenerateOptions`]).
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Decoding {
+    /// Softmax temperature; 0 = greedy (arg-max).
+    pub temperature: f64,
+    /// Nucleus mass in (0, 1]; ignored when greedy.
+    pub top_p: f64,
+    /// Sampler seed; the same seed, prompt and weights give the same answer.
+    pub seed: u64,
+}
+
+impl Default for Decoding {
+    fn default() -> Self {
+        Decoding {
+            temperature: 0.0,
+            top_p: 1.0,
+            seed: 0,
+        }
+    }
+}
+
+impl Decoding {
+    /// The engine's options for an answer of at most `max_new_tokens` tokens.
+    pub fn options(&self, max_new_tokens: usize) -> logo_engine::model::GenerateOptions {
+        logo_engine::model::GenerateOptions {
+            max_new_tokens,
+            temperature: self.temperature,
+            top_p: self.top_p,
+            seed: self.seed,
+            min_new_tokens: 0,
+        }
+    }
+}

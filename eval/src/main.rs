@@ -12,7 +12,7 @@ use logo_eval::niah::{load_haystack, run_niah, NeedleSet, NiahConfig};
 use logo_eval::perplexity::{run_perplexity, PerplexityConfig};
 use logo_eval::qa::{run_qa, QaConfig};
 use logo_eval::report::{ModelReport, Report};
-use logo_eval::{plot, EvalError, Result};
+use logo_eval::{plot, Decoding, EvalError, Result};
 use logo_trainer::model::Llama;
 use tch::{Device, Kind};
 
@@ -75,6 +75,16 @@ struct Cli {
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
 
+    /// Sampling temperature of answers; 0 (default) is greedy.
+    #[arg(long, default_value_t = 0.0)]
+    temperature: f64,
+    /// Nucleus mass when sampling.
+    #[arg(long, default_value_t = 1.0)]
+    top_p: f64,
+    /// Sampler seed.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+
     /// Plain text for perplexity. Default: the haystack.
     #[arg(long)]
     ppl_text: Option<PathBuf>,
@@ -115,6 +125,21 @@ fn plan(cli: &Cli) -> Result<Plan> {
         }
     }
     let wants = |t: &str| cli.tasks.iter().any(|x| x == t);
+    let top_p_ok = cli.top_p > 0.0 && cli.top_p <= 1.0;
+    if !(0.0..=5.0).contains(&cli.temperature) || !top_p_ok {
+        return Err(config_err(
+            "--temperature/--top-p",
+            format!(
+                "temperature must be in 0..=5 and top_p in (0, 1], got {} and {}",
+                cli.temperature, cli.top_p
+            ),
+        ));
+    }
+    let decoding = Decoding {
+        temperature: cli.temperature,
+        top_p: cli.top_p,
+        seed: cli.seed,
+    };
     let model = cli.model.clone().unwrap_or_else(default_model_path);
     if !model.exists() {
         return Err(config_err(
@@ -160,6 +185,7 @@ fn plan(cli: &Cli) -> Result<Plan> {
             depths: cli.niah_depths.clone(),
             needles: NeedleSet::from_arg(&cli.needle)?,
             max_new_tokens: cli.niah_new_tokens,
+            decoding,
         };
         cfg.validate(MAX_POSITIONS)?;
         Some((cfg, haystack.clone().unwrap_or_default()))
@@ -180,6 +206,7 @@ fn plan(cli: &Cli) -> Result<Plan> {
             questions_per_document: cli.qa_per_document,
             max_length: cli.max_length,
             max_new_tokens: cli.max_new_tokens,
+            decoding,
         };
         cfg.validate(MAX_POSITIONS)?;
         Some(cfg)

@@ -17,7 +17,7 @@
 
 use std::path::Path;
 
-use logo_engine::model::{encode_text, ChatTemplate, GenerateOptions, Policy};
+use logo_engine::model::{encode_text, ChatTemplate, Policy};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -294,8 +294,10 @@ pub struct NiahConfig {
     pub depths: Vec<f64>,
     /// The needles.
     pub needles: NeedleSet,
-    /// Most answer tokens (greedy).
+    /// Most answer tokens.
     pub max_new_tokens: usize,
+    /// Greedy or sampled decoding.
+    pub decoding: crate::Decoding,
 }
 
 impl NiahConfig {
@@ -364,10 +366,8 @@ pub fn run_niah(policy: &mut Policy, haystack_text: &str, cfg: &NiahConfig) -> R
                 depth_percent,
             };
             let prompt = build_prompt(&tok, &template, &haystack, &cfg.needles, case)?;
-            let g = policy.generate(
-                &prompt.input_ids,
-                &GenerateOptions::greedy(cfg.max_new_tokens),
-            )?;
+            let g =
+                policy.generate(&prompt.input_ids, &cfg.decoding.options(cfg.max_new_tokens))?;
             let r = recall(&g.text, &cfg.needles.values);
             pb.set_message(format!(
                 "{context_length} tokens, depth {depth_percent}%: recall {r:.2}"

@@ -16,7 +16,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use logo_engine::config::PipelineConfig;
-use logo_engine::model::{encode_text, GenerateOptions, Policy};
+use logo_engine::model::{encode_text, Policy};
 use logo_engine::source::Source;
 use logo_engine::stage::{Rejects, RunStats};
 use logo_schemas::{DocumentRecord, Record};
@@ -42,8 +42,10 @@ pub struct QaConfig {
     /// Longest prompt + answer, tokens (at most the policy's limit); longer inputs are cut in
     /// the middle.
     pub max_length: usize,
-    /// Most answer tokens (greedy).
+    /// Most answer tokens.
     pub max_new_tokens: usize,
+    /// Greedy or sampled decoding.
+    pub decoding: crate::Decoding,
 }
 
 impl QaConfig {
@@ -238,7 +240,7 @@ pub fn run_qa(policy: &mut Policy, cfg: &QaConfig, rejects: &Rejects) -> Result<
             };
             let (context, truncated) = middle_truncate(&ids, budget);
             let (prompt, _) = template.prompt(&tok, SYSTEM_PROMPT, &[&context], &question)?;
-            let g = policy.generate(&prompt, &GenerateOptions::greedy(cfg.max_new_tokens))?;
+            let g = policy.generate(&prompt, &cfg.decoding.options(cfg.max_new_tokens))?;
             let prediction = g.text.trim().to_string();
             let scores = QaScores::best_of(&prediction, &references);
             pb.set_message(format!("{name}: F1 {:.2}", scores.f1));
@@ -307,6 +309,7 @@ mod tests {
             questions_per_document: 1,
             max_length: 2048,
             max_new_tokens: 64,
+            decoding: crate::Decoding::default(),
         };
         let e = cfg.validate(4096).unwrap_err().to_string();
         assert!(e.starts_with("--qa: /no/such.jsonl"), "{e}");

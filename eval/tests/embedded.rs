@@ -92,6 +92,7 @@ fn niah_on_the_embedded_model_recalls_the_needle() {
         depths: vec![0.0, 50.0, 100.0],
         needles: NeedleSet::sandwich(),
         max_new_tokens: 32,
+        decoding: logo_eval::Decoding::default(),
     };
     niah.validate(policy.max_positions()).unwrap();
     let r = run_niah(&mut policy, &text, &niah).unwrap();
@@ -135,6 +136,7 @@ fn qa_on_leval_scores_and_truncates_in_the_middle() {
         questions_per_document: 1,
         max_length: 1024,
         max_new_tokens: 32,
+        decoding: logo_eval::Decoding::default(),
     };
     qa.validate(policy.max_positions()).unwrap();
     let r = run_qa(&mut policy, &qa, &rejects).unwrap();
