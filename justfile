@@ -30,7 +30,7 @@ main limit="8" steps="8": build
 
 # Base vs the main job's adapter: NIAH heatmap, L-Eval QA, sliding-window perplexity → out/eval/.
 eval adapter="out/adapter" questions="4": build
-    {{bin}}/logo-eval --adapter {{adapter}} --compare --out out/eval --qa ../shared/data/leval/multidoc_qa.jsonl,../shared/data/leval/scientific_qa.jsonl --qa-questions {{questions}} --ppl-lengths 1024,2048,4096,8192,12288 --ppl-tokens 12288
+    {{bin}}/logo-eval --adapter {{adapter}} --compare --out out/eval --qa ../shared/data/leval/multidoc_qa.jsonl,../shared/data/leval/scientific_qa.jsonl --qa-questions {{questions}} --max-length 4096 --ppl-lengths 1024,2048,4096,8192,12288 --ppl-tokens 12288
 
 # L-Eval long-document QA from ../shared/data/leval (real questions and references).
 leval limit="4": build
