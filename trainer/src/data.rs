@@ -158,7 +158,9 @@ impl TrainingData {
         self.num_negatives
     }
 
-    /// The row groups of `rank` out of `world_size` (round robin: disjoint, deterministic).
+    /// The row groups of `rank` out of `world_size`: groups `rank, rank + W, rank + 2W, …` in
+    /// file order (round robin), so the shards are disjoint, together cover every group, and
+    /// depend only on the file listing. Empty when there are fewer groups than ranks.
     pub fn shard(&self, rank: usize, world_size: usize) -> Vec<RowGroupRef> {
         self.row_groups
             .iter()
@@ -475,6 +477,33 @@ mod tests {
             chosen_ids: c.to_vec(),
             rejected_ids: r.iter().map(|x| x.to_vec()).collect(),
         }
+    }
+
+    #[test]
+    fn shards_are_disjoint_and_cover_every_row_group() {
+        let data = TrainingData {
+            row_groups: (0..7)
+                .map(|i| RowGroupRef {
+                    path: PathBuf::from(format!("f{}.parquet", i / 3)),
+                    index: i % 3,
+                    rows: 10 + i,
+                })
+                .collect(),
+            num_negatives: 2,
+        };
+        // Round robin by hand: W = 3 → rank 0 {0, 3, 6}, rank 1 {1, 4}, rank 2 {2, 5}.
+        let rows = |r: usize, w: usize| -> Vec<usize> {
+            data.shard(r, w).iter().map(|g| g.rows - 10).collect()
+        };
+        assert_eq!(rows(0, 3), vec![0, 3, 6]);
+        assert_eq!(rows(1, 3), vec![1, 4]);
+        assert_eq!(rows(2, 3), vec![2, 5]);
+        for w in 1..=9 {
+            let mut all: Vec<usize> = (0..w).flat_map(|r| rows(r, w)).collect();
+            all.sort();
+            assert_eq!(all, (0..7).collect::<Vec<_>>(), "W = {w}");
+        }
+        assert!(data.shard(8, 9).is_empty());
     }
 
     #[test]

@@ -6,12 +6,14 @@
 //! Modules: [`model`] (the decoder with explicit `position_ids`), [`lora`] (adapters, PEFT
 //! format), [`gguf`] (the embedded GGUF, dequantised), [`loss`] (Eq. 2/3), [`data`] (Parquet
 //! streaming and batching), [`optim`] (AdamW with a saveable state), [`train_loop`] (the loop,
-//! checkpoints, resume), [`plot`] (loss and margin PNG).
+//! checkpoints, resume), [`dist`] (data parallelism over processes and GPUs: collectives,
+//! launcher), [`plot`] (loss and margin PNG).
 #![deny(missing_docs)]
 
 pub mod bench;
 pub mod data;
 pub mod decoupled;
+pub mod dist;
 pub mod error;
 pub mod gguf;
 pub mod lora;

@@ -8,7 +8,7 @@ use clap::Parser;
 use logo_trainer::lora::LoraConfig;
 use logo_trainer::loss::LossConfig;
 use logo_trainer::optim::AdamWConfig;
-use logo_trainer::train_loop::{train, TrainConfig};
+use logo_trainer::train_loop::{train_with, TrainConfig};
 
 /// Trains a LoRA adapter with the LOGO objective (Tang et al., Eq. 2 and 3) on the Parquet
 /// training samples written by `logo-engine run`. Writes a PEFT adapter folder, checkpoints,
@@ -174,6 +174,26 @@ struct TrainArgs {
     /// Per-layer activation checkpointing: keep only layer inputs, recompute in the backward.
     #[arg(long)]
     checkpointing: bool,
+    /// Start N data-parallel workers on this machine (one per GPU, or CPU processes) with
+    /// torchrun's environment; without it, RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/
+    /// SLURM_NTASKS (srun) make this process one rank of a job.
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
+    /// Machines in the job (with --nproc-per-node).
+    #[arg(long, default_value_t = 1, requires = "nproc_per_node")]
+    nnodes: usize,
+    /// This machine's index (with --nproc-per-node).
+    #[arg(long, default_value_t = 0, requires = "nproc_per_node")]
+    node_rank: usize,
+    /// Host of rank 0 (with --nproc-per-node; default 127.0.0.1).
+    #[arg(long, requires = "nproc_per_node")]
+    master_addr: Option<String>,
+    /// Port of rank 0 (with --nproc-per-node; default a free port, 29500 with --nnodes > 1).
+    #[arg(long, requires = "nproc_per_node")]
+    master_port: Option<u16>,
+    /// Gradient all-reduce between ranks: auto (nccl on CUDA, tcp on CPU), tcp, nccl.
+    #[arg(long, default_value = "auto")]
+    dist_backend: String,
 }
 
 fn main() -> ExitCode {
@@ -264,6 +284,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "--data DIR is required (the output folder of `logo-engine run`); see --help"
         );
     };
+    if let Some(nproc_per_node) = cli.nproc_per_node {
+        let launch = logo_trainer::dist::launch::LaunchConfig {
+            nproc_per_node,
+            nnodes: cli.nnodes,
+            node_rank: cli.node_rank,
+            master_addr: cli.master_addr,
+            master_port: cli.master_port,
+            grace_seconds: 10.0,
+        };
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let exe = std::env::current_exe().context("locating the logo-trainer binary")?;
+        logo_trainer::dist::launch::launch(
+            &launch,
+            &exe,
+            &logo_trainer::dist::launch::worker_args(&args),
+        )
+        .context("launcher")?;
+        return Ok(());
+    }
+    let env = logo_trainer::dist::DistEnv::from_env().context("launch environment")?;
     let cfg = TrainConfig {
         data,
         model: cli.model.unwrap_or_else(default_model),
@@ -293,13 +333,22 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         save_steps: cli.save_steps,
         shuffle_buffer: cli.shuffle_buffer,
         seed: cli.seed,
-        device: cli.device,
+        device: logo_trainer::dist::rank_device(&cli.device, &env),
         resume: cli.resume,
         progress: !cli.quiet,
         decoupled: cli.decoupled,
         checkpointing: cli.checkpointing,
     };
-    let summary = train(&cfg).context("training")?;
+    let device = logo_trainer::train_loop::parse_device(&cfg.device).context("--device")?;
+    let mut coll = logo_trainer::dist::connect(&env, &cli.dist_backend, device)
+        .with_context(|| format!("rank {} of {}: joining the job", env.rank, env.world_size))?;
+    let summary = train_with(&cfg, coll.as_mut()).with_context(|| match env.world_size {
+        1 => "training".to_string(),
+        w => format!("training (rank {} of {w})", env.rank),
+    })?;
+    if env.rank != 0 {
+        return Ok(());
+    }
     if let (Some(first), Some(last)) = (summary.metrics.first(), summary.metrics.last()) {
         println!(
             "logo-trainer: {} steps; loss {:.4} → {:.4}, margin {:+.3} → {:+.3}, accuracy {:.2} → {:.2}",
