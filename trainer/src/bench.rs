@@ -24,6 +24,7 @@ use crate::lora::LoraConfig;
 use crate::loss::LossConfig;
 use crate::model::{Llama, LlamaConfig};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::shared_prompt::backward_shared_prompt;
 use crate::train_loop::{backward_joint, parse_device};
 
 /// What to measure.
@@ -55,6 +56,9 @@ pub struct BenchConfig {
     /// Per-layer activation checkpointing.
     #[serde(default)]
     pub checkpointing: bool,
+    /// Compute the prompt once for the M + 1 responses ([`crate::shared_prompt`]).
+    #[serde(default)]
+    pub share_prompt: bool,
 }
 
 /// The measurement.
@@ -172,7 +176,17 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let mut last_loss = f64::NAN;
     for i in 0..=cfg.steps {
         let start = Instant::now();
-        let out = if cfg.decoupled {
+        let out = if cfg.share_prompt {
+            backward_shared_prompt(
+                &model,
+                std::slice::from_ref(&example),
+                &loss_cfg,
+                device,
+                cfg.checkpointing,
+                i as i64,
+                1.0,
+            )?
+        } else if cfg.decoupled {
             backward_decoupled(
                 &model,
                 std::slice::from_ref(&example),

@@ -82,6 +82,9 @@ struct BenchArgs {
     /// Per-layer activation checkpointing.
     #[arg(long)]
     checkpointing: bool,
+    /// Compute the prompt once for the M + 1 responses.
+    #[arg(long, conflicts_with = "decoupled")]
+    share_prompt: bool,
     /// Write the synthetic sample (prompt ids and positions, responses) as JSON, so that a
     /// reference implementation can run the same step (bench/hf_peft_logo_step.py).
     #[arg(long, value_name = "FILE")]
@@ -174,6 +177,10 @@ struct TrainArgs {
     /// Per-layer activation checkpointing: keep only layer inputs, recompute in the backward.
     #[arg(long)]
     checkpointing: bool,
+    /// Run each sample's prompt once for its M + 1 responses (one prompt forward/backward per
+    /// sample instead of M + 1; see trainer/src/shared_prompt.rs).
+    #[arg(long, conflicts_with = "decoupled")]
+    share_prompt: bool,
     /// Start N data-parallel workers on this machine (one per GPU, or CPU processes) with
     /// torchrun's environment; without it, RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/
     /// SLURM_NTASKS (srun) make this process one rank of a job.
@@ -240,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed: 0,
                 decoupled: b.decoupled,
                 checkpointing: b.checkpointing,
+                share_prompt: b.share_prompt,
             };
             if let Some(path) = &b.dump_example {
                 let vocab = logo_trainer::model::Llama::config_of(&cfg.model)
@@ -338,6 +346,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         progress: !cli.quiet,
         decoupled: cli.decoupled,
         checkpointing: cli.checkpointing,
+        share_prompt: cli.share_prompt,
     };
     let device = logo_trainer::train_loop::parse_device(&cfg.device).context("--device")?;
     let mut coll = logo_trainer::dist::connect(&env, &cli.dist_backend, device)

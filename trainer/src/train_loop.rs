@@ -30,6 +30,7 @@ use crate::lora::{load_adapter, save_adapter, LoraConfig};
 use crate::loss::{logo_loss, sequence_logps, LossConfig, LossMetrics};
 use crate::model::Llama;
 use crate::optim::{lr_at, AdamW, AdamWConfig};
+use crate::shared_prompt::backward_shared_prompt;
 
 /// Everything a run needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -79,6 +80,11 @@ pub struct TrainConfig {
     /// layer).
     #[serde(default)]
     pub checkpointing: bool,
+    /// Run each sample's prompt once for its M + 1 responses ([`crate::shared_prompt`]): one
+    /// prompt forward and backward per sample instead of M + 1, activation memory almost flat
+    /// in M. Excludes `decoupled`.
+    #[serde(default)]
+    pub share_prompt: bool,
 }
 
 /// One line of `metrics.jsonl`.
@@ -198,6 +204,14 @@ impl TrainConfig {
             return bad(
                 "--sft-weight",
                 format!("must be >= 0 (got {})", self.loss.sft_weight),
+            );
+        }
+        if self.share_prompt && self.decoupled {
+            return bad(
+                "--share-prompt",
+                "cannot be combined with --decoupled (both bound memory in M; --share-prompt \
+                 also computes the prompt once)"
+                    .into(),
             );
         }
         if self.max_steps == Some(0) {
@@ -419,7 +433,17 @@ fn train_ranked(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSum
             tokens += examples.iter().map(|e| e.tokens()).sum::<usize>();
             let scale = 1.0 / cfg.grad_accum as f64;
             let seed = step_seed.wrapping_add(1 << 20 | micro as i64);
-            let out = if cfg.decoupled {
+            let out = if cfg.share_prompt {
+                backward_shared_prompt(
+                    &model,
+                    &examples,
+                    &cfg.loss,
+                    device,
+                    cfg.checkpointing,
+                    seed,
+                    scale,
+                )?
+            } else if cfg.decoupled {
                 backward_decoupled(
                     &model,
                     &examples,

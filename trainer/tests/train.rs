@@ -8,6 +8,7 @@ use std::path::Path;
 
 use common::*;
 use logo_schemas::{Record, TrainingSample, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+use logo_trainer::lora::LoraConfig;
 use logo_trainer::loss::LossConfig;
 use logo_trainer::train_loop::{read_metrics, train};
 use parquet::arrow::ArrowWriter;
@@ -250,6 +251,124 @@ fn checkpointed_gradient_equals_plain_gradient() {
         }
     }
     println!("checkpointed vs plain: worst relative difference {worst:.2e}");
+}
+
+/// The shared-prompt gradient (prompt once, responses against its cached keys and values)
+/// equals the joint backward over the M + 1 full sequences, with and without checkpointing:
+/// to f32 rounding with an f32 model, and to 1e-6 with an f64 model (the LoRA gradients stay
+/// f32), which separates rounding from a real difference.
+#[test]
+fn shared_prompt_gradient_equals_joint_gradient() {
+    use logo_trainer::data::collate;
+    use logo_trainer::model::Llama;
+    use logo_trainer::shared_prompt::backward_shared_prompt;
+    use logo_trainer::train_loop::backward_joint;
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_lora_model(&dir.path().join("model"));
+    let mut examples = tiny_examples();
+    // Different prompt lengths in the batch (the joint batch pads; the shared path never does).
+    examples[1].prompt_ids.truncate(9);
+    examples[1].prompt_positions.truncate(9);
+    let cfg = LossConfig::default();
+    let dev = tch::Device::Cpu;
+    let batch = collate(&examples, dev).unwrap();
+    // The same adapters on an f64 copy of the base.
+    let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
+    let model64 = Llama::load(&dir.path().join("model"), Some(&lora), dev, Kind::Double).unwrap();
+    {
+        let _g = tch::no_grad_guard();
+        let sorted = |m: &Llama| {
+            let mut v: Vec<(String, Tensor)> = m
+                .lora_var_store()
+                .unwrap()
+                .variables()
+                .into_iter()
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        for ((_, mut dst), (_, src)) in sorted(&model64).into_iter().zip(sorted(&model)) {
+            dst.copy_(&src);
+        }
+    }
+    for (model, tolerance) in [(&model, 1e-5), (&model64, 1e-6)] {
+        let (l0, joint) = lora_grads(model, &|| {
+            backward_joint(model, &batch, &cfg, false, 1, 0.5)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        });
+        let shared = |ckpt: bool| {
+            backward_shared_prompt(model, &examples, &cfg, dev, ckpt, 1, 0.5)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        };
+        let (l1, plain) = lora_grads(model, &|| shared(false));
+        let (l2, ckpt) = lora_grads(model, &|| shared(true));
+        assert!(
+            (l0 - l1).abs() < 1e-5 && (l0 - l2).abs() < 1e-5,
+            "{l0} {l1} {l2}"
+        );
+        let mut worst = 0.0f64;
+        for (((name, a), (_, b)), (_, c)) in joint.iter().zip(&plain).zip(&ckpt) {
+            for other in [b, c] {
+                let d =
+                    (a - other).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
+                worst = worst.max(d);
+                assert!(
+                    d < tolerance,
+                    "{:?} {name}: relative difference {d}",
+                    model.kind()
+                );
+            }
+        }
+        println!(
+            "shared prompt vs joint ({:?}): loss {l0:.7} vs {l1:.7}, worst relative gradient difference {worst:.2e}",
+            model.kind()
+        );
+    }
+}
+
+/// A whole run with `share_prompt` logs the joint run's losses (no dropout, so both runs see
+/// the same model at every step).
+#[test]
+fn share_prompt_run_repeats_the_joint_run() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(&dir.path().join("model"));
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let rows: Vec<TrainingSample> = (0..4).map(sample).collect();
+    write_parquet(
+        &dir.path().join("data/a.parquet"),
+        &rows,
+        Some(SCHEMA_VERSION),
+    );
+    let run = |share: bool, out: &str| {
+        let mut cfg = config(
+            &dir.path().join("data"),
+            &dir.path().join("model"),
+            &dir.path().join(out),
+        );
+        cfg.lora.lora_dropout = 0.0;
+        cfg.max_steps = Some(4);
+        cfg.save_steps = 0;
+        cfg.share_prompt = share;
+        train(&cfg).unwrap().metrics
+    };
+    let joint = run(false, "joint");
+    let shared = run(true, "shared");
+    for (a, b) in joint.iter().zip(&shared) {
+        assert!(
+            (a.loss - b.loss).abs() < 1e-4,
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+        assert_eq!(a.tokens, b.tokens);
+    }
 }
 
 /// `export-hf --adapter` writes a HF folder whose plain logits equal the base model with the

@@ -163,6 +163,7 @@ pub fn config(data: &Path, model: &Path, output: &Path) -> TrainConfig {
         progress: false,
         decoupled: false,
         checkpointing: false,
+        share_prompt: false,
     }
 }
 
@@ -174,7 +175,15 @@ pub fn tiny_lora_model(dir: &Path) -> logo_trainer::model::Llama {
     let model =
         logo_trainer::model::Llama::load(dir, Some(&lora), tch::Device::Cpu, Kind::Float).unwrap();
     let _g = tch::no_grad_guard();
-    for (_, mut t) in model.lora_var_store().unwrap().variables() {
+    // By name: the store's map iterates in a different order in every process.
+    let mut vars: Vec<(String, Tensor)> = model
+        .lora_var_store()
+        .unwrap()
+        .variables()
+        .into_iter()
+        .collect();
+    vars.sort_by(|a, b| a.0.cmp(&b.0));
+    for (_, mut t) in vars {
         let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.3;
         t.copy_(&r);
     }
