@@ -50,8 +50,33 @@ enum Command {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Base model (default: the embedded GGUF).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "random_model")]
     model: Option<PathBuf>,
+    /// Random weights of the shape given by --hidden-size … --vocab-size (default a ~1B Llama:
+    /// 2048, 5632, 16 layers, 32 heads, 8 KV heads, 32000) instead of --model.
+    #[arg(long)]
+    random_model: bool,
+    /// H of the random model.
+    #[arg(long, default_value_t = 2048, requires = "random_model")]
+    hidden_size: usize,
+    /// SwiGLU width of the random model.
+    #[arg(long, default_value_t = 5632, requires = "random_model")]
+    intermediate_size: usize,
+    /// Layers of the random model.
+    #[arg(long, default_value_t = 16, requires = "random_model")]
+    num_hidden_layers: usize,
+    /// Query heads of the random model.
+    #[arg(long, default_value_t = 32, requires = "random_model")]
+    num_attention_heads: usize,
+    /// KV heads of the random model.
+    #[arg(long, default_value_t = 8, requires = "random_model")]
+    num_key_value_heads: usize,
+    /// Vocabulary of the random model.
+    #[arg(long, default_value_t = 32000, requires = "random_model")]
+    vocab_size: usize,
+    /// dtype of weights and activations: bf16, f16, f32 (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Prompt tokens.
     #[arg(long, default_value_t = 2048)]
     prompt_tokens: usize,
@@ -234,6 +259,14 @@ fn default_model() -> PathBuf {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bench(b)) => {
+            let random_model = b.random_model.then_some(logo_trainer::bench::RandomModel {
+                hidden_size: b.hidden_size,
+                intermediate_size: b.intermediate_size,
+                num_hidden_layers: b.num_hidden_layers,
+                num_attention_heads: b.num_attention_heads,
+                num_key_value_heads: b.num_key_value_heads,
+                vocab_size: b.vocab_size,
+            });
             let cfg = logo_trainer::bench::BenchConfig {
                 model: b.model.unwrap_or_else(default_model),
                 prompt_tokens: b.prompt_tokens,
@@ -248,11 +281,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 decoupled: b.decoupled,
                 checkpointing: b.checkpointing,
                 share_prompt: b.share_prompt,
+                random_model,
+                dtype: b.dtype,
             };
             if let Some(path) = &b.dump_example {
-                let vocab = logo_trainer::model::Llama::config_of(&cfg.model)
-                    .context("reading the model config")?
-                    .vocab_size;
+                let vocab = match &cfg.random_model {
+                    Some(r) => r.vocab_size,
+                    None => {
+                        logo_trainer::model::Llama::config_of(&cfg.model)
+                            .context("reading the model config")?
+                            .vocab_size
+                    }
+                };
                 let ex = logo_trainer::bench::synthetic_example(vocab, &cfg);
                 let json = serde_json::json!({
                     "prompt_ids": ex.prompt_ids, "prompt_positions": ex.prompt_positions,

@@ -442,6 +442,9 @@ fn layer_seed(seed: i64, i: usize) -> i64 {
     seed.wrapping_mul(1_000_003).wrapping_add(i as i64) & i64::MAX
 }
 
+/// Fills a base variable: `(HF name, expected shape)` → the tensor, `Ok(None)` when absent.
+pub(crate) type FetchWeight<'a> = dyn FnMut(&str, &[i64]) -> Result<Option<Tensor>> + 'a;
+
 /// A module that LoRA can adapt, as [`crate::lora`] sees it.
 pub(crate) enum AdapterSlot<'a> {
     /// A linear projection (`q_proj`, …, `down_proj`).
@@ -503,6 +506,37 @@ impl Llama {
         }
     }
 
+    /// A model of shape `cfg` with random weights (for benchmarks): every matrix N(0, 0.02²)
+    /// as in HF `initializer_range`, every RMSNorm weight 1, drawn from libtorch's generator
+    /// seeded with `seed`, directly on `device` in `kind`; fresh adapters when `lora` is given.
+    ///
+    /// Errors: [`TrainerError::Model`] for an inconsistent `cfg`; as [`Llama::load`].
+    pub fn random(
+        cfg: LlamaConfig,
+        lora: Option<&LoraConfig>,
+        device: Device,
+        kind: Kind,
+        seed: i64,
+    ) -> Result<Self> {
+        tch::manual_seed(seed);
+        let mut fetch = |name: &str, shape: &[i64]| -> Result<Option<Tensor>> {
+            Ok(Some(if name.ends_with("norm.weight") {
+                Tensor::f_ones(shape, (kind, device))?
+            } else {
+                Tensor::f_randn(shape, (kind, device))?.f_mul_scalar(0.02)?
+            }))
+        };
+        Self::from_weights(
+            cfg,
+            lora,
+            device,
+            kind,
+            Path::new("<random>"),
+            None,
+            &mut fetch,
+        )
+    }
+
     /// Reads only the configuration of the model at `path` (HF folder's `config.json`, or the
     /// GGUF metadata), without loading weights. Errors: as [`Llama::load`].
     pub fn config_of(path: &Path) -> Result<LlamaConfig> {
@@ -513,8 +547,9 @@ impl Llama {
         }
     }
 
-    /// Builds the model with zero weights, then fills every base variable from `fetch(name)`
-    /// (HF names; `Ok(None)` = absent, an error naming the tensor). `freq_factors`: GGUF
+    /// Builds the model with zero weights, then fills every base variable from `fetch(name,
+    /// shape)` (HF names and the expected shape; `Ok(None)` = absent, an error naming the
+    /// tensor). `freq_factors`: GGUF
     /// `rope_freqs.weight` `[hd/2]`, if any. `origin` names the source in errors.
     pub(crate) fn from_weights(
         cfg: LlamaConfig,
@@ -523,7 +558,7 @@ impl Llama {
         kind: Kind,
         origin: &Path,
         freq_factors: Option<&Tensor>,
-        fetch: &mut dyn FnMut(&str) -> Result<Option<Tensor>>,
+        fetch: &mut FetchWeight,
     ) -> Result<Self> {
         cfg.check().map_err(|m| TrainerError::model(origin, m))?;
         if !matches!(
@@ -557,7 +592,7 @@ impl Llama {
         {
             let _guard = tch::no_grad_guard();
             for (name, mut var) in names {
-                let src = fetch(&name)?
+                let src = fetch(&name, &var.size())?
                     .ok_or_else(|| TrainerError::model(origin, format!("missing tensor {name}")))?;
                 if src.size() != var.size() {
                     return Err(TrainerError::model(
