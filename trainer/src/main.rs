@@ -202,10 +202,15 @@ struct TrainArgs {
     /// Per-layer activation checkpointing: keep only layer inputs, recompute in the backward.
     #[arg(long)]
     checkpointing: bool,
-    /// Run each sample's prompt once for its M + 1 responses (one prompt forward/backward per
-    /// sample instead of M + 1; see trainer/src/shared_prompt.rs).
-    #[arg(long, conflicts_with = "decoupled")]
+    /// Run each sample's prompt once for its M + 1 responses: one prompt forward/backward per
+    /// sample instead of M + 1, memory almost flat in M (trainer/src/shared_prompt.rs). The
+    /// default unless --decoupled or --no-share-prompt.
+    #[arg(long, conflicts_with_all = ["decoupled", "no_share_prompt"])]
     share_prompt: bool,
+    /// Back-propagate the M + 1 sequences `prompt ⧺ response` as one batch (the joint
+    /// backward) instead of sharing the prompt.
+    #[arg(long)]
+    no_share_prompt: bool,
     /// Start N data-parallel workers on this machine (one per GPU, or CPU processes) with
     /// torchrun's environment; without it, RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/
     /// SLURM_NTASKS (srun) make this process one rank of a job.
@@ -386,7 +391,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         progress: !cli.quiet,
         decoupled: cli.decoupled,
         checkpointing: cli.checkpointing,
-        share_prompt: cli.share_prompt,
+        share_prompt: !cli.no_share_prompt && !cli.decoupled,
     };
     let device = logo_trainer::train_loop::parse_device(&cfg.device).context("--device")?;
     let mut coll = logo_trainer::dist::connect(&env, &cli.dist_backend, device)

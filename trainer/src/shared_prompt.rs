@@ -17,6 +17,9 @@
 //! flat in M; with `checkpointing`, per-layer checkpointing of both
 //! ([`Llama::backward_checkpointed_prefix`]). The gradient equals the joint backward (tested
 //! to 1e-5). Samples of a micro-batch run one after the other (the prompt lengths differ).
+//! With LoRA dropout, the prompt's tokens draw one dropout mask for all M + 1 responses (they
+//! are computed once), where separate sequences would draw M + 1 masks; without dropout the
+//! two are the same computation.
 
 use tch::{Device, Kind, Tensor};
 

@@ -238,17 +238,19 @@ pub fn connect(env: &DistEnv, backend: &str, device: Device) -> Result<Box<dyn C
     }
 }
 
-/// The device of a rank: `cuda` and `auto` (with a GPU) become `cuda:LOCAL_RANK` when the job
-/// has more than one rank, so that the ranks of a machine use different GPUs; other values
-/// are kept.
+/// The device of a rank: `cuda` and `auto` (with a GPU) become `cuda:(LOCAL_RANK mod G)` for
+/// the G GPUs this process sees when the job has more than one rank, so that the ranks of a
+/// machine use different GPUs, also when the launcher gives each rank its own GPU through
+/// `CUDA_VISIBLE_DEVICES` (SLURM `--gpus-per-task`: G = 1, `cuda:0`). Other values are kept.
 pub fn rank_device(device: &str, env: &DistEnv) -> String {
+    let gpus = tch::Cuda::device_count();
     let gpu = match device {
         "cuda" => true,
-        "auto" => tch::Cuda::is_available(),
+        "auto" => gpus > 0,
         _ => false,
     };
     if env.world_size > 1 && gpu {
-        format!("cuda:{}", env.local_rank)
+        format!("cuda:{}", env.local_rank % gpus.max(1) as usize)
     } else {
         device.to_string()
     }
