@@ -72,7 +72,8 @@ pub struct TrainConfig {
     /// Draw a progress bar.
     pub progress: bool,
     /// Compute the gradient one response at a time ([`crate::decoupled`]): activation memory
-    /// independent of M for ~1.5× the compute. Otherwise all M + 1 sequences form one batch.
+    /// independent of M for ~1.5× the compute. Without it and without `share_prompt`, all
+    /// M + 1 sequences of the micro-batch form one batch (the joint backward).
     #[serde(default)]
     pub decoupled: bool,
     /// Per-layer activation checkpointing ([`Llama::backward_checkpointed`]): keep only layer
