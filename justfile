@@ -45,3 +45,14 @@ test: build
 # Benchmarks; JSON goes to bench/results/.
 bench: build
     cargo bench -p logo-engine
+
+# Pack the release trainer (stripped, with the non-torch libraries it links) into
+# out/gpu-check/ for a GPU machine that has torch 2.11 but no Rust.
+gpu-bundle: build
+    scripts/gpu-bundle.sh
+
+# On a GPU machine with torch 2.11, after gpu-bundle (carry out/gpu-check): tokens/s, MFU and
+# peak CUDA memory of a random ~1B Llama at 8K tokens, K = 64K, M = 1, 2, 4, 8; builds nothing,
+# under 8 minutes; JSON in $OUT or bench/results/gpu/. GPU_CHECK_DRY_RUN=1 tries it on CPU.
+gpu-check:
+    scripts/gpu-check.sh

@@ -5,11 +5,18 @@
 //! (transformers + PEFT, `bench/hf_peft_logo_step.py`) run on the same weights.
 //!
 //! FLOPs per step follow the usual accounting (Kaplan et al. 2020; PaLM, Chowdhery et al.
-//! 2022, App. B): a forward pass costs 2·N FLOPs per token for N weights plus
-//! 4·L·T·d_attn per token for attention scores and values (T: sequence length, causal half
-//! counted); the backward pass through a frozen base computes activation gradients only,
-//! about as many FLOPs as the forward (the base's weight gradients, the other half of a full
-//! backward, are skipped; LoRA's are negligible). So a LoRA step ≈ 2× the forward.
+//! 2022, App. B): a forward pass costs 2·N FLOPs per token for the N weights of the decoder
+//! layers, plus 4·L·d_attn FLOPs per (query, key) pair for attention scores and values (a
+//! causal sequence of T tokens has T²/2 pairs), plus 2·V·H per row whose logits are computed
+//! (only the rows that predict a response token); the backward pass through a frozen base
+//! computes activation gradients only, about as many FLOPs as the forward (the base's weight
+//! gradients, the other half of a full backward, are skipped; LoRA's are negligible). So a LoRA
+//! step ≈ 2× the forward. These are model FLOPs: the decoupled gradient's second forward and
+//! checkpointing's recomputation are not counted (MFU as in PaLM); with `share_prompt` the
+//! prompt is counted once, since it is computed once.
+//!
+//! On CUDA the report also gives the peak memory of PyTorch's caching allocator
+//! (`torch.cuda.max_memory_allocated`, through the shim in `csrc/cuda_memory.cpp`).
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -24,6 +31,7 @@ use crate::lora::LoraConfig;
 use crate::loss::LossConfig;
 use crate::model::{Llama, LlamaConfig};
 use crate::optim::{AdamW, AdamWConfig};
+use crate::shared_prompt::backward_shared_prompt;
 use crate::train_loop::{backward_joint, parse_device};
 
 /// What to measure.
@@ -55,6 +63,87 @@ pub struct BenchConfig {
     /// Per-layer activation checkpointing.
     #[serde(default)]
     pub checkpointing: bool,
+    /// Compute the prompt once for the M + 1 responses ([`crate::shared_prompt`]).
+    #[serde(default)]
+    pub share_prompt: bool,
+    /// Use a random-weight model of this shape instead of `model`.
+    #[serde(default)]
+    pub random_model: Option<RandomModel>,
+    /// dtype of the base weights and activations: `bf16`, `f16` or `f32`; default bf16 on CUDA,
+    /// f32 on CPU. LoRA weights and the loss stay f32.
+    #[serde(default)]
+    pub dtype: Option<String>,
+}
+
+/// The shape of a random-weight Llama (HF `config.json` names); RoPE θ 500000, RMSNorm ε 1e-5,
+/// untied embeddings, as Llama 3.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct RandomModel {
+    /// H.
+    pub hidden_size: usize,
+    /// SwiGLU width.
+    pub intermediate_size: usize,
+    /// L.
+    pub num_hidden_layers: usize,
+    /// nh.
+    pub num_attention_heads: usize,
+    /// nkv.
+    pub num_key_value_heads: usize,
+    /// V.
+    pub vocab_size: usize,
+}
+
+impl RandomModel {
+    /// A ~1B Llama: H 2048, 16 layers, 32 heads, 8 KV heads, SwiGLU 5632, V 32000 (0.85B
+    /// weights).
+    pub fn llama_1b() -> Self {
+        RandomModel {
+            hidden_size: 2048,
+            intermediate_size: 5632,
+            num_hidden_layers: 16,
+            num_attention_heads: 32,
+            num_key_value_heads: 8,
+            vocab_size: 32000,
+        }
+    }
+
+    /// The validated configuration. Errors: [`TrainerError::Config`] (e.g. heads that do not
+    /// divide H).
+    pub fn config(&self) -> Result<LlamaConfig> {
+        let json = serde_json::json!({
+            "model_type": "llama",
+            "vocab_size": self.vocab_size,
+            "hidden_size": self.hidden_size,
+            "intermediate_size": self.intermediate_size,
+            "num_hidden_layers": self.num_hidden_layers,
+            "num_attention_heads": self.num_attention_heads,
+            "num_key_value_heads": self.num_key_value_heads,
+            "rms_norm_eps": 1e-5,
+            "rope_theta": 500000.0,
+            "max_position_embeddings": 131072,
+            "tie_word_embeddings": false,
+        });
+        serde_json::from_value(json).map_err(|e| TrainerError::Config {
+            key: "--random-model".into(),
+            message: e.to_string(),
+        })
+    }
+}
+
+/// Resolves `bf16`, `f16`, `f32` (`None`: bf16 on CUDA, f32 on CPU). Errors:
+/// [`TrainerError::Config`] (`--dtype`).
+pub fn parse_dtype(dtype: Option<&str>, device: Device) -> Result<Kind> {
+    match dtype {
+        None if device.is_cuda() => Ok(Kind::BFloat16),
+        None => Ok(Kind::Float),
+        Some("bf16") => Ok(Kind::BFloat16),
+        Some("f16") => Ok(Kind::Half),
+        Some("f32") => Ok(Kind::Float),
+        Some(other) => Err(TrainerError::Config {
+            key: "--dtype".into(),
+            message: format!("unknown dtype {other} (allowed: bf16, f16, f32)"),
+        }),
+    }
 }
 
 /// The measurement.
@@ -66,11 +155,16 @@ pub struct BenchReport {
     pub device: String,
     /// libtorch intra-op threads.
     pub threads: i32,
+    /// dtype of the base weights and activations.
+    pub dtype: String,
     /// Base-model weights.
     pub model_parameters: usize,
     /// Real tokens per step: (M + 1)·P + responses (the decoupled gradient runs each
     /// forward twice; tokens are counted once).
     pub tokens_per_step: usize,
+    /// Tokens the step's forward runs: with `share_prompt` P + Σ|y| (the prompt once),
+    /// otherwise `tokens_per_step`.
+    pub computed_tokens_per_step: usize,
     /// Seconds of each measured step.
     pub step_seconds: Vec<f64>,
     /// Median step time, seconds.
@@ -85,6 +179,11 @@ pub struct BenchReport {
     pub mfu: Option<f64>,
     /// Peak resident set size of the process, bytes (Linux `VmHWM`).
     pub peak_rss_bytes: Option<u64>,
+    /// Peak bytes allocated by PyTorch's CUDA caching allocator during the run, model
+    /// included (`torch.cuda.max_memory_allocated`); `None` on CPU.
+    pub cuda_max_allocated_bytes: Option<u64>,
+    /// Peak bytes the allocator held from CUDA (`torch.cuda.max_memory_reserved`).
+    pub cuda_max_reserved_bytes: Option<u64>,
     /// Loss of the last step (sanity).
     pub last_loss: f64,
 }
@@ -115,23 +214,66 @@ pub fn synthetic_example(vocab: usize, cfg: &BenchConfig) -> Example {
     }
 }
 
-/// Estimated FLOPs of one LoRA LOGO step on `example` (module doc).
-pub fn step_flops(model: &LlamaConfig, params: usize, example: &Example) -> f64 {
-    let p = example.prompt_ids.len();
-    let seqs: Vec<usize> = std::iter::once(example.chosen_ids.len())
-        .chain(example.rejected_ids.iter().map(Vec::len))
-        .map(|r| p + r)
-        .collect();
-    let d_attn = (model.num_attention_heads * model.head_dim) as f64;
+/// Estimated model FLOPs of one LoRA LOGO step on `example` (module doc): the M + 1 sequences
+/// `prompt ⧺ response` each in full, or with `share_prompt` the prompt once and each response
+/// attending to it.
+pub fn step_flops(model: &LlamaConfig, example: &Example, share_prompt: bool) -> f64 {
+    let (h, i) = (model.hidden_size as f64, model.intermediate_size as f64);
+    let d_q = (model.num_attention_heads * model.head_dim) as f64;
+    let d_kv = (model.num_key_value_heads * model.head_dim) as f64;
     let layers = model.num_hidden_layers as f64;
-    let forward: f64 = seqs
-        .iter()
-        .map(|&t| {
-            let t = t as f64;
-            2.0 * params as f64 * t + 4.0 * layers * d_attn * t * t / 2.0
-        })
-        .sum();
+    // q, o: H·d_q each; k, v: H·d_kv each; gate, up, down: H·I each.
+    let layer_weights = layers * (2.0 * h * d_q + 2.0 * h * d_kv + 3.0 * h * i);
+    let per_token = 2.0 * layer_weights;
+    let per_pair = 4.0 * layers * d_q;
+    let p = example.prompt_ids.len() as f64;
+    let responses: Vec<f64> = std::iter::once(example.chosen_ids.len())
+        .chain(example.rejected_ids.iter().map(Vec::len))
+        .map(|r| r as f64)
+        .collect();
+    let scored: f64 = responses.iter().sum();
+    let logits = 2.0 * model.vocab_size as f64 * h * scored;
+    let forward = if share_prompt {
+        let prompt = per_token * p + per_pair * p * p / 2.0;
+        let resp: f64 = responses
+            .iter()
+            .map(|&r| per_token * r + per_pair * r * (p + r / 2.0))
+            .sum();
+        prompt + resp + logits
+    } else {
+        let seqs: f64 = responses
+            .iter()
+            .map(|&r| per_token * (p + r) + per_pair * (p + r) * (p + r) / 2.0)
+            .sum();
+        seqs + logits
+    };
     2.0 * forward
+}
+
+/// Peak bytes allocated and reserved by PyTorch's CUDA caching allocator on CUDA device
+/// `index` since the process started (`torch.cuda.max_memory_allocated`,
+/// `max_memory_reserved`). `None` when the shim was not built (no libtorch headers at build
+/// time) or no CUDA allocator is registered.
+pub fn cuda_peak_memory(index: usize) -> Option<(u64, u64)> {
+    #[cfg(logo_cuda_memory)]
+    {
+        extern "C" {
+            fn logo_cuda_peak_memory(
+                device: std::ffi::c_int,
+                allocated_peak: *mut i64,
+                reserved_peak: *mut i64,
+            ) -> std::ffi::c_int;
+        }
+        let (mut allocated, mut reserved) = (0i64, 0i64);
+        // SAFETY: the shim writes two i64 and catches every C++ exception.
+        let code = unsafe { logo_cuda_peak_memory(index as _, &mut allocated, &mut reserved) };
+        (code == 0).then_some((allocated as u64, reserved as u64))
+    }
+    #[cfg(not(logo_cuda_memory))]
+    {
+        let _ = index;
+        None
+    }
 }
 
 /// Peak resident set size of this process in bytes (`VmHWM` of /proc/self/status).
@@ -142,16 +284,23 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Runs the benchmark. Errors: model loading, torch.
+/// Runs the benchmark. Errors: [`TrainerError::Config`] (device, dtype, random model shape,
+/// `share_prompt` with `decoupled`) before any work; model loading, torch.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let device = parse_device(&cfg.device)?;
-    let kind = if device.is_cuda() {
-        Kind::BFloat16
-    } else {
-        Kind::Float
-    };
+    let kind = parse_dtype(cfg.dtype.as_deref(), device)?;
+    if cfg.share_prompt && cfg.decoupled {
+        return Err(TrainerError::Config {
+            key: "--share-prompt".into(),
+            message: "cannot be combined with --decoupled".into(),
+        });
+    }
+    let random = cfg.random_model.map(|r| r.config()).transpose()?;
     tch::manual_seed(cfg.seed as i64);
-    let model = Llama::load(&cfg.model, Some(&cfg.lora), device, kind)?;
+    let model = match random {
+        Some(c) => Llama::random(c, Some(&cfg.lora), device, kind, cfg.seed as i64)?,
+        None => Llama::load(&cfg.model, Some(&cfg.lora), device, kind)?,
+    };
     let params: usize = model
         .base_var_store()
         .variables()
@@ -172,7 +321,17 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let mut last_loss = f64::NAN;
     for i in 0..=cfg.steps {
         let start = Instant::now();
-        let out = if cfg.decoupled {
+        let out = if cfg.share_prompt {
+            backward_shared_prompt(
+                &model,
+                std::slice::from_ref(&example),
+                &loss_cfg,
+                device,
+                cfg.checkpointing,
+                i as i64,
+                1.0,
+            )?
+        } else if cfg.decoupled {
             backward_decoupled(
                 &model,
                 std::slice::from_ref(&example),
@@ -199,14 +358,27 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    let flops = step_flops(model.config(), params, &example);
+    let flops = step_flops(model.config(), &example, cfg.share_prompt);
+    let computed_tokens = if cfg.share_prompt {
+        example.prompt_ids.len()
+            + example.chosen_ids.len()
+            + example.rejected_ids.iter().map(Vec::len).sum::<usize>()
+    } else {
+        batch.tokens
+    };
+    let cuda_peak = match device {
+        Device::Cuda(i) => cuda_peak_memory(i),
+        _ => None,
+    };
     let achieved = flops / median / 1e12;
     Ok(BenchReport {
         config: cfg.clone(),
         device: format!("{device:?}"),
         threads: tch::get_num_threads(),
+        dtype: format!("{kind:?}"),
         model_parameters: params,
         tokens_per_step: batch.tokens,
+        computed_tokens_per_step: computed_tokens,
         step_seconds: times,
         median_step_seconds: median,
         tokens_per_second: batch.tokens as f64 / median,
@@ -214,6 +386,8 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         achieved_tflops: achieved,
         mfu: cfg.peak_tflops.map(|p| achieved / p),
         peak_rss_bytes: peak_rss_bytes(),
+        cuda_max_allocated_bytes: cuda_peak.map(|p| p.0),
+        cuda_max_reserved_bytes: cuda_peak.map(|p| p.1),
         last_loss,
     })
 }
@@ -275,4 +449,59 @@ pub fn export_hf(model_path: &Path, adapter: Option<&Path>, out: &Path) -> Resul
     named.sort_by(|a, b| a.0.cmp(&b.0));
     Tensor::write_safetensors(&named, out.join("model.safetensors"))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Model FLOPs by hand on a toy: H 4, I 8, L 1, nh 2, nkv 1 (hd 2), V 10; P 3, responses of
+    /// 2 and 1 tokens. Layer weights 2·4·4 + 2·4·2 + 3·4·8 = 144, so 288 FLOPs per token;
+    /// 4·1·4 = 16 per attention pair; logits 2·10·4·3 = 240.
+    /// Joint: (288·5 + 16·25/2) + (288·4 + 16·16/2) + 240 = 3160, step 2× = 6320.
+    /// Shared: prompt 288·3 + 16·9/2 = 936; responses 288·2 + 16·2·(3 + 1) = 704 and
+    /// 288 + 16·1·3.5 = 344; + 240 = 2224, step 4448.
+    #[test]
+    fn step_flops_by_hand() {
+        let cfg = RandomModel {
+            hidden_size: 4,
+            intermediate_size: 8,
+            num_hidden_layers: 1,
+            num_attention_heads: 2,
+            num_key_value_heads: 1,
+            vocab_size: 10,
+        }
+        .config()
+        .unwrap();
+        let example = Example {
+            sample_id: "x".into(),
+            prompt_ids: vec![1, 2, 3],
+            prompt_positions: vec![0, 1, 2],
+            chosen_ids: vec![4, 5],
+            rejected_ids: vec![vec![6]],
+        };
+        assert_eq!(step_flops(&cfg, &example, false), 6320.0);
+        assert_eq!(step_flops(&cfg, &example, true), 4448.0);
+    }
+
+    /// The ~1B preset has 0.85B weights (embedding and head 2·32000·2048, 16 layers of
+    /// 2·2048² + 2·2048·512 + 3·2048·5632 plus two norms, final norm).
+    #[test]
+    fn llama_1b_preset_size() {
+        let c = RandomModel::llama_1b().config().unwrap();
+        let layer = 2 * 2048 * 2048 + 2 * 2048 * 512 + 3 * 2048 * 5632 + 2 * 2048;
+        let total = 2 * 32000 * 2048 + 16 * layer + 2048;
+        assert_eq!(total, 852_559_872);
+        assert_eq!((c.head_dim, c.num_key_value_heads), (64, 8));
+    }
+
+    /// Without a GPU the shim answers `None` instead of failing (its C++ exception is caught).
+    #[test]
+    fn cuda_peak_memory_without_a_gpu_is_none() {
+        if tch::Cuda::is_available() {
+            eprintln!("SKIPPED: a GPU is present");
+            return;
+        }
+        assert_eq!(cuda_peak_memory(0), None);
+    }
 }

@@ -158,7 +158,9 @@ impl TrainingData {
         self.num_negatives
     }
 
-    /// The row groups of `rank` out of `world_size` (round robin: disjoint, deterministic).
+    /// The row groups of `rank` out of `world_size`: groups `rank, rank + W, rank + 2W, …` in
+    /// file order (round robin), so the shards are disjoint, together cover every group, and
+    /// depend only on the file listing. Empty when there are fewer groups than ranks.
     pub fn shard(&self, rank: usize, world_size: usize) -> Vec<RowGroupRef> {
         self.row_groups
             .iter()
@@ -451,6 +453,81 @@ pub fn collate(examples: &[Example], device: Device) -> Result<Batch> {
     })
 }
 
+/// One sample laid out for the shared-prompt gradient ([`crate::shared_prompt`]): the prompt
+/// once, and the M + 1 responses packed into one continuation that attends to it
+/// ([`crate::model::PrefixInput`]).
+#[derive(Debug)]
+pub struct SharedPromptBatch {
+    /// `[1,P]` i64 prompt ids.
+    pub prompt_ids: Tensor,
+    /// `[1,P]` i64 prompt position ids (synthetic).
+    pub prompt_position_ids: Tensor,
+    /// `[1,N]` i64: chosen, then rejected 0..M, back to back (N = Σ|y|).
+    pub input_ids: Tensor,
+    /// `[1,N]` i64: each response continues the prompt (last prompt id + 1, + 2, …).
+    pub position_ids: Tensor,
+    /// `[N,P+N]` bool: response token i sees every prompt token and the earlier tokens of its
+    /// own response (and itself), nothing of the other responses.
+    pub attention_mask: Tensor,
+    /// `[R]` i64, R = N: rows of `cat(prompt_hidden[P-1], continuation_hidden)` `[1+N,H]` whose
+    /// logits predict a response token: the prompt's last row (0) predicts every response's
+    /// first token; row 1 + o_s + t − 1 predicts token t > 0 of response s (offset o_s).
+    pub gather_index: Tensor,
+    /// `[R]` i64 the token each gathered row predicts.
+    pub labels: Tensor,
+    /// `[R]` i64 the response (0 = chosen, 1 + j = rejected j) of each gathered row.
+    pub sequence: Tensor,
+    /// M.
+    pub num_negatives: usize,
+}
+
+/// Lays out `example` (M ≥ 1) for the shared-prompt gradient on `device`.
+pub fn collate_shared_prompt(example: &Example, device: Device) -> Result<SharedPromptBatch> {
+    let m = example.rejected_ids.len();
+    let p = example.prompt_ids.len();
+    if p == 0 {
+        return Err(TrainerError::Internal("collate: empty prompt".into()));
+    }
+    let responses: Vec<&Vec<i64>> = std::iter::once(&example.chosen_ids)
+        .chain(&example.rejected_ids)
+        .collect();
+    let n: usize = responses.iter().map(|r| r.len()).sum();
+    let last = *example.prompt_positions.last().expect("non-empty prompt");
+    let (mut ids, mut pos) = (Vec::with_capacity(n), Vec::with_capacity(n));
+    let mut mask = vec![false; n * (p + n)];
+    let (mut gather, mut labels, mut sequence) = (Vec::new(), Vec::new(), Vec::new());
+    let mut offset = 0;
+    for (s, resp) in responses.iter().enumerate() {
+        for (t, &tok) in resp.iter().enumerate() {
+            let i = offset + t;
+            ids.push(tok);
+            pos.push(last + 1 + t as i64);
+            let row = &mut mask[i * (p + n)..(i + 1) * (p + n)];
+            row[..p].fill(true);
+            row[p + offset..=p + i].fill(true);
+            gather.push(if t == 0 { 0 } else { i as i64 }); // row 1 + (i − 1)
+            labels.push(tok);
+            sequence.push(s as i64);
+        }
+        offset += resp.len();
+    }
+    let tensor = |v: &[i64]| Tensor::from_slice(v).to_device(device);
+    let row = |v: &[i64]| tensor(v).reshape([1, v.len() as i64]);
+    Ok(SharedPromptBatch {
+        prompt_ids: row(&example.prompt_ids),
+        prompt_position_ids: row(&example.prompt_positions),
+        input_ids: row(&ids),
+        position_ids: row(&pos),
+        attention_mask: Tensor::from_slice(&mask)
+            .reshape([n as i64, (p + n) as i64])
+            .to_device(device),
+        gather_index: tensor(&gather),
+        labels: tensor(&labels),
+        sequence: tensor(&sequence),
+        num_negatives: m,
+    })
+}
+
 impl Batch {
     /// Splits per-sequence values [S] into chosen [B] and rejected [B, M].
     pub fn split_chosen_rejected(&self, per_sequence: &Tensor) -> (Tensor, Tensor) {
@@ -475,6 +552,65 @@ mod tests {
             chosen_ids: c.to_vec(),
             rejected_ids: r.iter().map(|x| x.to_vec()).collect(),
         }
+    }
+
+    #[test]
+    fn shards_are_disjoint_and_cover_every_row_group() {
+        let data = TrainingData {
+            row_groups: (0..7)
+                .map(|i| RowGroupRef {
+                    path: PathBuf::from(format!("f{}.parquet", i / 3)),
+                    index: i % 3,
+                    rows: 10 + i,
+                })
+                .collect(),
+            num_negatives: 2,
+        };
+        // Round robin by hand: W = 3 → rank 0 {0, 3, 6}, rank 1 {1, 4}, rank 2 {2, 5}.
+        let rows = |r: usize, w: usize| -> Vec<usize> {
+            data.shard(r, w).iter().map(|g| g.rows - 10).collect()
+        };
+        assert_eq!(rows(0, 3), vec![0, 3, 6]);
+        assert_eq!(rows(1, 3), vec![1, 4]);
+        assert_eq!(rows(2, 3), vec![2, 5]);
+        for w in 1..=9 {
+            let mut all: Vec<usize> = (0..w).flat_map(|r| rows(r, w)).collect();
+            all.sort();
+            assert_eq!(all, (0..7).collect::<Vec<_>>(), "W = {w}");
+        }
+        assert!(data.shard(8, 9).is_empty());
+    }
+
+    #[test]
+    fn shared_prompt_layout_by_hand() {
+        let e = ex("a", &[5, 6, 7], &[0, 10, 11], &[8, 2], &[&[9, 9, 2], &[2]]);
+        let b = collate_shared_prompt(&e, Device::Cpu).unwrap();
+        let v = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1)).unwrap();
+        assert_eq!(v(&b.prompt_ids), vec![5, 6, 7]);
+        assert_eq!(v(&b.input_ids), vec![8, 2, 9, 9, 2, 2]);
+        assert_eq!(v(&b.position_ids), vec![12, 13, 12, 13, 14, 12]);
+        // Rows: 0 = last prompt token, 1 + i = response token i. Every response's first token
+        // is predicted by row 0; token t > 0 by the row of token t − 1.
+        assert_eq!(v(&b.gather_index), vec![0, 1, 0, 3, 4, 0]);
+        assert_eq!(v(&b.labels), vec![8, 2, 9, 9, 2, 2]);
+        assert_eq!(v(&b.sequence), vec![0, 0, 1, 1, 1, 2]);
+        let mask: Vec<bool> = Vec::try_from(b.attention_mask.flatten(0, -1)).unwrap();
+        let rows: Vec<String> = mask
+            .chunks(9)
+            .map(|r| r.iter().map(|&x| if x { '1' } else { '.' }).collect())
+            .collect();
+        // prompt | chosen | rejected 0 | rejected 1
+        assert_eq!(
+            rows,
+            vec![
+                "1111.....",
+                "11111....",
+                "111..1...",
+                "111..11..",
+                "111..111.",
+                "111.....1"
+            ]
+        );
     }
 
     #[test]

@@ -54,6 +54,10 @@ pub enum TrainerError {
     /// A batch did not match its table.
     #[error(transparent)]
     Schema(#[from] logo_schemas::SchemaError),
+    /// A collective operation between ranks failed: a rank exited, did not answer in time,
+    /// could not connect, or the NCCL library is missing. The message names the rank.
+    #[error("distributed: {0}")]
+    Dist(String),
     /// An invariant of logo itself was broken.
     #[error("bug in logo: {0}")]
     Internal(String),

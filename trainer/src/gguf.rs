@@ -259,7 +259,7 @@ pub fn load(
         None
     };
     let fetch_cfg = cfg.clone();
-    let mut fetch = |hf: &str| -> Result<Option<Tensor>> {
+    let mut fetch = |hf: &str, _shape: &[i64]| -> Result<Option<Tensor>> {
         let Some(src) = gguf_source(hf, &fetch_cfg) else {
             return Ok(None);
         };

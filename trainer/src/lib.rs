@@ -5,13 +5,16 @@
 //!
 //! Modules: [`model`] (the decoder with explicit `position_ids`), [`lora`] (adapters, PEFT
 //! format), [`gguf`] (the embedded GGUF, dequantised), [`loss`] (Eq. 2/3), [`data`] (Parquet
-//! streaming and batching), [`optim`] (AdamW with a saveable state), [`train_loop`] (the loop,
-//! checkpoints, resume), [`plot`] (loss and margin PNG).
+//! streaming and batching), [`decoupled`] and [`shared_prompt`] (the LOGO gradient with memory
+//! flat in M; the second computes each sample's prompt once), [`optim`] (AdamW with a saveable state), [`train_loop`] (the loop,
+//! checkpoints, resume), [`dist`] (data parallelism over processes and GPUs: collectives,
+//! launcher), [`plot`] (loss and margin PNG).
 #![deny(missing_docs)]
 
 pub mod bench;
 pub mod data;
 pub mod decoupled;
+pub mod dist;
 pub mod error;
 pub mod gguf;
 pub mod lora;
@@ -19,6 +22,7 @@ pub mod loss;
 pub mod model;
 pub mod optim;
 pub mod plot;
+pub mod shared_prompt;
 pub mod train_loop;
 
 pub use error::{Result, TrainerError};

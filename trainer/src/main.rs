@@ -8,7 +8,7 @@ use clap::Parser;
 use logo_trainer::lora::LoraConfig;
 use logo_trainer::loss::LossConfig;
 use logo_trainer::optim::AdamWConfig;
-use logo_trainer::train_loop::{train, TrainConfig};
+use logo_trainer::train_loop::{train_with, TrainConfig};
 
 /// Trains a LoRA adapter with the LOGO objective (Tang et al., Eq. 2 and 3) on the Parquet
 /// training samples written by `logo-engine run`. Writes a PEFT adapter folder, checkpoints,
@@ -50,8 +50,33 @@ enum Command {
 #[derive(clap::Args)]
 struct BenchArgs {
     /// Base model (default: the embedded GGUF).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", conflicts_with = "random_model")]
     model: Option<PathBuf>,
+    /// Random weights of the shape given by --hidden-size … --vocab-size (default a ~1B Llama:
+    /// 2048, 5632, 16 layers, 32 heads, 8 KV heads, 32000) instead of --model.
+    #[arg(long)]
+    random_model: bool,
+    /// H of the random model.
+    #[arg(long, default_value_t = 2048, requires = "random_model")]
+    hidden_size: usize,
+    /// SwiGLU width of the random model.
+    #[arg(long, default_value_t = 5632, requires = "random_model")]
+    intermediate_size: usize,
+    /// Layers of the random model.
+    #[arg(long, default_value_t = 16, requires = "random_model")]
+    num_hidden_layers: usize,
+    /// Query heads of the random model.
+    #[arg(long, default_value_t = 32, requires = "random_model")]
+    num_attention_heads: usize,
+    /// KV heads of the random model.
+    #[arg(long, default_value_t = 8, requires = "random_model")]
+    num_key_value_heads: usize,
+    /// Vocabulary of the random model.
+    #[arg(long, default_value_t = 32000, requires = "random_model")]
+    vocab_size: usize,
+    /// dtype of weights and activations: bf16, f16, f32 (default: bf16 on CUDA, f32 on CPU).
+    #[arg(long)]
+    dtype: Option<String>,
     /// Prompt tokens.
     #[arg(long, default_value_t = 2048)]
     prompt_tokens: usize,
@@ -82,6 +107,9 @@ struct BenchArgs {
     /// Per-layer activation checkpointing.
     #[arg(long)]
     checkpointing: bool,
+    /// Compute the prompt once for the M + 1 responses.
+    #[arg(long, conflicts_with = "decoupled")]
+    share_prompt: bool,
     /// Write the synthetic sample (prompt ids and positions, responses) as JSON, so that a
     /// reference implementation can run the same step (bench/hf_peft_logo_step.py).
     #[arg(long, value_name = "FILE")]
@@ -174,6 +202,35 @@ struct TrainArgs {
     /// Per-layer activation checkpointing: keep only layer inputs, recompute in the backward.
     #[arg(long)]
     checkpointing: bool,
+    /// Run each sample's prompt once for its M + 1 responses: one prompt forward/backward per
+    /// sample instead of M + 1, memory almost flat in M (trainer/src/shared_prompt.rs). The
+    /// default unless --decoupled or --no-share-prompt.
+    #[arg(long, conflicts_with_all = ["decoupled", "no_share_prompt"])]
+    share_prompt: bool,
+    /// Back-propagate the M + 1 sequences `prompt ⧺ response` as one batch (the joint
+    /// backward) instead of sharing the prompt.
+    #[arg(long)]
+    no_share_prompt: bool,
+    /// Start N data-parallel workers on this machine (one per GPU, or CPU processes) with
+    /// torchrun's environment; without it, RANK/WORLD_SIZE (torchrun) or SLURM_PROCID/
+    /// SLURM_NTASKS (srun) make this process one rank of a job.
+    #[arg(long, value_name = "N")]
+    nproc_per_node: Option<usize>,
+    /// Machines in the job (with --nproc-per-node).
+    #[arg(long, default_value_t = 1, requires = "nproc_per_node")]
+    nnodes: usize,
+    /// This machine's index (with --nproc-per-node).
+    #[arg(long, default_value_t = 0, requires = "nproc_per_node")]
+    node_rank: usize,
+    /// Host of rank 0 (with --nproc-per-node; default 127.0.0.1).
+    #[arg(long, requires = "nproc_per_node")]
+    master_addr: Option<String>,
+    /// Port of rank 0 (with --nproc-per-node; default a free port, 29500 with --nnodes > 1).
+    #[arg(long, requires = "nproc_per_node")]
+    master_port: Option<u16>,
+    /// Gradient all-reduce between ranks: auto (nccl on CUDA, tcp on CPU), tcp, nccl.
+    #[arg(long, default_value = "auto")]
+    dist_backend: String,
 }
 
 fn main() -> ExitCode {
@@ -207,6 +264,14 @@ fn default_model() -> PathBuf {
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bench(b)) => {
+            let random_model = b.random_model.then_some(logo_trainer::bench::RandomModel {
+                hidden_size: b.hidden_size,
+                intermediate_size: b.intermediate_size,
+                num_hidden_layers: b.num_hidden_layers,
+                num_attention_heads: b.num_attention_heads,
+                num_key_value_heads: b.num_key_value_heads,
+                vocab_size: b.vocab_size,
+            });
             let cfg = logo_trainer::bench::BenchConfig {
                 model: b.model.unwrap_or_else(default_model),
                 prompt_tokens: b.prompt_tokens,
@@ -220,11 +285,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 seed: 0,
                 decoupled: b.decoupled,
                 checkpointing: b.checkpointing,
+                share_prompt: b.share_prompt,
+                random_model,
+                dtype: b.dtype,
             };
             if let Some(path) = &b.dump_example {
-                let vocab = logo_trainer::model::Llama::config_of(&cfg.model)
-                    .context("reading the model config")?
-                    .vocab_size;
+                let vocab = match &cfg.random_model {
+                    Some(r) => r.vocab_size,
+                    None => {
+                        logo_trainer::model::Llama::config_of(&cfg.model)
+                            .context("reading the model config")?
+                            .vocab_size
+                    }
+                };
                 let ex = logo_trainer::bench::synthetic_example(vocab, &cfg);
                 let json = serde_json::json!({
                     "prompt_ids": ex.prompt_ids, "prompt_positions": ex.prompt_positions,
@@ -264,6 +337,26 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             "--data DIR is required (the output folder of `logo-engine run`); see --help"
         );
     };
+    if let Some(nproc_per_node) = cli.nproc_per_node {
+        let launch = logo_trainer::dist::launch::LaunchConfig {
+            nproc_per_node,
+            nnodes: cli.nnodes,
+            node_rank: cli.node_rank,
+            master_addr: cli.master_addr,
+            master_port: cli.master_port,
+            grace_seconds: 10.0,
+        };
+        let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+        let exe = std::env::current_exe().context("locating the logo-trainer binary")?;
+        logo_trainer::dist::launch::launch(
+            &launch,
+            &exe,
+            &logo_trainer::dist::launch::worker_args(&args),
+        )
+        .context("launcher")?;
+        return Ok(());
+    }
+    let env = logo_trainer::dist::DistEnv::from_env().context("launch environment")?;
     let cfg = TrainConfig {
         data,
         model: cli.model.unwrap_or_else(default_model),
@@ -293,13 +386,23 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         save_steps: cli.save_steps,
         shuffle_buffer: cli.shuffle_buffer,
         seed: cli.seed,
-        device: cli.device,
+        device: logo_trainer::dist::rank_device(&cli.device, &env),
         resume: cli.resume,
         progress: !cli.quiet,
         decoupled: cli.decoupled,
         checkpointing: cli.checkpointing,
+        share_prompt: !cli.no_share_prompt && !cli.decoupled,
     };
-    let summary = train(&cfg).context("training")?;
+    let device = logo_trainer::train_loop::parse_device(&cfg.device).context("--device")?;
+    let mut coll = logo_trainer::dist::connect(&env, &cli.dist_backend, device)
+        .with_context(|| format!("rank {} of {}: joining the job", env.rank, env.world_size))?;
+    let summary = train_with(&cfg, coll.as_mut()).with_context(|| match env.world_size {
+        1 => "training".to_string(),
+        w => format!("training (rank {} of {w})", env.rank),
+    })?;
+    if env.rank != 0 {
+        return Ok(());
+    }
     if let (Some(first), Some(last)) = (summary.metrics.first(), summary.metrics.last()) {
         println!(
             "logo-trainer: {} steps; loss {:.4} → {:.4}, margin {:+.3} → {:+.3}, accuracy {:.2} → {:.2}",

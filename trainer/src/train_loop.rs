@@ -6,6 +6,10 @@
 //! optimizer step from `seed` and the step, so a resumed run repeats the uninterrupted run's
 //! losses.
 //!
+//! Data parallel ([`train_with`]): each rank reads its shard of the row groups, the LoRA
+//! gradients are averaged over the ranks before clipping ([`crate::dist::average_gradients`]),
+//! the logged metrics are means over the ranks, and only rank 0 writes files.
+//!
 //! Output folder: `adapter_config.json` + `adapter_model.safetensors` (PEFT) at the end,
 //! `checkpoint-{step}/` (adapter, `optimizer.safetensors`, `trainer_state.json`) every
 //! `save_steps`, `metrics.jsonl`, `training.png`, `summary.json`.
@@ -20,11 +24,13 @@ use tch::{Device, Kind, Tensor};
 
 use crate::data::{collate, Batch, ExampleStream, TrainingData};
 use crate::decoupled::backward_decoupled;
+use crate::dist::{average_gradients, broadcast_parameters, inject_fault, Collective, Local};
 use crate::error::{Result, TrainerError};
 use crate::lora::{load_adapter, save_adapter, LoraConfig};
 use crate::loss::{logo_loss, sequence_logps, LossConfig, LossMetrics};
 use crate::model::Llama;
 use crate::optim::{lr_at, AdamW, AdamWConfig};
+use crate::shared_prompt::backward_shared_prompt;
 
 /// Everything a run needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -43,7 +49,7 @@ pub struct TrainConfig {
     pub optim: AdamWConfig,
     /// Optimizer steps; `None`: one pass over the data.
     pub max_steps: Option<usize>,
-    /// Samples per micro-batch (each is M + 1 sequences).
+    /// Samples per micro-batch on each rank (each is M + 1 sequences).
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
     pub grad_accum: usize,
@@ -66,7 +72,8 @@ pub struct TrainConfig {
     /// Draw a progress bar.
     pub progress: bool,
     /// Compute the gradient one response at a time ([`crate::decoupled`]): activation memory
-    /// independent of M for ~1.5× the compute. Otherwise all M + 1 sequences form one batch.
+    /// independent of M for ~1.5× the compute. Without it and without `share_prompt`, all
+    /// M + 1 sequences of the micro-batch form one batch (the joint backward).
     #[serde(default)]
     pub decoupled: bool,
     /// Per-layer activation checkpointing ([`Llama::backward_checkpointed`]): keep only layer
@@ -74,6 +81,11 @@ pub struct TrainConfig {
     /// layer).
     #[serde(default)]
     pub checkpointing: bool,
+    /// Run each sample's prompt once for its M + 1 responses ([`crate::shared_prompt`]): one
+    /// prompt forward and backward per sample instead of M + 1, activation memory almost flat
+    /// in M. Excludes `decoupled`.
+    #[serde(default)]
+    pub share_prompt: bool,
 }
 
 /// One line of `metrics.jsonl`.
@@ -114,6 +126,13 @@ pub struct TrainerState {
     pub total_steps: usize,
     /// The run's configuration.
     pub config: TrainConfig,
+    /// Ranks of the run (data order depends on it); 1 when absent.
+    #[serde(default = "one")]
+    pub world_size: usize,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// What [`train`] returns.
@@ -186,6 +205,14 @@ impl TrainConfig {
             return bad(
                 "--sft-weight",
                 format!("must be >= 0 (got {})", self.loss.sft_weight),
+            );
+        }
+        if self.share_prompt && self.decoupled {
+            return bad(
+                "--share-prompt",
+                "cannot be combined with --decoupled (both bound memory in M; --share-prompt \
+                 also computes the prompt once)"
+                    .into(),
             );
         }
         if self.max_steps == Some(0) {
@@ -263,16 +290,53 @@ pub fn backward_joint(
     stash.ok_or_else(|| TrainerError::Internal("checkpointed head did not run".into()))
 }
 
-/// Trains. Errors: config ([`TrainerError::Config`]) and data checks ([`TrainerError::Input`])
-/// before the first step; I/O and torch errors after.
+/// Trains on one rank. Errors: config ([`TrainerError::Config`]) and data checks
+/// ([`TrainerError::Input`]) before the first step; I/O and torch errors after.
 pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
+    train_with(cfg, &mut Local)
+}
+
+/// Trains as one rank of `coll`'s data-parallel group: this rank reads row groups `rank, rank
+/// + W, …` ([`TrainingData::shard`]) and takes `batch_size` samples per micro-batch, so a step
+/// sees W·`batch_size`·`grad_accum` samples; the LoRA gradients are averaged over the ranks
+/// before clipping, and only rank 0 writes the output folder. Without `max_steps`, one pass
+/// over the data is `⌈rows / (W·batch_size·grad_accum)⌉` steps. When this rank fails it tells
+/// the others ([`Collective::abort`]).
+///
+/// Errors: as [`train`]; [`TrainerError::Config`] when there are fewer row groups than ranks
+/// or a resumed checkpoint was written by another number of ranks; [`TrainerError::Dist`] when
+/// another rank fails or stops answering.
+pub fn train_with(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSummary> {
+    let result = train_ranked(cfg, coll);
+    if let Err(e) = &result {
+        if coll.world_size() > 1 {
+            coll.abort(&e.to_string());
+        }
+    }
+    result
+}
+
+fn train_ranked(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSummary> {
     cfg.validate()?;
+    let (rank, world) = (coll.rank(), coll.world_size());
+    let writer = rank == 0;
     let device = parse_device(&cfg.device)?;
     let data = TrainingData::open(&cfg.data)?;
+    let shard = data.shard(rank, world);
+    if shard.is_empty() {
+        return Err(TrainerError::Config {
+            key: "WORLD_SIZE".into(),
+            message: format!(
+                "{} Parquet row groups cannot feed {world} ranks (each rank reads whole row \
+                 groups): use fewer ranks or write smaller row groups",
+                data.row_groups().len()
+            ),
+        });
+    }
     let per_step = cfg.batch_size * cfg.grad_accum;
     let total_steps = cfg
         .max_steps
-        .unwrap_or_else(|| data.num_rows().div_ceil(per_step).max(1));
+        .unwrap_or_else(|| data.num_rows().div_ceil(per_step * world).max(1));
     tch::manual_seed(cfg.seed as i64);
     let kind = if device.is_cuda() {
         Kind::BFloat16
@@ -284,9 +348,20 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     if let Some(dir) = &cfg.resume {
         load_adapter(&model, dir)?;
         let state: TrainerState = read_json(&dir.join("trainer_state.json"))?;
+        if state.world_size != world {
+            return Err(TrainerError::Config {
+                key: "--resume".into(),
+                message: format!(
+                    "{} was written by a run of {} ranks, this one has {world}; the data order \
+                     would differ",
+                    dir.display(),
+                    state.world_size
+                ),
+            });
+        }
         start_step = state.step;
     }
-    let params: Vec<(String, Tensor)> = model
+    let mut params: Vec<(String, Tensor)> = model
         .lora_var_store()
         .ok_or_else(|| TrainerError::Config {
             key: "lora.target_modules".into(),
@@ -295,39 +370,43 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         .variables()
         .into_iter()
         .collect();
+    // The same order on every rank: the collectives pack the gradients in this order.
+    params.sort_by(|a, b| a.0.cmp(&b.0));
+    let lora: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
+    broadcast_parameters(coll, &lora)?;
     let mut opt = AdamW::new(params, cfg.optim);
     if let Some(dir) = &cfg.resume {
         opt.load(&dir.join("optimizer.safetensors"))?;
     }
-    let mut stream = ExampleStream::new(
-        data.row_groups().to_vec(),
-        cfg.shuffle_buffer,
-        cfg.seed,
-        data.num_negatives(),
-    );
+    let mut stream = ExampleStream::new(shard, cfg.shuffle_buffer, cfg.seed, data.num_negatives());
     // Replay the data consumed before the checkpoint, so the run continues where it stopped.
     for _ in 0..start_step * per_step {
         stream.next_example()?;
     }
 
-    std::fs::create_dir_all(&cfg.output).map_err(|e| TrainerError::io(&cfg.output, e))?;
     let metrics_path = cfg.output.join("metrics.jsonl");
-    let mut history = read_metrics(&metrics_path)?;
-    history.retain(|m| m.step <= start_step);
-    let mut metrics_file =
-        std::fs::File::create(&metrics_path).map_err(|e| TrainerError::io(&metrics_path, e))?;
-    for m in &history {
-        writeln!(
-            metrics_file,
-            "{}",
-            serde_json::to_string(m).expect("metrics serialise")
-        )
-        .map_err(|e| TrainerError::io(&metrics_path, e))?;
+    let mut history = Vec::new();
+    let mut metrics_file = None;
+    if writer {
+        std::fs::create_dir_all(&cfg.output).map_err(|e| TrainerError::io(&cfg.output, e))?;
+        history = read_metrics(&metrics_path)?;
+        history.retain(|m| m.step <= start_step);
+        let mut file =
+            std::fs::File::create(&metrics_path).map_err(|e| TrainerError::io(&metrics_path, e))?;
+        for m in &history {
+            writeln!(
+                file,
+                "{}",
+                serde_json::to_string(m).expect("metrics serialise")
+            )
+            .map_err(|e| TrainerError::io(&metrics_path, e))?;
+        }
+        metrics_file = Some(file);
     }
 
     let bar = ProgressBar::with_draw_target(
         Some(total_steps as u64),
-        if cfg.progress {
+        if cfg.progress && writer {
             ProgressDrawTarget::stderr()
         } else {
             ProgressDrawTarget::hidden()
@@ -343,16 +422,29 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
 
     let mut run_metrics = Vec::new();
     for step in start_step..total_steps {
+        inject_fault(rank, step);
         let started = Instant::now();
-        tch::manual_seed(crate_seed(cfg.seed, step));
+        // Rank 0 draws what a single process would; other ranks get their own dropout masks.
+        let step_seed = crate_seed(cfg.seed, step) ^ ((rank as i64) << 40);
+        tch::manual_seed(step_seed);
         let mut acc: Vec<LossMetrics> = Vec::with_capacity(cfg.grad_accum);
         let mut tokens = 0;
         for micro in 0..cfg.grad_accum {
             let examples = stream.next_batch(cfg.batch_size)?;
             tokens += examples.iter().map(|e| e.tokens()).sum::<usize>();
             let scale = 1.0 / cfg.grad_accum as f64;
-            let seed = crate_seed(cfg.seed, step).wrapping_add(1 << 20 | micro as i64);
-            let out = if cfg.decoupled {
+            let seed = step_seed.wrapping_add(1 << 20 | micro as i64);
+            let out = if cfg.share_prompt {
+                backward_shared_prompt(
+                    &model,
+                    &examples,
+                    &cfg.loss,
+                    device,
+                    cfg.checkpointing,
+                    seed,
+                    scale,
+                )?
+            } else if cfg.decoupled {
                 backward_decoupled(
                     &model,
                     &examples,
@@ -368,6 +460,7 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             };
             acc.push(out.metrics()?);
         }
+        average_gradients(coll, &lora)?;
         let grad_norm = opt.clip_grad_norm(cfg.max_grad_norm);
         let lr = lr_at(
             step,
@@ -379,26 +472,47 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
         opt.step(lr);
         opt.zero_grad();
         let mean = |f: fn(&LossMetrics) -> f64| acc.iter().map(f).sum::<f64>() / acc.len() as f64;
+        // This rank's means, then the means over the ranks (tokens: the sum).
+        let fields: [fn(&LossMetrics) -> f64; 7] = [
+            |m| m.loss,
+            |m| m.preference_loss,
+            |m| m.sft_loss,
+            |m| m.reward_chosen,
+            |m| m.reward_rejected,
+            |m| m.margin,
+            |m| m.accuracy,
+        ];
+        let mut global: Vec<f64> = fields.iter().map(|f| mean(*f)).collect();
+        let mut tokens = tokens as f64;
+        if world > 1 {
+            let mut buf: Vec<f32> = global.iter().map(|&v| v as f32).collect();
+            buf.push(tokens as f32);
+            coll.all_reduce_sum_f32(&mut buf)?;
+            tokens = buf.pop().unwrap_or(0.0) as f64;
+            global = buf.iter().map(|&v| v as f64 / world as f64).collect();
+        }
         let m = StepMetrics {
             step: step + 1,
             lr,
-            loss: mean(|m| m.loss),
-            preference_loss: mean(|m| m.preference_loss),
-            sft_loss: mean(|m| m.sft_loss),
-            reward_chosen: mean(|m| m.reward_chosen),
-            reward_rejected: mean(|m| m.reward_rejected),
-            margin: mean(|m| m.margin),
-            accuracy: mean(|m| m.accuracy),
+            loss: global[0],
+            preference_loss: global[1],
+            sft_loss: global[2],
+            reward_chosen: global[3],
+            reward_rejected: global[4],
+            margin: global[5],
+            accuracy: global[6],
             grad_norm,
-            tokens,
+            tokens: tokens.round() as usize,
             seconds: started.elapsed().as_secs_f64(),
         };
-        writeln!(
-            metrics_file,
-            "{}",
-            serde_json::to_string(&m).expect("metrics serialise")
-        )
-        .map_err(|e| TrainerError::io(&metrics_path, e))?;
+        if let Some(file) = metrics_file.as_mut() {
+            writeln!(
+                file,
+                "{}",
+                serde_json::to_string(&m).expect("metrics serialise")
+            )
+            .map_err(|e| TrainerError::io(&metrics_path, e))?;
+        }
         let line = format!(
             "step {:>4}  loss {:.4}  pref {:.4}  sft {:.4}  margin {:+.3}  acc {:.2}  {:.0} tok/s",
             m.step,
@@ -416,26 +530,32 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
             m.tokens as f64 / m.seconds
         ));
         bar.inc(1);
-        bar.suspend(|| println!("{line}"));
+        if writer {
+            bar.suspend(|| println!("{line}"));
+        }
         run_metrics.push(m);
         history.push(m);
         let done = step + 1;
-        if cfg.save_steps > 0 && done % cfg.save_steps == 0 && done < total_steps {
-            save_checkpoint(&model, &opt, cfg, done, total_steps)?;
+        if writer && cfg.save_steps > 0 && done % cfg.save_steps == 0 && done < total_steps {
+            save_checkpoint(&model, &opt, cfg, done, total_steps, world)?;
         }
     }
     bar.finish_and_clear();
-    save_checkpoint(&model, &opt, cfg, total_steps, total_steps)?;
-    save_adapter(&model, &cfg.output, &cfg.model.display().to_string())?;
-    if !history.is_empty() {
-        crate::plot::plot_training(&history, &cfg.output.join("training.png"))?;
-    }
     let summary = TrainSummary {
         steps: total_steps,
         metrics: run_metrics,
         adapter: cfg.output.clone(),
     };
-    write_json(&cfg.output.join("summary.json"), &summary)?;
+    if writer {
+        save_checkpoint(&model, &opt, cfg, total_steps, total_steps, world)?;
+        save_adapter(&model, &cfg.output, &cfg.model.display().to_string())?;
+        if !history.is_empty() {
+            crate::plot::plot_training(&history, &cfg.output.join("training.png"))?;
+        }
+        write_json(&cfg.output.join("summary.json"), &summary)?;
+    }
+    // Every rank ends here; a failure of rank 0 while saving reaches the others.
+    coll.barrier()?;
     Ok(summary)
 }
 
@@ -449,6 +569,7 @@ fn save_checkpoint(
     cfg: &TrainConfig,
     step: usize,
     total_steps: usize,
+    world_size: usize,
 ) -> Result<()> {
     let dir = cfg.output.join(format!("checkpoint-{step}"));
     std::fs::create_dir_all(&dir).map_err(|e| TrainerError::io(&dir, e))?;
@@ -460,6 +581,7 @@ fn save_checkpoint(
             step,
             total_steps,
             config: cfg.clone(),
+            world_size,
         },
     )
 }

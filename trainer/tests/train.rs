@@ -2,169 +2,19 @@
 //! the margin rises on a fixed batch, resume repeats the uninterrupted run, and bad Parquet
 //! files give clear errors naming the file and the column.
 
-use std::path::Path;
-use std::sync::Arc;
+mod common;
 
-use arrow::datatypes::Schema;
+use std::path::Path;
+
+use common::*;
 use logo_schemas::{Record, TrainingSample, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
 use logo_trainer::lora::LoraConfig;
 use logo_trainer::loss::LossConfig;
-use logo_trainer::optim::AdamWConfig;
-use logo_trainer::train_loop::{read_metrics, train, TrainConfig};
+use logo_trainer::train_loop::{read_metrics, train};
 use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use tch::{Kind, Tensor};
-
-const VOCAB: i64 = 64;
-
-/// libtorch's random generator is global to the process and the test harness runs tests on
-/// parallel threads: tests that draw from it (dropout, init) take this lock.
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
-    TORCH_RNG
-        .lock()
-        .unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-/// A tiny Llama in Hugging Face layout: config.json + model.safetensors, random weights.
-fn tiny_model(dir: &Path) {
-    std::fs::create_dir_all(dir).unwrap();
-    let (h, i, layers, heads, kv) = (32i64, 64i64, 2, 4i64, 2i64);
-    let hd = h / heads;
-    let config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": VOCAB,
-        "hidden_size": h,
-        "intermediate_size": i,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "num_key_value_heads": kv,
-        "rms_norm_eps": 1e-5,
-        "rope_theta": 10000.0,
-        "max_position_embeddings": 4096,
-        "tie_word_embeddings": false,
-        "hidden_act": "silu"
-    });
-    std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    tch::manual_seed(11);
-    let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)) * 0.08;
-    let mut named: Vec<(String, Tensor)> = vec![
-        ("model.embed_tokens.weight".into(), r(&[VOCAB, h])),
-        (
-            "model.norm.weight".into(),
-            Tensor::ones([h], (Kind::Float, tch::Device::Cpu)),
-        ),
-        ("lm_head.weight".into(), r(&[VOCAB, h])),
-    ];
-    for l in 0..layers {
-        let p = format!("model.layers.{l}");
-        named.push((format!("{p}.self_attn.q_proj.weight"), r(&[heads * hd, h])));
-        named.push((format!("{p}.self_attn.k_proj.weight"), r(&[kv * hd, h])));
-        named.push((format!("{p}.self_attn.v_proj.weight"), r(&[kv * hd, h])));
-        named.push((format!("{p}.self_attn.o_proj.weight"), r(&[h, heads * hd])));
-        named.push((format!("{p}.mlp.gate_proj.weight"), r(&[i, h])));
-        named.push((format!("{p}.mlp.up_proj.weight"), r(&[i, h])));
-        named.push((format!("{p}.mlp.down_proj.weight"), r(&[h, i])));
-        named.push((
-            format!("{p}.input_layernorm.weight"),
-            Tensor::ones([h], (Kind::Float, tch::Device::Cpu)),
-        ));
-        named.push((
-            format!("{p}.post_attention_layernorm.weight"),
-            Tensor::ones([h], (Kind::Float, tch::Device::Cpu)),
-        ));
-    }
-    Tensor::write_safetensors(&named, dir.join("model.safetensors")).unwrap();
-}
-
-fn sample(i: u32) -> TrainingSample {
-    let prompt: Vec<u32> = (0..12).map(|t| (t * 7 + i * 3) % VOCAB as u32).collect();
-    // Synthetic, non-contiguous positions (continuous chunks with gaps).
-    let positions: Vec<u32> = (0..12u32)
-        .map(|t| t + if t >= 6 { 900 } else { 0 })
-        .collect();
-    TrainingSample {
-        sample_id: format!("doc:{i}#q0"),
-        document_id: format!("doc:{i}"),
-        question_index: 0,
-        source_file: "synthetic".into(),
-        source_row: i as u64 + 1,
-        question: Some("q".into()),
-        answer: None,
-        question_origin: "source".into(),
-        context_chunk_ids: vec![0, 1],
-        context_chunk_scores: vec![7, 0],
-        prompt_input_ids: prompt,
-        prompt_segments: vec![6, 6],
-        chosen: "a".into(),
-        chosen_input_ids: vec![5, 9, 13, 2],
-        chosen_origin: "generated".into(),
-        rejected: vec!["b".into(), "c".into()],
-        rejected_input_ids: vec![vec![40, 41, 2], vec![50, 51, 52, 53, 2]],
-        rejected_strategy: vec!["irrelevant".into(), "partial".into()],
-        generator: "test".into(),
-        generator_settings: "{}".into(),
-        prompt_position_ids: positions,
-        position_strategy: "continuous".into(),
-        target_length: 4096,
-    }
-}
-
-fn write_parquet(path: &Path, rows: &[TrainingSample], version: Option<&str>) {
-    let batch = TrainingSample::to_batch(rows).unwrap();
-    let props = WriterProperties::builder()
-        .set_key_value_metadata(
-            version.map(|v| vec![KeyValue::new(SCHEMA_VERSION_KEY.into(), v.to_string())]),
-        )
-        .build();
-    // Drop the Arrow schema metadata (which carries the version too): the KV entry alone decides.
-    let schema = Arc::new(Schema::new(batch.schema().fields().clone()));
-    let batch =
-        arrow::array::RecordBatch::try_new(schema.clone(), batch.columns().to_vec()).unwrap();
-    let mut w =
-        ArrowWriter::try_new(std::fs::File::create(path).unwrap(), schema, Some(props)).unwrap();
-    w.write(&batch).unwrap();
-    w.close().unwrap();
-}
-
-fn config(data: &Path, model: &Path, output: &Path) -> TrainConfig {
-    TrainConfig {
-        data: data.into(),
-        model: model.into(),
-        output: output.into(),
-        loss: LossConfig::default(),
-        lora: LoraConfig {
-            r: 4,
-            lora_alpha: 8.0,
-            lora_dropout: 0.1,
-            target_modules: ["q_proj", "k_proj", "v_proj", "o_proj", "embed_tokens"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
-        },
-        optim: AdamWConfig {
-            lr: 5e-3,
-            ..AdamWConfig::default()
-        },
-        max_steps: Some(6),
-        batch_size: 2,
-        grad_accum: 1,
-        warmup_steps: 0,
-        min_lr_ratio: 1.0,
-        max_grad_norm: 1.0,
-        save_steps: 3,
-        shuffle_buffer: 8,
-        seed: 3,
-        device: "cpu".into(),
-        resume: None,
-        progress: false,
-        decoupled: false,
-        checkpointing: false,
-    }
-}
 
 #[test]
 fn loss_falls_and_margin_rises_on_a_fixed_batch() {
@@ -318,61 +168,6 @@ fn bad_parquet_gives_a_clear_error() {
     );
 }
 
-/// The tiny model with LoRA r = 4, no dropout, and every adapter tensor random (so every
-/// gradient path is exercised).
-fn tiny_lora_model(dir: &Path) -> logo_trainer::model::Llama {
-    tiny_model(dir);
-    let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
-    let model =
-        logo_trainer::model::Llama::load(dir, Some(&lora), tch::Device::Cpu, Kind::Float).unwrap();
-    let _g = tch::no_grad_guard();
-    for (_, mut t) in model.lora_var_store().unwrap().variables() {
-        let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.3;
-        t.copy_(&r);
-    }
-    drop(_g);
-    model
-}
-
-/// Samples 0 and 1 as the trainer's examples.
-fn tiny_examples() -> Vec<logo_trainer::data::Example> {
-    let v = |x: &[u32]| x.iter().map(|&t| t as i64).collect::<Vec<i64>>();
-    (0..2)
-        .map(|i| {
-            let s = sample(i);
-            logo_trainer::data::Example {
-                sample_id: s.sample_id.clone(),
-                prompt_ids: v(&s.prompt_input_ids),
-                prompt_positions: v(&s.prompt_position_ids),
-                chosen_ids: v(&s.chosen_input_ids),
-                rejected_ids: s.rejected_input_ids.iter().map(|r| v(r)).collect(),
-            }
-        })
-        .collect()
-}
-
-/// Zeroes the LoRA gradients, runs `run` (which back-propagates and returns the loss), and
-/// returns the loss and the gradients sorted by name.
-fn lora_grads(
-    model: &logo_trainer::model::Llama,
-    run: &dyn Fn() -> f64,
-) -> (f64, Vec<(String, Tensor)>) {
-    let vars = model.lora_var_store().unwrap().variables();
-    for t in vars.values() {
-        let mut g = t.grad();
-        if g.defined() {
-            let _ = g.zero_();
-        }
-    }
-    let loss = run();
-    let mut named: Vec<(String, Tensor)> = vars
-        .into_iter()
-        .map(|(k, t)| (k, t.grad().copy()))
-        .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    (loss, named)
-}
-
 /// The decoupled gradient (one response graph at a time) equals the joint backward.
 #[test]
 fn decoupled_gradient_equals_joint_gradient() {
@@ -456,6 +251,124 @@ fn checkpointed_gradient_equals_plain_gradient() {
         }
     }
     println!("checkpointed vs plain: worst relative difference {worst:.2e}");
+}
+
+/// The shared-prompt gradient (prompt once, responses against its cached keys and values)
+/// equals the joint backward over the M + 1 full sequences, with and without checkpointing:
+/// to f32 rounding with an f32 model, and to 1e-6 with an f64 model (the LoRA gradients stay
+/// f32), which separates rounding from a real difference.
+#[test]
+fn shared_prompt_gradient_equals_joint_gradient() {
+    use logo_trainer::data::collate;
+    use logo_trainer::model::Llama;
+    use logo_trainer::shared_prompt::backward_shared_prompt;
+    use logo_trainer::train_loop::backward_joint;
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_lora_model(&dir.path().join("model"));
+    let mut examples = tiny_examples();
+    // Different prompt lengths in the batch (the joint batch pads; the shared path never does).
+    examples[1].prompt_ids.truncate(9);
+    examples[1].prompt_positions.truncate(9);
+    let cfg = LossConfig::default();
+    let dev = tch::Device::Cpu;
+    let batch = collate(&examples, dev).unwrap();
+    // The same adapters on an f64 copy of the base.
+    let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
+    let model64 = Llama::load(&dir.path().join("model"), Some(&lora), dev, Kind::Double).unwrap();
+    {
+        let _g = tch::no_grad_guard();
+        let sorted = |m: &Llama| {
+            let mut v: Vec<(String, Tensor)> = m
+                .lora_var_store()
+                .unwrap()
+                .variables()
+                .into_iter()
+                .collect();
+            v.sort_by(|a, b| a.0.cmp(&b.0));
+            v
+        };
+        for ((_, mut dst), (_, src)) in sorted(&model64).into_iter().zip(sorted(&model)) {
+            dst.copy_(&src);
+        }
+    }
+    for (model, tolerance) in [(&model, 1e-5), (&model64, 1e-6)] {
+        let (l0, joint) = lora_grads(model, &|| {
+            backward_joint(model, &batch, &cfg, false, 1, 0.5)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        });
+        let shared = |ckpt: bool| {
+            backward_shared_prompt(model, &examples, &cfg, dev, ckpt, 1, 0.5)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        };
+        let (l1, plain) = lora_grads(model, &|| shared(false));
+        let (l2, ckpt) = lora_grads(model, &|| shared(true));
+        assert!(
+            (l0 - l1).abs() < 1e-5 && (l0 - l2).abs() < 1e-5,
+            "{l0} {l1} {l2}"
+        );
+        let mut worst = 0.0f64;
+        for (((name, a), (_, b)), (_, c)) in joint.iter().zip(&plain).zip(&ckpt) {
+            for other in [b, c] {
+                let d =
+                    (a - other).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
+                worst = worst.max(d);
+                assert!(
+                    d < tolerance,
+                    "{:?} {name}: relative difference {d}",
+                    model.kind()
+                );
+            }
+        }
+        println!(
+            "shared prompt vs joint ({:?}): loss {l0:.7} vs {l1:.7}, worst relative gradient difference {worst:.2e}",
+            model.kind()
+        );
+    }
+}
+
+/// A whole run with `share_prompt` logs the joint run's losses (no dropout, so both runs see
+/// the same model at every step).
+#[test]
+fn share_prompt_run_repeats_the_joint_run() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(&dir.path().join("model"));
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let rows: Vec<TrainingSample> = (0..4).map(sample).collect();
+    write_parquet(
+        &dir.path().join("data/a.parquet"),
+        &rows,
+        Some(SCHEMA_VERSION),
+    );
+    let run = |share: bool, out: &str| {
+        let mut cfg = config(
+            &dir.path().join("data"),
+            &dir.path().join("model"),
+            &dir.path().join(out),
+        );
+        cfg.lora.lora_dropout = 0.0;
+        cfg.max_steps = Some(4);
+        cfg.save_steps = 0;
+        cfg.share_prompt = share;
+        train(&cfg).unwrap().metrics
+    };
+    let joint = run(false, "joint");
+    let shared = run(true, "shared");
+    for (a, b) in joint.iter().zip(&shared) {
+        assert!(
+            (a.loss - b.loss).abs() < 1e-4,
+            "step {}: {} vs {}",
+            a.step,
+            a.loss,
+            b.loss
+        );
+        assert_eq!(a.tokens, b.tokens);
+    }
 }
 
 /// `export-hf --adapter` writes a HF folder whose plain logits equal the base model with the

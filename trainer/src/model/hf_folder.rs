@@ -145,7 +145,7 @@ pub(super) fn load_hf_folder(
     for f in &files {
         locations.extend(read_safetensors_header(f)?);
     }
-    let mut fetch = |name: &str| -> Result<Option<Tensor>> {
+    let mut fetch = |name: &str, _shape: &[i64]| -> Result<Option<Tensor>> {
         locations
             .get(name)
             .map(|loc| read_safetensors_tensor(name, loc))

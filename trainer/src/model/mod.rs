@@ -256,8 +256,18 @@ impl Attention {
         })
     }
 
-    /// `x` `[B,T,H]`, cos/sin `[B,1,T,hd]` → `[B,T,H]`.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, train: bool) -> Result<Tensor> {
+    /// `x` `[B,T,H]`, cos/sin `[B,1,T,hd]` → (`[B,T,H]`, rotated keys `[B,nkv,T,hd]`, values
+    /// `[B,nkv,T,hd]`). Without `prefix`, attention is causal over the T tokens. With `prefix`
+    /// (keys and values `[B,nkv,P,hd]` of tokens that come before, and a boolean mask `[T,P+T]`,
+    /// true = attend), the T queries attend to the prefix's and their own keys as the mask says.
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        train: bool,
+        prefix: Option<Prefix>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let (b, t, _) = x.size3()?;
         let (nh, nkv, hd) = (self.num_heads, self.num_kv_heads, self.head_dim);
         let q = self
@@ -277,33 +287,53 @@ impl Attention {
             .f_transpose(1, 2)?; // (B, nkv, T, hd)
         let q = apply_rotary(&q, cos, sin)?;
         let k = apply_rotary(&k, cos, sin)?;
+        let (k_all, v_all, mask) = match prefix {
+            None => (k.shallow_clone(), v.shallow_clone(), None),
+            Some(p) => (
+                Tensor::f_cat(&[p.k, &k], 2)?, // (B, nkv, P + T, hd)
+                Tensor::f_cat(&[p.v, &v], 2)?,
+                Some(p.mask),
+            ),
+        };
         // Like HF `use_gqa_in_sdpa`: let SDPA broadcast the kv heads (no mask, hd ≤ 256
-        // keeps the flash kernel); otherwise repeat them (HF `repeat_kv`).
+        // keeps the flash kernel); otherwise repeat them (HF `repeat_kv`), which also keeps
+        // CUDA's memory-efficient kernel usable with a mask.
         let gqa = nh != nkv;
-        let (k, v, enable_gqa) = if gqa && hd > 256 {
+        let (k_all, v_all, enable_gqa) = if gqa && (hd > 256 || mask.is_some()) {
             let rep = nh / nkv;
             let repeat = |t: &Tensor| -> Result<Tensor> {
                 Ok(t.f_unsqueeze(2)?
                     .f_expand([b, nkv, rep, t.size()[2], hd], false)?
                     .f_reshape([b, nh, -1, hd])?)
             };
-            (repeat(&k)?, repeat(&v)?, false)
+            (repeat(&k_all)?, repeat(&v_all)?, false)
         } else {
-            (k, v, gqa)
+            (k_all, v_all, gqa)
         };
         let y = Tensor::f_scaled_dot_product_attention(
             &q,
-            &k,
-            &v,
-            None::<Tensor>,
+            &k_all,
+            &v_all,
+            mask,
             0.0,
-            true,
+            mask.is_none(),
             None,
             enable_gqa,
         )?; // (B, nh, T, hd)
         let y = y.f_transpose(1, 2)?.f_reshape([b, t, nh * hd])?;
-        self.o_proj.forward(&y, train)
+        Ok((self.o_proj.forward(&y, train)?, k, v))
     }
+}
+
+/// Keys and values of earlier tokens (a shared prompt) for [`Attention::forward`].
+#[derive(Clone, Copy)]
+struct Prefix<'a> {
+    /// `[B,nkv,P,hd]`, rotated.
+    k: &'a Tensor,
+    /// `[B,nkv,P,hd]`.
+    v: &'a Tensor,
+    /// `[T,P+T]` bool, true = attend.
+    mask: &'a Tensor,
 }
 
 /// HF `LlamaMLP`: `down(silu(gate(x)) · up(x))`.
@@ -357,19 +387,63 @@ impl DecoderLayer {
         })
     }
 
-    /// `[B,T,H]` → `[B,T,H]`.
-    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, train: bool) -> Result<Tensor> {
+    /// `[B,T,H]` → (`[B,T,H]`, this layer's keys and values `[B,nkv,T,hd]`); `prefix` as in
+    /// [`Attention::forward`].
+    fn forward(
+        &self,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        train: bool,
+        prefix: Option<Prefix>,
+    ) -> Result<(Tensor, Tensor, Tensor)> {
         let h = self.input_layernorm.forward(x)?;
-        let x = x.f_add(&self.self_attn.forward(&h, cos, sin, train)?)?;
+        let (a, k, v) = self.self_attn.forward(&h, cos, sin, train, prefix)?;
+        let x = x.f_add(&a)?;
         let h = self.post_attention_layernorm.forward(&x)?;
-        Ok(x.f_add(&self.mlp.forward(&h, train)?)?)
+        Ok((x.f_add(&self.mlp.forward(&h, train)?)?, k, v))
     }
+}
+
+/// What runs through the decoder together: one batch of sequences (one stream), or a prompt
+/// `[1,P]` and the packed continuations `[1,N]` that attend to it (two streams, see
+/// [`PrefixInput`]). Ids and rotary tables are on the model's device.
+struct Streams {
+    /// `[B,T]` i64 per stream.
+    ids: Vec<Tensor>,
+    /// (cos, sin) `[B,1,T,hd]` per stream.
+    rope: Vec<(Tensor, Tensor)>,
+    /// `[N,P+N]` bool for the second stream.
+    mask: Option<Tensor>,
+}
+
+/// Continuations that share one prompt, for [`Llama::prefix_hidden_states`] and
+/// [`Llama::backward_checkpointed_prefix`]: the prompt runs once and, in every layer, the
+/// continuation tokens attend to the prompt's keys and values as `attention_mask` says. With the
+/// M + 1 responses of a LOGO sample packed one after the other and a mask that lets each
+/// response see the whole prompt and its own earlier tokens, every response gets exactly the
+/// hidden states it would get as `prompt ⧺ response` alone.
+#[derive(Debug, Clone, Copy)]
+pub struct PrefixInput<'a> {
+    /// `[1,P]` i64 prompt ids.
+    pub prefix_ids: &'a Tensor,
+    /// `[1,P]` i64 prompt position ids.
+    pub prefix_position_ids: &'a Tensor,
+    /// `[1,N]` i64 continuation ids (the responses, packed).
+    pub input_ids: &'a Tensor,
+    /// `[1,N]` i64 continuation position ids.
+    pub position_ids: &'a Tensor,
+    /// `[N,P+N]` bool: may continuation token i attend to key j (the P prompt keys first)?
+    pub attention_mask: &'a Tensor,
 }
 
 /// The dropout seed of layer `i` under a checkpointed pass seeded with `seed`.
 fn layer_seed(seed: i64, i: usize) -> i64 {
     seed.wrapping_mul(1_000_003).wrapping_add(i as i64) & i64::MAX
 }
+
+/// Fills a base variable: `(HF name, expected shape)` → the tensor, `Ok(None)` when absent.
+pub(crate) type FetchWeight<'a> = dyn FnMut(&str, &[i64]) -> Result<Option<Tensor>> + 'a;
 
 /// A module that LoRA can adapt, as [`crate::lora`] sees it.
 pub(crate) enum AdapterSlot<'a> {
@@ -432,6 +506,37 @@ impl Llama {
         }
     }
 
+    /// A model of shape `cfg` with random weights (for benchmarks): every matrix N(0, 0.02²)
+    /// as in HF `initializer_range`, every RMSNorm weight 1, drawn from libtorch's generator
+    /// seeded with `seed`, directly on `device` in `kind`; fresh adapters when `lora` is given.
+    ///
+    /// Errors: [`TrainerError::Model`] for an inconsistent `cfg`; as [`Llama::load`].
+    pub fn random(
+        cfg: LlamaConfig,
+        lora: Option<&LoraConfig>,
+        device: Device,
+        kind: Kind,
+        seed: i64,
+    ) -> Result<Self> {
+        tch::manual_seed(seed);
+        let mut fetch = |name: &str, shape: &[i64]| -> Result<Option<Tensor>> {
+            Ok(Some(if name.ends_with("norm.weight") {
+                Tensor::f_ones(shape, (kind, device))?
+            } else {
+                Tensor::f_randn(shape, (kind, device))?.f_mul_scalar(0.02)?
+            }))
+        };
+        Self::from_weights(
+            cfg,
+            lora,
+            device,
+            kind,
+            Path::new("<random>"),
+            None,
+            &mut fetch,
+        )
+    }
+
     /// Reads only the configuration of the model at `path` (HF folder's `config.json`, or the
     /// GGUF metadata), without loading weights. Errors: as [`Llama::load`].
     pub fn config_of(path: &Path) -> Result<LlamaConfig> {
@@ -442,8 +547,9 @@ impl Llama {
         }
     }
 
-    /// Builds the model with zero weights, then fills every base variable from `fetch(name)`
-    /// (HF names; `Ok(None)` = absent, an error naming the tensor). `freq_factors`: GGUF
+    /// Builds the model with zero weights, then fills every base variable from `fetch(name,
+    /// shape)` (HF names and the expected shape; `Ok(None)` = absent, an error naming the
+    /// tensor). `freq_factors`: GGUF
     /// `rope_freqs.weight` `[hd/2]`, if any. `origin` names the source in errors.
     pub(crate) fn from_weights(
         cfg: LlamaConfig,
@@ -452,7 +558,7 @@ impl Llama {
         kind: Kind,
         origin: &Path,
         freq_factors: Option<&Tensor>,
-        fetch: &mut dyn FnMut(&str) -> Result<Option<Tensor>>,
+        fetch: &mut FetchWeight,
     ) -> Result<Self> {
         cfg.check().map_err(|m| TrainerError::model(origin, m))?;
         if !matches!(
@@ -486,7 +592,7 @@ impl Llama {
         {
             let _guard = tch::no_grad_guard();
             for (name, mut var) in names {
-                let src = fetch(&name)?
+                let src = fetch(&name, &var.size())?
                     .ok_or_else(|| TrainerError::model(origin, format!("missing tensor {name}")))?;
                 if src.size() != var.size() {
                     return Err(TrainerError::model(
@@ -676,29 +782,64 @@ impl Llama {
                 ),
             });
         }
-        self.run_layers(input_ids, position_ids, train, None)
+        let s = self.streams(&[(input_ids, position_ids)], None)?;
+        Ok(self.run_layers(&s, train, None)?.remove(0))
+    }
+
+    /// Moves ids and positions to the device and computes the rotary tables of each stream.
+    fn streams(&self, inputs: &[(&Tensor, &Tensor)], mask: Option<&Tensor>) -> Result<Streams> {
+        let mut ids = Vec::with_capacity(inputs.len());
+        let mut rope = Vec::with_capacity(inputs.len());
+        for (i, p) in inputs {
+            ids.push(i.f_to_device(self.device)?.f_to_kind(Kind::Int64)?);
+            let pos = p.f_to_device(self.device)?;
+            rope.push(self.rotary.cos_sin(&pos, self.kind)?);
+        }
+        let mask = mask
+            .map(|m| m.f_to_device(self.device)?.f_to_kind(Kind::Bool))
+            .transpose()?;
+        Ok(Streams { ids, rope, mask })
+    }
+
+    /// The token embedding of every stream: `[B,T,H]` each.
+    fn embed(&self, s: &Streams) -> Result<Vec<Tensor>> {
+        s.ids
+            .iter()
+            .map(|ids| self.embed_tokens.forward(ids))
+            .collect()
+    }
+
+    /// One decoder layer on every stream: the first plainly causal, the second (if any)
+    /// attending to the first's keys and values through the mask.
+    fn layer_step(
+        &self,
+        layer: &DecoderLayer,
+        s: &Streams,
+        xs: &[Tensor],
+        train: bool,
+    ) -> Result<Vec<Tensor>> {
+        let (cos, sin) = &s.rope[0];
+        let (y, k, v) = layer.forward(&xs[0], cos, sin, train, None)?;
+        let mut out = vec![y];
+        if let (Some(x), Some(mask)) = (xs.get(1), s.mask.as_ref()) {
+            let (cos, sin) = &s.rope[1];
+            let prefix = Prefix { k: &k, v: &v, mask };
+            out.push(layer.forward(x, cos, sin, train, Some(prefix))?.0);
+        }
+        Ok(out)
     }
 
     /// Embedding, decoder layers (re-seeding the generator per layer when `seed` is given) and
-    /// final norm: `[B,T]` ids and positions → `[B,T,H]`.
-    fn run_layers(
-        &self,
-        input_ids: &Tensor,
-        position_ids: &Tensor,
-        train: bool,
-        seed: Option<i64>,
-    ) -> Result<Tensor> {
-        let ids = input_ids.f_to_device(self.device)?.f_to_kind(Kind::Int64)?;
-        let pos = position_ids.f_to_device(self.device)?;
-        let (cos, sin) = self.rotary.cos_sin(&pos, self.kind)?;
-        let mut h = self.embed_tokens.forward(&ids)?; // (B, T, H)
+    /// final norm of every stream: `[B,T,H]` each.
+    fn run_layers(&self, s: &Streams, train: bool, seed: Option<i64>) -> Result<Vec<Tensor>> {
+        let mut h = self.embed(s)?;
         for (i, layer) in self.layers.iter().enumerate() {
             if let Some(seed) = seed {
                 tch::manual_seed(layer_seed(seed, i));
             }
-            h = layer.forward(&h, &cos, &sin, train)?;
+            h = self.layer_step(layer, s, &h, train)?;
         }
-        self.norm.forward(&h)
+        h.iter().map(|x| self.norm.forward(x)).collect()
     }
 
     /// [`Llama::hidden_states`] with libtorch's generator re-seeded before each layer exactly
@@ -710,7 +851,72 @@ impl Llama {
         train: bool,
         seed: i64,
     ) -> Result<Tensor> {
-        self.run_layers(input_ids, position_ids, train, Some(seed))
+        let s = self.streams(&[(input_ids, position_ids)], None)?;
+        Ok(self.run_layers(&s, train, Some(seed))?.remove(0))
+    }
+
+    /// Checks the shapes of a [`PrefixInput`]. Errors: [`TrainerError::Config`] naming the
+    /// field.
+    fn prefix_streams(&self, input: &PrefixInput) -> Result<Streams> {
+        let bad = |key: &str, message: String| TrainerError::Config {
+            key: key.into(),
+            message,
+        };
+        let p = input.prefix_ids.size();
+        let n = input.input_ids.size();
+        if p.len() != 2 || p[0] != 1 || input.prefix_position_ids.size() != p {
+            return Err(bad(
+                "prefix_ids",
+                format!(
+                    "expected prompt ids and positions of shape [1,P], got {p:?} and {:?}",
+                    input.prefix_position_ids.size()
+                ),
+            ));
+        }
+        if n.len() != 2 || n[0] != 1 || input.position_ids.size() != n {
+            return Err(bad(
+                "input_ids",
+                format!(
+                    "expected continuation ids and positions of shape [1,N], got {n:?} and {:?}",
+                    input.position_ids.size()
+                ),
+            ));
+        }
+        let want = vec![n[1], p[1] + n[1]];
+        if input.attention_mask.size() != want {
+            return Err(bad(
+                "attention_mask",
+                format!(
+                    "expected shape {want:?} ([N,P+N]), got {:?}",
+                    input.attention_mask.size()
+                ),
+            ));
+        }
+        self.streams(
+            &[
+                (input.prefix_ids, input.prefix_position_ids),
+                (input.input_ids, input.position_ids),
+            ],
+            Some(input.attention_mask),
+        )
+    }
+
+    /// Final hidden states of a prompt and of the continuations that share it (see
+    /// [`PrefixInput`]): (`[1,P,H]`, `[1,N,H]`) of [`Llama::kind`], after the final norm. The
+    /// prompt's layers run once whatever the number of continuations. `seed`: re-seed the
+    /// generator per layer as [`Llama::backward_checkpointed_prefix`] does.
+    ///
+    /// Errors: [`TrainerError::Config`] for inconsistent shapes; [`TrainerError::Torch`].
+    pub fn prefix_hidden_states(
+        &self,
+        input: &PrefixInput,
+        train: bool,
+        seed: Option<i64>,
+    ) -> Result<(Tensor, Tensor)> {
+        let s = self.prefix_streams(input)?;
+        let mut h = self.run_layers(&s, train, seed)?;
+        let cont = h.pop().expect("two streams");
+        Ok((h.pop().expect("two streams"), cont))
     }
 
     /// Forward and backward with per-layer activation checkpointing: the forward runs without
@@ -732,40 +938,89 @@ impl Llama {
         seed: i64,
         head: &mut dyn FnMut(&Tensor) -> Result<Tensor>,
     ) -> Result<f64> {
-        let ids = input_ids.f_to_device(self.device)?.f_to_kind(Kind::Int64)?;
-        let pos = position_ids.f_to_device(self.device)?;
+        let s = self.streams(&[(input_ids, position_ids)], None)?;
+        self.backward_streams(&s, train, seed, &mut |h| head(&h[0]))
+    }
+
+    /// [`Llama::backward_checkpointed`] for a prompt and the continuations that share it
+    /// ([`PrefixInput`]): `head` maps the final hidden states (`[1,P,H]`, `[1,N,H]`) to a scalar
+    /// loss. Each layer is recomputed once for the prompt and once for the continuations, and
+    /// the continuations' gradient reaches the prompt through its keys and values. Returns the
+    /// loss value. Errors: as [`Llama::prefix_hidden_states`], and whatever `head` returns.
+    pub fn backward_checkpointed_prefix(
+        &self,
+        input: &PrefixInput,
+        train: bool,
+        seed: i64,
+        head: &mut dyn FnMut(&Tensor, &Tensor) -> Result<Tensor>,
+    ) -> Result<f64> {
+        let s = self.prefix_streams(input)?;
+        self.backward_streams(&s, train, seed, &mut |h| head(&h[0], &h[1]))
+    }
+
+    /// The checkpointed forward and backward of [`Llama::backward_checkpointed`] over streams.
+    fn backward_streams(
+        &self,
+        s: &Streams,
+        train: bool,
+        seed: i64,
+        head: &mut dyn FnMut(&[Tensor]) -> Result<Tensor>,
+    ) -> Result<f64> {
+        let leaves = |xs: &[Tensor]| -> Vec<Tensor> {
+            xs.iter()
+                .map(|x| x.detach().set_requires_grad(true))
+                .collect()
+        };
+        let grads = |xs: &[Tensor]| -> Result<Vec<Tensor>> {
+            xs.iter()
+                .map(|x| {
+                    let g = x.grad();
+                    Ok(if g.defined() { g } else { x.f_zeros_like()? })
+                })
+                .collect()
+        };
+        let backward_dot = |ys: &[Tensor], gs: &[Tensor]| -> Result<()> {
+            let mut total = ys[0].f_mul(&gs[0])?.f_sum(Kind::Float)?;
+            for (y, g) in ys.iter().zip(gs).skip(1) {
+                total = total.f_add(&y.f_mul(g)?.f_sum(Kind::Float)?)?;
+            }
+            Ok(total.f_backward()?)
+        };
         // Pass 1: keep the input of every layer, no graph.
-        let (cos, sin, inputs, last) = {
+        let (inputs, last) = {
             let _guard = tch::no_grad_guard();
-            let (cos, sin) = self.rotary.cos_sin(&pos, self.kind)?;
-            let mut h = self.embed_tokens.forward(&ids)?;
+            let mut h = self.embed(s)?;
             let mut inputs = Vec::with_capacity(self.layers.len());
             for (i, layer) in self.layers.iter().enumerate() {
                 tch::manual_seed(layer_seed(seed, i));
-                let next = layer.forward(&h, &cos, &sin, train)?;
+                let next = self.layer_step(layer, s, &h, train)?;
                 inputs.push(h);
                 h = next;
             }
-            (cos, sin, inputs, h)
+            (inputs, h)
         };
         // The head on the last layer's output.
-        let x = last.detach().set_requires_grad(true);
-        let loss = head(&self.norm.forward(&x)?)?;
+        let xs = leaves(&last);
+        let normed = xs
+            .iter()
+            .map(|x| self.norm.forward(x))
+            .collect::<Result<Vec<_>>>()?;
+        let loss = head(&normed)?;
         let value = loss.f_double_value(&[])?;
         loss.f_backward()?;
-        let mut grad = x.grad();
+        let mut grad = grads(&xs)?;
         // Pass 2: layers in reverse, each recomputed with a graph and fed its output gradient.
         for (i, layer) in self.layers.iter().enumerate().rev() {
-            let x = inputs[i].detach().set_requires_grad(true);
+            let xs = leaves(&inputs[i]);
             tch::manual_seed(layer_seed(seed, i));
-            let y = layer.forward(&x, &cos, &sin, train)?;
-            y.f_mul(&grad)?.f_sum(Kind::Float)?.f_backward()?;
-            grad = x.grad();
+            let ys = self.layer_step(layer, s, &xs, train)?;
+            backward_dot(&ys, &grad)?;
+            grad = grads(&xs)?;
         }
         // The embedding (its LoRA, when targeted).
-        let e = self.embed_tokens.forward(&ids)?;
-        if e.requires_grad() {
-            e.f_mul(&grad)?.f_sum(Kind::Float)?.f_backward()?;
+        let es = self.embed(s)?;
+        if es[0].requires_grad() {
+            backward_dot(&es, &grad)?;
         }
         Ok(value)
     }

@@ -1,0 +1,262 @@
+//! The launch environment of a rank: torchrun's variables, SLURM's, or none (one rank).
+//!
+//! Sources: PyTorch `torch.distributed.run` (torchrun sets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
+//! `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT` for each worker) and SLURM `srun`
+//! (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, `SLURM_JOB_NODELIST`).
+
+use crate::error::{Result, TrainerError};
+
+/// Where [`DistEnv`] came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EnvSource {
+    /// No launcher variables: one rank.
+    Single,
+    /// `RANK`/`WORLD_SIZE` (torchrun, `logo-trainer --nproc-per-node`).
+    Torchrun,
+    /// `SLURM_PROCID`/`SLURM_NTASKS`.
+    Slurm,
+}
+
+/// A rank's place in the job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DistEnv {
+    /// Global rank, `0..world_size`.
+    pub rank: usize,
+    /// W, ranks in the job.
+    pub world_size: usize,
+    /// Rank on this machine (picks the GPU).
+    pub local_rank: usize,
+    /// Host of rank 0, where it listens.
+    pub master_addr: String,
+    /// Port rank 0 listens on; default 29500 (torchrun's).
+    pub master_port: u16,
+    /// Where the values came from.
+    pub source: EnvSource,
+}
+
+impl DistEnv {
+    /// One rank, no launcher.
+    pub fn single() -> Self {
+        DistEnv {
+            rank: 0,
+            world_size: 1,
+            local_rank: 0,
+            master_addr: "127.0.0.1".into(),
+            master_port: 29500,
+            source: EnvSource::Single,
+        }
+    }
+
+    /// Reads the process environment (see [`DistEnv::from_vars`]).
+    pub fn from_env() -> Result<Self> {
+        Self::from_vars(&|k| std::env::var(k).ok().filter(|v| !v.is_empty()))
+    }
+
+    /// Reads torchrun's variables if `RANK` is set, else SLURM's if `SLURM_PROCID` is set, else
+    /// returns [`DistEnv::single`]. Under SLURM, `MASTER_ADDR` defaults to the first host of
+    /// `SLURM_JOB_NODELIST` and `LOCAL_RANK` to `SLURM_LOCALID`.
+    ///
+    /// Errors: [`TrainerError::Config`] naming the variable: not a number, `RANK ≥
+    /// WORLD_SIZE`, `WORLD_SIZE` 0, or no `MASTER_ADDR` for a multi-rank job.
+    pub fn from_vars(var: &dyn Fn(&str) -> Option<String>) -> Result<Self> {
+        let num = |key: &str| -> Result<Option<usize>> {
+            var(key)
+                .map(|v| {
+                    v.trim().parse::<usize>().map_err(|_| TrainerError::Config {
+                        key: key.into(),
+                        message: format!("expected a non-negative integer, got {v:?}"),
+                    })
+                })
+                .transpose()
+        };
+        let bad = |key: &str, message: String| TrainerError::Config {
+            key: key.into(),
+            message,
+        };
+        let (source, rank, world, local, rank_key, world_key) = if var("RANK").is_some() {
+            let world = num("WORLD_SIZE")?
+                .ok_or_else(|| bad("WORLD_SIZE", "RANK is set but WORLD_SIZE is not".into()))?;
+            let rank = num("RANK")?.unwrap_or(0);
+            let local = num("LOCAL_RANK")?.unwrap_or(rank);
+            (
+                EnvSource::Torchrun,
+                rank,
+                world,
+                local,
+                "RANK",
+                "WORLD_SIZE",
+            )
+        } else if var("SLURM_PROCID").is_some() {
+            let world = num("SLURM_NTASKS")?.ok_or_else(|| {
+                bad(
+                    "SLURM_NTASKS",
+                    "SLURM_PROCID is set but SLURM_NTASKS is not".into(),
+                )
+            })?;
+            let rank = num("SLURM_PROCID")?.unwrap_or(0);
+            let local = match num("LOCAL_RANK")? {
+                Some(l) => l,
+                None => num("SLURM_LOCALID")?.unwrap_or(0),
+            };
+            (
+                EnvSource::Slurm,
+                rank,
+                world,
+                local,
+                "SLURM_PROCID",
+                "SLURM_NTASKS",
+            )
+        } else {
+            return Ok(Self::single());
+        };
+        if world == 0 {
+            return Err(bad(world_key, "must be >= 1".into()));
+        }
+        if rank >= world {
+            return Err(bad(
+                rank_key,
+                format!("rank {rank} is not below the world size {world}"),
+            ));
+        }
+        let master_addr = match (var("MASTER_ADDR"), source) {
+            (Some(a), _) => a,
+            (None, EnvSource::Slurm) => var("SLURM_JOB_NODELIST")
+                .and_then(|l| first_slurm_host(&l))
+                .ok_or_else(|| {
+                    bad(
+                        "MASTER_ADDR",
+                        "not set and SLURM_JOB_NODELIST gives no host; export \
+                         MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1)"
+                            .into(),
+                    )
+                })?,
+            (None, _) if world == 1 => "127.0.0.1".into(),
+            (None, _) => {
+                return Err(bad(
+                    "MASTER_ADDR",
+                    format!("not set for a job of {world} ranks (the host of rank 0)"),
+                ))
+            }
+        };
+        let master_port = match var("MASTER_PORT") {
+            None => 29500,
+            Some(p) => p
+                .trim()
+                .parse::<u16>()
+                .map_err(|_| bad("MASTER_PORT", format!("expected a port number, got {p:?}")))?,
+        };
+        Ok(DistEnv {
+            rank,
+            world_size: world,
+            local_rank: local,
+            master_addr,
+            master_port,
+            source,
+        })
+    }
+}
+
+/// The first host of a SLURM host list (`scontrol show hostnames` order): `node[03-05,9],gpu1`
+/// → `node03`, `a,b` → `a`. `None` for an empty or malformed list.
+pub fn first_slurm_host(list: &str) -> Option<String> {
+    let list = list.trim();
+    // The first entry ends at a comma outside brackets.
+    let mut depth = 0;
+    let mut end = list.len();
+    for (i, c) in list.char_indices() {
+        match c {
+            '[' => depth += 1,
+            ']' => depth -= 1,
+            ',' if depth == 0 => {
+                end = i;
+                break;
+            }
+            _ => {}
+        }
+    }
+    let entry = &list[..end];
+    let host = match entry.find('[') {
+        None => entry.to_string(),
+        Some(open) => {
+            let close = entry.find(']')?;
+            let first = entry[open + 1..close].split([',', '-']).next()?;
+            format!("{}{}{}", &entry[..open], first, &entry[close + 1..])
+        }
+    };
+    (!host.is_empty()).then_some(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(pairs: &[(&str, &str)]) -> Result<DistEnv> {
+        let map: std::collections::HashMap<String, String> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        DistEnv::from_vars(&|k| map.get(k).cloned())
+    }
+
+    #[test]
+    fn reads_torchrun_and_slurm_variables() {
+        assert_eq!(env(&[]).unwrap(), DistEnv::single());
+        let t = env(&[
+            ("RANK", "3"),
+            ("WORLD_SIZE", "8"),
+            ("LOCAL_RANK", "1"),
+            ("MASTER_ADDR", "h0"),
+            ("MASTER_PORT", "1234"),
+            // torchrun inside a SLURM allocation: torchrun's variables win.
+            ("SLURM_PROCID", "0"),
+            ("SLURM_NTASKS", "2"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (t.rank, t.world_size, t.local_rank, t.master_port, t.source),
+            (3, 8, 1, 1234, EnvSource::Torchrun)
+        );
+        assert_eq!(t.master_addr, "h0");
+        let s = env(&[
+            ("SLURM_PROCID", "5"),
+            ("SLURM_NTASKS", "8"),
+            ("SLURM_LOCALID", "1"),
+            ("SLURM_JOB_NODELIST", "gpu[07-08]"),
+        ])
+        .unwrap();
+        assert_eq!(
+            (s.rank, s.world_size, s.local_rank, s.master_port, s.source),
+            (5, 8, 1, 29500, EnvSource::Slurm)
+        );
+        assert_eq!(s.master_addr, "gpu07");
+    }
+
+    #[test]
+    fn bad_variables_name_themselves() {
+        let e = env(&[("RANK", "2"), ("WORLD_SIZE", "2"), ("MASTER_ADDR", "h")]).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "config key RANK: rank 2 is not below the world size 2"
+        );
+        let e = env(&[("RANK", "x"), ("WORLD_SIZE", "2")]).unwrap_err();
+        assert!(
+            e.to_string().starts_with("config key RANK: expected"),
+            "{e}"
+        );
+        let e = env(&[("RANK", "0"), ("WORLD_SIZE", "2")]).unwrap_err();
+        assert!(e.to_string().contains("MASTER_ADDR: not set"), "{e}");
+        let e = env(&[("RANK", "0")]).unwrap_err();
+        assert!(e.to_string().contains("WORLD_SIZE"), "{e}");
+    }
+
+    #[test]
+    fn first_host_of_slurm_lists() {
+        assert_eq!(
+            first_slurm_host("node[03-05,9],gpu1").as_deref(),
+            Some("node03")
+        );
+        assert_eq!(first_slurm_host("a,b").as_deref(), Some("a"));
+        assert_eq!(first_slurm_host("x[2]-ib").as_deref(), Some("x2-ib"));
+        assert_eq!(first_slurm_host(""), None);
+    }
+}
