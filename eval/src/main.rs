@@ -292,9 +292,14 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
             }
             if let Some(cfg) = &plan.qa {
                 let r = run_qa(&mut policy, cfg, &rejects)?;
+                let (n, cut) = r
+                    .files
+                    .iter()
+                    .fold((0, 0), |(n, c), f| (n + f.questions, c + f.truncated));
                 eprintln!(
-                    "[{label}] QA F1 {:.3} ROUGE-L {:.3} EM {:.3}",
-                    r.mean.f1, r.mean.rouge_l, r.mean.exact_match
+                    "[{label}] QA F1 {:.3} ROUGE-L {:.3} EM {:.3}; {cut} of {n} documents cut in \
+                     the middle to fit {} tokens (LongBench truncation)",
+                    r.mean.f1, r.mean.rouge_l, r.mean.exact_match, r.max_length
                 );
                 write_json(&dir.join("qa.json"), &r)?;
                 report.qa = Some(r);

@@ -93,6 +93,18 @@ fn adapter_for_another_base_is_a_named_error() {
     Tensor::write_safetensors(&tensors, &path).unwrap();
     let e = Policy::load(&ModelConfig {
         adapter: Some(dir.path().to_path_buf()),
+        ..cfg.clone()
+    })
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("model.layers.0.self_attn.q_proj.weight") && e.contains("another base model"),
+        "{e}"
+    );
+    // The quantised backend names the GGUF tensor.
+    let e = Policy::load(&ModelConfig {
+        adapter: Some(dir.path().to_path_buf()),
+        weights: logo_engine::config::WeightFormat::Q8_0,
         ..cfg
     })
     .unwrap_err()
