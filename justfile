@@ -46,13 +46,13 @@ test: build
 bench: build
     cargo bench -p logo-engine
 
-# Pack the release trainer (stripped, with the non-torch libraries it links) into
-# out/gpu-check/ for a GPU machine that has torch 2.11 but no Rust.
+# The bundle holds the stripped release trainer and the non-torch libraries it links.
+# Pack the trainer into out/gpu-check/ for a GPU machine with torch 2.11 and no Rust.
 gpu-bundle: build
     scripts/gpu-bundle.sh
 
-# On a GPU machine with torch 2.11, after gpu-bundle (carry out/gpu-check): tokens/s, MFU and
-# peak CUDA memory of a random ~1B Llama at 8K tokens, K = 64K, M = 1, 2, 4, 8; builds nothing,
+# On a GPU machine with torch 2.11, after gpu-bundle (carry out/gpu-check); builds nothing,
 # under 8 minutes; JSON in $OUT or bench/results/gpu/. GPU_CHECK_DRY_RUN=1 tries it on CPU.
+# GPU check: tokens/s, MFU, peak CUDA memory of a random ~1B Llama, 8K tokens, K = 64K, M = 1-8.
 gpu-check:
     scripts/gpu-check.sh
