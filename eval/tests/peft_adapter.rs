@@ -1,0 +1,91 @@
+//! "Any PEFT LoRA on the same base": an adapter written by PEFT itself (Python,
+//! `tests/py/peft_adapter.py`, with MLP targets the trainer does not use by default) folded
+//! into the engine's policy gives the next-token logits of PEFT's own adapted model. Skipped
+//! with a message when the venv lacks transformers/peft (`scripts/setup-venv.sh`).
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use logo_engine::config::ModelConfig;
+use logo_engine::model::{encode_text, Policy};
+use tch::Tensor;
+
+fn python() -> Option<PathBuf> {
+    let py = logo_engine::config::cache_dir().join("venv/bin/python");
+    let ok = py.is_file()
+        && Command::new(&py)
+            .args(["-c", "import transformers, peft, safetensors"])
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !ok {
+        eprintln!(
+            "SKIPPED: {} cannot import transformers/peft (scripts/setup-venv.sh)",
+            py.display()
+        );
+    }
+    ok.then_some(py)
+}
+
+#[test]
+fn peft_written_adapter_gives_pefts_logits() {
+    let Some(cfg) = common::embedded("peft_written_adapter_gives_pefts_logits") else {
+        return;
+    };
+    let Some(py) = python() else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    logo_trainer::bench::export_hf(&cfg.path, None, &hf).unwrap();
+    let tok = logo_engine::model::load_tokenizer(&cfg).unwrap();
+    let ids = encode_text(&tok, "Marie Curie was born in Warsaw and later moved to").unwrap();
+    let adapter = dir.path().join("adapter");
+    let logits_path = dir.path().join("logits.safetensors");
+    let spec = serde_json::json!({
+        "model": hf,
+        "adapter": adapter,
+        "input_ids": ids,
+        "logits": logits_path,
+    });
+    let spec_path = dir.path().join("spec.json");
+    std::fs::write(&spec_path, spec.to_string()).unwrap();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/py/peft_adapter.py");
+    let out = Command::new(&py)
+        .arg(&script)
+        .arg(&spec_path)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let reference = Tensor::read_safetensors(&logits_path).unwrap();
+    let reference: Vec<f32> = Vec::try_from(&reference[0].1).unwrap();
+
+    let mut base = Policy::load(&cfg).unwrap();
+    let base_logits = base.next_token_logits(&ids).unwrap();
+    drop(base);
+    let mut adapted = Policy::load(&ModelConfig {
+        adapter: Some(adapter),
+        ..cfg
+    })
+    .unwrap();
+    let ours = adapted.next_token_logits(&ids).unwrap();
+    let diff = |a: &[f32], b: &[f32]| {
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max)
+    };
+    let moved = diff(&base_logits, &reference);
+    let agree = diff(&ours, &reference);
+    eprintln!("PEFT's adapter moves logits by {moved:.3}; engine vs PEFT differ by {agree:.2e}");
+    assert!(
+        moved > 0.1,
+        "the adapter should change the logits ({moved})"
+    );
+    assert!(agree < 2e-3, "engine vs PEFT: {agree}");
+}
