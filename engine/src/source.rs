@@ -118,14 +118,31 @@ impl Source {
     /// Opens nothing yet; checks the paths. `limit` caps the number of documents read.
     /// Errors: as [`resolve_paths`].
     pub fn try_new(cfg: &PipelineConfig, limit: Option<usize>) -> Result<Self> {
-        let files = resolve_paths(&cfg.source.paths)?;
+        Self::open(
+            &cfg.source.paths,
+            cfg.source.batch_size,
+            cfg.questions.enabled,
+            limit,
+        )
+    }
+
+    /// The same without a pipeline: `paths` (files or globs), `batch_size` documents per
+    /// batch (≥ 1), and whether documents without questions are accepted
+    /// (`questions_enabled`; otherwise they are rejected). Errors: as [`resolve_paths`].
+    pub fn open(
+        paths: &[PathBuf],
+        batch_size: usize,
+        questions_enabled: bool,
+        limit: Option<usize>,
+    ) -> Result<Self> {
+        let files = resolve_paths(paths)?;
         Ok(Self {
             files: files.into_iter(),
             current: None,
-            batch_size: cfg.source.batch_size,
+            batch_size: batch_size.max(1),
             limit,
             documents: 0,
-            questions_enabled: cfg.questions.enabled,
+            questions_enabled,
         })
     }
 

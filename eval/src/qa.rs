@@ -15,7 +15,6 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use logo_engine::config::PipelineConfig;
 use logo_engine::model::{encode_text, Policy};
 use logo_engine::source::Source;
 use logo_engine::stage::{Rejects, RunStats};
@@ -161,12 +160,7 @@ pub fn middle_truncate(ids: &[u32], budget: usize) -> (Vec<u32>, bool) {
 /// engine's source (bad rows to `rejects`). Errors: [`EvalError::Engine`] for an unreadable
 /// file.
 fn read_questions(file: &Path, cfg: &QaConfig, rejects: &Rejects) -> Result<Vec<DocumentRecord>> {
-    let yaml = format!(
-        "source: {{paths: [{}]}}\nmodel: {{path: unused.gguf}}\nquestions: {{enabled: false}}\n",
-        serde_json::to_string(&file.display().to_string()).expect("string")
-    );
-    let pipeline = PipelineConfig::from_yaml_str(&yaml, Path::new("."))?;
-    let mut source = Source::try_new(&pipeline, None)?;
+    let mut source = Source::open(&[file.to_path_buf()], 8, false, None)?;
     let stats = RunStats::default();
     let mut out = Vec::new();
     let mut per_doc: HashMap<String, usize> = HashMap::new();
