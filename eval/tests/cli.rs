@@ -70,7 +70,12 @@ fn compare_writes_one_report_with_differences() {
     }
     // The random adapter changes the model: perplexities differ.
     let ppl = |m: &serde_json::Value| m["perplexity"]["points"][0]["perplexity"].as_f64().unwrap();
-    assert!((ppl(&models[0]) - ppl(&models[1])).abs() > 1e-3);
+    let (base, adapted) = (ppl(&models[0]), ppl(&models[1]));
+    eprintln!("perplexity @ 128: base {base}, adapter {adapted}");
+    assert!(
+        (base - adapted).abs() > 1e-3,
+        "perplexity base {base}, adapter {adapted}"
+    );
     for f in [
         "niah_base.png",
         "niah_adapter.png",

@@ -361,17 +361,15 @@ fn train_ranked(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSum
         }
         start_step = state.step;
     }
-    let mut params: Vec<(String, Tensor)> = model
-        .lora_var_store()
-        .ok_or_else(|| TrainerError::Config {
+    // Sorted by name, so the same order on every rank: the collectives pack the gradients in
+    // this order.
+    let params = model.lora_parameters();
+    if params.is_empty() {
+        return Err(TrainerError::Config {
             key: "lora.target_modules".into(),
             message: "no LoRA parameter to train".into(),
-        })?
-        .variables()
-        .into_iter()
-        .collect();
-    // The same order on every rank: the collectives pack the gradients in this order.
-    params.sort_by(|a, b| a.0.cmp(&b.0));
+        });
+    }
     let lora: Vec<Tensor> = params.iter().map(|(_, t)| t.shallow_clone()).collect();
     broadcast_parameters(coll, &lora)?;
     let mut opt = AdamW::new(params, cfg.optim);

@@ -34,17 +34,6 @@ fn worst_relative(a: &[(String, Tensor)], b: &[(String, Tensor)]) -> f64 {
         .fold(0.0, f64::max)
 }
 
-fn sorted_lora(model: &Llama) -> Vec<(String, Tensor)> {
-    let mut v: Vec<(String, Tensor)> = model
-        .lora_var_store()
-        .unwrap()
-        .variables()
-        .into_iter()
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 /// One optimizer step on `examples`: joint backward (mean loss over the batch), gradients
 /// averaged over `coll`'s ranks, clipping at 1, AdamW at lr 1e-2. Returns the averaged
 /// gradients and the updated LoRA weights.
@@ -53,7 +42,7 @@ fn step(
     examples: &[logo_trainer::data::Example],
     coll: &mut dyn Collective,
 ) -> (Named, Named) {
-    let named = sorted_lora(model);
+    let named = model.lora_parameters();
     let params: Vec<Tensor> = named.iter().map(|(_, t)| t.shallow_clone()).collect();
     let mut opt = AdamW::new(
         named.iter().map(|(n, t)| (n.clone(), t.shallow_clone())),
@@ -99,7 +88,10 @@ fn two_thread_ranks_equal_one_rank_with_twice_the_batch() {
             )
             .unwrap();
             let _g = tch::no_grad_guard();
-            for ((_, mut dst), (_, src)) in sorted_lora(&m).into_iter().zip(sorted_lora(&adapters))
+            for ((_, mut dst), (_, src)) in m
+                .lora_parameters()
+                .into_iter()
+                .zip(adapters.lora_parameters())
             {
                 dst.copy_(&src);
             }

@@ -100,7 +100,7 @@ fn lora_gradients_equal_peft_reference() {
     tch::manual_seed(9);
     {
         let _g = tch::no_grad_guard();
-        for (_, mut t) in model.lora_var_store().unwrap().variables() {
+        for (_, mut t) in model.lora_parameters() {
             let r = Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.2;
             t.copy_(&r);
         }

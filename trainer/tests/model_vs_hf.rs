@@ -272,9 +272,9 @@ fn write_random_model(dir: &Path, tied: bool) {
 /// Sets every LoRA B (and the embedding's A, zero at init) to random values so the adapter
 /// changes the output.
 fn randomize_adapters(model: &Llama) {
-    let vs = model.lora_var_store().unwrap();
+    tch::manual_seed(5);
     let _guard = tch::no_grad_guard();
-    for (name, mut t) in vs.variables() {
+    for (name, mut t) in model.lora_parameters() {
         if name.ends_with("lora_B.weight") || name.ends_with("lora_embedding_A") {
             let r = Tensor::randn(t.size(), (Kind::Float, Device::Cpu)) * 0.5;
             t.copy_(&r);

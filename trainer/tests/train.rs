@@ -278,17 +278,11 @@ fn shared_prompt_gradient_equals_joint_gradient() {
     let model64 = Llama::load(&dir.path().join("model"), Some(&lora), dev, Kind::Double).unwrap();
     {
         let _g = tch::no_grad_guard();
-        let sorted = |m: &Llama| {
-            let mut v: Vec<(String, Tensor)> = m
-                .lora_var_store()
-                .unwrap()
-                .variables()
-                .into_iter()
-                .collect();
-            v.sort_by(|a, b| a.0.cmp(&b.0));
-            v
-        };
-        for ((_, mut dst), (_, src)) in sorted(&model64).into_iter().zip(sorted(&model)) {
+        for ((_, mut dst), (_, src)) in model64
+            .lora_parameters()
+            .into_iter()
+            .zip(model.lora_parameters())
+        {
             dst.copy_(&src);
         }
     }

@@ -42,13 +42,18 @@ pub fn shared_data(test: &str, rel: &str) -> Option<PathBuf> {
 /// Writes a PEFT adapter for the model at `model` into `dir`: r 4 on q/k/v/o and the
 /// embedding, every factor random (normal · `scale`, seeded), so that it changes the logits.
 pub fn random_adapter(model: &Path, dir: &Path, scale: f64) {
+    // libtorch has one global generator: tests of one binary run in parallel threads, so the
+    // seed and the draws hold a lock, and every run writes the same adapter.
+    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     tch::manual_seed(7);
     let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
     let m = logo_trainer::model::Llama::load(model, Some(&lora), tch::Device::Cpu, Kind::Float)
         .expect("load model with adapters");
     {
         let _g = tch::no_grad_guard();
-        for (_, mut t) in m.lora_var_store().unwrap().variables() {
+        // By name: the store's map iterates in a different order in every process.
+        for (_, mut t) in m.lora_parameters() {
             let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * scale;
             t.copy_(&r);
         }

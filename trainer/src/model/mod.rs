@@ -703,6 +703,21 @@ impl Llama {
         self.lora_vs.as_ref()
     }
 
+    /// The LoRA parameters sorted by name (PEFT names without the `base_model.model.` prefix;
+    /// f32; `lora_A` `[r, in]`, `lora_B` `[out, r]`, `lora_embedding_A` `[r, vocab]`,
+    /// `lora_embedding_B` `[hidden, r]`), empty without adapters. The store itself is a hash
+    /// map that iterates in a different order in every process; anything that must agree
+    /// across processes or runs (collectives, seeded initialisation, checkpoints) walks this.
+    pub fn lora_parameters(&self) -> Vec<(String, Tensor)> {
+        let mut v: Vec<(String, Tensor)> = self
+            .lora_vs
+            .as_ref()
+            .map(|vs| vs.variables().into_iter().collect())
+            .unwrap_or_default();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v
+    }
+
     /// The adapter configuration, or `None` without adapters.
     pub fn lora_config(&self) -> Option<&LoraConfig> {
         self.lora_cfg.as_ref()

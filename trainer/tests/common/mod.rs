@@ -49,7 +49,7 @@ pub fn tiny_model(dir: &Path) {
         "hidden_act": "silu"
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    tch::manual_seed(11);
+    let _seeded = seeded(11);
     let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)) * 0.08;
     let mut named: Vec<(String, Tensor)> = vec![
         ("model.embed_tokens.weight".into(), r(&[VOCAB, h])),
@@ -174,20 +174,15 @@ pub fn tiny_lora_model(dir: &Path) -> logo_trainer::model::Llama {
     let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
     let model =
         logo_trainer::model::Llama::load(dir, Some(&lora), tch::Device::Cpu, Kind::Float).unwrap();
+    let _seeded = seeded(13);
     let _g = tch::no_grad_guard();
     // By name: the store's map iterates in a different order in every process.
-    let mut vars: Vec<(String, Tensor)> = model
-        .lora_var_store()
-        .unwrap()
-        .variables()
-        .into_iter()
-        .collect();
-    vars.sort_by(|a, b| a.0.cmp(&b.0));
-    for (_, mut t) in vars {
+    for (_, mut t) in model.lora_parameters() {
         let r = Tensor::randn(t.size(), (Kind::Float, tch::Device::Cpu)) * 0.3;
         t.copy_(&r);
     }
     drop(_g);
+    drop(_seeded);
     model
 }
 
@@ -228,4 +223,13 @@ pub fn lora_grads(
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     (loss, named)
+}
+
+/// Seeds libtorch's one global generator and holds a lock until the guard drops: tests of one
+/// binary run in parallel threads, and without it their draws interleave and differ per run.
+pub fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
+    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+    tch::manual_seed(seed);
+    guard
 }
