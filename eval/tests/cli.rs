@@ -21,7 +21,7 @@ fn compare_writes_one_report_with_differences() {
     };
     let dir = tempfile::tempdir().unwrap();
     let adapter = dir.path().join("adapter");
-    common::random_adapter(&cfg.path, &adapter, 0.02);
+    common::random_adapter(&cfg.path, &adapter, 0.05);
     let out = dir.path().join("report");
     let o = bin()
         .args(["--adapter", adapter.to_str().unwrap(), "--compare"])
@@ -68,12 +68,13 @@ fn compare_writes_one_report_with_differences() {
             "{row}"
         );
     }
-    // The random adapter changes the model: perplexities differ.
+    // The random adapter (factors 0.05 · N(0, 1), well beyond what training moves) makes
+    // the model worse at language modelling: 28.1 → 36.6 at 128 tokens when written.
     let ppl = |m: &serde_json::Value| m["perplexity"]["points"][0]["perplexity"].as_f64().unwrap();
     let (base, adapted) = (ppl(&models[0]), ppl(&models[1]));
     eprintln!("perplexity @ 128: base {base}, adapter {adapted}");
     assert!(
-        (base - adapted).abs() > 1e-3,
+        adapted > base * 1.1,
         "perplexity base {base}, adapter {adapted}"
     );
     for f in [
