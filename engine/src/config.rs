@@ -560,17 +560,7 @@ impl PipelineConfig {
     }
 }
 
-/// The cache folder of models and data fetched by the recipes: `$LOGO_CACHE`, else
-/// `$HOME/.cache/logo`.
-pub fn cache_dir() -> PathBuf {
-    match std::env::var_os("LOGO_CACHE") {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_else(|| PathBuf::from("."))
-            .join(".cache/logo"),
-    }
-}
+pub use logo_schemas::paths::cache_dir;
 
 /// Expands a leading `~` (home) and `${LOGO_CACHE}` ([`cache_dir`]) in a configured path.
 fn expand_home(p: &Path) -> PathBuf {

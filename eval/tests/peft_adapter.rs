@@ -12,29 +12,14 @@ use logo_engine::config::ModelConfig;
 use logo_engine::model::{encode_text, Policy};
 use tch::Tensor;
 
-fn python() -> Option<PathBuf> {
-    let py = logo_engine::config::cache_dir().join("venv/bin/python");
-    let ok = py.is_file()
-        && Command::new(&py)
-            .args(["-c", "import transformers, peft, safetensors"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "SKIPPED: {} cannot import transformers/peft (scripts/setup-venv.sh)",
-            py.display()
-        );
-    }
-    ok.then_some(py)
-}
-
 #[test]
 fn peft_written_adapter_gives_pefts_logits() {
     let Some(cfg) = common::embedded("peft_written_adapter_gives_pefts_logits") else {
         return;
     };
-    let Some(py) = python() else {
-        return;
+    let py = match logo_schemas::paths::venv_python_with(&["transformers", "peft", "safetensors"]) {
+        Ok(py) => py,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
     };
     let dir = tempfile::tempdir().unwrap();
     let hf = dir.path().join("hf");

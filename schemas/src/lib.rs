@@ -36,6 +36,8 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod paths;
+
 use std::collections::HashMap;
 use std::sync::Arc;
 

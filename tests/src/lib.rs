@@ -39,7 +39,7 @@ pub fn shared_data() -> Option<PathBuf> {
 
 /// The embedded default model in the cache, if fetched (`scripts/just setup`).
 pub fn embedded_model() -> Option<PathBuf> {
-    let p = logo_engine::config::cache_dir().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let p = logo_engine::model::default_model_path();
     p.is_file().then_some(p)
 }
 

@@ -251,16 +251,6 @@ fn main() -> ExitCode {
     }
 }
 
-fn default_model() -> PathBuf {
-    let cache = std::env::var_os("LOGO_CACHE")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo")
-        });
-    cache.join("models/SmolLM2-135M-Instruct.Q4_1.gguf")
-}
-
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Some(Command::Bench(b)) => {
@@ -273,7 +263,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 vocab_size: b.vocab_size,
             });
             let cfg = logo_trainer::bench::BenchConfig {
-                model: b.model.unwrap_or_else(default_model),
+                model: b
+                    .model
+                    .unwrap_or_else(logo_schemas::paths::default_model_path),
                 prompt_tokens: b.prompt_tokens,
                 response_tokens: b.response_tokens,
                 num_negatives: b.num_negatives,
@@ -320,7 +312,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             adapter,
             output,
         }) => {
-            let model = model.unwrap_or_else(default_model);
+            let model = model.unwrap_or_else(logo_schemas::paths::default_model_path);
             logo_trainer::bench::export_hf(&model, adapter.as_deref(), &output)
                 .context("export")?;
             println!(
@@ -359,7 +351,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     let env = logo_trainer::dist::DistEnv::from_env().context("launch environment")?;
     let cfg = TrainConfig {
         data,
-        model: cli.model.unwrap_or_else(default_model),
+        model: cli
+            .model
+            .unwrap_or_else(logo_schemas::paths::default_model_path),
         output: cli.output,
         loss: LossConfig {
             beta: cli.beta,

@@ -3,9 +3,10 @@
 //! Llama, with synthetic non-contiguous positions, M = 2 and two samples. Skipped with a
 //! message when the venv lacks transformers/peft (`scripts/setup-venv.sh`).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
+use logo_schemas::paths::venv_python_with;
 use logo_trainer::data::{collate, Example};
 use logo_trainer::lora::{save_adapter, LoraConfig};
 use logo_trainer::loss::LossConfig;
@@ -13,28 +14,6 @@ use logo_trainer::model::Llama;
 use logo_trainer::train_loop::batch_loss;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
-
-fn python() -> Option<PathBuf> {
-    let cache = std::env::var_os("LOGO_CACHE")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo")
-        });
-    let py = cache.join("venv/bin/python");
-    let ok = py.is_file()
-        && Command::new(&py)
-            .args(["-c", "import transformers, peft, safetensors"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "SKIPPED: {} cannot import transformers/peft (scripts/setup-venv.sh)",
-            py.display()
-        );
-    }
-    ok.then_some(py)
-}
 
 fn run_py(python: &Path, script: &str, spec: &serde_json::Value, work: &Path) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -76,7 +55,10 @@ fn examples() -> Vec<Example> {
 
 #[test]
 fn lora_gradients_equal_peft_reference() {
-    let Some(py) = python() else { return };
+    let py = match venv_python_with(&["transformers", "peft", "safetensors"]) {
+        Ok(py) => py,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
+    };
     let work = tempfile::tempdir().unwrap();
     let model_dir = work.path().join("model");
     run_py(

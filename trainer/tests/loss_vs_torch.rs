@@ -1,22 +1,10 @@
 //! The LOGO loss against an independent PyTorch implementation on the same log-probabilities
 //! (the project's venv python; skipped with a message when it is absent).
 
-use std::path::PathBuf;
 use std::process::Command;
 
 use logo_trainer::loss::{logo_loss, LossConfig};
 use tch::Tensor;
-
-fn python() -> Option<PathBuf> {
-    let cache = std::env::var_os("LOGO_CACHE")
-        .filter(|v| !v.is_empty())
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo")
-        });
-    let p = cache.join("venv/bin/python");
-    p.is_file().then_some(p)
-}
 
 /// Written independently of loss.rs, from the paper's Eq. 2 and the NLL regulariser:
 /// sigmoid form (not softplus), explicit loop over negatives, float64.
@@ -36,9 +24,9 @@ print(json.dumps((pref + lam * (-lw)).mean().item()))
 
 #[test]
 fn loss_equals_pytorch_for_m_1_2_3() {
-    let Some(py) = python() else {
-        eprintln!("SKIPPED: $LOGO_CACHE/venv/bin/python is absent (scripts/just setup)");
-        return;
+    let py = match logo_schemas::paths::venv_python_with(&["torch"]) {
+        Ok(py) => py,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
     };
     tch::manual_seed(0);
     for m in 1..=3i64 {

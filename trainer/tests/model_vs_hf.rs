@@ -15,38 +15,18 @@
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use logo_schemas::paths::venv_python_with;
 use logo_trainer::lora::{load_adapter, merge_lora, save_adapter, LoraConfig};
 use logo_trainer::model::Llama;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
-/// `$LOGO_CACHE`, default `$HOME/.cache/logo`.
-fn logo_cache() -> PathBuf {
-    match std::env::var_os("LOGO_CACHE") {
-        Some(p) => PathBuf::from(p),
-        None => PathBuf::from(std::env::var_os("HOME").unwrap_or_default()).join(".cache/logo"),
-    }
-}
-
 /// The venv's python if it can import transformers, peft and safetensors; else prints why
 /// the test is skipped.
 fn reference_python(test: &str) -> Option<PathBuf> {
-    let python = logo_cache().join("venv/bin/python");
-    let ok = python.is_file()
-        && Command::new(&python)
-            .args(["-c", "import transformers, peft, safetensors"])
-            .output()
-            .is_ok_and(|o| o.status.success());
-    if ok {
-        Some(python)
-    } else {
-        println!(
-            "{test}: skipped, {} cannot import transformers/peft/safetensors \
-             (pip install -r trainer/tests/py/requirements.txt)",
-            python.display()
-        );
-        None
-    }
+    venv_python_with(&["transformers", "peft", "safetensors"])
+        .map_err(|why| println!("{test}: skipped, {why}"))
+        .ok()
 }
 
 /// Runs `hf_reference.py` on `spec` and returns its `case{i}` logits in order.
@@ -442,7 +422,7 @@ fn candle_logits(gguf: &Path, prompt: &[u32], lens: &[usize]) -> Vec<Vec<f32>> {
 
 #[test]
 fn gguf_logits_match_candle_quantized_llama() {
-    let gguf = logo_cache().join("models/SmolLM2-135M-Instruct.Q4_1.gguf");
+    let gguf = logo_schemas::paths::default_model_path();
     if !gguf.is_file() {
         println!("gguf: skipped, {} is absent", gguf.display());
         return;

