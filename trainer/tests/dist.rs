@@ -173,7 +173,7 @@ fn only_rank_zero_writes() {
 
 /// Two one-sample Parquet files (one row group each: one per rank) and the tiny model.
 fn two_shard_setup(dir: &Path) {
-    tiny_model(&dir.join("model"));
+    tiny_model_locked(&dir.join("model"));
     let data = dir.join("data");
     std::fs::create_dir_all(&data).unwrap();
     write_parquet(&data.join("a.parquet"), &[sample(0)], Some(SCHEMA_VERSION));

@@ -3,7 +3,8 @@
 //! Llama, with synthetic non-contiguous positions, M = 2 and two samples. Skipped with a
 //! message when the venv lacks transformers/peft (`scripts/setup-venv.sh`).
 
-use std::path::Path;
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use logo_schemas::paths::venv_python_with;
@@ -53,16 +54,24 @@ fn examples() -> Vec<Example> {
     vec![ex(1, 9), ex(2, 12)]
 }
 
-#[test]
-fn lora_gradients_equal_peft_reference() {
-    let py = match venv_python_with(&["transformers", "peft", "safetensors"]) {
-        Ok(py) => py,
-        Err(why) => return eprintln!("SKIPPED: {why}"),
-    };
+/// The tiny HF model (written by transformers), an adapter with every factor random, the loss
+/// settings, and the f32 model with that adapter.
+struct Setup {
+    work: tempfile::TempDir,
+    model_dir: PathBuf,
+    adapter_dir: PathBuf,
+    lora: LoraConfig,
+    cfg: LossConfig,
+    model: Llama,
+}
+
+fn setup(py: &Path) -> Setup {
+    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
     let work = tempfile::tempdir().unwrap();
     let model_dir = work.path().join("model");
     run_py(
-        &py,
+        py,
         "hf_reference.py",
         &json!({
             "action": "make", "seed": 5, "dir": model_dir, "out": work.path().join("unused.safetensors"),
@@ -95,10 +104,19 @@ fn lora_gradients_equal_peft_reference() {
         gamma: 0.25,
         sft_weight: 0.1,
     };
-    let batch = collate(&examples(), Device::Cpu).unwrap();
-    let out = batch_loss(&model, &batch, &cfg, true).unwrap();
-    out.loss.backward();
+    Setup {
+        work,
+        model_dir,
+        adapter_dir,
+        lora,
+        cfg,
+        model,
+    }
+}
 
+/// PEFT's gradients (f32, by PEFT key) and loss (key `loss`) for [`examples`], with the base
+/// model in `dtype` (`float32`, `bfloat16`).
+fn peft_reference(py: &Path, s: &Setup, dtype: &str) -> HashMap<String, Tensor> {
     let samples: Vec<serde_json::Value> = examples()
         .iter()
         .map(|e| {
@@ -107,19 +125,34 @@ fn lora_gradients_equal_peft_reference() {
             json!({"prompt_ids": e.prompt_ids, "prompt_positions": e.prompt_positions, "responses": responses})
         })
         .collect();
-    let ref_path = work.path().join("grads.safetensors");
+    let out = s.work.path().join(format!("grads_{dtype}.safetensors"));
     run_py(
-        &py,
+        py,
         "logo_grad_reference.py",
-        &json!({"model_dir": model_dir, "adapter_dir": adapter_dir, "out": ref_path,
-                "beta": cfg.beta, "gamma": cfg.gamma, "sft_weight": cfg.sft_weight,
-                "samples": samples}),
-        work.path(),
+        &json!({"model_dir": s.model_dir, "adapter_dir": s.adapter_dir, "out": out,
+                "beta": s.cfg.beta, "gamma": s.cfg.gamma, "sft_weight": s.cfg.sft_weight,
+                "samples": samples, "dtype": dtype}),
+        s.work.path(),
     );
-    let reference: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&ref_path)
+    Tensor::read_safetensors(&out)
         .unwrap()
         .into_iter()
-        .collect();
+        .collect()
+}
+
+#[test]
+fn lora_gradients_equal_peft_reference() {
+    let py = match venv_python_with(&["transformers", "peft", "safetensors"]) {
+        Ok(py) => py,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
+    };
+    let s = setup(&py);
+    let (model, cfg) = (&s.model, &s.cfg);
+    let batch = collate(&examples(), Device::Cpu).unwrap();
+    let out = batch_loss(model, &batch, cfg, true).unwrap();
+    out.loss.backward();
+
+    let reference = peft_reference(&py, &s, "float32");
     let ref_loss = reference["loss"].double_value(&[0]);
     let our_loss = out.loss.double_value(&[]);
     assert!(
@@ -144,4 +177,92 @@ fn lora_gradients_equal_peft_reference() {
     println!(
         "LoRA gradients vs PEFT: worst relative max difference {worst:.2e}, loss {our_loss:.6}"
     );
+}
+
+/// Relative L2 difference of every LoRA gradient `a[name]` vs `b[name]` (PEFT keys), worst.
+fn worst_relative(a: &HashMap<String, Tensor>, b: &HashMap<String, Tensor>) -> f64 {
+    a.iter()
+        .filter(|(k, _)| k.as_str() != "loss")
+        .map(|(k, x)| {
+            let y = &b[k];
+            (x - y).norm().double_value(&[]) / x.norm().double_value(&[]).max(1e-12)
+        })
+        .fold(0.0, f64::max)
+}
+
+/// The GPU's precision (bf16 base weights and activations, f32 LoRA weights, gradients and
+/// loss) loses no more than PEFT's own bf16 does: in every gradient mode (joint, shared
+/// prompt, decoupled with checkpointing), our bf16 gradients are as close to the f32 ones
+/// as PEFT's bf16 gradients are to PEFT's f32 ones (within a factor 2).
+#[test]
+fn bf16_gradients_are_as_close_to_f32_as_pefts() {
+    use logo_trainer::decoupled::backward_decoupled;
+    use logo_trainer::shared_prompt::backward_shared_prompt;
+    use logo_trainer::train_loop::backward_joint;
+    let py = match venv_python_with(&["transformers", "peft", "safetensors"]) {
+        Ok(py) => py,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
+    };
+    let s = setup(&py);
+    let peft32 = peft_reference(&py, &s, "float32");
+    let peft16 = peft_reference(&py, &s, "bfloat16");
+    let peft_err = worst_relative(&peft32, &peft16);
+    let bf16 = Llama::load(&s.model_dir, Some(&s.lora), Device::Cpu, Kind::BFloat16).unwrap();
+    logo_trainer::lora::load_adapter(&bf16, &s.adapter_dir).unwrap();
+    let examples = examples();
+    let batch = collate(&examples, Device::Cpu).unwrap();
+    let grads = |model: &Llama, run: &dyn Fn(&Llama)| -> HashMap<String, Tensor> {
+        for (_, t) in model.lora_parameters() {
+            let mut g = t.grad();
+            if g.defined() {
+                let _ = g.zero_();
+            }
+        }
+        run(model);
+        model
+            .lora_parameters()
+            .into_iter()
+            .map(|(k, t)| {
+                assert_eq!(t.grad().kind(), Kind::Float, "{k}: f32 gradient");
+                (format!("base_model.model.{k}"), t.grad().copy())
+            })
+            .collect()
+    };
+    let (cfg, dev) = (&s.cfg, Device::Cpu);
+    let ours32 = grads(&s.model, &|m| {
+        backward_joint(m, &batch, cfg, false, 1, 1.0).unwrap();
+    });
+    assert!(worst_relative(&peft32, &ours32) < 1e-4);
+    type Run<'a> = Box<dyn Fn(&Llama) + 'a>;
+    let modes: [(&str, Run); 3] = [
+        (
+            "joint",
+            Box::new(|m| {
+                backward_joint(m, &batch, cfg, false, 1, 1.0).unwrap();
+            }),
+        ),
+        (
+            "shared prompt",
+            Box::new(|m| {
+                backward_shared_prompt(m, &examples, cfg, dev, false, 1, 1.0).unwrap();
+            }),
+        ),
+        (
+            "decoupled + checkpointing",
+            Box::new(|m| {
+                backward_decoupled(m, &examples, cfg, dev, true, 1, 1.0).unwrap();
+            }),
+        ),
+    ];
+    for (mode, run) in modes {
+        let ours16 = grads(&bf16, run.as_ref());
+        let ours_err = worst_relative(&ours32, &ours16);
+        println!(
+            "bf16 vs f32, worst relative gradient difference: ours ({mode}) {ours_err:.2e}, PEFT {peft_err:.2e}"
+        );
+        assert!(
+            ours_err <= 2.0 * peft_err + 1e-3,
+            "{mode}: ours {ours_err:.3e}, PEFT {peft_err:.3e}"
+        );
+    }
 }

@@ -28,7 +28,14 @@ pub fn rng_lock() -> std::sync::MutexGuard<'static, ()> {
         .unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
-/// A tiny Llama in Hugging Face layout: config.json + model.safetensors, random weights.
+/// [`tiny_model`] under [`rng_lock`], for tests that do not hold it for their whole run.
+pub fn tiny_model_locked(dir: &Path) {
+    let _rng = rng_lock();
+    tiny_model(dir);
+}
+
+/// A tiny Llama in Hugging Face layout: config.json + model.safetensors, random weights
+/// (seeded: the same every run when the caller holds [`rng_lock`]).
 pub fn tiny_model(dir: &Path) {
     std::fs::create_dir_all(dir).unwrap();
     let (h, i, layers, heads, kv) = (32i64, 64i64, 2, 4i64, 2i64);
@@ -49,7 +56,7 @@ pub fn tiny_model(dir: &Path) {
         "hidden_act": "silu"
     });
     std::fs::write(dir.join("config.json"), config.to_string()).unwrap();
-    let _seeded = seeded(11);
+    tch::manual_seed(11);
     let r = |shape: &[i64]| Tensor::randn(shape, (Kind::Float, tch::Device::Cpu)) * 0.08;
     let mut named: Vec<(String, Tensor)> = vec![
         ("model.embed_tokens.weight".into(), r(&[VOCAB, h])),
@@ -174,7 +181,7 @@ pub fn tiny_lora_model(dir: &Path) -> logo_trainer::model::Llama {
     let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
     let model =
         logo_trainer::model::Llama::load(dir, Some(&lora), tch::Device::Cpu, Kind::Float).unwrap();
-    let _seeded = seeded(13);
+    tch::manual_seed(13);
     let _g = tch::no_grad_guard();
     // By name: the store's map iterates in a different order in every process.
     for (_, mut t) in model.lora_parameters() {
@@ -182,7 +189,6 @@ pub fn tiny_lora_model(dir: &Path) -> logo_trainer::model::Llama {
         t.copy_(&r);
     }
     drop(_g);
-    drop(_seeded);
     model
 }
 
@@ -223,13 +229,4 @@ pub fn lora_grads(
         .collect();
     named.sort_by(|a, b| a.0.cmp(&b.0));
     (loss, named)
-}
-
-/// Seeds libtorch's one global generator and holds a lock until the guard drops: tests of one
-/// binary run in parallel threads, and without it their draws interleave and differ per run.
-pub fn seeded(seed: i64) -> std::sync::MutexGuard<'static, ()> {
-    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let guard = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
-    tch::manual_seed(seed);
-    guard
 }

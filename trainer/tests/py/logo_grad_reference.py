@@ -4,7 +4,9 @@ trainer/tests/grad_vs_peft.rs.
 Usage: python logo_grad_reference.py SPEC.json
 
 SPEC: {"model_dir", "adapter_dir", "out", "beta", "gamma", "sft_weight",
-       "samples": [{"prompt_ids", "prompt_positions", "responses": [chosen, rejected_1..M]}]}
+       "samples": [{"prompt_ids", "prompt_positions", "responses": [chosen, rejected_1..M]}],
+       "dtype": "float32" (default) or "bfloat16": the base model's dtype; PEFT keeps the
+       adapter in float32 either way (autocast_adapter_dtype)}
 
 Each sequence prompt+response is run on its own (no padding) with an all-ones attention mask;
 l(y) is the mean log-probability of the response tokens; the loss is the paper's Eq. 2 plus
@@ -37,7 +39,8 @@ def mean_logp(model, prompt, positions, response):
 
 def main():
     spec = json.load(open(sys.argv[1]))
-    base = LlamaForCausalLM.from_pretrained(spec["model_dir"], dtype=torch.float32)
+    dtype = getattr(torch, spec.get("dtype", "float32"))
+    base = LlamaForCausalLM.from_pretrained(spec["model_dir"], dtype=dtype)
     model = PeftModel.from_pretrained(base, spec["adapter_dir"], is_trainable=True)
     model.eval()  # lora_dropout is 0 in the spec's adapter; eval changes nothing else
     beta, gamma, lam = spec["beta"], spec["gamma"], spec["sft_weight"]
