@@ -389,8 +389,8 @@ impl Default for RuntimeConfig {
 impl PipelineConfig {
     /// Reads and validates a YAML file; relative paths inside (sources, model, output) are
     /// resolved against its folder.
-    /// Errors: [`EngineError::Io`] (unreadable), [`EngineError::Config`] (unknown key, wrong
-    /// type, value out of range).
+    /// Errors: [`EngineError::Io`] (unreadable), [`EngineError::ConfigSyntax`] (not YAML,
+    /// unknown key, wrong type), [`EngineError::Config`] (value out of range).
     pub fn from_path(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
         let base = path.parent().unwrap_or(Path::new("."));
@@ -398,18 +398,11 @@ impl PipelineConfig {
     }
 
     /// Parses and validates YAML text; relative paths are resolved against `base`.
-    /// Errors: [`EngineError::Config`].
+    /// Errors: [`EngineError::ConfigSyntax`], [`EngineError::Config`].
     pub fn from_yaml_str(text: &str, base: &Path) -> Result<Self> {
-        let mut cfg: PipelineConfig = serde_yaml::from_str(text).map_err(|e| {
-            let key = e
-                .location()
-                .map(|l| format!("line {} column {}", l.line(), l.column()))
-                .unwrap_or_else(|| "<file>".into());
-            EngineError::Config {
-                key,
-                message: e.to_string(),
-            }
-        })?;
+        // serde_yaml's message names the key path and the line and column itself.
+        let mut cfg: PipelineConfig =
+            serde_yaml::from_str(text).map_err(|e| EngineError::ConfigSyntax(e.to_string()))?;
         cfg.resolve_paths(base);
         cfg.validate()?;
         Ok(cfg)

@@ -13,11 +13,15 @@ pub enum EngineError {
     /// A configuration key is unknown, mistyped or out of range; raised before any work.
     #[error("config key {key}: {message}")]
     Config {
-        /// Dotted key (`sampler.threshold`) or location in the file.
+        /// Dotted key (`sampler.threshold`).
         key: String,
         /// What is wrong and what is allowed.
         message: String,
     },
+    /// The pipeline YAML does not parse or does not fit the config's shape (unknown key,
+    /// wrong type); the message names the key path, line and column. Raised before any work.
+    #[error("config: {0}")]
+    ConfigSyntax(String),
     /// A file could not be read or written.
     #[error("{}: {source}", path.display())]
     Io {

@@ -36,8 +36,8 @@ enum Command {
     Sql {
         /// The query, e.g. "SELECT position_strategy, count(*) FROM samples GROUP BY 1".
         query: String,
-        /// Output folder of a run.
-        #[arg(long, value_name = "DIR", default_value = "out")]
+        /// Output folder of a run (`scripts/just main` writes `out/data`).
+        #[arg(long, value_name = "DIR", default_value = "out/data")]
         data: PathBuf,
     },
     /// Print the Arrow schema of every table that crosses a stage or program boundary.
@@ -45,6 +45,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
+    logo_schemas::cli::reset_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOGO_LOG")
@@ -57,7 +58,10 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("logo-engine: {e:#}");
+            eprintln!(
+                "logo-engine: {}",
+                logo_schemas::cli::error_chain(e.as_ref())
+            );
             ExitCode::from(2)
         }
     }

@@ -323,10 +323,14 @@ impl Iterator for JsonLines {
         loop {
             let line = self.lines.next()?;
             self.row += 1;
-            let bytes = match line {
+            let mut bytes = match line {
                 Ok(b) => b,
                 Err(e) => return Some((self.row, Err((None, format!("read error: {e}"))))),
             };
+            // A UTF-8 byte order mark (Windows editors write one) is not part of the record.
+            if self.row == 1 && bytes.starts_with(b"\xEF\xBB\xBF") {
+                bytes.drain(..3);
+            }
             if bytes.iter().all(|b| b.is_ascii_whitespace()) {
                 continue; // blank lines are not records
             }
@@ -529,14 +533,20 @@ mod tests {
         assert_eq!(raw.context.as_deref(), Some("a\tb\u{1}c"));
     }
 
-    /// Regression: the last, partial batch of the last file was dropped.
+    /// Regressions: the last, partial batch of the last file was dropped; a byte order mark
+    /// made row 1 malformed.
     #[test]
     fn rows_do_not_depend_on_batch_size_or_limit_boundaries() {
         let dir = tempfile::tempdir().unwrap();
         let lines: Vec<String> = (0..7)
             .map(|i| format!(r#"{{"context": "doc {i}", "instructions": ["q{i}a", "q{i}b"]}}"#))
             .collect();
-        std::fs::write(dir.path().join("a.jsonl"), lines[..4].join("\n")).unwrap();
+        // a.jsonl starts with a UTF-8 byte order mark: its first row is still a row.
+        std::fs::write(
+            dir.path().join("a.jsonl"),
+            format!("\u{feff}{}", lines[..4].join("\n")),
+        )
+        .unwrap();
         std::fs::write(dir.path().join("b.jsonl"), lines[4..].join("\n") + "\n").unwrap();
         let read = |batch_size: usize, limit: Option<usize>| -> Vec<String> {
             let yaml = format!("source: {{paths: ['*.jsonl'], batch_size: {batch_size}}}\nmodel: {{path: m.gguf}}\n");

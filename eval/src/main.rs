@@ -301,6 +301,13 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
                      the middle to fit {} tokens (LongBench truncation)",
                     r.mean.f1, r.mean.rouge_l, r.mean.exact_match, r.max_length
                 );
+                if r.rejected_rows > 0 {
+                    eprintln!(
+                        "[{label}] warning: {} malformed QA rows skipped, see {}",
+                        r.rejected_rows,
+                        cli.out.join("rejects.jsonl").display()
+                    );
+                }
                 write_json(&dir.join("qa.json"), &r)?;
                 report.qa = Some(r);
             }
@@ -363,11 +370,12 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
 }
 
 fn main() -> ExitCode {
+    logo_schemas::cli::reset_sigpipe();
     let cli = Cli::parse();
     let plan = match plan(&cli) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("logo-eval: {}", logo_schemas::cli::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -378,7 +386,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("error: {e}");
+            eprintln!("logo-eval: {}", logo_schemas::cli::error_chain(&e));
             ExitCode::FAILURE
         }
     }

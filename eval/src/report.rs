@@ -110,6 +110,9 @@ impl Report {
                 push("QA ROUGE-L (mean of files)".into(), true, &|m| {
                     m.qa.as_ref().map(|q| q.mean.rouge_l)
                 });
+                push("QA EM (mean of files)".into(), true, &|m| {
+                    m.qa.as_ref().map(|q| q.mean.exact_match)
+                });
             }
         }
         if let Some(ppl) = first.and_then(|m| m.perplexity.as_ref()) {

@@ -36,6 +36,7 @@
 //! ```
 #![deny(missing_docs)]
 
+pub mod cli;
 pub mod paths;
 
 use std::collections::HashMap;

@@ -295,6 +295,29 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
             message: "cannot be combined with --decoupled".into(),
         });
     }
+    let bad = |key: &str, message: String| TrainerError::Config {
+        key: key.into(),
+        message,
+    };
+    for (key, v) in [
+        ("--prompt-tokens", cfg.prompt_tokens),
+        ("--response-tokens", cfg.response_tokens),
+        ("--num-negatives", cfg.num_negatives),
+        ("--steps", cfg.steps),
+    ] {
+        if v == 0 {
+            return Err(bad(key, "must be >= 1".into()));
+        }
+    }
+    if cfg.target_length < cfg.prompt_tokens + cfg.response_tokens {
+        return Err(bad(
+            "--target-length",
+            format!(
+                "the virtual context K = {} must hold the prompt and a response ({} + {} tokens)",
+                cfg.target_length, cfg.prompt_tokens, cfg.response_tokens
+            ),
+        ));
+    }
     let random = cfg.random_model.map(|r| r.config()).transpose()?;
     tch::manual_seed(cfg.seed as i64);
     let model = match random {

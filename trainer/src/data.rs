@@ -288,6 +288,7 @@ pub struct ExampleStream {
     capacity: usize,
     rng: rand_chacha::ChaCha8Rng,
     num_negatives: usize,
+    vocab_size: Option<usize>,
     /// Completed passes over the data.
     pub epoch: usize,
 }
@@ -305,10 +306,18 @@ impl ExampleStream {
             capacity: buffer.max(1),
             rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
             num_negatives,
+            vocab_size: None,
             epoch: 0,
         };
         s.reshuffle_groups();
         s
+    }
+
+    /// Rejects, as [`TrainerError::Input`] naming the file, sample and column, any token id
+    /// `≥ vocab_size` (the model's `vocab_size`): data tokenized for another model.
+    pub fn with_vocab_size(mut self, vocab_size: usize) -> Self {
+        self.vocab_size = Some(vocab_size);
+        self
     }
 
     fn reshuffle_groups(&mut self) {
@@ -331,6 +340,25 @@ impl ExampleStream {
             self.next_group += 1;
             let rows = read_row_group(rg)?;
             for e in &rows {
+                if let Some(v) = self.vocab_size {
+                    let columns = [
+                        (col::PROMPT_INPUT_IDS, &e.prompt_ids),
+                        (col::CHOSEN_INPUT_IDS, &e.chosen_ids),
+                    ];
+                    let rejected = e.rejected_ids.iter().map(|r| (col::REJECTED_INPUT_IDS, r));
+                    for (column, ids) in columns.into_iter().chain(rejected) {
+                        if let Some(&t) = ids.iter().find(|&&t| t < 0 || t as usize >= v) {
+                            return Err(TrainerError::Input {
+                                path: rg.path.clone(),
+                                message: format!(
+                                    "sample {}: field {column}: token id {t} is outside the \
+                                     model's vocabulary of {v} (data tokenized for another model?)",
+                                    e.sample_id
+                                ),
+                            });
+                        }
+                    }
+                }
                 if e.rejected_ids.len() != self.num_negatives {
                     return Err(TrainerError::Input {
                         path: rg.path.clone(),

@@ -58,6 +58,14 @@ pub enum TrainerError {
     /// could not connect, or the NCCL library is missing. The message names the rank.
     #[error("distributed: {0}")]
     Dist(String),
+    /// Training produced a non-finite loss or gradient norm; the step was not applied.
+    #[error("step {step}: training diverged: {message}")]
+    Diverged {
+        /// The optimizer step (1-based).
+        step: usize,
+        /// The values seen and what to do.
+        message: String,
+    },
     /// An invariant of logo itself was broken.
     #[error("bug in logo: {0}")]
     Internal(String),

@@ -98,7 +98,7 @@ impl LoraConfig {
         self
     }
 
-    /// Checks `r ≥ 1`, `lora_alpha > 0`, `0 ≤ lora_dropout < 1`, a non-empty target list.
+    /// Checks `r ≥ 1`, finite `lora_alpha > 0`, `0 ≤ lora_dropout < 1`, a non-empty target list.
     /// Errors: [`TrainerError::Config`] naming the key (`lora.r`, …).
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, message: String| {
@@ -110,10 +110,10 @@ impl LoraConfig {
         if self.r < 1 {
             return bad("r", format!("expected ≥ 1, got {}", self.r));
         }
-        if self.lora_alpha.is_nan() || self.lora_alpha <= 0.0 {
+        if !(self.lora_alpha > 0.0 && self.lora_alpha.is_finite()) {
             return bad(
                 "lora_alpha",
-                format!("expected > 0, got {}", self.lora_alpha),
+                format!("expected finite and > 0, got {}", self.lora_alpha),
             );
         }
         if !(0.0..1.0).contains(&self.lora_dropout) {

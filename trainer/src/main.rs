@@ -234,6 +234,7 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
+    logo_schemas::cli::reset_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOGO_LOG")
@@ -245,7 +246,10 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("logo-trainer: {e:#}");
+            eprintln!(
+                "logo-trainer: {}",
+                logo_schemas::cli::error_chain(e.as_ref())
+            );
             ExitCode::from(2)
         }
     }

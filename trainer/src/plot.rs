@@ -7,8 +7,8 @@ use plotters::prelude::*;
 use crate::error::{Result, TrainerError};
 use crate::train_loop::StepMetrics;
 
-/// Draws `metrics` to `path` (PNG, 1200×500): loss on the left, margin and accuracy on the
-/// right. Errors: [`TrainerError::Internal`] when drawing fails, naming the file.
+/// Draws `metrics` to `path` (PNG, 1200×500): loss on the left, reward margin on the right.
+/// Non-finite values are left out of the curves and the axis ranges. Errors: [`TrainerError::Internal`] when drawing fails, naming the file.
 pub fn plot_training(metrics: &[StepMetrics], path: &Path) -> Result<()> {
     draw(metrics, path).map_err(|e| TrainerError::Internal(format!("plot {}: {e}", path.display())))
 }
@@ -57,6 +57,7 @@ fn panel(
     let (lo, hi) = metrics
         .iter()
         .flat_map(|m| series.iter().map(move |(_, _, f)| f(m)))
+        .filter(|v| v.is_finite())
         .fold((f64::INFINITY, f64::NEG_INFINITY), |(a, b), v| {
             (a.min(v), b.max(v))
         });
@@ -64,6 +65,7 @@ fn panel(
         let pad = (hi - lo) * 0.05;
         (lo - pad, hi + pad)
     } else {
+        let (lo, hi) = if lo.is_finite() { (lo, hi) } else { (0.0, 0.0) };
         (lo.min(0.0) - 1.0, hi.max(0.0) + 1.0)
     };
     let mut chart = ChartBuilder::on(area)
@@ -75,12 +77,16 @@ fn panel(
     chart
         .configure_mesh()
         .x_desc("step")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc(y_desc)
         .draw()?;
     for &(name, color, f) in series {
         chart
             .draw_series(LineSeries::new(
-                metrics.iter().map(|m| (m.step as f64, f(m))),
+                metrics
+                    .iter()
+                    .map(|m| (m.step as f64, f(m)))
+                    .filter(|(_, v)| v.is_finite()),
                 color.stroke_width(2),
             ))?
             .label(name)
@@ -91,6 +97,7 @@ fn panel(
         chart.draw_series(
             metrics
                 .iter()
+                .filter(|m| f(m).is_finite())
                 .map(|m| Circle::new((m.step as f64, f(m)), 3, color.filled())),
         )?;
     }
@@ -100,4 +107,33 @@ fn panel(
         .background_style(WHITE.mix(0.8))
         .draw()?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A step with an infinite or NaN value once made plotters loop forever on its axis
+    /// range; now the value is left out and the PNG is written.
+    #[test]
+    fn non_finite_values_are_left_out() {
+        let step = |step, loss| StepMetrics {
+            step,
+            lr: 1e-4,
+            loss,
+            preference_loss: loss,
+            sft_loss: 1.0,
+            reward_chosen: 0.0,
+            reward_rejected: 0.0,
+            margin: f64::NAN,
+            accuracy: 0.5,
+            grad_norm: 1.0,
+            tokens: 10,
+            seconds: 1.0,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let png = dir.path().join("training.png");
+        plot_training(&[step(1, 2.0), step(2, f64::INFINITY)], &png).unwrap();
+        assert!(std::fs::metadata(&png).unwrap().len() > 1000);
+    }
 }

@@ -198,13 +198,51 @@ impl TrainConfig {
         if !(self.optim.lr > 0.0 && self.optim.lr < 1.0) {
             return bad("--lr", format!("must be in (0, 1) (got {})", self.optim.lr));
         }
-        if self.loss.beta <= 0.0 {
-            return bad("--beta", format!("must be > 0 (got {})", self.loss.beta));
+        // Written so that NaN fails every range check (a NaN compares false).
+        if !(self.loss.beta > 0.0 && self.loss.beta.is_finite()) {
+            return bad(
+                "--beta",
+                format!("must be finite and > 0 (got {})", self.loss.beta),
+            );
         }
-        if self.loss.sft_weight < 0.0 {
+        if !self.loss.gamma.is_finite() {
+            return bad(
+                "--gamma",
+                format!("must be finite (got {})", self.loss.gamma),
+            );
+        }
+        if !(self.loss.sft_weight >= 0.0 && self.loss.sft_weight.is_finite()) {
             return bad(
                 "--sft-weight",
-                format!("must be >= 0 (got {})", self.loss.sft_weight),
+                format!("must be finite and >= 0 (got {})", self.loss.sft_weight),
+            );
+        }
+        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
+            return bad(
+                "--max-grad-norm",
+                format!(
+                    "must be finite and >= 0, 0 = no clipping (got {})",
+                    self.max_grad_norm
+                ),
+            );
+        }
+        let o = &self.optim;
+        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
+            return bad(
+                "--weight-decay",
+                format!("must be finite and >= 0 (got {})", o.weight_decay),
+            );
+        }
+        if !((0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2)) {
+            return bad(
+                "optim.beta1/optim.beta2",
+                format!("must be in [0, 1) (got {}, {})", o.beta1, o.beta2),
+            );
+        }
+        if !(o.eps > 0.0 && o.eps.is_finite()) {
+            return bad(
+                "optim.eps",
+                format!("must be finite and > 0 (got {})", o.eps),
             );
         }
         if self.share_prompt && self.decoupled {
@@ -328,7 +366,8 @@ fn train_ranked(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSum
             key: "WORLD_SIZE".into(),
             message: format!(
                 "{} Parquet row groups cannot feed {world} ranks (each rank reads whole row \
-                 groups): use fewer ranks or write smaller row groups",
+                 groups): use fewer ranks, or write smaller row groups (`sink.row_group_size` in the \
+                 engine's pipeline YAML)",
                 data.row_groups().len()
             ),
         });
@@ -360,6 +399,16 @@ fn train_ranked(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSum
             });
         }
         start_step = state.step;
+        if start_step >= total_steps {
+            return Err(TrainerError::Config {
+                key: "--resume".into(),
+                message: format!(
+                    "{} is at step {start_step}, and this run ends at step {total_steps} \
+                     (--max-steps): nothing to train",
+                    dir.display()
+                ),
+            });
+        }
     }
     // Sorted by name, so the same order on every rank: the collectives pack the gradients in
     // this order.
@@ -376,7 +425,8 @@ fn train_ranked(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSum
     if let Some(dir) = &cfg.resume {
         opt.load(&dir.join("optimizer.safetensors"))?;
     }
-    let mut stream = ExampleStream::new(shard, cfg.shuffle_buffer, cfg.seed, data.num_negatives());
+    let mut stream = ExampleStream::new(shard, cfg.shuffle_buffer, cfg.seed, data.num_negatives())
+        .with_vocab_size(model.config().vocab_size);
     // Replay the data consumed before the checkpoint, so the run continues where it stopped.
     for _ in 0..start_step * per_step {
         stream.next_example()?;
@@ -460,15 +510,6 @@ fn train_ranked(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSum
         }
         average_gradients(coll, &lora)?;
         let grad_norm = opt.clip_grad_norm(cfg.max_grad_norm);
-        let lr = lr_at(
-            step,
-            cfg.optim.lr,
-            cfg.warmup_steps,
-            total_steps,
-            cfg.min_lr_ratio,
-        );
-        opt.step(lr);
-        opt.zero_grad();
         let mean = |f: fn(&LossMetrics) -> f64| acc.iter().map(f).sum::<f64>() / acc.len() as f64;
         // This rank's means, then the means over the ranks (tokens: the sum).
         let fields: [fn(&LossMetrics) -> f64; 7] = [
@@ -489,6 +530,26 @@ fn train_ranked(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSum
             tokens = buf.pop().unwrap_or(0.0) as f64;
             global = buf.iter().map(|&v| v as f64 / world as f64).collect();
         }
+        // Every rank sees the same means and norm, so all stop together, before the update.
+        if !(global[0].is_finite() && grad_norm.is_finite()) {
+            return Err(TrainerError::Diverged {
+                step: step + 1,
+                message: format!(
+                    "loss {}, gradient norm {grad_norm}; nothing of this step was applied or \
+                     saved (lower --lr or --beta, or resume from an earlier checkpoint)",
+                    global[0]
+                ),
+            });
+        }
+        let lr = lr_at(
+            step,
+            cfg.optim.lr,
+            cfg.warmup_steps,
+            total_steps,
+            cfg.min_lr_ratio,
+        );
+        opt.step(lr);
+        opt.zero_grad();
         let m = StepMetrics {
             step: step + 1,
             lr,

@@ -107,6 +107,16 @@ fn resume_repeats_the_uninterrupted_run() {
         .map(|m| m.step)
         .collect();
     assert_eq!(steps, vec![1, 2, 3, 4, 5, 6]);
+    // A checkpoint at or past the run's last step has nothing left to train: refused, not a
+    // silent success.
+    let mut done = config(&data, &model, &dir.path().join("done"));
+    done.resume = Some(dir.path().join("full/checkpoint-3"));
+    done.max_steps = Some(3);
+    let e = train(&done).unwrap_err().to_string();
+    assert!(
+        e.contains("--resume") && e.contains("is at step 3, and this run ends at step 3"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -404,4 +414,92 @@ fn exported_merged_model_equals_base_with_adapter() {
         (&a - &plain).abs().max().double_value(&[]) > 1e-2,
         "the adapter must matter"
     );
+}
+
+/// Hyper-parameters that are NaN, infinite or out of range stop the run before any work,
+/// naming the flag; nothing is written.
+#[test]
+fn bad_hyperparameters_stop_before_any_work() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    type Set = fn(&mut logo_trainer::train_loop::TrainConfig);
+    let cases: [(&str, Set); 7] = [
+        ("--beta", |c| c.loss.beta = f64::NAN),
+        ("--beta", |c| c.loss.beta = f64::INFINITY),
+        ("--gamma", |c| c.loss.gamma = f64::INFINITY),
+        ("--sft-weight", |c| c.loss.sft_weight = f64::NAN),
+        ("--max-grad-norm", |c| c.max_grad_norm = -1.0),
+        ("--lr", |c| c.optim.lr = f64::NAN),
+        ("lora.lora_alpha", |c| c.lora.lora_alpha = f64::INFINITY),
+    ];
+    for (key, set) in cases {
+        let mut cfg = config(&dir.path().join("data"), &dir.path().join("model"), &out);
+        set(&mut cfg);
+        let e = train(&cfg).unwrap_err().to_string();
+        assert!(e.starts_with(&format!("config key {key}: ")), "{key}: {e}");
+    }
+    assert!(!out.exists(), "no output before the config is valid");
+}
+
+/// Token ids outside the model's vocabulary (data made with another tokenizer) are an input
+/// error naming the file, the sample, the column and the id, not a libtorch index error.
+#[test]
+fn token_ids_outside_the_vocabulary_are_named() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(&dir.path().join("model"));
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    let mut bad = sample(1);
+    bad.chosen_input_ids[1] = VOCAB as u32 + 7;
+    write_parquet(
+        &dir.path().join("data/part.parquet"),
+        &[sample(0), bad],
+        Some(SCHEMA_VERSION),
+    );
+    let cfg = config(
+        &dir.path().join("data"),
+        &dir.path().join("model"),
+        &dir.path().join("out"),
+    );
+    let e = train(&cfg).unwrap_err().to_string();
+    let want = format!(
+        "sample doc:1#q0: field chosen_input_ids: token id {} is outside the model's vocabulary of {VOCAB}",
+        VOCAB + 7
+    );
+    assert!(e.contains("part.parquet") && e.contains(&want), "{e}");
+}
+
+/// A loss that turns non-finite stops the run at that step with a clear error, before the
+/// update: no adapter of NaNs is written.
+#[test]
+fn a_diverged_step_stops_before_the_update() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let model = dir.path().join("model");
+    tiny_model(&model);
+    // A model whose output head holds an infinity: every logit row is non-finite.
+    let file = model.join("model.safetensors");
+    let mut tensors = Tensor::read_safetensors(&file).unwrap();
+    for (name, t) in tensors.iter_mut() {
+        if name == "lm_head.weight" {
+            let _ = t.get(0).get(0).fill_(f64::INFINITY);
+        }
+    }
+    Tensor::write_safetensors(&tensors, &file).unwrap();
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    write_parquet(
+        &dir.path().join("data/a.parquet"),
+        &[sample(0), sample(1)],
+        Some(SCHEMA_VERSION),
+    );
+    let out = dir.path().join("out");
+    let e = train(&config(&dir.path().join("data"), &model, &out))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("step 1: training diverged: loss NaN") && e.contains("nothing of this step"),
+        "{e}"
+    );
+    assert!(!out.join("adapter_model.safetensors").exists());
+    assert!(!out.join("checkpoint-1").exists());
 }
