@@ -211,8 +211,18 @@ impl LoraDeltas {
     pub fn load(dir: &Path) -> Result<LoraDeltas> {
         let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
         let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
-        let cfg: AdapterConfigFile =
+        // The adapter kind first: a prefix-tuning or IA3 config lacks LoRA's fields, and "only
+        // LoRA" is the useful message, not "missing field r".
+        let kind: serde_json::Value =
             serde_json::from_str(&text).map_err(|e| adapter_err(&cfg_path, e))?;
+        if let Some(other) = kind["peft_type"].as_str().filter(|t| *t != "LORA") {
+            return Err(adapter_err(
+                &cfg_path,
+                format!("peft_type: expected LORA (only LoRA adapters are supported), got {other}"),
+            ));
+        }
+        let cfg: AdapterConfigFile =
+            serde_json::from_value(kind).map_err(|e| adapter_err(&cfg_path, e))?;
         let unsupported = if cfg.peft_type != "LORA" {
             Some(format!("peft_type: expected LORA, got {}", cfg.peft_type))
         } else if cfg.use_dora || cfg.use_rslora || cfg.fan_in_fan_out {
@@ -439,6 +449,19 @@ mod tests {
         let e = LoraDeltas::load(dir.path()).unwrap_err().to_string();
         assert!(
             e.contains("adapter_config.json") && e.contains("use_dora"),
+            "{e}"
+        );
+        // Another PEFT method: named as such, not as a missing LoRA field.
+        write_adapter(
+            dir.path(),
+            r#"{"peft_type": "PREFIX_TUNING", "num_virtual_tokens": 20}"#,
+            &[],
+        );
+        let e = LoraDeltas::load(dir.path()).unwrap_err().to_string();
+        assert!(
+            e.contains(
+                "peft_type: expected LORA (only LoRA adapters are supported), got PREFIX_TUNING"
+            ),
             "{e}"
         );
         write_adapter(

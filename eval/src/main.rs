@@ -154,6 +154,15 @@ fn plan(cli: &Cli) -> Result<Plan> {
             ),
         ));
     }
+    if model.is_dir() {
+        return Err(config_err(
+            "--model",
+            format!(
+                "{} is a folder; logo-eval reads a Llama-family GGUF file",
+                model.display()
+            ),
+        ));
+    }
     if let Some(a) = &cli.adapter {
         if !a.join("adapter_config.json").exists() {
             return Err(config_err(
@@ -164,6 +173,9 @@ fn plan(cli: &Cli) -> Result<Plan> {
                 ),
             ));
         }
+        // Its kind and settings, before any model runs (only plain LoRA is supported).
+        logo_trainer::lora::read_adapter_config(a)
+            .map_err(|e| config_err("--adapter", e.to_string()))?;
     }
     let model_cfg = policy_config(&model, None, cli.threads);
     let max_positions = max_positions_of(&model_cfg)?;

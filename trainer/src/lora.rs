@@ -267,8 +267,17 @@ struct AdapterConfigFile {
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
     let path = dir.join(ADAPTER_CONFIG_FILE);
     let text = std::fs::read_to_string(&path).map_err(|e| TrainerError::io(&path, e))?;
-    let file: AdapterConfigFile =
+    // The adapter kind first: a prefix-tuning or IA3 config lacks LoRA's fields.
+    let kind: serde_json::Value =
         serde_json::from_str(&text).map_err(|e| TrainerError::model(&path, e.to_string()))?;
+    if let Some(other) = kind["peft_type"].as_str().filter(|t| *t != "LORA") {
+        return Err(TrainerError::model(
+            &path,
+            format!("peft_type: expected LORA (only LoRA adapters are supported), got {other}"),
+        ));
+    }
+    let file: AdapterConfigFile =
+        serde_json::from_value(kind).map_err(|e| TrainerError::model(&path, e.to_string()))?;
     let unsupported = if file.peft_type != "LORA" {
         Some(format!("peft_type: expected LORA, got {}", file.peft_type))
     } else if file.bias != "none" {
