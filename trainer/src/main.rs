@@ -107,7 +107,8 @@ struct BenchArgs {
     /// Per-layer activation checkpointing.
     #[arg(long)]
     checkpointing: bool,
-    /// Compute the prompt once for the M + 1 responses.
+    /// Compute the prompt once for the M + 1 responses. Training's default, but off here:
+    /// `bench` without --share-prompt or --decoupled measures the joint backward.
     #[arg(long, conflicts_with = "decoupled")]
     share_prompt: bool,
     /// Write the synthetic sample (prompt ids and positions, responses) as JSON, so that a
