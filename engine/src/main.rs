@@ -18,6 +18,17 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Write a GGUF's tokenizer as a Hugging Face tokenizer folder (tokenizer.json,
+    /// tokenizer_config.json with the chat template), e.g. into the folder of
+    /// `logo-trainer export-hf`, so that transformers' AutoTokenizer loads it.
+    Tokenizer {
+        /// The GGUF. Default: the embedded SmolLM2-135M-Instruct in $LOGO_CACHE/models.
+        #[arg(long)]
+        model: Option<PathBuf>,
+        /// Folder to write into (created).
+        #[arg(long, value_name = "DIR")]
+        output: PathBuf,
+    },
     /// Run a pipeline file: documents → chunks → scores → contexts → responses → positions → Parquet.
     Run {
         /// The pipeline file (YAML).
@@ -99,6 +110,14 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Sql { query, data } => {
             let batches = logo_engine::sql::query(&data, &query)?;
             println!("{}", logo_engine::sql::pretty(&batches)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Tokenizer { model, output } => {
+            let model = model.unwrap_or_else(logo_engine::model::default_model_path);
+            let files = logo_engine::model::export_hf_tokenizer(&model, &output)?;
+            for f in files {
+                println!("{}", f.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Schema => {

@@ -40,7 +40,8 @@ use crate::error::{EngineError, Result};
 // The tokenizer and chat template live in `crate::tokenizer`; re-exported here, next to the
 // policy that uses them.
 pub use crate::tokenizer::{
-    encode_text, load_tokenizer, ChatTemplate, UserPart, END_OF_TEXT, IM_END, IM_START,
+    encode_text, export_hf_tokenizer, load_tokenizer, ChatTemplate, UserPart, END_OF_TEXT, IM_END,
+    IM_START,
 };
 use crate::tokenizer::{tok_err, tokenizer_from_gguf};
 

@@ -159,6 +159,60 @@ pub enum UserPart<'a> {
     Ids(&'a [u32]),
 }
 
+/// Writes the GGUF's tokenizer as a Hugging Face tokenizer folder, so that a model exported
+/// by `logo-trainer export-hf` from a GGUF base loads with `AutoTokenizer.from_pretrained`:
+/// `tokenizer.json` (the BPE of [`load_tokenizer`], control tokens as special tokens) and
+/// `tokenizer_config.json` (`PreTrainedTokenizerFast`; `bos_token`/`eos_token`/`pad_token`/
+/// `unk_token` from `tokenizer.ggml.{bos,eos,padding,unknown}_token_id`; `chat_template` from
+/// `tokenizer.chat_template`; `model_max_length` from `llama.context_length`). Keys the GGUF
+/// lacks are left out. Returns the files written.
+///
+/// Source: the GGUF tokenizer keys (ggml `docs/gguf.md`); transformers'
+/// `PreTrainedTokenizerFast` reads `tokenizer.json` (the `tokenizers` serialisation).
+/// Errors: [`EngineError::Io`] (unreadable GGUF, unwritable folder), [`EngineError::Model`]
+/// (not a GGUF), [`EngineError::Tokenizer`] (missing or unsupported `tokenizer.ggml.*`).
+pub fn export_hf_tokenizer(
+    gguf: &std::path::Path,
+    dir: &std::path::Path,
+) -> Result<Vec<std::path::PathBuf>> {
+    let (content, _) = read_gguf(gguf)?;
+    let md = &content.metadata;
+    let tok = tokenizer_from_gguf(md).map_err(|e| tok_err(format!("{}: {e}", gguf.display())))?;
+    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    let tok_path = dir.join("tokenizer.json");
+    tok.save(&tok_path, true)
+        .map_err(|e| tok_err(format!("{}: {e}", tok_path.display())))?;
+    let mut config = serde_json::json!({
+        "tokenizer_class": "PreTrainedTokenizerFast",
+        "add_prefix_space": false,
+        "clean_up_tokenization_spaces": false,
+    });
+    for (key, field) in [
+        ("tokenizer.ggml.bos_token_id", "bos_token"),
+        ("tokenizer.ggml.eos_token_id", "eos_token"),
+        ("tokenizer.ggml.padding_token_id", "pad_token"),
+        ("tokenizer.ggml.unknown_token_id", "unk_token"),
+    ] {
+        let id = md.get(key).and_then(|v| v.to_u32().ok());
+        if let Some(token) = id.and_then(|id| tok.id_to_token(id)) {
+            config[field] = token.into();
+        }
+    }
+    if let Some(t) = md
+        .get("tokenizer.chat_template")
+        .and_then(|v| v.to_string().ok())
+    {
+        config["chat_template"] = t.clone().into();
+    }
+    if let Some(n) = md.get("llama.context_length").and_then(|v| v.to_u32().ok()) {
+        config["model_max_length"] = n.into();
+    }
+    let cfg_path = dir.join("tokenizer_config.json");
+    let text = serde_json::to_string_pretty(&config).expect("JSON of a JSON value");
+    std::fs::write(&cfg_path, text).map_err(|e| EngineError::io(&cfg_path, e))?;
+    Ok(vec![tok_path, cfg_path])
+}
+
 /// The ChatML template of SmolLM2-Instruct, assembled from token ids so that control tokens
 /// come only from here:
 ///

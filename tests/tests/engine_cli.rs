@@ -262,3 +262,75 @@ fn leval_run_produces_valid_samples() {
     let table = String::from_utf8_lossy(&sql.stdout);
     assert!(table.contains(&format!("| {} ", samples.len())), "{table}");
 }
+
+/// `logo-engine tokenizer` writes a folder that transformers' `AutoTokenizer` loads: it
+/// encodes text to the engine's own ids, and its chat template (the GGUF's) renders a
+/// system + user turn to the ids of the engine's `ChatTemplate`.
+#[test]
+fn exported_tokenizer_loads_in_transformers_with_the_engines_ids() {
+    let Some(model) = or_skip(embedded_model(), "the embedded model") else {
+        return;
+    };
+    let py = match logo_schemas::paths::venv_python_with(&["transformers"]) {
+        Ok(py) => py,
+        Err(why) => return eprintln!("SKIPPED: {why}"),
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tok");
+    let o = run(
+        "logo-engine",
+        &[
+            "tokenizer",
+            "--model",
+            model.to_str().unwrap(),
+            "--output",
+            out.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "{}", describe(&o));
+    let text = "Marie Curie was born in 1867 in Warsaw; she won two Nobel prizes.";
+    let (system, user) = ("Answer briefly.", "Where was she born?");
+    let script = format!(
+        "import json, sys\n\
+         from transformers import AutoTokenizer\n\
+         t = AutoTokenizer.from_pretrained(sys.argv[1])\n\
+         chat = t.apply_chat_template([{{'role': 'system', 'content': {system:?}}}, \
+         {{'role': 'user', 'content': {user:?}}}], add_generation_prompt=True, tokenize=True)\n\
+         if hasattr(chat, 'keys'): chat = chat['input_ids']\n\
+         print(json.dumps({{'text': t.encode({text:?}, add_special_tokens=False), \
+         'chat': list(chat), 'eos': t.eos_token}}))\n"
+    );
+    let o = std::process::Command::new(&py)
+        .args(["-c", &script, out.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", describe(&o));
+    let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    let cfg = logo_engine::config::ModelConfig {
+        path: model,
+        ..logo_engine::model::default_model_config()
+    };
+    let tok = logo_engine::model::load_tokenizer(&cfg).unwrap();
+    let ids = |v: &serde_json::Value| -> Vec<u32> {
+        v.as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_u64().unwrap() as u32)
+            .collect()
+    };
+    assert_eq!(
+        ids(&got["text"]),
+        logo_engine::model::encode_text(&tok, text).unwrap()
+    );
+    let template = logo_engine::model::ChatTemplate::from_tokenizer(&tok).unwrap();
+    let ours = template
+        .chat(
+            &tok,
+            system,
+            &[logo_engine::model::UserPart::Text(user)],
+            "",
+        )
+        .unwrap();
+    assert_eq!(ids(&got["chat"]), ours);
+    assert_eq!(got["eos"], "<|im_end|>");
+}
