@@ -3,6 +3,8 @@
 //! Llama, with synthetic non-contiguous positions, M = 2 and two samples. Skipped with a
 //! message when the venv lacks transformers/peft (`scripts/setup-venv.sh`).
 
+mod common;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -66,8 +68,7 @@ struct Setup {
 }
 
 fn setup(py: &Path) -> Setup {
-    static SEEDED: std::sync::Mutex<()> = std::sync::Mutex::new(());
-    let _seeded = SEEDED.lock().unwrap_or_else(|e| e.into_inner());
+    let _seeded = common::rng_lock();
     let work = tempfile::tempdir().unwrap();
     let model_dir = work.path().join("model");
     run_py(
@@ -212,19 +213,15 @@ fn bf16_gradients_are_as_close_to_f32_as_pefts() {
     let examples = examples();
     let batch = collate(&examples, Device::Cpu).unwrap();
     let grads = |model: &Llama, run: &dyn Fn(&Llama)| -> HashMap<String, Tensor> {
-        for (_, t) in model.lora_parameters() {
-            let mut g = t.grad();
-            if g.defined() {
-                let _ = g.zero_();
-            }
-        }
-        run(model);
-        model
-            .lora_parameters()
+        let (_, named) = common::lora_grads(model, &|| {
+            run(model);
+            0.0
+        });
+        named
             .into_iter()
-            .map(|(k, t)| {
-                assert_eq!(t.grad().kind(), Kind::Float, "{k}: f32 gradient");
-                (format!("base_model.model.{k}"), t.grad().copy())
+            .map(|(k, g)| {
+                assert_eq!(g.kind(), Kind::Float, "{k}: f32 gradient");
+                (format!("base_model.model.{k}"), g)
             })
             .collect()
     };

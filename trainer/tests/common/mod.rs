@@ -215,18 +215,17 @@ pub fn lora_grads(
     model: &logo_trainer::model::Llama,
     run: &dyn Fn() -> f64,
 ) -> (f64, Vec<(String, Tensor)>) {
-    let vars = model.lora_var_store().unwrap().variables();
-    for t in vars.values() {
+    let vars = model.lora_parameters();
+    for (_, t) in &vars {
         let mut g = t.grad();
         if g.defined() {
             let _ = g.zero_();
         }
     }
     let loss = run();
-    let mut named: Vec<(String, Tensor)> = vars
+    let named = vars
         .into_iter()
         .map(|(k, t)| (k, t.grad().copy()))
         .collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
     (loss, named)
 }
