@@ -39,8 +39,14 @@ leval limit="4": build
 # The whole test suite.
 test: build
     cargo test --release --workspace
+    scripts/kernel-check.sh avx2 avx512
     cargo fmt --all -- --check
     cargo clippy --release --workspace --all-targets -- -D warnings
+
+# The trainer's numeric tests under libtorch's CPU kernels (avx2, avx512, default), each
+# --runs N times; --json FILE writes the worst observation of every numeric check per kernel.
+kernel-check *args="avx2 avx512": build
+    scripts/kernel-check.sh {{args}}
 
 # Benchmarks; JSON goes to bench/results/.
 bench: build

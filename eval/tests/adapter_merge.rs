@@ -3,6 +3,8 @@
 //! next-token logits.
 
 mod common;
+#[path = "../../trainer/tests/common/numeric.rs"]
+mod numeric;
 
 use logo_engine::config::ModelConfig;
 use logo_engine::model::{encode_text, Policy};
@@ -60,9 +62,10 @@ fn adapter_merged_by_the_engine_equals_the_trainers_lora() {
         changed > 0.5,
         "the adapter should change the logits (max diff {changed})"
     );
-    assert!(
-        agree < 2e-3,
-        "engine (merged, candle) vs trainer (LoRA, libtorch): {agree}"
+    numeric::assert_within(
+        "engine (merged, candle) vs trainer (LoRA, libtorch), max |logits|",
+        agree as f64,
+        2e-3,
     );
     // Same arg-max token.
     let argmax = |v: &[f32]| {

@@ -2,6 +2,8 @@
 //! a message where the model or `../shared/data` is absent).
 
 mod common;
+#[path = "../../trainer/tests/common/numeric.rs"]
+mod numeric;
 
 use logo_engine::model::{encode_text, Policy};
 use logo_engine::stage::Rejects;
@@ -200,7 +202,11 @@ fn perplexity_windows_match_one_full_forward() {
         .sum(Kind::Double)
         .double_value(&[]);
     let ours = window_nll(&model, &tokens, 1).unwrap();
-    assert!((ours - full).abs() / full < 1e-5, "{ours} vs {full}");
+    numeric::assert_within(
+        "perplexity window vs full forward, NLL sum",
+        (ours - full).abs() / full,
+        1e-5,
+    );
     // One window as long as the text: the same sum; shorter windows score every token once
     // and, with less context, give a higher perplexity on this repetitive text.
     let cfg = PerplexityConfig {
@@ -212,7 +218,11 @@ fn perplexity_windows_match_one_full_forward() {
     assert_eq!(r.points.len(), 2);
     let (short, long) = (&r.points[0], &r.points[1]);
     assert_eq!(long.windows, 1);
-    assert!((long.nll_sum - full).abs() / full < 1e-5);
+    numeric::assert_within(
+        "perplexity run (one window) vs full forward, NLL sum",
+        (long.nll_sum - full).abs() / full,
+        1e-5,
+    );
     assert_eq!(short.scored_tokens, 599);
     assert_eq!(long.scored_tokens, 599);
     assert_eq!(short.stride, 32);

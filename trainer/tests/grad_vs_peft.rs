@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use common::numeric::{assert_within, relative};
 use logo_schemas::paths::venv_python_with;
 use logo_trainer::data::{collate, Example};
 use logo_trainer::lora::{save_adapter, LoraConfig};
@@ -156,10 +157,7 @@ fn lora_gradients_equal_peft_reference() {
     let reference = peft_reference(&py, &s, "float32");
     let ref_loss = reference["loss"].double_value(&[0]);
     let our_loss = out.loss.double_value(&[]);
-    assert!(
-        (ref_loss - our_loss).abs() < 1e-5,
-        "loss: ours {our_loss}, PEFT {ref_loss}"
-    );
+    assert_within("loss vs PEFT", relative(ref_loss, our_loss), 1e-5);
 
     let ours = model.lora_var_store().unwrap().variables();
     assert_eq!(ours.len() + 1, reference.len(), "same trainable parameters");
@@ -173,7 +171,7 @@ fn lora_gradients_equal_peft_reference() {
         let scale = theirs.abs().max().double_value(&[]).max(1e-6);
         let diff = (&g - theirs).abs().max().double_value(&[]) / scale;
         worst = worst.max(diff);
-        assert!(diff < 1e-4, "{key}: relative max difference {diff}");
+        assert_within(&format!("{key} gradient vs PEFT"), diff, 1e-4);
     }
     println!(
         "LoRA gradients vs PEFT: worst relative max difference {worst:.2e}, loss {our_loss:.6}"
@@ -229,7 +227,11 @@ fn bf16_gradients_are_as_close_to_f32_as_pefts() {
     let ours32 = grads(&s.model, &|m| {
         backward_joint(m, &batch, cfg, false, 1, 1.0).unwrap();
     });
-    assert!(worst_relative(&peft32, &ours32) < 1e-4);
+    assert_within(
+        "f32 joint gradient vs PEFT f32",
+        worst_relative(&peft32, &ours32),
+        1e-4,
+    );
     type Run<'a> = Box<dyn Fn(&Llama) + 'a>;
     let modes: [(&str, Run); 3] = [
         (

@@ -12,12 +12,16 @@
 //! GGUF (`$LOGO_CACHE/models/SmolLM2-135M-Instruct.Q4_1.gguf`; `LOGO_CACHE` defaults to
 //! `$HOME/.cache/logo`) print a message and pass when those are absent.
 
+#[path = "common/numeric.rs"]
+mod numeric;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use logo_schemas::paths::venv_python_with;
 use logo_trainer::lora::{load_adapter, merge_lora, save_adapter, LoraConfig};
 use logo_trainer::model::Llama;
+use numeric::assert_within;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
 
@@ -154,10 +158,7 @@ fn compare_with_hf(test: &str, model_class: &str, config: serde_json::Value) -> 
         );
         worst = worst.max(d);
     }
-    assert!(
-        worst <= 1e-4,
-        "{test}: max |ours - HF| = {worst:.3e} > 1e-4"
-    );
+    assert_within(&format!("{test}: max |ours - HF| logits"), worst, 1e-4);
     Some(worst)
 }
 
@@ -295,7 +296,7 @@ fn zero_initialised_lora_leaves_logits_unchanged() {
     {
         let d = max_abs_diff(a, b);
         println!("zero LoRA: max |base - adapted| = {d:.3e}");
-        assert!(d <= 1e-6, "zero-initialised LoRA changed logits by {d:e}");
+        assert_within("zero-initialised LoRA vs base, max |logits|", d, 1e-6);
     }
 }
 
@@ -332,7 +333,11 @@ fn merge_lora_matches_unmerged_adapter_and_round_trips() {
         for (i, (a, b)) in adapted.iter().zip(&our_logits(&model, &cases)).enumerate() {
             let d = max_abs_diff(a, b);
             println!("merge (tied {tied}): case {i}: max |adapter - merged| = {d:.3e}");
-            assert!(d <= 1e-4, "merged logits differ by {d:e}");
+            assert_within(
+                &format!("merge (tied {tied}): max |adapter - merged| logits"),
+                d,
+                1e-4,
+            );
         }
     }
 }
@@ -383,7 +388,11 @@ fn saved_adapter_loads_in_peft_with_same_logits() {
                  logits by {moved:.3e}"
             );
             assert!(moved > 1e-2, "the adapter should change PEFT's logits");
-            assert!(d <= 1e-4, "{test}: max |ours - PEFT| = {d:.3e} > 1e-4");
+            assert_within(
+                &format!("{test} (tied {tied}): max |ours - PEFT| logits"),
+                d,
+                1e-4,
+            );
         }
     }
 }
@@ -478,7 +487,11 @@ fn gguf_logits_match_candle_quantized_llama() {
         // vs interleaved): only summation order differs, ~1e-6 relative per layer over 30
         // layers and logits ~20 → 1e-3 absolute is a bound a real bug (a wrong permute, eps or
         // θ) exceeds by orders of magnitude.
-        assert!(d <= 1e-3, "gguf: max |ours - candle| = {d:.3e} > 1e-3");
+        assert_within(
+            &format!("gguf prefix {n}: max |ours - candle| logits"),
+            d,
+            1e-3,
+        );
         assert_eq!(argmax.0, argmax.1);
     }
 }

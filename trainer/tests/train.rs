@@ -6,9 +6,9 @@ mod common;
 
 use std::path::Path;
 
+use common::numeric::*;
 use common::*;
 use logo_schemas::{Record, TrainingSample, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
-use logo_trainer::lora::LoraConfig;
 use logo_trainer::loss::LossConfig;
 use logo_trainer::train_loop::{read_metrics, train};
 use parquet::arrow::ArrowWriter;
@@ -91,14 +91,17 @@ fn resume_repeats_the_uninterrupted_run() {
     assert_eq!(resumed.metrics.len(), 3);
     for (a, b) in full.metrics[3..].iter().zip(&resumed.metrics) {
         assert_eq!(a.step, b.step);
-        assert!(
-            (a.loss - b.loss).abs() < 1e-5,
-            "step {}: {} vs {}",
-            a.step,
-            a.loss,
-            b.loss
+        // The same operations in the same order on the same inputs: identical.
+        assert_within(
+            &format!("resume step {} loss", a.step),
+            relative(a.loss, b.loss),
+            RESUME_BOUND,
         );
-        assert!((a.margin - b.margin).abs() < 1e-4);
+        assert_within(
+            &format!("resume step {} margin", a.step),
+            relative(a.margin, b.margin),
+            RESUME_BOUND,
+        );
     }
     // metrics.jsonl of the resumed folder holds steps 1..=6 once each.
     let steps: Vec<usize> = read_metrics(&resumed_cfg.output.join("metrics.jsonl"))
@@ -178,6 +181,32 @@ fn bad_parquet_gives_a_clear_error() {
     );
 }
 
+/// The bounds of a same-maths gradient test: the f32 tiny model (a regression bound, from
+/// the reduction depth) and its f64 twin (tight), see `common::numeric`.
+fn same_maths_models(dir: &Path) -> [(logo_trainer::model::Llama, f64); 2] {
+    let model = tiny_lora_model(dir);
+    let twin = f64_twin(&model, dir);
+    [
+        (model, rounding_bound(Kind::Float, TINY_GRADIENT_DEPTH)),
+        (twin, F64_TWIN_BOUND),
+    ]
+}
+
+/// Checks every gradient of `other` against `reference` and the losses, under `bound`.
+fn assert_same_gradients(
+    label: &str,
+    (loss_ref, reference): &(f64, Vec<(String, Tensor)>),
+    (loss, other): &(f64, Vec<(String, Tensor)>),
+    bound: f64,
+) {
+    assert_within(&format!("{label} loss"), relative(*loss_ref, *loss), bound);
+    assert_within(
+        &format!("{label} gradient"),
+        worst_relative(reference, other),
+        bound,
+    );
+}
+
 /// The decoupled gradient (one response graph at a time) equals the joint backward.
 #[test]
 fn decoupled_gradient_equals_joint_gradient() {
@@ -186,39 +215,29 @@ fn decoupled_gradient_equals_joint_gradient() {
     use logo_trainer::train_loop::batch_loss;
     let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_lora_model(&dir.path().join("model"));
     let examples = tiny_examples();
     let cfg = LossConfig::default();
-    let (loss_joint, joint) = lora_grads(&model, &|| {
-        let out = batch_loss(
-            &model,
-            &collate(&examples, tch::Device::Cpu).unwrap(),
-            &cfg,
-            false,
-        )
-        .unwrap();
-        (&out.loss * 0.5).backward();
-        out.loss.double_value(&[])
-    });
-    let (loss_dec, dec) = lora_grads(&model, &|| {
-        backward_decoupled(&model, &examples, &cfg, tch::Device::Cpu, false, 1, 0.5)
-            .unwrap()
-            .loss
-            .double_value(&[])
-    });
-    assert!(
-        (loss_joint - loss_dec).abs() < 1e-5,
-        "{loss_joint} vs {loss_dec}"
-    );
-    let mut worst = 0.0f64;
-    for ((name, a), (_, b)) in joint.iter().zip(&dec) {
-        // Relative difference in L2 norm, ‖a − b‖ / ‖a‖ (f32 summation orders differ between
-        // the padded batch and the single sequences).
-        let d = (a - b).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
-        worst = worst.max(d);
-        assert!(d < 1e-5, "{name}: relative difference {d}");
+    for (model, bound) in same_maths_models(&dir.path().join("model")) {
+        let joint = lora_grads(&model, &|| {
+            let out = batch_loss(
+                &model,
+                &collate(&examples, tch::Device::Cpu).unwrap(),
+                &cfg,
+                false,
+            )
+            .unwrap();
+            (&out.loss * 0.5).backward();
+            out.loss.double_value(&[])
+        });
+        let dec = lora_grads(&model, &|| {
+            backward_decoupled(&model, &examples, &cfg, tch::Device::Cpu, false, 1, 0.5)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        });
+        let label = format!("decoupled vs joint ({:?})", model.kind());
+        assert_same_gradients(&label, &joint, &dec, bound);
     }
-    println!("decoupled vs joint: worst relative difference {worst:.2e}");
 }
 
 /// Per-layer activation checkpointing gives the plain gradient, joint and decoupled.
@@ -229,53 +248,53 @@ fn checkpointed_gradient_equals_plain_gradient() {
     use logo_trainer::train_loop::backward_joint;
     let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_lora_model(&dir.path().join("model"));
     let examples = tiny_examples();
     let cfg = LossConfig::default();
     let batch = collate(&examples, tch::Device::Cpu).unwrap();
     let dev = tch::Device::Cpu;
-    let joint = |ckpt: bool| {
-        backward_joint(&model, &batch, &cfg, ckpt, 1, 1.0)
-            .unwrap()
-            .loss
-            .double_value(&[])
-    };
-    let (l0, plain) = lora_grads(&model, &|| joint(false));
-    let (l1, ckpt) = lora_grads(&model, &|| joint(true));
-    let (l2, both) = lora_grads(&model, &|| {
-        backward_decoupled(&model, &examples, &cfg, dev, true, 1, 1.0)
-            .unwrap()
-            .loss
-            .double_value(&[])
-    });
-    assert!(
-        (l0 - l1).abs() < 1e-6 && (l0 - l2).abs() < 1e-5,
-        "{l0} {l1} {l2}"
-    );
-    let mut worst = 0.0f64;
-    for (((name, a), (_, b)), (_, c)) in plain.iter().zip(&ckpt).zip(&both) {
-        for other in [b, c] {
-            let d = (a - other).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
-            worst = worst.max(d);
-            assert!(d < 1e-5, "{name}: relative difference {d}");
-        }
+    for (model, bound) in same_maths_models(&dir.path().join("model")) {
+        let joint = |ckpt: bool| {
+            backward_joint(&model, &batch, &cfg, ckpt, 1, 1.0)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        };
+        let plain = lora_grads(&model, &|| joint(false));
+        let ckpt = lora_grads(&model, &|| joint(true));
+        let both = lora_grads(&model, &|| {
+            backward_decoupled(&model, &examples, &cfg, dev, true, 1, 1.0)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        });
+        let kind = model.kind();
+        assert_same_gradients(
+            &format!("checkpointed vs plain ({kind:?})"),
+            &plain,
+            &ckpt,
+            bound,
+        );
+        assert_same_gradients(
+            &format!("decoupled+checkpointed vs plain ({kind:?})"),
+            &plain,
+            &both,
+            bound,
+        );
     }
-    println!("checkpointed vs plain: worst relative difference {worst:.2e}");
 }
 
 /// The shared-prompt gradient (prompt once, responses against its cached keys and values)
 /// equals the joint backward over the M + 1 full sequences, with and without checkpointing:
-/// to f32 rounding with an f32 model, and to 1e-6 with an f64 model (the LoRA gradients stay
-/// f32), which separates rounding from a real difference.
+/// to the f32 reduction bound with an f32 model, and to the f64 twin's bound with an f64
+/// model, which separates rounding from a real difference (issue 9: the f32 bound of 1e-5
+/// failed at 1.03e-5 under one CPU's kernels).
 #[test]
 fn shared_prompt_gradient_equals_joint_gradient() {
     use logo_trainer::data::collate;
-    use logo_trainer::model::Llama;
     use logo_trainer::shared_prompt::backward_shared_prompt;
     use logo_trainer::train_loop::backward_joint;
     let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
-    let model = tiny_lora_model(&dir.path().join("model"));
     let mut examples = tiny_examples();
     // Different prompt lengths in the batch (the joint batch pads; the shared path never does).
     examples[1].prompt_ids.truncate(9);
@@ -283,54 +302,33 @@ fn shared_prompt_gradient_equals_joint_gradient() {
     let cfg = LossConfig::default();
     let dev = tch::Device::Cpu;
     let batch = collate(&examples, dev).unwrap();
-    // The same adapters on an f64 copy of the base.
-    let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
-    let model64 = Llama::load(&dir.path().join("model"), Some(&lora), dev, Kind::Double).unwrap();
-    {
-        let _g = tch::no_grad_guard();
-        for ((_, mut dst), (_, src)) in model64
-            .lora_parameters()
-            .into_iter()
-            .zip(model.lora_parameters())
-        {
-            dst.copy_(&src);
-        }
-    }
-    for (model, tolerance) in [(&model, 1e-5), (&model64, 1e-6)] {
-        let (l0, joint) = lora_grads(model, &|| {
-            backward_joint(model, &batch, &cfg, false, 1, 0.5)
+    for (model, bound) in same_maths_models(&dir.path().join("model")) {
+        let joint = lora_grads(&model, &|| {
+            backward_joint(&model, &batch, &cfg, false, 1, 0.5)
                 .unwrap()
                 .loss
                 .double_value(&[])
         });
         let shared = |ckpt: bool| {
-            backward_shared_prompt(model, &examples, &cfg, dev, ckpt, 1, 0.5)
+            backward_shared_prompt(&model, &examples, &cfg, dev, ckpt, 1, 0.5)
                 .unwrap()
                 .loss
                 .double_value(&[])
         };
-        let (l1, plain) = lora_grads(model, &|| shared(false));
-        let (l2, ckpt) = lora_grads(model, &|| shared(true));
-        assert!(
-            (l0 - l1).abs() < 1e-5 && (l0 - l2).abs() < 1e-5,
-            "{l0} {l1} {l2}"
+        let plain = lora_grads(&model, &|| shared(false));
+        let ckpt = lora_grads(&model, &|| shared(true));
+        let kind = model.kind();
+        assert_same_gradients(
+            &format!("shared prompt vs joint ({kind:?})"),
+            &joint,
+            &plain,
+            bound,
         );
-        let mut worst = 0.0f64;
-        for (((name, a), (_, b)), (_, c)) in joint.iter().zip(&plain).zip(&ckpt) {
-            for other in [b, c] {
-                let d =
-                    (a - other).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
-                worst = worst.max(d);
-                assert!(
-                    d < tolerance,
-                    "{:?} {name}: relative difference {d}",
-                    model.kind()
-                );
-            }
-        }
-        println!(
-            "shared prompt vs joint ({:?}): loss {l0:.7} vs {l1:.7}, worst relative gradient difference {worst:.2e}",
-            model.kind()
+        assert_same_gradients(
+            &format!("shared prompt+checkpointed vs joint ({kind:?})"),
+            &joint,
+            &ckpt,
+            bound,
         );
     }
 }
@@ -364,12 +362,10 @@ fn share_prompt_run_repeats_the_joint_run() {
     let joint = run(false, "joint");
     let shared = run(true, "shared");
     for (a, b) in joint.iter().zip(&shared) {
-        assert!(
-            (a.loss - b.loss).abs() < 1e-4,
-            "step {}: {} vs {}",
-            a.step,
-            a.loss,
-            b.loss
+        assert_within(
+            &format!("shared prompt run vs joint run, step {} loss", a.step),
+            relative(a.loss, b.loss),
+            training_run_bound(a.step),
         );
         assert_eq!(a.tokens, b.tokens);
     }
@@ -408,8 +404,12 @@ fn exported_merged_model_equals_base_with_adapter() {
         .unwrap()
         .forward(&ids, &pos)
         .unwrap();
-    let diff = (&a - &b).abs().max().double_value(&[]);
-    assert!(diff < 1e-4, "merged export differs by {diff}");
+    let diff = (&a - &b).abs().max().double_value(&[]) / a.abs().max().double_value(&[]);
+    assert_within(
+        "merged export vs base with adapter, logits",
+        diff,
+        rounding_bound(Kind::Float, TINY_GRADIENT_DEPTH),
+    );
     assert!(
         (&a - &plain).abs().max().double_value(&[]) > 1e-2,
         "the adapter must matter"

@@ -2,6 +2,8 @@
 //! synthetic training samples as Parquet, a training config, LoRA gradient capture.
 #![allow(dead_code)] // each test file uses a subset
 
+pub mod numeric;
+
 use std::path::Path;
 use std::sync::Arc;
 
@@ -228,4 +230,21 @@ pub fn lora_grads(
         .map(|(k, t)| (k, t.grad().copy()))
         .collect();
     (loss, named)
+}
+
+/// An f64 copy of `model`'s base (loaded again from `dir`) carrying the same adapters: the
+/// twin of a same-maths test (see [`numeric`]).
+pub fn f64_twin(model: &logo_trainer::model::Llama, dir: &Path) -> logo_trainer::model::Llama {
+    let lora = LoraConfig::default().with_r(4).with_dropout(0.0);
+    let twin =
+        logo_trainer::model::Llama::load(dir, Some(&lora), tch::Device::Cpu, Kind::Double).unwrap();
+    let _g = tch::no_grad_guard();
+    for ((_, mut dst), (_, src)) in twin
+        .lora_parameters()
+        .into_iter()
+        .zip(model.lora_parameters())
+    {
+        dst.copy_(&src);
+    }
+    twin
 }
