@@ -35,9 +35,11 @@ use crate::lora::{LoraConfig, LoraEmbedding, LoraLinear};
 mod checkpoint;
 mod config;
 mod hf_folder;
+mod kv;
 mod layers;
 
 pub use config::{AttentionBias, LlamaConfig, RopeScaling};
+pub use kv::KvCache;
 use hf_folder::load_hf_folder;
 use layers::{frozen, DecoderLayer, Prefix, RmsNorm, Rotary};
 pub(crate) use layers::{Embedding, Linear};
