@@ -5,11 +5,11 @@
 # perplexity windows one at a time vs batched, and NIAH cells past the model's 8K (torch only:
 # the engine's policy stops at 8,192 positions). Writes bench/results/eval_speed.json with the
 # commands, the git commit, the machine and the load average around each run.
-# Usage: bench/eval_speed.sh [niah lengths=1024,2048] [depths=0,50,100] [qa questions=6]
-#        [long lengths=12288] [threads=2]
+# Usage: bench/eval_speed.sh [niah lengths=1024] [depths=0,50,100] [qa questions=4]
+#        [long length=9000] [threads=2]
 set -euo pipefail
 cd "$(dirname "$0")/.."
-LENGTHS=${1:-1024,2048}; DEPTHS=${2:-0,50,100}; QAQ=${3:-6}; LONG=${4:-12288}; THREADS=${5:-2}
+LENGTHS=${1:-1024}; DEPTHS=${2:-0,50,100}; QAQ=${3:-4}; LONG=${4:-9000}; THREADS=${5:-2}
 cache="${LOGO_CACHE:-$HOME/.cache/logo}"
 bin="${CARGO_TARGET_DIR:-$cache/target}/release/logo-eval"
 qa=../shared/data/leval/multidoc_qa.jsonl
@@ -32,8 +32,8 @@ for g in engine torch; do
     run "qa_$g" --generator "$g" --tasks qa --qa "$qa" --qa-questions "$QAQ" --qa-per-document "$QAQ" \
         --max-length 2048 --max-new-tokens 32
 done
-run ppl_batch1 --tasks ppl --ppl-lengths 1024 --ppl-tokens 8192 --ppl-batch 1
-run ppl_batch4 --tasks ppl --ppl-lengths 1024 --ppl-tokens 8192 --ppl-batch 4
+run ppl_batch1 --tasks ppl --ppl-lengths 1024 --ppl-tokens 4096 --ppl-batch 1
+run ppl_batch4 --tasks ppl --ppl-lengths 1024 --ppl-tokens 4096 --ppl-batch 4
 run niah_long_torch --generator torch --tasks niah --niah-lengths "$LONG" --niah-depths 50 --needle pizza
 BENCH_CMD="bench/eval_speed.sh $*" python3 - "$work" "${runs[@]}" <<'PY'
 import json, os, subprocess, sys

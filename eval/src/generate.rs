@@ -269,7 +269,12 @@ mod tests {
             p.extend(&base[at..18]);
             p
         };
-        let prompts = vec![with_needle(0), with_needle(15), with_needle(5), with_needle(10)];
+        let prompts = vec![
+            with_needle(0),
+            with_needle(15),
+            with_needle(5),
+            with_needle(10),
+        ];
         // with_needle(15) shares 15, 5, 10 with the others (and itself fully).
         assert_eq!(trunk_of(&prompts), 1);
         assert_eq!(common_prefix(&prompts[1], &prompts[3]), 10);

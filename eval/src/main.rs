@@ -336,10 +336,7 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
             None
         };
         if wants_generation {
-            eprintln!(
-                "[{label}] loading the {} generator",
-                cli.generator
-            );
+            eprintln!("[{label}] loading the {} generator", cli.generator);
             let mut policy;
             let torch_gen;
             let mut generator = if cli.generator == "torch" {

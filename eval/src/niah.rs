@@ -22,8 +22,8 @@ use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::error::{EvalError, Result};
-use crate::metrics::normalize_answer;
 use crate::generate::Generator;
+use crate::metrics::normalize_answer;
 use crate::progress::bar;
 use crate::retrieval::{retrieval_score, value_positions, CopyTrace, RetrievalScore};
 

@@ -22,8 +22,8 @@ use logo_schemas::{DocumentRecord, Record};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
-use crate::metrics::QaScores;
 use crate::generate::Generator;
+use crate::metrics::QaScores;
 use crate::progress::bar;
 
 /// The system prompt of QA generation.
@@ -198,7 +198,11 @@ fn read_questions(file: &Path, cfg: &QaConfig, rejects: &Rejects) -> Result<Vec<
 ///
 /// Errors: [`EvalError::Config`] when a question alone exceeds `max_length`; source, model
 /// and tokenizer errors.
-pub fn run_qa(generator: &mut Generator<'_>, cfg: &QaConfig, rejects: &Rejects) -> Result<QaReport> {
+pub fn run_qa(
+    generator: &mut Generator<'_>,
+    cfg: &QaConfig,
+    rejects: &Rejects,
+) -> Result<QaReport> {
     let started = std::time::Instant::now();
     let tok = generator.tokenizer().clone();
     let template = generator.template();
@@ -258,7 +262,10 @@ pub fn run_qa(generator: &mut Generator<'_>, cfg: &QaConfig, rejects: &Rejects) 
                     .iter()
                     .take_while(|(r, _, _)| &r.document_id == doc)
                     .count();
-            let group: Vec<Vec<u32>> = prompts[start..end].iter().map(|(_, p, _)| p.clone()).collect();
+            let group: Vec<Vec<u32>> = prompts[start..end]
+                .iter()
+                .map(|(_, p, _)| p.clone())
+                .collect();
             let answers =
                 generator.generate_group(&group, cfg.max_new_tokens, &cfg.decoding, false)?;
             for ((row, prompt, truncated), answer) in prompts[start..end].iter().zip(answers) {

@@ -150,7 +150,8 @@ pub fn value_positions(
         if ids.is_empty() || prompt.len() < ids.len() {
             continue;
         }
-        let Some(at) = (from..=prompt.len() - ids.len()).find(|&i| &prompt[i..i + ids.len()] == ids)
+        let Some(at) =
+            (from..=prompt.len() - ids.len()).find(|&i| &prompt[i..i + ids.len()] == ids)
         else {
             continue;
         };
@@ -195,12 +196,12 @@ mod tests {
         let argmax: Vec<Vec<i64>> = (0..4)
             .map(|i| {
                 vec![
-                    5 + i as i64,                    // (0,0): copies each
-                    if i == 0 { 5 } else { 1 },      // (0,1): first only
-                    10,                              // (0,2): 52 outside the needle
-                    if i == 0 { 6 } else { 5 },      // (1,0): needle, wrong token
-                    6,                               // (1,1): 51 at step 1 only
-                    40,                              // (1,2): beyond the prompt
+                    5 + i as i64,               // (0,0): copies each
+                    if i == 0 { 5 } else { 1 }, // (0,1): first only
+                    10,                         // (0,2): 52 outside the needle
+                    if i == 0 { 6 } else { 5 }, // (1,0): needle, wrong token
+                    6,                          // (1,1): 51 at step 1 only
+                    40,                         // (1,2): beyond the prompt
                 ]
             })
             .collect();

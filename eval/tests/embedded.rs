@@ -212,8 +212,15 @@ fn perplexity_windows_match_one_full_forward() {
     };
     let r = run_perplexity(&model, &tokens, &cfg).unwrap();
     // Batched windows (4 at a time; the last, shorter window alone): the same sums.
-    let batched = run_perplexity(&model, &tokens, &PerplexityConfig { batch: 4, ..cfg.clone() })
-        .unwrap();
+    let batched = run_perplexity(
+        &model,
+        &tokens,
+        &PerplexityConfig {
+            batch: 4,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
     for (a, b) in r.points.iter().zip(&batched.points) {
         assert!(
             (a.nll_sum - b.nll_sum).abs() / a.nll_sum < 1e-5,

@@ -98,7 +98,10 @@ fn retrieval_score_of_base_and_adapter() {
             template,
         };
         let r = run_niah(&mut Generator::Torch(&tg), &text, &niah).unwrap();
-        let s = r.retrieval.clone().expect("torch computes the retrieval score");
+        let s = r
+            .retrieval
+            .clone()
+            .expect("torch computes the retrieval score");
         eprintln!(
             "{label}: recall {:.3}, retrieval score {:.3} ({} heads >= 0.1 of {}, {} needle tokens), top {:?}; answers {:?}",
             r.mean_recall,
@@ -117,6 +120,12 @@ fn retrieval_score_of_base_and_adapter() {
     }
     let (base_recall, base) = &scores[0];
     assert!(*base_recall > 0.0, "the base model finds some ingredient");
-    assert!(base.retrieval_heads >= 1 && base.top_mean >= 0.1, "{base:?}");
-    assert_ne!(base.per_head, scores[1].1.per_head, "the adapter changes attention");
+    assert!(
+        base.retrieval_heads >= 1 && base.top_mean >= 0.1,
+        "{base:?}"
+    );
+    assert_ne!(
+        base.per_head, scores[1].1.per_head,
+        "the adapter changes attention"
+    );
 }

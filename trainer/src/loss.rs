@@ -27,7 +27,15 @@ use crate::error::{Result, TrainerError};
 
 /// What the trainer minimises; all three read the same samples (prompt, chosen, M rejected).
 #[derive(
-    Debug, Clone, Copy, PartialEq, Eq, Default, serde::Serialize, serde::Deserialize, clap::ValueEnum,
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum Objective {
@@ -373,7 +381,10 @@ mod tests {
         assert_eq!(out.reward_rejected.size(), vec![3, 1]);
         let (_, gr) = loss_grad_wrt_logps(&lw, &rej, &cfg).unwrap();
         assert!(gr.select(1, 0).abs().sum(Kind::Float).double_value(&[]) > 0.1);
-        assert_eq!(gr.narrow(1, 1, 2).abs().sum(Kind::Float).double_value(&[]), 0.0);
+        assert_eq!(
+            gr.narrow(1, 1, 2).abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
     }
 
     #[test]

@@ -32,16 +32,13 @@ fn extend_equals_the_full_forward() {
             .squeeze_dim(0)
     }); // [20, V]
     let logits = |h: &Tensor| model.lm_logits(h).unwrap().squeeze_dim(0);
-    let diff = |a: &Tensor, row: i64| -> f64 {
-        (a - full.get(row))
-            .abs()
-            .max()
-            .double_value(&[])
-    };
+    let diff = |a: &Tensor, row: i64| -> f64 { (a - full.get(row)).abs().max().double_value(&[]) };
     // Capacity 4: the buffers grow twice on the way.
     let mut cache = model.new_cache(4).unwrap();
     let mut worst = 0.0f64;
-    let (h, _) = model.extend(&mut cache, &ids[..7], &pos[..7], false).unwrap();
+    let (h, _) = model
+        .extend(&mut cache, &ids[..7], &pos[..7], false)
+        .unwrap();
     worst = worst.max(diff(&logits(&h), 6));
     let (h, _) = model
         .extend(&mut cache, &ids[7..12], &pos[7..12], false)
@@ -85,11 +82,14 @@ fn attention_argmax_of_layer_0_by_hand() {
             .collect();
     let (ids, pos) = ids_and_positions();
     let mut cache = model.new_cache(32).unwrap();
-    let (_, heads) = model.extend(&mut cache, &ids[..15], &pos[..15], true).unwrap();
+    let (_, heads) = model
+        .extend(&mut cache, &ids[..15], &pos[..15], true)
+        .unwrap();
     let heads = heads.unwrap();
     assert_eq!(heads.size(), vec![2, 4]);
     let x = w["model.embed_tokens.weight"].index_select(0, &Tensor::from_slice(&ids[..15]));
-    let norm = &x * (x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float) + 1e-5).rsqrt()
+    let norm = &x
+        * (x.pow_tensor_scalar(2).mean_dim(-1, true, Kind::Float) + 1e-5).rsqrt()
         * &w["model.layers.0.input_layernorm.weight"];
     let q = norm.matmul(&w["model.layers.0.self_attn.q_proj.weight"].tr()); // [15, 32]
     let k = norm.matmul(&w["model.layers.0.self_attn.k_proj.weight"].tr()); // [15, 16]
@@ -100,7 +100,9 @@ fn attention_argmax_of_layer_0_by_hand() {
     let rot = |x: &Tensor, n: i64| -> Tensor {
         // x [15, n·hd] → [n, 15, hd] rotated
         let x = x.view([15, n, hd]).transpose(0, 1);
-        let p = Tensor::from_slice(&pos[..15]).to_kind(Kind::Float).unsqueeze(1);
+        let p = Tensor::from_slice(&pos[..15])
+            .to_kind(Kind::Float)
+            .unsqueeze(1);
         let f = p * Tensor::from_slice(&inv).unsqueeze(0); // [15, hd/2]
         let emb = Tensor::cat(&[&f, &f], -1);
         let (x1, x2) = (x.narrow(-1, 0, hd / 2), x.narrow(-1, hd / 2, hd / 2));
@@ -109,7 +111,10 @@ fn attention_argmax_of_layer_0_by_hand() {
     };
     let (q, k) = (rot(&q, 4), rot(&k, 2));
     for h in 0..4 {
-        let scores = k.get(h / 2).matmul(&q.i((h, 14)).unsqueeze(1)).squeeze_dim(1); // [15]
+        let scores = k
+            .get(h / 2)
+            .matmul(&q.i((h, 14)).unsqueeze(1))
+            .squeeze_dim(1); // [15]
         let by_hand = scores.argmax(0, false).int64_value(&[]);
         assert_eq!(heads.int64_value(&[0, h]), by_hand, "head {h}: {scores:?}");
     }

@@ -428,7 +428,10 @@ mod tests {
             assert_eq!((lo[c], hi[c]), (1, bound), "segment {c}");
             let mean = sums[c] / draws as f64;
             let expect = (1 + bound) as f64 / 2.0;
-            assert!((mean - expect).abs() < 0.03 * expect, "segment {c}: mean {mean} vs {expect}");
+            assert!(
+                (mean - expect).abs() < 0.03 * expect,
+                "segment {c}: mean {mean} vs {expect}"
+            );
         }
         println!("paper: {backwards}/{draws} samples with ids going back across a segment border");
         assert!(backwards > draws / 2, "{backwards}");

@@ -84,7 +84,12 @@ fn report(cli: &Cli) -> Result<()> {
     if !needles.is_empty() {
         let cells: Vec<Vec<Option<Interval>>> = sums
             .iter()
-            .map(|s| needles.iter().map(|n| s.niah_recall.get(n).copied()).collect())
+            .map(|s| {
+                needles
+                    .iter()
+                    .map(|n| s.niah_recall.get(n).copied())
+                    .collect()
+            })
             .collect();
         bar_chart(
             "NIAH recall (95 % bootstrap intervals over cells)",
@@ -115,8 +120,7 @@ fn report(cli: &Cli) -> Result<()> {
         .filter_map(|m| m.perplexity.as_ref().map(|p| (m.label.clone(), p.clone())))
         .map(|(l, p)| -> Result<(String, PerplexityReport)> {
             let text = std::fs::read_to_string(&p).map_err(|e| EvalError::io(&p, e))?;
-            let r =
-                serde_json::from_str(&text).map_err(|e| EvalError::input(&p, e.to_string()))?;
+            let r = serde_json::from_str(&text).map_err(|e| EvalError::input(&p, e.to_string()))?;
             Ok((l, r))
         })
         .collect::<Result<_>>()?;
@@ -182,7 +186,10 @@ fn report(cli: &Cli) -> Result<()> {
             let _ = write!(row, " {} | {r} |", ci(s.niah_recall.get(n)));
         }
         for l in &ppl_lengths {
-            let p = s.perplexity.get(l).map_or("–".into(), |p| format!("{p:.2}"));
+            let p = s
+                .perplexity
+                .get(l)
+                .map_or("–".into(), |p| format!("{p:.2}"));
             let _ = write!(row, " {p} |");
         }
         let _ = writeln!(md, "{row}");
@@ -193,7 +200,11 @@ fn report(cli: &Cli) -> Result<()> {
         .filter_map(|s| s.qa.get("f1"))
         .flat_map(|m| m.keys().cloned())
         .collect();
-    let _ = writeln!(md, "| model | {} |", tasks.iter().cloned().collect::<Vec<_>>().join(" | "));
+    let _ = writeln!(
+        md,
+        "| model | {} |",
+        tasks.iter().cloned().collect::<Vec<_>>().join(" | ")
+    );
     let _ = writeln!(md, "|---|{}", "---|".repeat(tasks.len()));
     for s in &sums {
         let cells: Vec<String> = tasks
@@ -209,12 +220,18 @@ fn report(cli: &Cli) -> Result<()> {
         let chosen = sweep.get("chosen").and_then(|c| c.as_u64());
         if let Some(points) = sweep.get("points").and_then(|p| p.as_array()) {
             for (i, p) in points.iter().enumerate() {
-                let mark = if chosen == Some(i as u64) { " (chosen)" } else { "" };
+                let mark = if chosen == Some(i as u64) {
+                    " (chosen)"
+                } else {
+                    ""
+                };
                 let _ = writeln!(
                     md,
                     "| {i}{mark} | `{}` | {:.4} | {} |",
                     p.get("point").map_or(String::new(), |x| x.to_string()),
-                    p.get("validation_f1").and_then(|x| x.as_f64()).unwrap_or(f64::NAN),
+                    p.get("validation_f1")
+                        .and_then(|x| x.as_f64())
+                        .unwrap_or(f64::NAN),
                     p.get("questions").map_or(String::new(), |x| x.to_string())
                 );
             }
@@ -251,7 +268,10 @@ fn main() -> ExitCode {
     match report(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("logo-experiment-report: {}", logo_schemas::cli::error_chain(&e));
+            eprintln!(
+                "logo-experiment-report: {}",
+                logo_schemas::cli::error_chain(&e)
+            );
             ExitCode::FAILURE
         }
     }

@@ -85,8 +85,7 @@ impl KvCache {
                 let mut size = b.size();
                 size[2] = need.max(2 * cap);
                 let out = Tensor::f_zeros(size.as_slice(), (b.kind(), b.device()))?;
-                out.f_narrow(2, 0, len)?
-                    .f_copy_(&b.f_narrow(2, 0, len)?)?;
+                out.f_narrow(2, 0, len)?.f_copy_(&b.f_narrow(2, 0, len)?)?;
                 Ok(out)
             };
             *kb = grow(kb)?;
@@ -160,7 +159,9 @@ impl Llama {
         let _guard = tch::no_grad_guard();
         let t = ids.len() as i64;
         let past = cache.len;
-        let ids = Tensor::from_slice(ids).f_to_device(self.device)?.unsqueeze(0);
+        let ids = Tensor::from_slice(ids)
+            .f_to_device(self.device)?
+            .unsqueeze(0);
         let pos = Tensor::from_slice(positions)
             .f_to_device(self.device)?
             .unsqueeze(0);
@@ -218,7 +219,10 @@ impl Llama {
             x = x1.f_add(&layer.mlp.forward(&h2, false)?)?;
         }
         cache.len = past + t;
-        let last = self.norm.forward(&x.f_narrow(1, t - 1, 1)?)?.f_squeeze_dim(1)?;
+        let last = self
+            .norm
+            .forward(&x.f_narrow(1, t - 1, 1)?)?
+            .f_squeeze_dim(1)?;
         let heads = argmax.then(|| Tensor::f_stack(&heads, 0)).transpose()?;
         Ok((last, heads))
     }

@@ -39,8 +39,8 @@ mod kv;
 mod layers;
 
 pub use config::{AttentionBias, LlamaConfig, RopeScaling};
-pub use kv::KvCache;
 use hf_folder::load_hf_folder;
+pub use kv::KvCache;
 use layers::{frozen, DecoderLayer, Prefix, RmsNorm, Rotary};
 pub(crate) use layers::{Embedding, Linear};
 
