@@ -71,8 +71,11 @@ fn torch_generator_answers_as_the_engine_does() {
     );
 }
 
-/// The retrieval score of multi-value NIAH (pizza) for the base model and a random adapter:
-/// the base model copies needle tokens (some head ≥ 0.1), and the adapter changes the scores.
+/// The retrieval score on the embedded model for the base model and a random adapter, with the
+/// single needle, which the base model recalls at 1K tokens ("eat a sandwich and sit in Dolores
+/// Park"): some head copies ≥ 10 % of the value tokens, and the adapter changes the scores.
+/// (With the three-value pizza needle the 135M model names one ingredient in three cells:
+/// 2 copied tokens of 27, below the 0.1 threshold, observed 0 retrieval heads.)
 #[test]
 fn retrieval_score_of_base_and_adapter() {
     let test = "retrieval_score_of_base_and_adapter";
@@ -81,7 +84,7 @@ fn retrieval_score_of_base_and_adapter() {
     };
     tch::set_num_threads(2);
     let text = load_haystack(&hay).unwrap();
-    let niah = niah_cfg(NeedleSet::pizza());
+    let niah = niah_cfg(NeedleSet::sandwich());
     let tokenizer = load_tokenizer(&cfg).unwrap();
     let template = ChatTemplate::from_tokenizer(&tokenizer).unwrap();
     let dir = tempfile::tempdir().unwrap();
@@ -114,12 +117,12 @@ fn retrieval_score_of_base_and_adapter() {
         );
         assert_eq!(s.per_head.len(), 30 * 9);
         assert!(s.per_head.iter().all(|&x| (0.0..=1.0).contains(&x)));
-        // "figs", "prosciutto", "goat cheese" in 3 needles × 3 depths.
+        // "sandwich" and "Dolores Park" at 3 depths.
         assert!(s.needle_tokens >= 9, "{}", s.needle_tokens);
         scores.push((r.mean_recall, s));
     }
     let (base_recall, base) = &scores[0];
-    assert!(*base_recall > 0.0, "the base model finds some ingredient");
+    assert!(*base_recall > 0.5, "the base model finds the needle");
     assert!(
         base.retrieval_heads >= 1 && base.top_mean >= 0.1,
         "{base:?}"
