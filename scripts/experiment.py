@@ -274,7 +274,7 @@ def main():
     split = split_documents(cfg, work)
     data = build_data(cfg, work)
     manifest = json.loads((work / "data_leval" / "manifest.json").read_text())
-    log(f"data: {data} ({manifest.get('counters', {})})")
+    log(f"data: {data} ({manifest.get('stats', manifest.get('counters', {}))})")
 
     # Sweep (LOGO) on validation.
     sweep = []
@@ -337,7 +337,7 @@ def main():
         "models": models,
         "sweep": json.loads((work / "sweep.json").read_text()),
         "split": {k: split[k] for k in ["documents", "questions", "seed"]},
-        "data": manifest.get("counters", {}),
+        "data": manifest.get("stats", manifest.get("counters", {})),
         "seconds": round(time.time() - started, 1),
         "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT,
                                      capture_output=True, text=True).stdout.strip(),
