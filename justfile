@@ -62,3 +62,8 @@ gpu-bundle: build
 # GPU check: tokens/s, MFU, peak CUDA memory of a random ~1B Llama, 8K tokens, K = 64K, M = 1-8.
 gpu-check:
     scripts/gpu-check.sh
+
+# The experiment of issue 12 from a config (experiments/tiny.yaml: dry run; cpu.yaml; gpu.yaml):
+# split by document, LOGO data, sweep on validation, SFT/SimPO/LOGO, test, report (resumable).
+experiment config="experiments/tiny.yaml": build
+    python3 scripts/experiment.py {{config}}

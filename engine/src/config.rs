@@ -318,6 +318,28 @@ pub struct PositionsConfig {
     /// (the paper's 9:1).
     #[serde(default = "default_continuous_ratio")]
     pub continuous_ratio: f64,
+    /// How the continuous samples' per-chunk biases are drawn (`sorted`, the default;
+    /// `paper`; `off`: plain `0..k`, no synthesis at all). See
+    /// [`crate::stages::positions`].
+    #[serde(default)]
+    pub scheme: PositionScheme,
+}
+
+/// Draw of the continuous samples' biases (paper Eq. 4); `positions.scheme` in the YAML.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum PositionScheme {
+    /// S − 1 uniform draws from `[0, K − R − k]`, sorted (order statistics), first bias 0:
+    /// strictly increasing ids (the documented variant of Eq. 4; the default).
+    #[default]
+    Sorted,
+    /// Eq. 4 as printed: segment c ≥ 1 of S gets its own bias `b_c ~ U(1, ⌊c·(K − R − k)/(S −
+    /// 1)⌋)`, independently (the first segment 0): ids may repeat or go back between
+    /// segments; written as `position_strategy` `paper`.
+    Paper,
+    /// No synthesis: every sample's ids are `0..k` (`position_strategy` `off`), the ablation
+    /// without Eq. 4.
+    Off,
 }
 
 fn default_target_length() -> usize {
@@ -332,6 +354,7 @@ impl Default for PositionsConfig {
         Self {
             target_length: default_target_length(),
             continuous_ratio: default_continuous_ratio(),
+            scheme: PositionScheme::default(),
         }
     }
 }

@@ -4,12 +4,17 @@
 //! ([`perplexity`], [`window`], Fig. 4), for a base model and a PEFT adapter side by side
 //! ([`report`], [`plot`]).
 //!
-//! Generation is the engine's [`logo_engine::model::Policy`] (one implementation with the
-//! generator stage; an adapter is folded into its weights by [`logo_engine::adapter`]);
-//! perplexity uses the trainer's [`logo_trainer::model::Llama`], which takes any position ids.
+//! Generation ([`generate`]) is the engine's [`logo_engine::model::Policy`] (one
+//! implementation with the generator stage; an adapter is folded into its weights by
+//! [`logo_engine::adapter`]) or the trainer's [`logo_trainer::model::Llama`] with a KV cache
+//! (prompts sharing a prefix share its prefill, no 8K limit, attention read-out for the
+//! retrieval score of [`retrieval`]); perplexity uses the trainer's model, which takes any
+//! position ids.
 #![deny(missing_docs)]
 
 pub mod error;
+pub mod experiment;
+pub mod generate;
 pub mod metrics;
 pub mod niah;
 pub mod perplexity;
@@ -17,6 +22,7 @@ pub mod plot;
 pub mod progress;
 pub mod qa;
 pub mod report;
+pub mod retrieval;
 pub mod window;
 
 pub use error::{EvalError, Result};

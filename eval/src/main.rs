@@ -7,16 +7,17 @@ use std::process::ExitCode;
 use clap::Parser;
 use logo_engine::config::{cache_dir, ModelConfig, WeightFormat};
 use logo_engine::model::{
-    default_model_path, encode_text, load_tokenizer, max_positions_of, Policy,
+    default_model_path, encode_text, load_tokenizer, max_positions_of, ChatTemplate, Policy,
 };
 use logo_engine::stage::Rejects;
+use logo_eval::generate::{Generator, TorchGenerator};
 use logo_eval::niah::{load_haystack, run_niah, NeedleSet, NiahConfig};
 use logo_eval::perplexity::{run_perplexity, PerplexityConfig};
 use logo_eval::qa::{run_qa, QaConfig};
 use logo_eval::report::{ModelReport, Report};
 use logo_eval::{plot, Decoding, EvalError, Result};
 use logo_trainer::model::Llama;
-use tch::{Device, Kind};
+use tch::Kind;
 
 /// Evaluate a Llama-family GGUF model and/or its PEFT LoRA adapter: needle in a haystack
 /// (heatmap), long-context QA (token F1, ROUGE-L, exact match) and sliding-window perplexity
@@ -39,6 +40,18 @@ struct Cli {
     /// Tasks to run, comma-separated: niah, qa, ppl.
     #[arg(long, value_delimiter = ',', default_value = "niah,qa,ppl")]
     tasks: Vec<String>,
+    /// Answer generation: `engine` (the engine's candle policy, adapter folded in; prompt +
+    /// answer within the model's trained context) or `torch` (the trainer's libtorch model
+    /// with a KV cache: prompts of one haystack length or one document share their prefill,
+    /// any length, greedy only; NIAH also reports the retrieval score of Appendix B).
+    #[arg(long, default_value = "engine", value_parser = ["engine", "torch"])]
+    generator: String,
+    /// Device of the trainer's model (torch generator and perplexity): cpu, cuda, cuda:N, auto.
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Perplexity windows of one length run this many at a time (one batched forward).
+    #[arg(long, default_value_t = 1)]
+    ppl_batch: usize,
     /// CPU threads for the model.
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
     threads: usize,
@@ -178,7 +191,16 @@ fn plan(cli: &Cli) -> Result<Plan> {
             .map_err(|e| config_err("--adapter", e.to_string()))?;
     }
     let model_cfg = policy_config(&model, None, cli.threads);
-    let max_positions = max_positions_of(&model_cfg)?;
+    let torch = cli.generator == "torch";
+    if torch && cli.temperature > 0.0 {
+        return Err(config_err(
+            "--generator",
+            "torch generates greedily; use --generator engine with --temperature",
+        ));
+    }
+    let trained = max_positions_of(&model_cfg)?;
+    // The torch generator computes rotary angles from the positions: no table to outgrow.
+    let max_positions = if torch { usize::MAX / 4 } else { trained };
     let runs = match (&cli.adapter, cli.compare) {
         (None, _) => vec![("base".to_string(), None)],
         (Some(a), false) => vec![("adapter".to_string(), Some(a.clone()))],
@@ -222,7 +244,7 @@ fn plan(cli: &Cli) -> Result<Plan> {
             files: cli.qa.clone(),
             questions_per_file: cli.qa_questions,
             questions_per_document: cli.qa_per_document,
-            max_length: cli.max_length.unwrap_or(max_positions),
+            max_length: cli.max_length.unwrap_or(trained),
             max_new_tokens: cli.max_new_tokens,
             decoding,
         };
@@ -236,6 +258,7 @@ fn plan(cli: &Cli) -> Result<Plan> {
             context_lengths: cli.ppl_lengths.clone(),
             stride_fraction: cli.ppl_stride,
             max_tokens: cli.ppl_tokens,
+            batch: cli.ppl_batch,
         };
         cfg.validate()?;
         let text = match &cli.ppl_text {
@@ -268,6 +291,22 @@ fn policy_config(model: &Path, adapter: Option<&PathBuf>, threads: usize) -> Mod
     }
 }
 
+/// The trainer's libtorch model in f32 on `device` (`--device`), with the PEFT adapter when
+/// given.
+fn load_torch(model: &Path, adapter: Option<&Path>, device: &str) -> Result<Llama> {
+    let device = logo_trainer::train_loop::parse_device(device)
+        .map_err(|e| config_err("--device", e.to_string()))?;
+    Ok(match adapter {
+        None => Llama::load(model, None, device, Kind::Float)?,
+        Some(a) => {
+            let lora = logo_trainer::lora::read_adapter_config(a)?;
+            let m = Llama::load(model, Some(&lora), device, Kind::Float)?;
+            logo_trainer::lora::load_adapter(&m, a)?;
+            m
+        }
+    })
+}
+
 fn write_json<T: serde::Serialize>(path: &Path, value: &T) -> Result<()> {
     let text = serde_json::to_string_pretty(value).expect("serialisable report");
     std::fs::write(path, text + "\n").map_err(|e| EvalError::io(path, e))
@@ -289,12 +328,42 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
             qa: None,
             perplexity: None,
         };
-        if plan.niah.is_some() || plan.qa.is_some() {
-            eprintln!("[{label}] loading the policy for generation");
-            let mut policy = Policy::load(&model_cfg)?;
+        tch::set_num_threads(cli.threads as i32);
+        let wants_generation = plan.niah.is_some() || plan.qa.is_some();
+        let torch_model = if (wants_generation && cli.generator == "torch") || plan.ppl.is_some() {
+            Some(load_torch(&plan.model, adapter.as_deref(), &cli.device)?)
+        } else {
+            None
+        };
+        if wants_generation {
+            eprintln!("[{label}] loading the {} generator", cli.generator);
+            let mut policy;
+            let torch_gen;
+            let mut generator = if cli.generator == "torch" {
+                let tokenizer = load_tokenizer(&model_cfg)?;
+                let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+                torch_gen = TorchGenerator {
+                    model: torch_model.as_ref().expect("loaded above"),
+                    tokenizer,
+                    template,
+                };
+                Generator::Torch(&torch_gen)
+            } else {
+                policy = Policy::load(&model_cfg)?;
+                Generator::Engine(&mut policy)
+            };
             if let Some((cfg, haystack)) = &plan.niah {
-                let r = run_niah(&mut policy, haystack, cfg)?;
+                let r = run_niah(&mut generator, haystack, cfg)?;
                 eprintln!("[{label}] NIAH mean recall {:.3}", r.mean_recall);
+                if let Some(s) = &r.retrieval {
+                    eprintln!(
+                        "[{label}] retrieval score (Eq. 5, top-{} mean) {:.3}; {} heads >= {}",
+                        logo_eval::retrieval::TOP_HEADS,
+                        s.top_mean,
+                        s.retrieval_heads,
+                        logo_eval::retrieval::RETRIEVAL_THRESHOLD
+                    );
+                }
                 write_json(&dir.join("niah.json"), &r)?;
                 plot::niah_heatmap(
                     &r,
@@ -304,7 +373,7 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
                 report.niah = Some(r);
             }
             if let Some(cfg) = &plan.qa {
-                let r = run_qa(&mut policy, cfg, &rejects)?;
+                let r = run_qa(&mut generator, cfg, &rejects)?;
                 let (n, cut) = r
                     .files
                     .iter()
@@ -345,17 +414,8 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
                     ),
                 ));
             }
-            tch::set_num_threads(cli.threads as i32);
-            let model = match adapter {
-                None => Llama::load(&plan.model, None, Device::Cpu, Kind::Float)?,
-                Some(a) => {
-                    let lora = logo_trainer::lora::read_adapter_config(a)?;
-                    let m = Llama::load(&plan.model, Some(&lora), Device::Cpu, Kind::Float)?;
-                    logo_trainer::lora::load_adapter(&m, a)?;
-                    m
-                }
-            };
-            let r = run_perplexity(&model, &tokens, cfg)?;
+            let model = torch_model.as_ref().expect("loaded above");
+            let r = run_perplexity(model, &tokens, cfg)?;
             for p in &r.points {
                 eprintln!(
                     "[{label}] perplexity @ {}: {:.3}",

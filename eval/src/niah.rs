@@ -17,13 +17,15 @@
 
 use std::path::Path;
 
-use logo_engine::model::{encode_text, ChatTemplate, Policy};
+use logo_engine::model::{encode_text, ChatTemplate};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
 use crate::error::{EvalError, Result};
+use crate::generate::Generator;
 use crate::metrics::normalize_answer;
 use crate::progress::bar;
+use crate::retrieval::{retrieval_score, value_positions, CopyTrace, RetrievalScore};
 
 /// gkamradt's system prompt.
 pub const SYSTEM_PROMPT: &str =
@@ -283,6 +285,15 @@ pub struct NiahReport {
     pub results: Vec<NiahResult>,
     /// Mean recall over the grid.
     pub mean_recall: f64,
+    /// The retrieval score of Appendix B (Eq. 5) over the grid; `--generator torch` only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub retrieval: Option<RetrievalScore>,
+    /// `engine` or `torch` ([`crate::generate`]); empty in reports written before the option.
+    #[serde(default)]
+    pub generator: String,
+    /// Wall seconds of the whole grid (prompts built, answers generated and scored).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Settings of a NIAH run.
@@ -336,11 +347,19 @@ impl NiahConfig {
     }
 }
 
-/// Runs the grid on `policy` with `haystack_text`, greedily. Errors: tokenizer and model
-/// errors, [`EvalError::Config`] from [`build_prompt`].
-pub fn run_niah(policy: &mut Policy, haystack_text: &str, cfg: &NiahConfig) -> Result<NiahReport> {
-    let tok = policy.tokenizer().clone();
-    let template = policy.template();
+/// Runs the grid with `generator`: the prompts of one context length (all depths) form one
+/// group, so the torch generator prefills their common prefix once; with the torch generator
+/// the retrieval score (Eq. 5) is computed over the grid. Errors: tokenizer and model errors,
+/// [`EvalError::Config`] from [`build_prompt`].
+pub fn run_niah(
+    generator: &mut Generator<'_>,
+    haystack_text: &str,
+    cfg: &NiahConfig,
+) -> Result<NiahReport> {
+    let started = std::time::Instant::now();
+    let tok = generator.tokenizer().clone();
+    let template = generator.template();
+    let capture = matches!(generator, Generator::Torch(_));
     let longest = cfg.context_lengths.iter().copied().max().unwrap_or(0);
     // Tokenise only what the longest prompt can use (about 3 characters per token at least).
     let cut = haystack_text
@@ -359,29 +378,59 @@ pub fn run_niah(policy: &mut Policy, haystack_text: &str, cfg: &NiahConfig) -> R
         "needle in a haystack",
     );
     let mut results = Vec::new();
+    // (prompt, needle value positions, answer ids, argmax) per case, for Eq. 5.
+    let mut traces: Vec<(Vec<u32>, Vec<usize>, Vec<u32>, Vec<Vec<i64>>)> = Vec::new();
     for &context_length in &lengths {
-        for &depth_percent in &depths {
-            let case = NiahCase {
+        let cases: Vec<NiahCase> = depths
+            .iter()
+            .map(|&depth_percent| NiahCase {
                 context_length,
                 depth_percent,
-            };
-            let prompt = build_prompt(&tok, &template, &haystack, &cfg.needles, case)?;
-            let g =
-                policy.generate(&prompt.input_ids, &cfg.decoding.options(cfg.max_new_tokens))?;
-            let r = recall(&g.text, &cfg.needles.values);
-            pb.set_message(format!(
-                "{context_length} tokens, depth {depth_percent}%: recall {r:.2}"
-            ));
+            })
+            .collect();
+        let prompts = cases
+            .iter()
+            .map(|&case| build_prompt(&tok, &template, &haystack, &cfg.needles, case))
+            .collect::<Result<Vec<_>>>()?;
+        let ids: Vec<Vec<u32>> = prompts.iter().map(|p| p.input_ids.clone()).collect();
+        pb.set_message(format!("{context_length} tokens, {} depths", cases.len()));
+        let answers = generator.generate_group(&ids, cfg.max_new_tokens, &cfg.decoding, capture)?;
+        for ((case, prompt), answer) in cases.into_iter().zip(ids).zip(answers) {
+            let r = recall(&answer.text, &cfg.needles.values);
             pb.inc(1);
+            if let Some(argmax) = answer.argmax {
+                let at = value_positions(&tok, &prompt, &cfg.needles.needles, &cfg.needles.values)?;
+                traces.push((prompt.clone(), at, answer.token_ids.clone(), argmax));
+            }
             results.push(NiahResult {
                 case,
-                prompt_tokens: prompt.input_ids.len(),
-                answer: g.text,
+                prompt_tokens: prompt.len(),
+                answer: answer.text,
                 recall: r,
             });
         }
     }
     pb.finish_and_clear();
+    let retrieval = match generator {
+        Generator::Torch(t) if !traces.is_empty() => {
+            let c = t.model.config();
+            let views: Vec<CopyTrace<'_>> = traces
+                .iter()
+                .map(|(p, k, a, m)| CopyTrace {
+                    prompt: p,
+                    needle_positions: k,
+                    answer: a,
+                    argmax: m,
+                })
+                .collect();
+            Some(retrieval_score(
+                &views,
+                c.num_hidden_layers,
+                c.num_attention_heads,
+            ))
+        }
+        _ => None,
+    };
     let mean_recall = results.iter().map(|r| r.recall).sum::<f64>() / results.len().max(1) as f64;
     Ok(NiahReport {
         needles: cfg.needles.clone(),
@@ -389,6 +438,9 @@ pub fn run_niah(policy: &mut Policy, haystack_text: &str, cfg: &NiahConfig) -> R
         depths,
         results,
         mean_recall,
+        retrieval,
+        generator: generator.name().into(),
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 

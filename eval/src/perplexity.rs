@@ -31,6 +31,9 @@ pub struct PerplexityConfig {
     pub stride_fraction: f64,
     /// Tokens of text read (from the start); at least the longest `L`.
     pub max_tokens: usize,
+    /// Windows of equal length run together, as one `[batch, L]` forward (`--ppl-batch`);
+    /// 1 = one at a time. The NLL is the same either way (f32 summation order aside).
+    pub batch: usize,
 }
 
 impl PerplexityConfig {
@@ -50,6 +53,12 @@ impl PerplexityConfig {
             return bad(
                 "--ppl-stride",
                 format!("must be in (0, 1), got {}", self.stride_fraction),
+            );
+        }
+        if !(1..=64).contains(&self.batch) {
+            return bad(
+                "--ppl-batch",
+                format!("must be in 1..=64, got {}", self.batch),
             );
         }
         let longest = self.context_lengths.iter().max().copied().unwrap_or(0);
@@ -97,12 +106,43 @@ pub struct PerplexityReport {
 /// `tokens` (one forward with positions `0..len`). Errors: [`EvalError::Trainer`],
 /// [`EvalError::Torch`].
 pub fn window_nll(model: &Llama, tokens: &[u32], score_from: usize) -> Result<f64> {
+    Ok(windows_nll(model, &[(tokens, score_from)])?[0])
+}
+
+/// [`window_nll`] of several windows of the same length in one `[B, len]` forward.
+/// Errors: [`EvalError::Config`] (`--ppl-batch`) when the lengths differ; model errors.
+pub fn windows_nll(model: &Llama, windows: &[(&[u32], usize)]) -> Result<Vec<f64>> {
     let _guard = tch::no_grad_guard();
-    let len = tokens.len() as i64;
-    let ids: Vec<i64> = tokens.iter().map(|&t| i64::from(t)).collect();
-    let ids = Tensor::from_slice(&ids).view([1, len]);
-    let pos = Tensor::arange(len, (Kind::Int64, Device::Cpu)).view([1, len]);
-    let hidden = model.hidden_states(&ids, &pos, false)?.squeeze_dim(0); // [len, H]
+    let Some(len) = windows.first().map(|(t, _)| t.len()) else {
+        return Ok(vec![]);
+    };
+    if windows.iter().any(|(t, _)| t.len() != len) {
+        return Err(EvalError::Config {
+            key: "--ppl-batch".into(),
+            message: "windows of one batch must have the same length".into(),
+        });
+    }
+    let b = windows.len() as i64;
+    let ids: Vec<i64> = windows
+        .iter()
+        .flat_map(|(t, _)| t.iter().map(|&x| i64::from(x)))
+        .collect();
+    let ids = Tensor::from_slice(&ids).view([b, len as i64]);
+    let pos = Tensor::arange(len as i64, (Kind::Int64, Device::Cpu))
+        .view([1, len as i64])
+        .repeat([b, 1]);
+    let hidden = model.hidden_states(&ids, &pos, false)?; // [B, len, H]
+    windows
+        .iter()
+        .enumerate()
+        .map(|(i, (tokens, score_from))| {
+            rows_nll(model, &hidden.get(i as i64), tokens, *score_from)
+        })
+        .collect()
+}
+
+/// Σ NLL of `tokens[score_from..]` from the window's hidden states `[len, H]`.
+fn rows_nll(model: &Llama, hidden: &Tensor, tokens: &[u32], score_from: usize) -> Result<f64> {
     let mut nll = 0.0;
     let mut row = score_from - 1; // hidden row predicting token row + 1
     while row + 1 < tokens.len() {
@@ -160,15 +200,29 @@ pub fn run_perplexity(
     for (l, stride, windows) in plans {
         let mut nll_sum = 0.0;
         let mut scored = 0;
-        for w in &windows {
-            let nll = window_nll(model, &tokens[w.begin..w.end], w.score_from - w.begin)?;
-            nll_sum += nll;
-            scored += w.scored();
-            pb.inc(w.len() as u64);
+        let mut at = 0;
+        while at < windows.len() {
+            // Up to `batch` consecutive windows of the same length.
+            let len = windows[at].len();
+            let n = windows[at..]
+                .iter()
+                .take(cfg.batch.max(1))
+                .take_while(|w| w.len() == len)
+                .count();
+            let group: Vec<(&[u32], usize)> = windows[at..at + n]
+                .iter()
+                .map(|w| (&tokens[w.begin..w.end], w.score_from - w.begin))
+                .collect();
+            for (w, nll) in windows[at..at + n].iter().zip(windows_nll(model, &group)?) {
+                nll_sum += nll;
+                scored += w.scored();
+                pb.inc(w.len() as u64);
+            }
             pb.set_message(format!(
                 "L = {l}: ppl {:.2}",
-                (nll_sum / scored as f64).exp()
+                (nll_sum / scored.max(1) as f64).exp()
             ));
+            at += n;
         }
         points.push(PerplexityPoint {
             context_length: l,
@@ -198,6 +252,7 @@ mod tests {
             context_lengths: vec![512, 1024],
             stride_fraction: 0.5,
             max_tokens: 2048,
+            batch: 1,
         };
         ok.validate().unwrap();
         let e = PerplexityConfig {

@@ -44,9 +44,21 @@ pub fn niah_heatmap(report: &NiahReport, title: &str, path: &Path) -> Result<()>
 }
 
 fn draw_heatmap(report: &NiahReport, title: &str, path: &Path) -> DrawResult {
-    let (width, height) = (900i32, 520i32);
-    let root = BitMapBackend::new(path, (width as u32, height as u32)).into_drawing_area();
+    let root = BitMapBackend::new(path, (900, 520)).into_drawing_area();
     root.fill(&WHITE)?;
+    draw_heatmap_on(&root, report, title)?;
+    root.present()?;
+    Ok(())
+}
+
+/// Draws the heatmap of `report` on `root` (any size; a panel of a larger image).
+pub(crate) fn draw_heatmap_on(
+    root: &DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>,
+    report: &NiahReport,
+    title: &str,
+) -> DrawResult {
+    let (w, h) = root.dim_in_pixel();
+    let (width, height) = (w as i32, h as i32);
     let lengths = &report.context_lengths;
     let depths = &report.depths;
     let (nx, ny) = (lengths.len().max(1) as i32, depths.len().max(1) as i32);
@@ -109,7 +121,6 @@ fn draw_heatmap(report: &NiahReport, title: &str, path: &Path) -> DrawResult {
         centred(16),
     ))?;
     root.draw(&Text::new("depth", (35, (top + bottom) / 2), centred(16)))?;
-    root.present()?;
     Ok(())
 }
 

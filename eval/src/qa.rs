@@ -15,13 +15,14 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use logo_engine::model::{encode_text, Policy};
+use logo_engine::model::encode_text;
 use logo_engine::source::Source;
 use logo_engine::stage::{Rejects, RunStats};
 use logo_schemas::{DocumentRecord, Record};
 use serde::{Deserialize, Serialize};
 
 use crate::error::{EvalError, Result};
+use crate::generate::Generator;
 use crate::metrics::QaScores;
 use crate::progress::bar;
 
@@ -140,6 +141,12 @@ pub struct QaReport {
     pub rejected_rows: u64,
     /// Every scored question.
     pub items: Vec<QaItem>,
+    /// `engine` or `torch` ([`crate::generate`]); empty in reports written before the option.
+    #[serde(default)]
+    pub generator: String,
+    /// Wall seconds of the run (prompts, generation, scoring).
+    #[serde(default)]
+    pub seconds: f64,
 }
 
 /// Cuts `ids` to `budget` tokens by removing the middle (LongBench): the first `⌊budget/2⌋`
@@ -185,11 +192,20 @@ fn read_questions(file: &Path, cfg: &QaConfig, rejects: &Rejects) -> Result<Vec<
     Ok(out)
 }
 
-/// Answers and scores the questions of every file with `policy`, greedily; bad rows go to
-/// `rejects`. Errors: unreadable files, tokenizer and model errors.
-pub fn run_qa(policy: &mut Policy, cfg: &QaConfig, rejects: &Rejects) -> Result<QaReport> {
-    let tok = policy.tokenizer().clone();
-    let template = policy.template();
+/// Answers and scores the questions of every file of `cfg` with `generator`. The questions of
+/// one document form one group, so the torch generator prefills the document once for all
+/// of them ([`crate::generate`]). Bad rows go to `rejects` and are counted.
+///
+/// Errors: [`EvalError::Config`] when a question alone exceeds `max_length`; source, model
+/// and tokenizer errors.
+pub fn run_qa(
+    generator: &mut Generator<'_>,
+    cfg: &QaConfig,
+    rejects: &Rejects,
+) -> Result<QaReport> {
+    let started = std::time::Instant::now();
+    let tok = generator.tokenizer().clone();
+    let template = generator.template();
     let before = rejects.total();
     let mut rows = Vec::new();
     for file in &cfg.files {
@@ -205,10 +221,10 @@ pub fn run_qa(policy: &mut Policy, cfg: &QaConfig, rejects: &Rejects) -> Result<
             |n| n.to_string_lossy().into(),
         );
         let mut doc_ids: HashMap<String, Vec<u32>> = HashMap::new();
-        let mut scored = Vec::new();
+        // (row, prompt, truncated) per question, in file order.
+        let mut prompts = Vec::with_capacity(questions.len());
         for row in questions {
             let question = row.question.clone().unwrap_or_default();
-            let references = vec![row.answer.clone().unwrap_or_default()];
             let (empty, _) = template.prompt(&tok, SYSTEM_PROMPT, &[], &question)?;
             let budget = cfg
                 .max_length
@@ -234,22 +250,44 @@ pub fn run_qa(policy: &mut Policy, cfg: &QaConfig, rejects: &Rejects) -> Result<
             };
             let (context, truncated) = middle_truncate(&ids, budget);
             let (prompt, _) = template.prompt(&tok, SYSTEM_PROMPT, &[&context], &question)?;
-            let g = policy.generate(&prompt, &cfg.decoding.options(cfg.max_new_tokens))?;
-            let prediction = g.text.trim().to_string();
-            let scores = QaScores::best_of(&prediction, &references);
-            pb.set_message(format!("{name}: F1 {:.2}", scores.f1));
-            pb.inc(1);
-            scored.push(QaItem {
-                file: name.clone(),
-                source_row: row.source_row,
-                question_index: row.question_index,
-                question,
-                references,
-                prediction,
-                prompt_tokens: prompt.len(),
-                truncated,
-                scores,
-            });
+            prompts.push((row, prompt, truncated));
+        }
+        let mut scored = Vec::new();
+        // Consecutive questions of one document share its prefill.
+        let mut start = 0;
+        while start < prompts.len() {
+            let doc = &prompts[start].0.document_id;
+            let end = start
+                + prompts[start..]
+                    .iter()
+                    .take_while(|(r, _, _)| &r.document_id == doc)
+                    .count();
+            let group: Vec<Vec<u32>> = prompts[start..end]
+                .iter()
+                .map(|(_, p, _)| p.clone())
+                .collect();
+            let answers =
+                generator.generate_group(&group, cfg.max_new_tokens, &cfg.decoding, false)?;
+            for ((row, prompt, truncated), answer) in prompts[start..end].iter().zip(answers) {
+                let question = row.question.clone().unwrap_or_default();
+                let references = vec![row.answer.clone().unwrap_or_default()];
+                let prediction = answer.text.trim().to_string();
+                let scores = QaScores::best_of(&prediction, &references);
+                pb.set_message(format!("{name}: F1 {:.2}", scores.f1));
+                pb.inc(1);
+                scored.push(QaItem {
+                    file: name.clone(),
+                    source_row: row.source_row,
+                    question_index: row.question_index,
+                    question,
+                    references,
+                    prediction,
+                    prompt_tokens: prompt.len(),
+                    truncated: *truncated,
+                    scores,
+                });
+            }
+            start = end;
         }
         let means: Vec<QaScores> = scored.iter().map(|i| i.scores).collect();
         files.push(QaFileReport {
@@ -278,6 +316,8 @@ pub fn run_qa(policy: &mut Policy, cfg: &QaConfig, rejects: &Rejects) -> Result<
         ),
         rejected_rows: rejects.total() - before,
         items,
+        generator: generator.name().into(),
+        seconds: started.elapsed().as_secs_f64(),
     })
 }
 

@@ -7,6 +7,7 @@ mod numeric;
 
 use logo_engine::model::{encode_text, Policy};
 use logo_engine::stage::Rejects;
+use logo_eval::generate::Generator;
 use logo_eval::metrics::QaScores;
 use logo_eval::niah::{build_prompt, load_haystack, run_niah, NeedleSet, NiahCase, NiahConfig};
 use logo_eval::perplexity::{run_perplexity, window_nll, PerplexityConfig};
@@ -97,7 +98,7 @@ fn niah_on_the_embedded_model_recalls_the_needle() {
         decoding: logo_eval::Decoding::default(),
     };
     niah.validate(policy.max_positions()).unwrap();
-    let r = run_niah(&mut policy, &text, &niah).unwrap();
+    let r = run_niah(&mut Generator::Engine(&mut policy), &text, &niah).unwrap();
     assert_eq!(r.results.len(), 6);
     for x in &r.results {
         eprintln!(
@@ -141,7 +142,7 @@ fn qa_on_leval_scores_and_truncates_in_the_middle() {
         decoding: logo_eval::Decoding::default(),
     };
     qa.validate(policy.max_positions()).unwrap();
-    let r = run_qa(&mut policy, &qa, &rejects).unwrap();
+    let r = run_qa(&mut Generator::Engine(&mut policy), &qa, &rejects).unwrap();
     assert_eq!(r.files.len(), 2);
     assert_eq!(r.files[0].questions, 2);
     // multidoc_qa documents have ≥ 2,201 words: all cut to fit 1024 tokens.
@@ -213,8 +214,28 @@ fn perplexity_windows_match_one_full_forward() {
         context_lengths: vec![64, 600],
         stride_fraction: 0.5,
         max_tokens: 600,
+        batch: 1,
     };
     let r = run_perplexity(&model, &tokens, &cfg).unwrap();
+    // Batched windows (4 at a time; the last, shorter window alone): the same sums.
+    let batched = run_perplexity(
+        &model,
+        &tokens,
+        &PerplexityConfig {
+            batch: 4,
+            ..cfg.clone()
+        },
+    )
+    .unwrap();
+    for (a, b) in r.points.iter().zip(&batched.points) {
+        assert!(
+            (a.nll_sum - b.nll_sum).abs() / a.nll_sum < 1e-5,
+            "L = {}: {} vs {} batched",
+            a.context_length,
+            a.nll_sum,
+            b.nll_sum
+        );
+    }
     assert_eq!(r.points.len(), 2);
     let (short, long) = (&r.points[0], &r.points[1]);
     assert_eq!(long.windows, 1);

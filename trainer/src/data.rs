@@ -23,10 +23,11 @@ use tch::{Device, Kind, Tensor};
 use crate::error::{Result, TrainerError};
 
 /// Columns the trainer reads.
-const COLUMNS: [&str; 5] = [
+const COLUMNS: [&str; 6] = [
     col::SAMPLE_ID,
     col::PROMPT_INPUT_IDS,
     col::PROMPT_POSITION_IDS,
+    col::POSITION_STRATEGY,
     col::CHOSEN_INPUT_IDS,
     col::REJECTED_INPUT_IDS,
 ];
@@ -38,7 +39,9 @@ pub struct Example {
     pub sample_id: String,
     /// [P] prompt token ids.
     pub prompt_ids: Vec<i64>,
-    /// [P] synthetic position ids of the prompt (strictly increasing).
+    /// [P] synthetic position ids of the prompt (strictly increasing, except for rows whose
+    /// `position_strategy` is `paper`: Eq. 4 as printed, whose ids may go back between
+    /// segments).
     pub prompt_positions: Vec<i64>,
     /// [|y_w|] preferred response ids (end-of-turn included).
     pub chosen_ids: Vec<i64>,
@@ -174,7 +177,7 @@ impl TrainingData {
 /// Reads and checks the rows of one row group. Errors: [`TrainerError::Input`] naming the
 /// file, row (1-based in the file is not tracked across groups: the row group and the
 /// `sample_id` are named) and field: an empty prompt or response, positions that differ in
-/// length from the prompt or do not increase, a sample whose M differs from the first.
+/// length from the prompt or do not increase (rows not marked `paper`), a sample whose M differs from the first.
 pub fn read_row_group(rg: &RowGroupRef) -> Result<Vec<Example>> {
     let input = |message: String| TrainerError::Input {
         path: rg.path.clone(),
@@ -220,6 +223,9 @@ fn examples_from_batch(batch: &RecordBatch) -> std::result::Result<Vec<Example>,
         .column_by_name(col::REJECTED_INPUT_IDS)
         .and_then(|c| c.as_list_opt::<i32>().cloned())
         .ok_or("column rejected_input_ids: expected List<List<UInt32>>")?;
+    let strategies = batch
+        .column_by_name(col::POSITION_STRATEGY)
+        .and_then(|c| c.as_string_opt::<i32>().cloned());
     let mut out = Vec::with_capacity(batch.num_rows());
     for row in 0..batch.num_rows() {
         let sample_id = ids.value(row).to_string();
@@ -240,7 +246,8 @@ fn examples_from_batch(batch: &RecordBatch) -> std::result::Result<Vec<Example>,
                 ),
             ));
         }
-        if prompt_positions.windows(2).any(|w| w[0] >= w[1]) {
+        let paper = strategies.as_ref().is_some_and(|s| s.value(row) == "paper");
+        if !paper && prompt_positions.windows(2).any(|w| w[0] >= w[1]) {
             return Err(bad(col::PROMPT_POSITION_IDS, "not strictly increasing"));
         }
         if chosen_ids.is_empty() {

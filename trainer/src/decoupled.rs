@@ -96,6 +96,11 @@ pub fn backward_decoupled(
     for (b, e) in examples.iter().enumerate() {
         for r in 0..per_sample {
             let weight = g.double_value(&[b as i64, r as i64]) * scale;
+            if weight == 0.0 {
+                // A response the objective ignores (sft: every rejected one; simpo: all but
+                // the first): its backward would add zeros.
+                continue;
+            }
             let batch = single_batch(e, r, device)?;
             if checkpointing {
                 let s = seq_seed(b, r);

@@ -15,13 +15,54 @@
 //! NLL, length-normalised like the preference term. With M = 1 the preference term is exactly
 //! SimPO (Meng et al., 2024, Eq. 6). Defaults (paper 4.1, Llama-3): β = 10, γ = 3, λ = 0.1.
 //!
+//! [`Objective`] picks what is optimised on the same data (one flag, `--objective`):
+//! `logo` (the above), `sft` (−ℓ(y_w) alone: the paper's instruction-tuning baseline, Table 1)
+//! and `simpo` (the above with M = 1: only the first rejected response y_l^(1)).
+//!
 //! Everything here is f32; callers compute log-probabilities only at response positions.
 
 use tch::{Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
 
-/// Hyper-parameters of Eq. 2 and 3.
+/// What the trainer minimises; all three read the same samples (prompt, chosen, M rejected).
+#[derive(
+    Debug,
+    Clone,
+    Copy,
+    PartialEq,
+    Eq,
+    Default,
+    serde::Serialize,
+    serde::Deserialize,
+    clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum Objective {
+    /// Eq. 2 over all M rejected responses + λ·(−ℓ(y_w)) (Eq. 3 with the NLL regulariser).
+    #[default]
+    Logo,
+    /// −ℓ(y_w): the mean negative log-likelihood of the chosen response's tokens (nats per
+    /// token, averaged over the batch); β, γ, λ and the rejected responses do not enter the
+    /// loss (the preference terms are still computed, detached, for the logs).
+    Sft,
+    /// Eq. 2 with M = 1 (only y_l^(1), the first rejected response) + λ·(−ℓ(y_w)); with
+    /// `sft_weight` 0 it is SimPO's loss (Meng et al., 2024, Eq. 6).
+    Simpo,
+}
+
+impl Objective {
+    /// The name used by `--objective` and in `trainer_state.json` / `summary.json`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Objective::Logo => "logo",
+            Objective::Sft => "sft",
+            Objective::Simpo => "simpo",
+        }
+    }
+}
+
+/// Hyper-parameters of Eq. 2 and 3, and the objective.
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LossConfig {
     /// β: reward scale; default 10 (paper 4.1 for Llama-3-8B; 2.5 Mistral, 3 Llama-2).
@@ -30,6 +71,9 @@ pub struct LossConfig {
     pub gamma: f64,
     /// λ (`sft_weight`): weight of the SFT regulariser; default 0.1.
     pub sft_weight: f64,
+    /// What is minimised; `logo` when absent (checkpoints written before the option).
+    #[serde(default)]
+    pub objective: Objective,
 }
 
 impl Default for LossConfig {
@@ -38,6 +82,7 @@ impl Default for LossConfig {
             beta: 10.0,
             gamma: 3.0,
             sft_weight: 0.1,
+            objective: Objective::Logo,
         }
     }
 }
@@ -53,7 +98,7 @@ pub struct LossOutput {
     pub sft_loss: Tensor,
     /// [B] f32: β·ℓ(y_w).
     pub reward_chosen: Tensor,
-    /// [B, M] f32: β·ℓ(y_l^(j)).
+    /// [B, M] f32: β·ℓ(y_l^(j)) (`simpo`: [B, 1], the first rejected response only).
     pub reward_rejected: Tensor,
 }
 
@@ -101,7 +146,8 @@ impl LossOutput {
     }
 }
 
-/// Eq. 2 + SFT term from length-normalised log-likelihoods.
+/// The loss of `cfg.objective` from length-normalised log-likelihoods: Eq. 2 + SFT term
+/// (`logo`), −ℓ(y_w) (`sft`), or Eq. 2 on the first rejected response + SFT term (`simpo`).
 ///
 /// `chosen_logps`: [B] f32, ℓ(y_w). `rejected_logps`: [B, M] f32, ℓ(y_l^(j)).
 /// Errors: [`TrainerError::Internal`] when the shapes disagree (B differs, or not 1-D/2-D).
@@ -122,14 +168,27 @@ pub fn logo_loss(
         }
     };
     let _ = (b, m);
+    let rejected_logps = match cfg.objective {
+        Objective::Simpo => rejected_logps.narrow(1, 0, 1),
+        Objective::Logo => rejected_logps.shallow_clone(),
+        // Logged only: SFT's gradient must not reach the rejected responses.
+        Objective::Sft => rejected_logps.detach(),
+    };
     let reward_chosen = chosen_logps * cfg.beta;
-    let reward_rejected = rejected_logps * cfg.beta;
+    let reward_rejected = &rejected_logps * cfg.beta;
     // β·ℓ_w − (β/M)·Σ_j ℓ_l^(j) − γ  ==  r_w − mean_j r_l^(j) − γ
     let z = &reward_chosen - reward_rejected.mean_dim(-1, false, Kind::Float) - cfg.gamma;
     // −log σ(z) = softplus(−z), computed stably.
     let preference = (-z).softplus();
     let sft = -chosen_logps;
-    let total = &preference + &sft * cfg.sft_weight;
+    let total = match cfg.objective {
+        Objective::Sft => sft.shallow_clone(),
+        Objective::Logo | Objective::Simpo => &preference + &sft * cfg.sft_weight,
+    };
+    let (preference, reward_chosen) = match cfg.objective {
+        Objective::Sft => (preference.detach(), reward_chosen.detach()),
+        _ => (preference, reward_chosen),
+    };
     Ok(LossOutput {
         loss: total.mean(Kind::Float),
         preference_loss: preference.mean(Kind::Float),
@@ -170,7 +229,9 @@ pub fn sequence_logps(
 /// dL/dℓ for every response of the batch, for computing the LOGO gradient one response at a
 /// time (each response's graph is then back-propagated with `ℓ · dL/dℓ`).
 ///
-/// Returns `([B] dL/dℓ_w, [B, M] dL/dℓ_l)` f32 of the batch-mean loss. Errors: as [`logo_loss`].
+/// Returns `([B] dL/dℓ_w, [B, M] dL/dℓ_l)` f32 of the batch-mean loss; responses the
+/// objective ignores (`sft`: all rejected; `simpo`: all but the first) get 0.
+/// Errors: as [`logo_loss`].
 pub fn loss_grad_wrt_logps(
     chosen_logps: &Tensor,
     rejected_logps: &Tensor,
@@ -179,6 +240,11 @@ pub fn loss_grad_wrt_logps(
     let c = chosen_logps.detach().set_requires_grad(true);
     let r = rejected_logps.detach().set_requires_grad(true);
     let out = logo_loss(&c, &r, cfg)?;
+    if cfg.objective == Objective::Sft {
+        // The loss does not reach `r` (autograd would refuse an unused input).
+        let grads = Tensor::f_run_backward(&[&out.loss], &[&c], false, false)?;
+        return Ok((grads[0].shallow_clone(), r.detach().zeros_like()));
+    }
     let grads = Tensor::f_run_backward(&[&out.loss], &[&c, &r], false, false)?;
     Ok((grads[0].shallow_clone(), grads[1].shallow_clone()))
 }
@@ -210,6 +276,7 @@ mod tests {
             beta: 2.0,
             gamma: 0.5,
             sft_weight: 0.1,
+            ..LossConfig::default()
         };
         let chosen = t1(&[-0.5, -1.0]);
         let rejected3 = [-1.0f32, -2.0, -3.0, -0.8, -1.2, -1.0];
@@ -250,12 +317,74 @@ mod tests {
             beta: 10.0,
             gamma: 3.0,
             sft_weight: 0.0,
+            ..LossConfig::default()
         };
         let lw = t1(&[-0.3, -0.9, -1.7]);
         let ll = t1(&[-0.6, -0.4, -2.5]);
         let out = logo_loss(&lw, &ll.unsqueeze(1), &cfg).unwrap();
         let simpo = (-(lw * 10.0 - ll * 10.0 - 3.0).log_sigmoid()).mean(Kind::Float);
         assert!((val(&out.loss) - val(&simpo)).abs() < 1e-6);
+    }
+
+    /// `sft`: the loss is mean_b −ℓ(y_w); β, γ, λ and the rejected responses do not enter it
+    /// (by hand: ℓ_w = (−0.5, −1.0) → 0.75), and no gradient reaches the rejected ℓ.
+    #[test]
+    fn sft_objective_is_the_chosen_nll() {
+        let cfg = LossConfig {
+            beta: 2.0,
+            gamma: 0.5,
+            sft_weight: 0.1,
+            objective: Objective::Sft,
+        };
+        let chosen = t1(&[-0.5, -1.0]);
+        let rejected = t2(&[-1.0, -2.0, -0.8, -1.2], 2);
+        let out = logo_loss(&chosen, &rejected, &cfg).unwrap();
+        assert!((val(&out.loss) - 0.75).abs() < 1e-7, "{}", val(&out.loss));
+        assert!((val(&out.sft_loss) - 0.75).abs() < 1e-7);
+        // The preference loss is still logged: that of `logo` at the same β, γ.
+        let logo = logo_loss(
+            &chosen,
+            &rejected,
+            &LossConfig {
+                objective: Objective::Logo,
+                ..cfg
+            },
+        )
+        .unwrap();
+        assert!((val(&out.preference_loss) - val(&logo.preference_loss)).abs() < 1e-7);
+        let (gc, gr) = loss_grad_wrt_logps(&chosen, &rejected, &cfg).unwrap();
+        // d/dℓ_w of −mean(ℓ_w) = −1/B.
+        assert_eq!(Vec::<f32>::try_from(&gc).unwrap(), vec![-0.5, -0.5]);
+        assert_eq!(
+            Vec::<f32>::try_from(&gr.flatten(0, 1)).unwrap(),
+            vec![0.0; 4]
+        );
+    }
+
+    /// `simpo` with M = 3 rejected responses is the SimPO check of [`m1_equals_simpo`] on the
+    /// first one; the other two get no gradient.
+    #[test]
+    fn simpo_objective_uses_the_first_rejected_response() {
+        let cfg = LossConfig {
+            beta: 10.0,
+            gamma: 3.0,
+            sft_weight: 0.0,
+            objective: Objective::Simpo,
+        };
+        let lw = t1(&[-0.3, -0.9, -1.7]);
+        let ll = t1(&[-0.6, -0.4, -2.5]);
+        // Columns 1 and 2 are decoys that would change a mean over M = 3.
+        let rej = Tensor::stack(&[ll.shallow_clone(), &ll * 3.0, &ll * 0.1], 1);
+        let out = logo_loss(&lw, &rej, &cfg).unwrap();
+        let simpo = (-(&lw * 10.0 - &ll * 10.0 - 3.0).log_sigmoid()).mean(Kind::Float);
+        assert!((val(&out.loss) - val(&simpo)).abs() < 1e-6);
+        assert_eq!(out.reward_rejected.size(), vec![3, 1]);
+        let (_, gr) = loss_grad_wrt_logps(&lw, &rej, &cfg).unwrap();
+        assert!(gr.select(1, 0).abs().sum(Kind::Float).double_value(&[]) > 0.1);
+        assert_eq!(
+            gr.narrow(1, 1, 2).abs().sum(Kind::Float).double_value(&[]),
+            0.0
+        );
     }
 
     #[test]

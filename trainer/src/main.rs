@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::Context;
 use clap::Parser;
 use logo_trainer::lora::LoraConfig;
-use logo_trainer::loss::LossConfig;
+use logo_trainer::loss::{LossConfig, Objective};
 use logo_trainer::optim::AdamWConfig;
 use logo_trainer::train_loop::{train_with, TrainConfig};
 
@@ -129,6 +129,11 @@ struct TrainArgs {
     /// Output folder.
     #[arg(long, value_name = "DIR", default_value = "adapter")]
     output: PathBuf,
+    /// What to minimise on the same data: logo (Eq. 2 over the M rejected responses + λ·NLL),
+    /// sft (NLL of the chosen response only: the paper's instruction-tuning baseline), simpo
+    /// (Eq. 2 with M = 1, the first rejected response, + λ·NLL; --sft-weight 0 for SimPO's own).
+    #[arg(long, value_enum, default_value_t = Objective::Logo)]
+    objective: Objective,
     /// β of Eq. 2 (reward scale).
     #[arg(long, default_value_t = 10.0)]
     beta: f64,
@@ -364,6 +369,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             beta: cli.beta,
             gamma: cli.gamma,
             sft_weight: cli.sft_weight,
+            objective: cli.objective,
         },
         lora: LoraConfig {
             r: cli.lora_r,
@@ -404,8 +410,8 @@ fn run(cli: Cli) -> anyhow::Result<()> {
     }
     if let (Some(first), Some(last)) = (summary.metrics.first(), summary.metrics.last()) {
         println!(
-            "logo-trainer: {} steps; loss {:.4} → {:.4}, margin {:+.3} → {:+.3}, accuracy {:.2} → {:.2}",
-            summary.steps, first.loss, last.loss, first.margin, last.margin, first.accuracy, last.accuracy
+            "logo-trainer: {} steps of {}; loss {:.4} → {:.4}, margin {:+.3} → {:+.3}, accuracy {:.2} → {:.2}",
+            summary.steps, cfg.loss.objective.as_str(), first.loss, last.loss, first.margin, last.margin, first.accuracy, last.accuracy
         );
     }
     println!(

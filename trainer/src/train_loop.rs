@@ -144,6 +144,9 @@ pub struct TrainSummary {
     pub metrics: Vec<StepMetrics>,
     /// The final adapter folder.
     pub adapter: PathBuf,
+    /// What was minimised (`--objective`), so a report can tell runs apart.
+    #[serde(default)]
+    pub objective: crate::loss::Objective,
 }
 
 /// Resolves `cpu`, `cuda`, `cuda:N`, `auto`. Errors: [`TrainerError::Config`] (`--device`).
@@ -604,6 +607,7 @@ fn train_ranked(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSum
         steps: total_steps,
         metrics: run_metrics,
         adapter: cfg.output.clone(),
+        objective: cfg.loss.objective,
     };
     if writer {
         save_checkpoint(&model, &opt, cfg, total_steps, total_steps, world)?;

@@ -105,6 +105,7 @@ fn setup(py: &Path) -> Setup {
         beta: 2.5,
         gamma: 0.25,
         sft_weight: 0.1,
+        ..LossConfig::default()
     };
     Setup {
         work,

@@ -41,11 +41,13 @@ fn loss_equals_pytorch_for_m_1_2_3() {
                 beta: 2.5,
                 gamma: 0.25,
                 sft_weight: 0.0,
+                ..LossConfig::default()
             },
             LossConfig {
                 beta: 3.0,
                 gamma: 0.6,
                 sft_weight: 0.5,
+                ..LossConfig::default()
             },
         ] {
             let ours = logo_loss(&chosen, &rejected, &cfg)

@@ -14,9 +14,20 @@
 //! - **sparse** (Fig. 10b): one bias per token: the k positions are a uniform random subset of
 //!   `[0, K − R)` containing 0, in increasing order.
 //!
-//! A sample uses continuous with probability `continuous_ratio` (0.9: the paper's 9:1). All
-//! draws depend only on the run seed and the sample id. Invariants (tested): first id 0,
-//! strictly increasing, max + R < K, contiguous inside segments for continuous.
+//! - **paper** (`positions.scheme: paper`, replaces continuous): Eq. 4 as printed, one bias
+//!   per segment drawn independently, `b_c ~ U(1, ⌊c·E/(S − 1)⌋)` for segment c = 1..S − 1
+//!   (the upper bound grows with the chunk index; a bound below 1 gives 0), `b_0 = 0`.
+//!   Positions are consecutive inside a segment and the last segment can reach `E`, but
+//!   consecutive biases are not ordered, so ids may repeat or go back across a segment border
+//!   (the trainer accepts that only for rows marked `paper`).
+//! - **off** (`positions.scheme: off`): no synthesis, ids `0..k` for every sample (the
+//!   ablation without Eq. 4).
+//!
+//! A sample uses continuous (or paper) with probability `continuous_ratio` (0.9: the paper's
+//! 9:1), else sparse. `positions.scheme: sorted` (the default) is the order-statistics
+//! variant above. All draws depend only on the run seed and the sample id. Invariants
+//! (tested): first id 0, max + R < K, contiguous inside segments for continuous and paper,
+//! strictly increasing for continuous, sparse and off.
 //!
 //! Input [`logo_schemas::generations_schema`], output [`logo_schemas::training_schema`].
 //! A sample longer than K is skipped with a counted reason.
@@ -27,7 +38,7 @@ use logo_schemas::{training_schema, GeneratedRecord, Record, TrainingSample};
 use rand::seq::index;
 use rand::Rng;
 
-use crate::config::PositionsConfig;
+use crate::config::{PositionScheme, PositionsConfig};
 use crate::error::Result;
 use crate::seed::rng_for;
 use crate::stage::{emit, map_rows, Stage, StageContext};
@@ -42,6 +53,10 @@ pub enum Strategy {
     Continuous,
     /// One bias per token.
     Sparse,
+    /// One independent bias per segment, Eq. 4 as printed (`positions.scheme: paper`).
+    Paper,
+    /// Plain `0..k` (`positions.scheme: off`).
+    Off,
 }
 
 impl Strategy {
@@ -50,6 +65,8 @@ impl Strategy {
         match self {
             Strategy::Continuous => "continuous",
             Strategy::Sparse => "sparse",
+            Strategy::Paper => "paper",
+            Strategy::Off => "off",
         }
     }
 }
@@ -81,10 +98,11 @@ impl PositionsStage {
         reserve: usize,
     ) -> Option<(Vec<u32>, Strategy)> {
         let mut rng = rng_for(self.seed, &[sample_id, "positions"]);
-        let strategy = if rng.random_bool(self.cfg.continuous_ratio) {
-            Strategy::Continuous
-        } else {
-            Strategy::Sparse
+        let strategy = match (self.cfg.scheme, rng.random_bool(self.cfg.continuous_ratio)) {
+            (PositionScheme::Off, _) => Strategy::Off,
+            (_, false) => Strategy::Sparse,
+            (PositionScheme::Sorted, true) => Strategy::Continuous,
+            (PositionScheme::Paper, true) => Strategy::Paper,
         };
         let ids = positions(
             &mut rng,
@@ -127,6 +145,28 @@ pub fn positions(
             }
             Some(out)
         }
+        Strategy::Paper => {
+            let s = segments.len();
+            let mut out = Vec::with_capacity(k);
+            let mut offset = 0usize;
+            for (c, &len) in segments.iter().enumerate() {
+                let b = match c {
+                    0 => 0,
+                    c => {
+                        let hi = c * extra / (s - 1);
+                        if hi >= 1 {
+                            rng.random_range(1..=hi)
+                        } else {
+                            0
+                        }
+                    }
+                };
+                out.extend((0..len as usize).map(|t| (offset + t + b) as u32));
+                offset += len as usize;
+            }
+            Some(out)
+        }
+        Strategy::Off => Some((0..k as u32).collect()),
         Strategy::Sparse => {
             // k − 1 distinct positions from [1, room), plus 0.
             let mut picked: Vec<u32> = index::sample(rng, room - 1, k - 1)
@@ -207,7 +247,12 @@ mod tests {
     #[test]
     fn no_room_means_identity_positions() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(0);
-        for s in [Strategy::Continuous, Strategy::Sparse] {
+        for s in [
+            Strategy::Continuous,
+            Strategy::Sparse,
+            Strategy::Paper,
+            Strategy::Off,
+        ] {
             let p = positions(&mut rng, s, &[2, 3, 1], 10, 4).unwrap();
             assert_eq!(p, vec![0, 1, 2, 3, 4, 5]);
         }
@@ -269,6 +314,7 @@ mod tests {
                 &PositionsConfig {
                     target_length: k_target,
                     continuous_ratio: ratio,
+                    ..PositionsConfig::default()
                 },
                 1,
             )
@@ -313,5 +359,122 @@ mod tests {
             a.synthesize("x", &[3, 9, 2], 4),
             a.synthesize("y", &[3, 9, 2], 4)
         );
+    }
+
+    /// Eq. 4 as printed on segments (2, 3, 1), K = 10, R = 2: k = 6, E = 2, S − 1 = 2, so
+    /// b_1 ~ U(1, 1) = 1 and b_2 ~ U(1, 2): ids (0, 1, 3, 4, 5, 5 + b_2), i.e. 6 or 7, and
+    /// both occur over seeds.
+    #[test]
+    fn paper_draw_by_hand() {
+        let mut seen = std::collections::BTreeSet::new();
+        for seed in 0..64 {
+            let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(seed);
+            let p = positions(&mut rng, Strategy::Paper, &[2, 3, 1], 10, 2).unwrap();
+            assert_eq!(&p[..5], &[0, 1, 3, 4, 5], "seed {seed}");
+            assert!(p[5] == 6 || p[5] == 7, "seed {seed}: {p:?}");
+            seen.insert(p[5]);
+        }
+        assert_eq!(seen.into_iter().collect::<Vec<_>>(), vec![6, 7]);
+        // Seed 0, the stage's own RNG family: a fixed, recorded draw.
+        let stage = PositionsStage::try_new(
+            &PositionsConfig {
+                target_length: 10,
+                continuous_ratio: 1.0,
+                scheme: PositionScheme::Paper,
+            },
+            0,
+        )
+        .unwrap();
+        let (p, s) = stage.synthesize("x", &[2, 3, 1], 2).unwrap();
+        assert_eq!(s, Strategy::Paper);
+        assert_eq!(&p[..5], &[0, 1, 3, 4, 5]);
+    }
+
+    /// Each paper bias b_c covers exactly [1, ⌊c·E/(S − 1)⌋] with mean (1 + hi)/2 (within 3 %
+    /// over 4000 draws); segments stay contiguous, every id + R < K, and, unlike the sorted
+    /// variant, ids go back across a border in most samples (printed).
+    #[test]
+    fn paper_bias_ranges_and_invariants() {
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(9);
+        let segments = [5u32, 16, 16, 16, 16, 7];
+        let k: usize = segments.iter().map(|&s| s as usize).sum();
+        let (target, reserve) = (k + 9 + 1000, 9);
+        let extra = target - reserve - k; // E = 1000
+        let draws = 4000;
+        let mut sums = [0f64; 6];
+        let mut lo = [usize::MAX; 6];
+        let mut hi = [0usize; 6];
+        let mut backwards = 0;
+        for _ in 0..draws {
+            let p = positions(&mut rng, Strategy::Paper, &segments, target, reserve).unwrap();
+            assert_eq!(p.len(), k);
+            assert_eq!(p[0], 0);
+            assert!((*p.iter().max().unwrap() as usize) + reserve < target);
+            let mut at = 0;
+            for (c, &len) in segments.iter().enumerate() {
+                let seg = &p[at..at + len as usize];
+                assert!(seg.windows(2).all(|w| w[1] == w[0] + 1), "{seg:?}");
+                let b = seg[0] as usize - at;
+                sums[c] += b as f64;
+                lo[c] = lo[c].min(b);
+                hi[c] = hi[c].max(b);
+                at += len as usize;
+            }
+            backwards += usize::from(!strictly_increasing(&p));
+        }
+        assert_eq!((lo[0], hi[0]), (0, 0));
+        for c in 1..6 {
+            let bound = c * extra / 5; // 200, 400, 600, 800, 1000
+            assert_eq!((lo[c], hi[c]), (1, bound), "segment {c}");
+            let mean = sums[c] / draws as f64;
+            let expect = (1 + bound) as f64 / 2.0;
+            assert!(
+                (mean - expect).abs() < 0.03 * expect,
+                "segment {c}: mean {mean} vs {expect}"
+            );
+        }
+        println!("paper: {backwards}/{draws} samples with ids going back across a segment border");
+        assert!(backwards > draws / 2, "{backwards}");
+    }
+
+    #[test]
+    fn off_scheme_is_plain_positions_for_every_sample() {
+        let stage = PositionsStage::try_new(
+            &PositionsConfig {
+                target_length: 4096,
+                continuous_ratio: 0.5,
+                scheme: PositionScheme::Off,
+            },
+            1,
+        )
+        .unwrap();
+        for i in 0..50 {
+            let (p, s) = stage.synthesize(&format!("s{i}"), &[3, 8, 2], 16).unwrap();
+            assert_eq!(s, Strategy::Off);
+            assert_eq!(p, (0..13).collect::<Vec<u32>>());
+        }
+        assert_eq!(stage.synthesize("x", &[3, 8, 2], 4084), None);
+    }
+
+    /// The default scheme is `sorted` and writes what it always did (seeded ids unchanged by
+    /// the option: the same draws as [`positions`] with `Continuous`).
+    #[test]
+    fn sorted_is_the_default_scheme() {
+        assert_eq!(PositionsConfig::default().scheme, PositionScheme::Sorted);
+        let stage = PositionsStage::try_new(
+            &PositionsConfig {
+                continuous_ratio: 1.0,
+                ..PositionsConfig::default()
+            },
+            42,
+        )
+        .unwrap();
+        let (p, s) = stage.synthesize("doc#q0", &[4, 8, 8, 4], 16).unwrap();
+        assert_eq!(s, Strategy::Continuous);
+        let mut rng = rng_for(42, &["doc#q0", "positions"]);
+        let _ = rng.random_bool(1.0);
+        let again = positions(&mut rng, Strategy::Continuous, &[4, 8, 8, 4], 65536, 16).unwrap();
+        assert_eq!(p, again);
+        assert!(strictly_increasing(&p));
     }
 }

@@ -35,10 +35,12 @@ use crate::lora::{LoraConfig, LoraEmbedding, LoraLinear};
 mod checkpoint;
 mod config;
 mod hf_folder;
+mod kv;
 mod layers;
 
 pub use config::{AttentionBias, LlamaConfig, RopeScaling};
 use hf_folder::load_hf_folder;
+pub use kv::KvCache;
 use layers::{frozen, DecoderLayer, Prefix, RmsNorm, Rotary};
 pub(crate) use layers::{Embedding, Linear};
 

@@ -1,0 +1,243 @@
+//! `--objective sft|simpo|logo` on the tiny random Llama: SFT's loss is the mean negative
+//! log-likelihood of the chosen tokens, computed here independently from the full logits of
+//! `prompt ⧺ chosen` (and its gradient equals autograd through that computation) on every
+//! gradient path; SimPO is LOGO on the first rejected response only; a run records its
+//! objective.
+
+mod common;
+
+use common::*;
+use logo_schemas::SCHEMA_VERSION;
+use logo_trainer::data::{collate, Example};
+use logo_trainer::decoupled::backward_decoupled;
+use logo_trainer::loss::{LossConfig, Objective};
+use logo_trainer::shared_prompt::backward_shared_prompt;
+use logo_trainer::train_loop::{backward_joint, train, TrainerState};
+use tch::{Device, Kind, Tensor};
+
+/// −(1/|y_w|) Σ_t log softmax(logits of prompt ⧺ chosen)[row of t − 1][y_t], averaged over the
+/// examples: the full `[1, T, V]` logits, positions the prompt's then last + 1, + 2, ….
+fn chosen_nll_by_hand(model: &logo_trainer::model::Llama, examples: &[Example]) -> Tensor {
+    let per: Vec<Tensor> = examples
+        .iter()
+        .map(|e| {
+            let p = e.prompt_ids.len();
+            let ids: Vec<i64> = e.prompt_ids.iter().chain(&e.chosen_ids).copied().collect();
+            let last = *e.prompt_positions.last().unwrap();
+            let pos: Vec<i64> = e
+                .prompt_positions
+                .iter()
+                .copied()
+                .chain((0..e.chosen_ids.len() as i64).map(|t| last + 1 + t))
+                .collect();
+            let logits = model
+                .forward(
+                    &Tensor::from_slice(&ids).unsqueeze(0),
+                    &Tensor::from_slice(&pos).unsqueeze(0),
+                )
+                .unwrap()
+                .squeeze_dim(0)
+                .log_softmax(-1, Kind::Float);
+            let mut sum = Tensor::zeros([], (Kind::Float, Device::Cpu));
+            for (t, &y) in e.chosen_ids.iter().enumerate() {
+                sum = sum + logits.get((p + t - 1) as i64).get(y);
+            }
+            -(sum / e.chosen_ids.len() as f64)
+        })
+        .collect();
+    Tensor::stack(&per, 0).mean(Kind::Float)
+}
+
+#[test]
+fn sft_loss_is_the_nll_of_the_chosen_tokens_on_every_gradient_path() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_lora_model(&dir.path().join("model"));
+    let examples = tiny_examples();
+    // β, γ, λ must not matter to SFT.
+    let cfg = LossConfig {
+        beta: 7.0,
+        gamma: 1.5,
+        sft_weight: 0.3,
+        objective: Objective::Sft,
+    };
+    let dev = Device::Cpu;
+    let (expect, by_hand) = lora_grads(&model, &|| {
+        let l = chosen_nll_by_hand(&model, &examples);
+        l.backward();
+        l.double_value(&[])
+    });
+    let batch = collate(&examples, dev).unwrap();
+    let runs: [(&str, &dyn Fn() -> f64); 4] = [
+        ("joint", &|| {
+            backward_joint(&model, &batch, &cfg, false, 1, 1.0)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        }),
+        ("shared prompt", &|| {
+            backward_shared_prompt(&model, &examples, &cfg, dev, false, 1, 1.0)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        }),
+        ("decoupled", &|| {
+            backward_decoupled(&model, &examples, &cfg, dev, false, 1, 1.0)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        }),
+        ("decoupled + checkpointing", &|| {
+            backward_decoupled(&model, &examples, &cfg, dev, true, 1, 1.0)
+                .unwrap()
+                .loss
+                .double_value(&[])
+        }),
+    ];
+    for (name, run) in runs {
+        let (loss, grads) = lora_grads(&model, run);
+        assert!(
+            (loss - expect).abs() < 1e-5,
+            "{name}: SFT loss {loss} vs NLL by hand {expect}"
+        );
+        let mut worst = 0.0f64;
+        for ((k, a), (_, b)) in by_hand.iter().zip(&grads) {
+            let d = (a - b).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
+            worst = worst.max(d);
+            assert!(d < 1e-5, "{name} {k}: relative gradient difference {d}");
+        }
+        println!("sft, {name}: loss {loss:.6} (by hand {expect:.6}), worst gradient difference {worst:.1e}");
+    }
+}
+
+#[test]
+fn simpo_is_logo_on_the_first_rejected_response() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_lora_model(&dir.path().join("model"));
+    let examples = tiny_examples();
+    let dev = Device::Cpu;
+    let simpo = LossConfig {
+        objective: Objective::Simpo,
+        ..LossConfig::default()
+    };
+    let mut first_only = examples.clone();
+    for e in &mut first_only {
+        e.rejected_ids.truncate(1);
+    }
+    let (l_simpo, g_simpo) = lora_grads(&model, &|| {
+        backward_shared_prompt(&model, &examples, &simpo, dev, false, 1, 1.0)
+            .unwrap()
+            .loss
+            .double_value(&[])
+    });
+    let (l_m1, g_m1) = lora_grads(&model, &|| {
+        backward_shared_prompt(
+            &model,
+            &first_only,
+            &LossConfig::default(),
+            dev,
+            false,
+            1,
+            1.0,
+        )
+        .unwrap()
+        .loss
+        .double_value(&[])
+    });
+    let (l_logo, _) = lora_grads(&model, &|| {
+        backward_shared_prompt(
+            &model,
+            &examples,
+            &LossConfig::default(),
+            dev,
+            false,
+            1,
+            1.0,
+        )
+        .unwrap()
+        .loss
+        .double_value(&[])
+    });
+    assert!((l_simpo - l_m1).abs() < 1e-6, "{l_simpo} vs {l_m1}");
+    assert!(
+        (l_simpo - l_logo).abs() > 1e-3,
+        "M = 2 should differ: {l_logo}"
+    );
+    for ((k, a), (_, b)) in g_m1.iter().zip(&g_simpo) {
+        let d = (a - b).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
+        assert!(d < 1e-5, "{k}: relative gradient difference {d}");
+    }
+    println!("simpo {l_simpo:.6} = logo at M = 1 {l_m1:.6}; logo at M = 2 {l_logo:.6}");
+}
+
+#[test]
+fn a_run_records_its_objective() {
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    tiny_model(&dir.path().join("model"));
+    std::fs::create_dir_all(dir.path().join("data")).unwrap();
+    write_parquet(
+        &dir.path().join("data/a.parquet"),
+        &[sample(0), sample(1)],
+        Some(SCHEMA_VERSION),
+    );
+    let mut cfg = config(
+        &dir.path().join("data"),
+        &dir.path().join("model"),
+        &dir.path().join("out"),
+    );
+    cfg.loss.objective = Objective::Sft;
+    cfg.lora.lora_dropout = 0.0;
+    cfg.max_steps = Some(4);
+    cfg.save_steps = 0;
+    let summary = train(&cfg).unwrap();
+    // SFT lowers the chosen NLL; its loss is that NLL.
+    let (first, last) = (summary.metrics[0], *summary.metrics.last().unwrap());
+    assert!((first.loss - first.sft_loss).abs() < 1e-9);
+    assert!(last.sft_loss < first.sft_loss, "{first:?} → {last:?}");
+    let state: TrainerState = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/checkpoint-4/trainer_state.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(state.config.loss.objective, Objective::Sft);
+    let summary_json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(dir.path().join("out/summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(summary_json["objective"], "sft");
+}
+
+/// Rows written by `positions.scheme: paper` (Eq. 4 as printed) may have ids that go back
+/// across a segment border; the trainer reads them, and still refuses such ids elsewhere.
+#[test]
+fn paper_positions_may_go_back_only_in_paper_rows() {
+    use logo_trainer::data::TrainingData;
+    let dir = tempfile::tempdir().unwrap();
+    let mut s = sample(0);
+    // Segments (6, 6): the second's bias below the first's.
+    s.prompt_position_ids = (0..12u32)
+        .map(|t| t + if t >= 6 { 2 } else { 40 })
+        .collect();
+    s.prompt_position_ids[0] = 0;
+    s.position_strategy = "paper".into();
+    let ok = dir.path().join("ok");
+    std::fs::create_dir_all(&ok).unwrap();
+    write_parquet(&ok.join("a.parquet"), &[s.clone()], Some(SCHEMA_VERSION));
+    let data = TrainingData::open(&ok).unwrap();
+    let rows = logo_trainer::data::read_row_group(&data.row_groups()[0]).unwrap();
+    assert_eq!(rows[0].prompt_positions[6], 8);
+    s.position_strategy = "continuous".into();
+    let bad = dir.path().join("bad");
+    std::fs::create_dir_all(&bad).unwrap();
+    write_parquet(&bad.join("a.parquet"), &[s], Some(SCHEMA_VERSION));
+    // Refused when the folder is opened (the rows are checked there) or read.
+    let e = TrainingData::open(&bad)
+        .and_then(|d| logo_trainer::data::read_row_group(&d.row_groups()[0]).map(|_| ()))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("prompt_position_ids: not strictly increasing"),
+        "{e}"
+    );
+}
