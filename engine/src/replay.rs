@@ -181,7 +181,10 @@ impl ReplayCache {
                 .and_then(|()| out.sync_data())
                 .map_err(|e| EngineError::io(&self.path, e))?;
         }
-        self.entries.lock().expect("cache lock").insert(key, g.clone());
+        self.entries
+            .lock()
+            .expect("cache lock")
+            .insert(key, g.clone());
         self.generated.fetch_add(1, Ordering::Relaxed);
         Ok(g)
     }

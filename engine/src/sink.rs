@@ -467,7 +467,10 @@ impl Output {
         };
         record.stats.seconds.clear();
         let text = serde_json::to_string_pretty(&record).expect("unit record serialises");
-        write_atomically(&self.units_dir().join(format!("{index:06}.json")), text.as_bytes())?;
+        write_atomically(
+            &self.units_dir().join(format!("{index:06}.json")),
+            text.as_bytes(),
+        )?;
         let failed = self.units_dir().join(format!("{index:06}.failed"));
         if failed.exists() {
             std::fs::remove_file(&failed).map_err(|e| EngineError::io(&failed, e))?;
@@ -820,8 +823,11 @@ mod tests {
         let (_, plan) = plan_and_config(dir.path(), 512);
         // 3 records (the blank line is none) in units of 2: [0, 2) and [2, 3).
         assert_eq!(plan.files[0].records, 3);
-        let ranges: Vec<(u64, u64, u64)> =
-            plan.units.iter().map(|u| (u.index, u.first, u.count)).collect();
+        let ranges: Vec<(u64, u64, u64)> = plan
+            .units
+            .iter()
+            .map(|u| (u.index, u.first, u.count))
+            .collect();
         assert_eq!(ranges, vec![(0, 0, 2), (1, 2, 1)]);
         let limited = crate::source::plan_units(&[dir.path().join("d.jsonl")], 2, Some(1)).unwrap();
         let ranges: Vec<(u64, u64)> = limited.units.iter().map(|u| (u.first, u.count)).collect();
@@ -838,7 +844,9 @@ mod tests {
         let mut out = Output::open(&out_dir, fp.clone(), false).unwrap();
         assert!(out_dir.join(FINGERPRINT).is_file());
         let batch = TrainingSample::to_batch(&[sample(1)]).unwrap();
-        let r = out.commit(record(plan.units[0]), &[batch.clone()], 128).unwrap();
+        let r = out
+            .commit(record(plan.units[0]), &[batch.clone()], 128)
+            .unwrap();
         let part = r.part.clone().unwrap();
         assert_eq!(part.path, format!("part-{}-000000.parquet", fp.short()));
         out.finish(&cfg).unwrap();
@@ -850,7 +858,9 @@ mod tests {
         let before = listing(&out_dir);
         let (cfg2, plan2) = plan_and_config(dir.path(), 256);
         let fp2 = Fingerprint::new(&cfg2, &plan2, &model);
-        let e = Output::open(&out_dir, fp2.clone(), false).unwrap_err().to_string();
+        let e = Output::open(&out_dir, fp2.clone(), false)
+            .unwrap_err()
+            .to_string();
         assert!(
             e.contains("configuration differs: config.chunker.chunk_size (512 → 256)")
                 && e.contains("--overwrite"),
@@ -858,17 +868,31 @@ mod tests {
         );
         assert_eq!(listing(&out_dir), before);
         // Another model: named too.
-        let e = Output::open(&out_dir, Fingerprint::new(&cfg, &plan, &"cd".repeat(32)), false)
-            .unwrap_err()
-            .to_string();
-        assert!(e.contains("model differs (sha256 abababababab → cdcdcdcdcdcd)"), "{e}");
+        let e = Output::open(
+            &out_dir,
+            Fingerprint::new(&cfg, &plan, &"cd".repeat(32)),
+            false,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("model differs (sha256 abababababab → cdcdcdcdcdcd)"),
+            "{e}"
+        );
         // Changed input bytes: named.
-        std::fs::write(dir.path().join("d.jsonl"), "{\"context\": \"z\", \"question\": \"q\"}\n").unwrap();
+        std::fs::write(
+            dir.path().join("d.jsonl"),
+            "{\"context\": \"z\", \"question\": \"q\"}\n",
+        )
+        .unwrap();
         let plan3 = crate::source::plan_units(&cfg.source.paths, 2, None).unwrap();
         let e = Output::open(&out_dir, Fingerprint::new(&cfg, &plan3, &model), false)
             .unwrap_err()
             .to_string();
-        assert!(e.contains("inputs differ:") && e.contains("d.jsonl changed"), "{e}");
+        assert!(
+            e.contains("inputs differ:") && e.contains("d.jsonl changed"),
+            "{e}"
+        );
         assert_eq!(listing(&out_dir), before);
 
         // --overwrite: the old run's files stay until the new run's first commit.
@@ -894,7 +918,10 @@ mod tests {
                 } else {
                     let rel = p.strip_prefix(dir).unwrap().display().to_string();
                     out.push(rel.clone());
-                    out.push(format!("{rel} {}", hex(&Sha256::digest(std::fs::read(&p).unwrap()))));
+                    out.push(format!(
+                        "{rel} {}",
+                        hex(&Sha256::digest(std::fs::read(&p).unwrap()))
+                    ));
                 }
             }
         }

@@ -374,11 +374,7 @@ impl Source {
     /// The next batch of the current unit or the end of that unit; `None` after the last
     /// unit. Bad rows go to `rejects` (a file that cannot be opened at all: one reject with
     /// row 0, its unit ends empty). Errors: an output error of the rejects file.
-    pub fn next_item(
-        &mut self,
-        rejects: &Rejects,
-        stats: &RunStats,
-    ) -> Option<Result<SourceItem>> {
+    pub fn next_item(&mut self, rejects: &Rejects, stats: &RunStats) -> Option<Result<SourceItem>> {
         let start = std::time::Instant::now();
         if self.unit.is_none() {
             let unit = self.todo.next()?;

@@ -150,7 +150,10 @@ fn killed_resumed_sharded_and_rebatched_runs_equal_the_uninterrupted_one() {
     let yaml = setup(dir.path(), &model, "");
     let y = yaml.to_str().unwrap();
     let full = dir.path().join("full");
-    let summary = run_ok(&["run", y, "--quiet", "--output", full.to_str().unwrap()], &[]);
+    let summary = run_ok(
+        &["run", y, "--quiet", "--output", full.to_str().unwrap()],
+        &[],
+    );
     let reference = parts(&full);
     let ids = sample_ids(&full);
     let manifest: Manifest =
@@ -162,7 +165,12 @@ fn killed_resumed_sharded_and_rebatched_runs_equal_the_uninterrupted_one() {
     let questions = manifest.stats.rows_out["source"];
     let skipped: u64 = manifest.stats.skipped.values().sum();
     assert_eq!(questions, 18);
-    assert_eq!(ids.len() as u64 + skipped, questions, "{:?}", manifest.stats);
+    assert_eq!(
+        ids.len() as u64 + skipped,
+        questions,
+        "{:?}",
+        manifest.stats
+    );
     assert!(ids.len() >= 10, "{summary}");
     let unique: std::collections::BTreeSet<&String> = ids.iter().collect();
     assert_eq!(unique.len(), ids.len());
@@ -247,7 +255,10 @@ fn killed_resumed_sharded_and_rebatched_runs_equal_the_uninterrupted_one() {
 
     // The finished output again: nothing to do, nothing rewritten.
     let before = tree(&full);
-    let again = run_ok(&["run", y, "--quiet", "--output", full.to_str().unwrap()], &[]);
+    let again = run_ok(
+        &["run", y, "--quiet", "--output", full.to_str().unwrap()],
+        &[],
+    );
     assert!(again.contains("0 now, 5 found done"), "{again}");
     assert!(again.contains("0 generated, 0 replayed"), "{again}");
     let after = tree(&full);
@@ -286,11 +297,7 @@ fn killed_resumed_sharded_and_rebatched_runs_equal_the_uninterrupted_one() {
     assert_eq!(tree(&full), after);
 
     // batch_size 1, one model thread, one rayon thread: the same bytes.
-    let narrow = setup(
-        dir.path(),
-        &model,
-        "runtime: {channel_capacity: 1}\n",
-    );
+    let narrow = setup(dir.path(), &model, "runtime: {channel_capacity: 1}\n");
     std::fs::write(
         &narrow,
         std::fs::read_to_string(&narrow)
@@ -337,11 +344,17 @@ fn killed_resumed_sharded_and_rebatched_runs_equal_the_uninterrupted_one() {
     for c in shards {
         let out = c.wait_with_output().unwrap();
         // The shard holding the bad line exits 1, the other 0 or 1 (the manifest is the union).
-        assert!(matches!(out.status.code(), Some(0 | 1)), "{}", describe(&out));
+        assert!(
+            matches!(out.status.code(), Some(0 | 1)),
+            "{}",
+            describe(&out)
+        );
     }
     assert_eq!(parts(&sharded), reference);
     assert_eq!(sample_ids(&sharded), ids);
-    let status = engine(&["status", sharded.to_str().unwrap()]).output().unwrap();
+    let status = engine(&["status", sharded.to_str().unwrap()])
+        .output()
+        .unwrap();
     assert!(status.status.success(), "{}", describe(&status));
     let text = String::from_utf8_lossy(&status.stdout);
     // Units 0, 2, 4 on shard 0; 1, 3 on shard 1; all done.
@@ -359,12 +372,22 @@ fn killed_resumed_sharded_and_rebatched_runs_equal_the_uninterrupted_one() {
         .env("SLURM_ARRAY_TASK_COUNT", "2")
         .output()
         .unwrap();
-    assert!(matches!(out.status.code(), Some(0 | 1)), "{}", describe(&out));
+    assert!(
+        matches!(out.status.code(), Some(0 | 1)),
+        "{}",
+        describe(&out)
+    );
     let slurm_parts: Vec<String> = parts(&slurm).into_keys().collect();
     let odd: Vec<String> = reference
         .keys()
         .filter(|k| {
-            let unit: u64 = k.trim_end_matches(".parquet").rsplit('-').next().unwrap().parse().unwrap();
+            let unit: u64 = k
+                .trim_end_matches(".parquet")
+                .rsplit('-')
+                .next()
+                .unwrap()
+                .parse()
+                .unwrap();
             unit % 2 == 1
         })
         .cloned()

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::Command;
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -54,7 +54,10 @@ fn kill_9_then_resume_reproduces_the_uninterrupted_run() {
 
     // Killed once a few checkpoints exist (steps 7, 14, 21, ... of 120).
     let killed = dir.path().join("killed");
-    let mut child = trainer(dir.path(), &killed).spawn().unwrap();
+    let mut child = trainer(dir.path(), &killed)
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
     let started = Instant::now();
     while !killed.join("checkpoint-21").is_dir() {
         assert!(

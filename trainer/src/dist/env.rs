@@ -62,7 +62,12 @@ impl JobToken {
     /// Compares with `other` in time independent of where they differ (lengths aside).
     pub fn matches(&self, other: &[u8]) -> bool {
         let mine = self.0.as_bytes();
-        mine.len() == other.len() && mine.iter().zip(other).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+        mine.len() == other.len()
+            && mine
+                .iter()
+                .zip(other)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
     }
 }
 

@@ -128,7 +128,10 @@ pub fn launch(cfg: &LaunchConfig, exe: &Path, args: &[OsString]) -> Result<()> {
     };
     // The job's membership token: the one exported (the same on every node of a multi-node
     // job), else a fresh one; handed to the workers only through their environment.
-    let token = match std::env::var(super::TOKEN_VAR).ok().filter(|t| !t.is_empty()) {
+    let token = match std::env::var(super::TOKEN_VAR)
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
         Some(t) => super::JobToken::new(t),
         None if cfg.nnodes == 1 => super::JobToken::generate()?,
         None => {

@@ -265,7 +265,11 @@ impl Tcp {
         if !token.matches(presented) {
             return Ok(Err(format!(
                 "{} the job token ({} of this job) — not a rank of this job",
-                if token_len == 0 { "without" } else { "with a wrong" },
+                if token_len == 0 {
+                    "without"
+                } else {
+                    "with a wrong"
+                },
                 super::TOKEN_VAR
             )));
         }
