@@ -369,6 +369,11 @@ pub struct SinkConfig {
     /// Rows per Parquet row group; default 128.
     #[serde(default = "default_row_group_size")]
     pub row_group_size: usize,
+    /// Input records (documents) per unit of work; default 16. Each unit's samples are one
+    /// Parquet part, committed atomically; a rerun skips the finished units, and shards take
+    /// units by index (`crate::sink`).
+    #[serde(default = "default_unit_rows")]
+    pub unit_rows: usize,
 }
 
 fn default_output() -> PathBuf {
@@ -377,12 +382,16 @@ fn default_output() -> PathBuf {
 fn default_row_group_size() -> usize {
     128
 }
+fn default_unit_rows() -> usize {
+    16
+}
 
 impl Default for SinkConfig {
     fn default() -> Self {
         Self {
             output: default_output(),
             row_group_size: default_row_group_size(),
+            unit_rows: default_unit_rows(),
         }
     }
 }
@@ -562,6 +571,9 @@ impl PipelineConfig {
         }
         if self.sink.row_group_size == 0 {
             return bad("sink.row_group_size", "must be >= 1 (got 0)".into());
+        }
+        if self.sink.unit_rows == 0 {
+            return bad("sink.unit_rows", "must be >= 1 (got 0)".into());
         }
         if !(1..=1024).contains(&self.runtime.channel_capacity) {
             return bad(

@@ -40,6 +40,15 @@ pub enum EngineError {
         /// What is wrong.
         message: String,
     },
+    /// The output folder holds another run (a different fingerprint) or data of an unknown
+    /// one; raised before any work, nothing is changed.
+    #[error("output {}: {message}", path.display())]
+    Output {
+        /// The output folder.
+        path: PathBuf,
+        /// What differs and what to do.
+        message: String,
+    },
     /// Arrow error.
     #[error(transparent)]
     Arrow(#[from] arrow::error::ArrowError),

@@ -20,9 +20,11 @@ pub mod entities;
 pub mod error;
 pub mod model;
 pub mod pipeline;
+pub mod replay;
 pub mod seed;
 pub mod sink;
 pub mod source;
+#[cfg(feature = "sql")]
 pub mod sql;
 pub mod stage;
 pub mod stages;

@@ -42,8 +42,26 @@ enum Command {
         /// No progress bars.
         #[arg(long)]
         quiet: bool,
+        /// Replace an output folder that holds a different run (another configuration,
+        /// inputs or model). Its data stays until this run's first unit is written.
+        #[arg(long)]
+        overwrite: bool,
+        /// Take only the units whose index ≡ I (mod N), e.g. `--shard 0/4`; shards write
+        /// into one output folder. Default: SLURM_ARRAY_TASK_ID / SLURM_ARRAY_TASK_COUNT
+        /// when set, else all units.
+        #[arg(long, value_name = "I/N")]
+        shard: Option<pipeline::Shard>,
+    },
+    /// Show an output folder's units: done, pending and failed per shard.
+    Status {
+        /// The output folder of a run.
+        output: PathBuf,
+        /// Group by this many shards (default: the shard count of the latest run).
+        #[arg(long, value_name = "N")]
+        shards: Option<u64>,
     },
     /// Run a SQL query over an output folder (table `samples`) and print the result.
+    #[cfg(feature = "sql")]
     Sql {
         /// The query, e.g. "SELECT position_strategy, count(*) FROM samples GROUP BY 1".
         query: String,
@@ -85,13 +103,23 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             limit,
             output,
             quiet,
+            overwrite,
+            shard,
         } => {
             let cfg = PipelineConfig::from_path(&path)
                 .with_context(|| format!("reading pipeline {}", path.display()))?;
+            let shard = match shard {
+                Some(s) => s,
+                None => pipeline::Shard::from_slurm_env()
+                    .map_err(anyhow::Error::msg)?
+                    .unwrap_or_default(),
+            };
             let opts = RunOptions {
                 limit,
                 output,
                 progress: !quiet,
+                overwrite,
+                shard,
             };
             let summary = pipeline::run(&cfg, &opts).context("running the pipeline")?;
             print!("{}", pipeline::format_summary(&summary));
@@ -107,6 +135,11 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
                 ExitCode::SUCCESS
             })
         }
+        Command::Status { output, shards } => {
+            print!("{}", pipeline::format_status(&output, shards)?);
+            Ok(ExitCode::SUCCESS)
+        }
+        #[cfg(feature = "sql")]
         Command::Sql { query, data } => {
             let batches = logo_engine::sql::query(&data, &query)?;
             println!("{}", logo_engine::sql::pretty(&batches)?);

@@ -4,16 +4,17 @@
 use super::*;
 use std::sync::{Arc, Mutex, OnceLock};
 
-/// The embedded model's config, or `None` (with a skip message) when the file is absent.
+/// The embedded model's config, or `None` (a recorded skip; a failure under `CI=true`,
+/// [`logo_schemas::paths::fixture_missing`]) when the file is absent.
 pub(crate) fn embedded_config(test: &str) -> Option<ModelConfig> {
     let cfg = default_model_config();
     if cfg.path.exists() {
         Some(cfg)
     } else {
-        eprintln!(
-            "{test}: skipped, embedded model not found at {} (set LOGO_CACHE)",
+        logo_schemas::paths::fixture_missing(&format!(
+            "{test}: the embedded model {} (scripts/just setup, or set LOGO_CACHE)",
             cfg.path.display()
-        );
+        ));
         None
     }
 }

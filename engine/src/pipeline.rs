@@ -2,57 +2,233 @@
 //! positions → Parquet, each stage on its own thread, joined by bounded crossbeam channels of
 //! `runtime.channel_capacity` batches, so memory stays bounded whatever the corpus size.
 //!
+//! The input is split into units ([`crate::source::UnitPlan`], `sink.unit_rows` records
+//! each); batches never mix units, and the end of each unit flows down the channels behind its
+//! batches with the unit's rejects and counters, so the sink commits one Parquet part per unit
+//! ([`crate::sink::Output`]). A rerun on the same output skips the committed units; a shard
+//! (`--shard I/N`, or Slurm's array variables) takes the units whose index ≡ I (mod N).
+//! Generations go through the replay cache ([`crate::replay`]), so a rerun after a crash
+//! generates only what had not finished.
+//!
 //! A batch that fails a stage fatally (model error, bug) stops the run: the error flows down
-//! the channels and every thread ends. Bad rows never do: they go to `rejects.jsonl`.
+//! the channels and every thread ends; the unit is marked failed. Bad rows never do: they go
+//! to `rejects.jsonl`.
 
-use std::path::PathBuf;
+use std::collections::VecDeque;
+use std::fmt::Write as _;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use arrow::array::RecordBatch;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
+use sha2::{Digest, Sha256};
 
-use crate::config::PipelineConfig;
+use crate::config::{ModelConfig, PipelineConfig};
 use crate::error::{EngineError, Result};
 use crate::model::{load_tokenizer, Policy};
-use crate::sink::{Manifest, ParquetSink};
-use crate::source::Source;
-use crate::stage::{Rejects, RunStats, Stage, StageContext};
+use crate::replay::{hex, ReplayCache, CACHE_DIR};
+use crate::sink::{Fingerprint, Manifest, Output, UnitRecord};
+use crate::source::{plan_units, Source, SourceItem, Unit};
+use crate::stage::{Reject, Rejects, RunStats, Stage, StageContext, StatsSnapshot};
 use crate::stages::{
     ChunkerStage, GeneratorStage, PositionsStage, QuestionsStage, SamplerStage, ScorerStage,
 };
 
+/// Which share of the units a process takes: those whose index ≡ `index` (mod `count`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Shard {
+    /// 0-based shard number, `< count`.
+    pub index: u64,
+    /// Number of shards, ≥ 1.
+    pub count: u64,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Self { index: 0, count: 1 }
+    }
+}
+
+impl std::fmt::Display for Shard {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.index, self.count)
+    }
+}
+
+impl std::str::FromStr for Shard {
+    type Err = String;
+    /// `I/N` with `0 <= I < N`.
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        let bad = || format!("expected I/N with 0 <= I < N (e.g. 0/4), got {s:?}");
+        let (i, n) = s.split_once('/').ok_or_else(bad)?;
+        let (index, count): (u64, u64) = (
+            i.trim().parse().map_err(|_| bad())?,
+            n.trim().parse().map_err(|_| bad())?,
+        );
+        if count == 0 || index >= count {
+            return Err(bad());
+        }
+        Ok(Self { index, count })
+    }
+}
+
+impl Shard {
+    /// The shard of a Slurm job array task: `SLURM_ARRAY_TASK_ID` − `SLURM_ARRAY_TASK_MIN`
+    /// (0 when unset) of `SLURM_ARRAY_TASK_COUNT`; `None` outside an array.
+    /// Errors: the variables are set but do not form a shard (named in the message).
+    pub fn from_slurm_env() -> std::result::Result<Option<Self>, String> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let (Some(id), Some(count)) = (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT"))
+        else {
+            return Ok(None);
+        };
+        let num = |k: &str, v: &str| {
+            v.parse::<u64>()
+                .map_err(|_| format!("{k}={v:?} is not a number"))
+        };
+        let id = num("SLURM_ARRAY_TASK_ID", &id)?;
+        let count = num("SLURM_ARRAY_TASK_COUNT", &count)?;
+        let min = match var("SLURM_ARRAY_TASK_MIN") {
+            Some(m) => num("SLURM_ARRAY_TASK_MIN", &m)?,
+            None => 0,
+        };
+        let index = id.checked_sub(min).ok_or_else(|| {
+            format!("SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}")
+        })?;
+        format!("{index}/{count}")
+            .parse()
+            .map(Some)
+            .map_err(|e| format!("SLURM_ARRAY_TASK_* variables: {e}"))
+    }
+
+    /// True when unit `index` belongs to this shard.
+    pub fn takes(&self, index: u64) -> bool {
+        index % self.count == self.index
+    }
+}
+
 /// Options of one run that are not part of the pipeline file.
 #[derive(Debug, Clone, Default)]
 pub struct RunOptions {
-    /// Read at most this many documents.
+    /// Read at most this many documents (part of the run's fingerprint).
     pub limit: Option<usize>,
     /// Output folder instead of `sink.output`.
     pub output: Option<PathBuf>,
     /// Draw progress bars on stderr.
     pub progress: bool,
+    /// Replace an output that holds a different run (its data stays until this run's first
+    /// unit is committed). Without it such an output stops the run before any work.
+    pub overwrite: bool,
+    /// The units to take; default all (`0/1`).
+    pub shard: Shard,
 }
 
 /// What a run did.
 #[derive(Debug, Clone)]
 pub struct RunSummary {
-    /// The manifest written next to the data.
+    /// The manifest written next to the data (totals over every unit done so far, all shards).
     pub manifest: Manifest,
     /// The output folder.
     pub output: PathBuf,
     /// Wall time of the run.
     pub elapsed: Duration,
+    /// This process's shard.
+    pub shard: Shard,
+    /// Units this process committed.
+    pub units_committed: u64,
+    /// Units of this shard found finished and skipped.
+    pub units_skipped: u64,
+    /// Generations answered from the replay cache.
+    pub replayed: u64,
+    /// Generations computed by the model.
+    pub generated: u64,
+    /// Busy seconds per stage in this process.
+    pub seconds: std::collections::BTreeMap<String, f64>,
 }
 
-type Msg = Result<RecordBatch>;
+/// One finished unit flowing down the channels behind its batches.
+#[derive(Debug)]
+struct UnitLog {
+    unit: Unit,
+    documents: u64,
+    rejects: Vec<Reject>,
+    stats: StatsSnapshot,
+}
 
-/// Runs the whole pipeline. Errors: [`EngineError::Config`] before any work (bad paths,
-/// unloadable model or tokenizer), then only fatal errors (I/O on the output, model failure).
+#[derive(Debug)]
+enum Item {
+    Batch { unit: u64, batch: RecordBatch },
+    End(Box<UnitLog>),
+}
+
+type Msg = Result<Item>;
+
+/// The identity of the model's weights: SHA-256 (hex) over the GGUF's bytes, the tokenizer
+/// file's, every file of the adapter folder (by name) and the in-memory weight format.
+/// Errors: [`EngineError::Config`] (`model.path`, `model.tokenizer`, `model.adapter`) naming
+/// a file that cannot be read.
+pub fn model_identity(m: &ModelConfig) -> Result<String> {
+    fn eat(h: &mut Sha256, key: &str, path: &Path) -> Result<()> {
+        let mut f = std::fs::File::open(path).map_err(|e| EngineError::Config {
+            key: key.into(),
+            message: format!("{}: {e}", path.display()),
+        })?;
+        h.update(path.file_name().unwrap_or_default().as_encoded_bytes());
+        std::io::copy(&mut f, h).map_err(|e| EngineError::Config {
+            key: key.into(),
+            message: format!("{}: {e}", path.display()),
+        })?;
+        Ok(())
+    }
+    let mut h = Sha256::new();
+    eat(&mut h, "model.path", &m.path)?;
+    if let Some(t) = &m.tokenizer {
+        eat(&mut h, "model.tokenizer", t)?;
+    }
+    if let Some(a) = &m.adapter {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(a)
+            .map_err(|e| EngineError::Config {
+                key: "model.adapter".into(),
+                message: format!("{}: {e}", a.display()),
+            })?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.is_file())
+            .collect();
+        files.sort();
+        for f in files {
+            eat(&mut h, "model.adapter", &f)?;
+        }
+    }
+    h.update(format!("weights={:?}", m.weights).as_bytes());
+    Ok(hex(&h.finalize()))
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0)
+}
+
+/// Runs the whole pipeline, or resumes it (see the module doc).
+///
+/// Errors: [`EngineError::Config`] before any work (bad paths, unloadable model or
+/// tokenizer); [`EngineError::Output`] before any work when the output holds another run and
+/// `opts.overwrite` is off; then only fatal errors (I/O on the output, model failure), after
+/// which the committed units stay and a rerun resumes.
 pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     cfg.validate()?;
-    let mut source = Source::try_new(cfg, opts.limit)?;
+    let shard = opts.shard;
+    let plan = plan_units(
+        &cfg.source.paths,
+        cfg.sink.unit_rows as u64,
+        opts.limit.map(|l| l as u64),
+    )?;
+    let model_id = model_identity(&cfg.model)?;
+    let fingerprint = Fingerprint::new(cfg, &plan, &model_id);
     let tokenizer = load_tokenizer(&cfg.model).map_err(|e| EngineError::Config {
         key: "model".into(),
         message: e.to_string(),
@@ -63,28 +239,62 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
             message: e.to_string(),
         }
     })?));
+    let output_dir = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| cfg.sink.output.clone());
+    // Refuses another run's output here, before anything is written.
+    let mut output = Output::open(&output_dir, fingerprint, opts.overwrite)?;
+    let replay = Arc::new(ReplayCache::open(
+        &output_dir.join(CACHE_DIR),
+        &format!("generations-{}-of-{}.jsonl", shard.index, shard.count),
+        &model_id,
+    )?);
 
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
     if cfg.questions.enabled {
-        stages.push(Box::new(QuestionsStage::try_new(
-            cfg,
-            policy.clone(),
-            tokenizer.clone(),
-        )?));
+        stages.push(Box::new(
+            QuestionsStage::try_new(cfg, policy.clone(), tokenizer.clone())?
+                .with_replay(replay.clone()),
+        ));
     }
     stages.push(Box::new(ChunkerStage::try_new(&cfg.chunker, tokenizer)?));
     stages.push(Box::new(ScorerStage::try_new(&cfg.scorer)?));
     stages.push(Box::new(SamplerStage::try_new(&cfg.sampler, cfg.seed)?));
-    stages.push(Box::new(GeneratorStage::try_new(cfg, policy)?));
+    stages.push(Box::new(
+        GeneratorStage::try_new(cfg, policy)?.with_replay(replay.clone()),
+    ));
     stages.push(Box::new(PositionsStage::try_new(&cfg.positions, cfg.seed)?));
 
-    let output = opts
-        .output
-        .clone()
-        .unwrap_or_else(|| cfg.sink.output.clone());
-    let mut sink = ParquetSink::create(&output, cfg.sink.row_group_size)?;
-    let rejects = Rejects::create(&output.join("rejects.jsonl"))?;
-    let stats = RunStats::default();
+    let mine: Vec<Unit> = plan
+        .units
+        .iter()
+        .filter(|u| shard.takes(u.index))
+        .copied()
+        .collect();
+    let todo: Vec<Unit> = mine
+        .iter()
+        .filter(|u| !output.is_done(u.index))
+        .copied()
+        .collect();
+    let units_skipped = (mine.len() - todo.len()) as u64;
+    output.log(&serde_json::json!({
+        "event": "start",
+        "unix": unix_now(),
+        "pid": std::process::id(),
+        "shard": shard.to_string(),
+        "fingerprint": output.fingerprint().id,
+        "units_total": plan.units.len(),
+        "units_todo": todo.len(),
+        "units_skipped": units_skipped,
+    }))?;
+    let mut source = Source::for_units(
+        &plan,
+        todo.clone(),
+        cfg.source.batch_size,
+        cfg.questions.enabled,
+    );
+    let timings = RunStats::default();
 
     let bars = MultiProgress::with_draw_target(if opts.progress {
         ProgressDrawTarget::stderr()
@@ -104,14 +314,33 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
     };
 
     let cap = cfg.runtime.channel_capacity;
+    let mut pending: VecDeque<u64> = todo.iter().map(|u| u.index).collect();
+    let mut committed = 0u64;
+    let row_group_size = cfg.sink.row_group_size;
     let result = std::thread::scope(|scope| -> Result<()> {
         let (tx, mut rx) = bounded::<Msg>(cap);
-        let source_bar = bar("source", opts.limit.map(|l| l as u64));
-        let (rejects, stats) = (&rejects, &stats);
+        let source_bar = bar("units", Some(todo.len() as u64));
+        let timings = &timings;
         let source = &mut source;
         scope.spawn(move || {
-            while let Some(msg) = source.next_batch(rejects, stats) {
-                source_bar.set_position(source.documents() as u64);
+            let (rejects, stats) = (Rejects::collecting(), RunStats::default());
+            while let Some(msg) = source.next_item(&rejects, &stats) {
+                let msg = match msg {
+                    Ok(SourceItem::Batch { batch, .. }) if batch.num_rows() == 0 => continue,
+                    Ok(SourceItem::Batch { unit, batch }) => Ok(Item::Batch { unit, batch }),
+                    Ok(SourceItem::UnitEnd { unit, documents }) => {
+                        source_bar.inc(1);
+                        let stats = stats.take();
+                        timings.add(&stats);
+                        Ok(Item::End(Box::new(UnitLog {
+                            unit,
+                            documents,
+                            rejects: rejects.take(),
+                            stats,
+                        })))
+                    }
+                    Err(e) => Err(e),
+                };
                 let fatal = msg.is_err();
                 if tx.send(msg).is_err() || fatal {
                     break;
@@ -123,37 +352,68 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
             let (tx, next_rx) = bounded::<Msg>(cap);
             let b = bar(stage.name(), None);
             let input = std::mem::replace(&mut rx, next_rx);
-            scope.spawn(move || run_stage(stage, input, tx, rejects, stats, b));
+            scope.spawn(move || run_stage(stage, input, tx, timings, b));
         }
         let sink_bar = bar("parquet", None);
+        let mut batches: Vec<RecordBatch> = Vec::new();
         for msg in rx {
-            let batch = msg?;
-            sink.write(&batch)?;
-            sink_bar.set_position(sink.rows());
+            match msg? {
+                Item::Batch { batch, .. } => batches.push(batch),
+                Item::End(log) => {
+                    let record = UnitRecord {
+                        unit: log.unit,
+                        part: None,
+                        documents: log.documents,
+                        rejects: log.rejects,
+                        stats: log.stats,
+                        shard: shard.to_string(),
+                    };
+                    output.commit(record, &batches, row_group_size)?;
+                    sink_bar.inc(batches.iter().map(|b| b.num_rows() as u64).sum());
+                    batches.clear();
+                    pending.pop_front();
+                    committed += 1;
+                }
+            }
         }
         sink_bar.finish();
         Ok(())
     });
-    result?;
-    rejects.flush()?;
-    let manifest = Manifest {
-        schema_version: logo_schemas::SCHEMA_VERSION.into(),
-        engine_version: env!("CARGO_PKG_VERSION").into(),
-        created_unix: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or(0),
-        files: vec![],
-        config: cfg.clone(),
-        documents: source.documents() as u64,
-        rejects: rejects.counts(),
-        stats: stats.snapshot(),
+    let end_log = |output: &Output, error: Option<String>| {
+        let snap = timings.snapshot();
+        output.log(&serde_json::json!({
+            "event": "end",
+            "unix": unix_now(),
+            "pid": std::process::id(),
+            "shard": shard.to_string(),
+            "elapsed_seconds": started.elapsed().as_secs_f64(),
+            "units_committed": committed,
+            "replayed": replay.replayed(),
+            "generated": replay.generated(),
+            "seconds": snap.seconds,
+            "tokens": snap.tokens,
+            "error": error,
+        }))
     };
-    let manifest = sink.finish(manifest)?;
+    if let Err(e) = result {
+        if let Some(&unit) = pending.front() {
+            let _ = output.mark_failed(unit, &e.to_string());
+        }
+        let _ = end_log(&output, Some(e.to_string()));
+        return Err(e);
+    }
+    let manifest = output.finish(cfg)?;
+    end_log(&output, None)?;
     Ok(RunSummary {
         manifest,
-        output,
+        output: output_dir,
         elapsed: started.elapsed(),
+        shard,
+        units_committed: committed,
+        units_skipped,
+        replayed: replay.replayed(),
+        generated: replay.generated(),
+        seconds: timings.snapshot().seconds,
     })
 }
 
@@ -161,14 +421,28 @@ fn run_stage(
     mut stage: Box<dyn Stage>,
     input: Receiver<Msg>,
     output: Sender<Msg>,
-    rejects: &Rejects,
-    stats: &RunStats,
+    timings: &RunStats,
     bar: ProgressBar,
 ) {
-    let ctx = StageContext { rejects, stats };
+    // This unit's rejects and counters; they travel with the unit's end.
+    let (rejects, stats) = (Rejects::collecting(), RunStats::default());
+    let ctx = StageContext {
+        rejects: &rejects,
+        stats: &stats,
+    };
     for msg in input {
-        let batch = match msg {
-            Ok(b) => b,
+        let (unit, batch) = match msg {
+            Ok(Item::Batch { unit, batch }) => (unit, batch),
+            Ok(Item::End(mut log)) => {
+                log.rejects.extend(rejects.take());
+                let snap = stats.take();
+                timings.add(&snap);
+                log.stats.add(&snap);
+                if output.send(Ok(Item::End(log))).is_err() {
+                    break;
+                }
+                continue;
+            }
             Err(e) => {
                 let _ = output.send(Err(e));
                 break;
@@ -183,7 +457,11 @@ fn run_stage(
                 let rows_out: u64 = out.iter().map(|b| b.num_rows() as u64).sum();
                 stats.record(stage.name(), rows_in, rows_out, busy);
                 bar.inc(rows_in);
-                if out.into_iter().any(|b| output.send(Ok(b)).is_err()) {
+                if out
+                    .into_iter()
+                    .filter(|b| b.num_rows() > 0)
+                    .any(|batch| output.send(Ok(Item::Batch { unit, batch })).is_err())
+                {
                     break;
                 }
             }
@@ -197,10 +475,82 @@ fn run_stage(
     bar.finish();
 }
 
-/// Formats the end-of-run summary: documents in, samples out, skipped by reason, rejects,
-/// seconds and rows per stage.
+/// `logo-engine status OUT`: units done / pending / failed per shard, from the unit records.
+/// `shards`: the shard count to group by; default the one of the latest run in `runs.jsonl`
+/// (1 when none). Errors: [`EngineError::Input`] when `dir` holds no run (no
+/// `fingerprint.json`) or a record does not parse.
+pub fn format_status(dir: &Path, shards: Option<u64>) -> Result<String> {
+    let fp = crate::sink::read_fingerprint(dir)?.ok_or_else(|| EngineError::Input {
+        path: dir.to_path_buf(),
+        message: "no fingerprint.json: not the output of a run".into(),
+    })?;
+    let done = crate::sink::read_units(dir, fp.short())?;
+    let failed = crate::sink::read_failed(dir, fp.short());
+    let count = shards
+        .or_else(|| latest_shard_count(dir))
+        .unwrap_or(1)
+        .max(1);
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{}: run {} ({} units of {} records)",
+        dir.display(),
+        fp.short(),
+        fp.plan.units.len(),
+        fp.plan.unit_rows
+    );
+    let _ = writeln!(out, "  shard      done  pending   failed   samples");
+    let mut totals = [0u64; 4];
+    for s in 0..count {
+        let mut row = [0u64; 4];
+        for u in fp.plan.units.iter().filter(|u| u.index % count == s) {
+            if let Some(r) = done.get(&u.index) {
+                row[0] += 1;
+                row[3] += r.part.as_ref().map_or(0, |p| p.rows);
+            } else if failed.contains_key(&u.index) {
+                row[2] += 1;
+            } else {
+                row[1] += 1;
+            }
+        }
+        for (t, r) in totals.iter_mut().zip(row) {
+            *t += r;
+        }
+        let _ = writeln!(
+            out,
+            "  {:<8} {:>6} {:>8} {:>8} {:>9}",
+            format!("{s}/{count}"),
+            row[0],
+            row[1],
+            row[2],
+            row[3]
+        );
+    }
+    let _ = writeln!(
+        out,
+        "  {:<8} {:>6} {:>8} {:>8} {:>9}",
+        "all", totals[0], totals[1], totals[2], totals[3]
+    );
+    for (u, why) in &failed {
+        if !done.contains_key(u) {
+            let _ = writeln!(out, "  unit {u} failed: {}", why.trim());
+        }
+    }
+    Ok(out)
+}
+
+fn latest_shard_count(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(crate::sink::RUN_LOG)).ok()?;
+    text.lines().rev().find_map(|l| {
+        let v: serde_json::Value = serde_json::from_str(l).ok()?;
+        let shard: Shard = v.get("shard")?.as_str()?.parse().ok()?;
+        Some(shard.count)
+    })
+}
+
+/// Formats the end-of-run summary: units, documents in, samples out, skipped by reason,
+/// rejects, generations replayed and computed, seconds (this process) and rows per stage.
 pub fn format_summary(s: &RunSummary) -> String {
-    use std::fmt::Write;
     let m = &s.manifest;
     let samples: u64 = m.files.iter().map(|f| f.rows).sum();
     let mut out = String::new();
@@ -208,6 +558,16 @@ pub fn format_summary(s: &RunSummary) -> String {
         out,
         "logo-engine summary ({:.1} s)",
         s.elapsed.as_secs_f64()
+    );
+    let _ = writeln!(
+        out,
+        "  units            {} of {} done (shard {}: {} now, {} found done)",
+        m.units_done, m.units_total, s.shard, s.units_committed, s.units_skipped
+    );
+    let _ = writeln!(
+        out,
+        "  generations      {} generated, {} replayed from the cache",
+        s.generated, s.replayed
     );
     let _ = writeln!(out, "  documents in     {}", m.documents);
     let _ = writeln!(
@@ -230,7 +590,7 @@ pub fn format_summary(s: &RunSummary) -> String {
         out,
         "  stage            rows in  rows out   seconds    tokens"
     );
-    for (stage, secs) in &m.stats.seconds {
+    for (stage, secs) in &s.seconds {
         let _ = writeln!(
             out,
             "    {stage:<12} {:>9} {:>9} {:>9.2} {:>9}",

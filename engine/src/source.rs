@@ -14,14 +14,16 @@
 //! parsed again.
 
 use std::fs::File;
-use std::io::{BufRead, BufReader};
+use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
 use logo_schemas::{DocumentRecord, Record};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
+use sha2::{Digest, Sha256};
 
 use crate::config::PipelineConfig;
 use crate::error::{EngineError, Result};
@@ -94,11 +96,181 @@ struct RawDocument {
     answers: Option<Vec<Option<String>>>,
 }
 
-/// Reads documents file by file and emits batches of up to `batch_size` documents (one row per
-/// question). Documents are counted in [`RunStats`] under stage `source`.
+/// One input file of a run: where, its SHA-256 and how many records it holds.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct InputFile {
+    /// The file, as configured (after glob expansion).
+    pub path: PathBuf,
+    /// SHA-256 of its bytes, 64 lowercase hex digits.
+    pub sha256: String,
+    /// Records (non-blank JSON Lines lines, or Parquet rows); 0 for an unreadable Parquet file.
+    pub records: u64,
+}
+
+/// A unit of work: records `[first, first + count)` (0-based, blank lines not counted) of
+/// input file `file`. Its samples become one Parquet part; `index` is its place in the run
+/// (files in order, then row ranges), which also picks its shard (`index mod N`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Unit {
+    /// Position in [`UnitPlan::units`].
+    pub index: u64,
+    /// Position of the file in [`UnitPlan::files`].
+    pub file: usize,
+    /// First record of the unit (0-based).
+    pub first: u64,
+    /// Records in the unit (the last unit of a file may hold fewer than `unit_rows`).
+    pub count: u64,
+}
+
+/// The deterministic split of a run's input into units of `unit_rows` records (see [`Unit`]).
+/// Each file has at least one unit (an empty or unreadable file: one unit of 0 records, where
+/// the file's reject is recorded).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct UnitPlan {
+    /// Records per unit (`sink.unit_rows`).
+    pub unit_rows: u64,
+    /// At most this many records in all (`--limit`), or every record.
+    pub limit: Option<u64>,
+    /// The input files in order.
+    pub files: Vec<InputFile>,
+    /// The units in order.
+    pub units: Vec<Unit>,
+}
+
+/// A reader that feeds every byte it passes on to a SHA-256.
+struct Hashing<R> {
+    inner: R,
+    hash: Sha256,
+}
+
+impl<R: Read> Read for Hashing<R> {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        self.hash.update(&buf[..n]);
+        Ok(n)
+    }
+}
+
+/// True when line `row` (1-based) of a JSON Lines file is a record (not blank; a UTF-8 byte
+/// order mark on line 1 is not part of it).
+fn is_record(row: u64, line: &[u8]) -> bool {
+    let line = if row == 1 {
+        line.strip_prefix(b"\xEF\xBB\xBF").unwrap_or(line)
+    } else {
+        line
+    };
+    !line.iter().all(|b| b.is_ascii_whitespace())
+}
+
+/// Reads every input once: its SHA-256 and record count (a JSON Lines file's non-blank lines,
+/// a Parquet file's `num_rows` from its footer), and splits the records into units of
+/// `unit_rows` (≥ 1) in file order, keeping at most `limit` records in all.
+/// Errors: as [`resolve_paths`]; [`EngineError::Io`] when a file cannot be read.
+pub fn plan_units(paths: &[PathBuf], unit_rows: u64, limit: Option<u64>) -> Result<UnitPlan> {
+    let unit_rows = unit_rows.max(1);
+    let mut files = Vec::new();
+    let mut units = Vec::new();
+    let mut left = limit.unwrap_or(u64::MAX);
+    for path in resolve_paths(paths)? {
+        if left == 0 {
+            break;
+        }
+        let f = File::open(&path).map_err(|e| EngineError::io(&path, e))?;
+        let mut reader = Hashing {
+            inner: f,
+            hash: Sha256::new(),
+        };
+        let records = match Format::of(&path) {
+            Some(Format::Parquet) => {
+                let rows = ParquetRecordBatchReaderBuilder::try_new(
+                    File::open(&path).map_err(|e| EngineError::io(&path, e))?,
+                )
+                .map(|b| b.metadata().file_metadata().num_rows().max(0) as u64)
+                .unwrap_or(0);
+                std::io::copy(&mut reader, &mut std::io::sink())
+                    .map_err(|e| EngineError::io(&path, e))?;
+                rows
+            }
+            _ => {
+                let mut n = 0u64;
+                let lines = BufReader::new(&mut reader).split(b'\n');
+                let mut row = 0u64;
+                for line in lines {
+                    row += 1;
+                    let line = line.map_err(|e| EngineError::io(&path, e))?;
+                    if is_record(row, &line) {
+                        n += 1;
+                    }
+                }
+                n
+            }
+        };
+        let records_used = records.min(left);
+        left -= records_used;
+        let file = files.len();
+        let mut first = 0;
+        loop {
+            let count = unit_rows.min(records_used - first);
+            units.push(Unit {
+                index: units.len() as u64,
+                file,
+                first,
+                count,
+            });
+            first += count;
+            if first >= records_used {
+                break;
+            }
+        }
+        files.push(InputFile {
+            path,
+            sha256: crate::replay::hex(&reader.hash.finalize()),
+            records,
+        });
+    }
+    Ok(UnitPlan {
+        unit_rows,
+        limit,
+        files,
+        units,
+    })
+}
+
+/// What [`Source::next_item`] yields: a batch of one unit's documents, or the end of a unit
+/// (all its batches were yielded before).
+#[derive(Debug)]
+pub enum SourceItem {
+    /// Up to `batch_size` documents of unit `unit` ([`logo_schemas::documents_schema`]).
+    Batch {
+        /// [`Unit::index`].
+        unit: u64,
+        /// The rows (one per question); may be empty when every document was rejected.
+        batch: RecordBatch,
+    },
+    /// Every record of the unit was read.
+    UnitEnd {
+        /// The unit.
+        unit: Unit,
+        /// Records (documents) read in it, rejected ones included.
+        documents: u64,
+    },
+}
+
+/// An open input file: its position in the plan, the next record's 0-based index, and rows.
+struct OpenFile {
+    file: usize,
+    next_record: u64,
+    rows: Box<dyn Iterator<Item = RowResult> + Send>,
+}
+
+/// Reads documents unit by unit and emits batches of up to `batch_size` documents (one row per
+/// question), never mixing two units in a batch. Documents are counted in [`RunStats`] under
+/// stage `source`.
 pub struct Source {
-    files: std::vec::IntoIter<PathBuf>,
-    current: Option<(PathBuf, Box<dyn Iterator<Item = RowResult> + Send>)>,
+    files: Vec<PathBuf>,
+    todo: std::vec::IntoIter<Unit>,
+    unit: Option<(Unit, u64)>,
+    current: Option<OpenFile>,
     batch_size: usize,
     limit: Option<usize>,
     documents: usize,
@@ -128,7 +300,8 @@ impl Source {
 
     /// The same without a pipeline: `paths` (files or globs), `batch_size` documents per
     /// batch (≥ 1), and whether documents without questions are accepted
-    /// (`questions_enabled`; otherwise they are rejected). Errors: as [`resolve_paths`].
+    /// (`questions_enabled`; otherwise they are rejected). Each file is one unit.
+    /// Errors: as [`resolve_paths`].
     pub fn open(
         paths: &[PathBuf],
         batch_size: usize,
@@ -136,8 +309,18 @@ impl Source {
         limit: Option<usize>,
     ) -> Result<Self> {
         let files = resolve_paths(paths)?;
+        let units = (0..files.len())
+            .map(|i| Unit {
+                index: i as u64,
+                file: i,
+                first: 0,
+                count: u64::MAX,
+            })
+            .collect::<Vec<_>>();
         Ok(Self {
-            files: files.into_iter(),
+            files,
+            todo: units.into_iter(),
+            unit: None,
             current: None,
             batch_size: batch_size.max(1),
             limit,
@@ -146,53 +329,76 @@ impl Source {
         })
     }
 
+    /// Reads the units `todo` (increasing [`Unit::index`], a subset of `plan.units`) of a
+    /// plan: `batch_size` documents per batch (≥ 1); `questions_enabled` as in
+    /// [`Source::open`]. Opens nothing yet.
+    pub fn for_units(
+        plan: &UnitPlan,
+        todo: Vec<Unit>,
+        batch_size: usize,
+        questions_enabled: bool,
+    ) -> Self {
+        Self {
+            files: plan.files.iter().map(|f| f.path.clone()).collect(),
+            todo: todo.into_iter(),
+            unit: None,
+            current: None,
+            batch_size: batch_size.max(1),
+            limit: None,
+            documents: 0,
+            questions_enabled,
+        }
+    }
+
     /// Documents read so far.
     pub fn documents(&self) -> usize {
         self.documents
     }
 
-    /// The next batch, `None` at the end. Bad rows go to `rejects`. Errors: an output error of
-    /// the rejects file, or a Parquet file that cannot be opened at all (its rows are lost, the
-    /// error says which file; other files are read on a later call).
+    /// The next batch, `None` at the end (unit boundaries are not reported). Bad rows go to
+    /// `rejects`. Errors: as [`Source::next_item`].
     pub fn next_batch(
         &mut self,
         rejects: &Rejects,
         stats: &RunStats,
     ) -> Option<Result<RecordBatch>> {
+        loop {
+            match self.next_item(rejects, stats)? {
+                Ok(SourceItem::Batch { batch, .. }) => return Some(Ok(batch)),
+                Ok(SourceItem::UnitEnd { .. }) => continue,
+                Err(e) => return Some(Err(e)),
+            }
+        }
+    }
+
+    /// The next batch of the current unit or the end of that unit; `None` after the last
+    /// unit. Bad rows go to `rejects` (a file that cannot be opened at all: one reject with
+    /// row 0, its unit ends empty). Errors: an output error of the rejects file.
+    pub fn next_item(&mut self, rejects: &Rejects, stats: &RunStats) -> Option<Result<SourceItem>> {
         let start = std::time::Instant::now();
+        if self.unit.is_none() {
+            let unit = self.todo.next()?;
+            self.unit = Some((unit, 0));
+            if let Err(e) = self.seek(unit, rejects) {
+                return Some(Err(e));
+            }
+        }
+        let (unit, read) = self.unit.expect("set above");
         let mut rows: Vec<DocumentRecord> = Vec::new();
-        let mut docs_in_batch = 0;
-        while docs_in_batch < self.batch_size {
+        let mut docs_in_batch = 0u64;
+        while docs_in_batch < self.batch_size as u64 && read + docs_in_batch < unit.count {
             if self.limit.is_some_and(|l| self.documents >= l) {
                 break;
             }
-            if self.current.is_none() {
-                // At the end of the last file, emit what the batch holds.
-                let Some(path) = self.files.next() else {
-                    break;
-                };
-                match open(&path) {
-                    Ok(it) => self.current = Some((path, it)),
-                    Err(e) => {
-                        if let Err(e) = rejects.push(Reject {
-                            stage: STAGE.into(),
-                            file: path.display().to_string(),
-                            row: 0,
-                            field: None,
-                            reason: e.to_string(),
-                        }) {
-                            return Some(Err(e));
-                        }
-                        continue;
-                    }
-                }
-            }
-            let (path, it) = self.current.as_mut().expect("set above");
-            let Some((row, parsed)) = it.next() else {
-                self.current = None;
-                continue;
+            let Some(open) = self.current.as_mut().filter(|o| o.file == unit.file) else {
+                break;
             };
-            let path = path.clone();
+            let Some((row, parsed)) = open.rows.next() else {
+                self.current = None;
+                break;
+            };
+            open.next_record += 1;
+            let path = self.files[unit.file].clone();
             self.documents += 1;
             docs_in_batch += 1;
             let file = path.display().to_string();
@@ -213,15 +419,67 @@ impl Source {
             }
         }
         if docs_in_batch == 0 {
-            return None;
+            self.unit = None;
+            return Some(Ok(SourceItem::UnitEnd {
+                unit,
+                documents: read,
+            }));
         }
-        stats.record(
-            STAGE,
-            docs_in_batch as u64,
-            rows.len() as u64,
-            start.elapsed(),
-        );
-        Some(DocumentRecord::to_batch(&rows).map_err(EngineError::from))
+        self.unit = Some((unit, read + docs_in_batch));
+        stats.record(STAGE, docs_in_batch, rows.len() as u64, start.elapsed());
+        Some(
+            DocumentRecord::to_batch(&rows)
+                .map(|batch| SourceItem::Batch {
+                    unit: unit.index,
+                    batch,
+                })
+                .map_err(EngineError::from),
+        )
+    }
+
+    /// Opens the unit's file when it is not the open one and skips to its first record.
+    fn seek(&mut self, unit: Unit, rejects: &Rejects) -> Result<()> {
+        if self
+            .current
+            .as_ref()
+            .is_some_and(|o| o.file != unit.file || o.next_record > unit.first)
+        {
+            self.current = None;
+        }
+        if self.current.is_none() {
+            let path = &self.files[unit.file];
+            match open(path) {
+                Ok(rows) => {
+                    self.current = Some(OpenFile {
+                        file: unit.file,
+                        next_record: 0,
+                        rows,
+                    })
+                }
+                Err(e) => {
+                    // Recorded once, in the file's first unit.
+                    if unit.first == 0 {
+                        rejects.push(Reject {
+                            stage: STAGE.into(),
+                            file: path.display().to_string(),
+                            row: 0,
+                            field: None,
+                            reason: e.to_string(),
+                        })?;
+                    }
+                    return Ok(());
+                }
+            }
+        }
+        let open = self.current.as_mut().expect("opened above");
+        while open.next_record < unit.first {
+            if open.rows.next().is_none() {
+                self.current = None;
+                return Ok(());
+            }
+            open.next_record += 1;
+        }
+        Ok(())
     }
 
     /// One document → one row per question, or the reason it is rejected.

@@ -64,6 +64,7 @@ pub struct Rejects {
     path: PathBuf,
     out: Mutex<Option<BufWriter<File>>>,
     count: Mutex<BTreeMap<String, u64>>,
+    kept: Option<Mutex<Vec<Reject>>>,
 }
 
 impl Rejects {
@@ -74,6 +75,7 @@ impl Rejects {
             path: path.to_path_buf(),
             out: Mutex::new(Some(BufWriter::new(file))),
             count: Mutex::new(BTreeMap::new()),
+            kept: None,
         })
     }
 
@@ -83,7 +85,29 @@ impl Rejects {
             path: PathBuf::new(),
             out: Mutex::new(None),
             count: Mutex::new(BTreeMap::new()),
+            kept: None,
         }
+    }
+
+    /// A rejects sink that keeps the rejects in memory until [`Rejects::take`] (the pipeline
+    /// collects each unit's rejects this way and commits them with the unit).
+    pub fn collecting() -> Self {
+        Self {
+            path: PathBuf::new(),
+            out: Mutex::new(None),
+            count: Mutex::new(BTreeMap::new()),
+            kept: Some(Mutex::new(Vec::new())),
+        }
+    }
+
+    /// The rejects kept since the last call (in push order), clearing them and the counts;
+    /// empty unless made by [`Rejects::collecting`].
+    pub fn take(&self) -> Vec<Reject> {
+        self.count.lock().expect("rejects lock").clear();
+        self.kept
+            .as_ref()
+            .map(|k| std::mem::take(&mut *k.lock().expect("rejects lock")))
+            .unwrap_or_default()
     }
 
     /// Records a bad row and prints `logo: file: row N: field F: reason` to stderr.
@@ -108,6 +132,9 @@ impl Rejects {
         if let Some(out) = self.out.lock().expect("rejects lock").as_mut() {
             let line = serde_json::to_string(&reject).expect("reject serialises");
             writeln!(out, "{line}").map_err(|e| EngineError::io(&self.path, e))?;
+        }
+        if let Some(kept) = &self.kept {
+            kept.lock().expect("rejects lock").push(reject);
         }
         Ok(())
     }
@@ -146,6 +173,25 @@ struct StatsInner {
     skipped: BTreeMap<String, u64>,
 }
 
+impl StatsSnapshot {
+    /// Adds every counter of `other` to these.
+    pub fn add(&mut self, other: &StatsSnapshot) {
+        fn add<V: Copy + std::ops::AddAssign + Default>(
+            a: &mut BTreeMap<String, V>,
+            b: &BTreeMap<String, V>,
+        ) {
+            for (k, v) in b {
+                *a.entry(k.clone()).or_default() += *v;
+            }
+        }
+        add(&mut self.rows_in, &other.rows_in);
+        add(&mut self.rows_out, &other.rows_out);
+        add(&mut self.seconds, &other.seconds);
+        add(&mut self.tokens, &other.tokens);
+        add(&mut self.skipped, &other.skipped);
+    }
+}
+
 /// A copy of [`RunStats`] at one moment.
 #[derive(Debug, Default, Clone, Serialize, serde::Deserialize, PartialEq)]
 pub struct StatsSnapshot {
@@ -153,7 +199,9 @@ pub struct StatsSnapshot {
     pub rows_in: BTreeMap<String, u64>,
     /// Rows emitted per stage.
     pub rows_out: BTreeMap<String, u64>,
-    /// Busy seconds per stage (wall time inside `process`).
+    /// Busy seconds per stage (wall time inside `process`). Empty in unit records and the
+    /// manifest (timings go to the run log, `runs.jsonl`); left out of their JSON when empty.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub seconds: BTreeMap<String, f64>,
     /// Tokens handled per stage (chunker: document tokens; generator: generated tokens).
     pub tokens: BTreeMap<String, u64>,
@@ -190,6 +238,36 @@ impl RunStats {
         *s.rows_in.entry(stage.into()).or_default() += rows_in;
         *s.rows_out.entry(stage.into()).or_default() += rows_out;
         *s.seconds.entry(stage.into()).or_default() += busy.as_secs_f64();
+    }
+
+    /// Adds every counter of `snap`.
+    pub fn add(&self, snap: &StatsSnapshot) {
+        let mut s = self.inner.lock().expect("stats lock");
+        let mut mine = StatsSnapshot {
+            rows_in: std::mem::take(&mut s.rows_in),
+            rows_out: std::mem::take(&mut s.rows_out),
+            seconds: std::mem::take(&mut s.seconds),
+            tokens: std::mem::take(&mut s.tokens),
+            skipped: std::mem::take(&mut s.skipped),
+        };
+        mine.add(snap);
+        s.rows_in = mine.rows_in;
+        s.rows_out = mine.rows_out;
+        s.seconds = mine.seconds;
+        s.tokens = mine.tokens;
+        s.skipped = mine.skipped;
+    }
+
+    /// The counters now, cleared afterwards.
+    pub fn take(&self) -> StatsSnapshot {
+        let s = std::mem::take(&mut *self.inner.lock().expect("stats lock"));
+        StatsSnapshot {
+            rows_in: s.rows_in,
+            rows_out: s.rows_out,
+            seconds: s.seconds,
+            tokens: s.tokens,
+            skipped: s.skipped,
+        }
     }
 
     /// The counters now.

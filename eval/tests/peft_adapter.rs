@@ -21,7 +21,7 @@ fn peft_written_adapter_gives_pefts_logits() {
     };
     let py = match logo_schemas::paths::venv_python_with(&["transformers", "peft", "safetensors"]) {
         Ok(py) => py,
-        Err(why) => return eprintln!("SKIPPED: {why}"),
+        Err(why) => return logo_schemas::paths::fixture_missing(&why),
     };
     let dir = tempfile::tempdir().unwrap();
     let hf = dir.path().join("hf");

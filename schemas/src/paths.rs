@@ -61,3 +61,56 @@ pub fn venv_python_with(modules: &[&str]) -> Result<PathBuf, String> {
         Err(e) => Err(format!("{}: {e}", py.display())),
     }
 }
+
+/// True under `CI=true` (or `CI=1`, GitHub's and GitLab's convention): a test whose fixture is
+/// missing then fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| v == "true" || v == "1")
+}
+
+/// Environment variable naming a file where every skipped test appends one line
+/// (`name: reason`); `.ci/run` sets it and reports the skips apart from the passes.
+pub const SKIP_LOG_VAR: &str = "LOGO_SKIP_LOG";
+
+fn record_skip(why: &str) {
+    let name = std::thread::current()
+        .name()
+        .unwrap_or("unnamed test")
+        .to_string();
+    eprintln!("SKIPPED: {name}: {why}");
+    if let Some(path) = std::env::var_os(SKIP_LOG_VAR).filter(|p| !p.is_empty()) {
+        use std::io::Write;
+        if let Ok(mut f) = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+        {
+            let _ = writeln!(f, "{name}: {}", why.replace('\n', " "));
+        }
+    }
+}
+
+/// A fixture a test needs is absent (the embedded model, the torch venv, `../shared/data`,
+/// the llama-server binary, a committed benchmark result): under CI ([`in_ci`]) this panics
+/// naming it, so a CI run cannot pass by skipping; otherwise it prints `SKIPPED: test: what`,
+/// records the skip in `$LOGO_SKIP_LOG` and returns, and the caller returns early.
+pub fn fixture_missing(what: &str) {
+    if in_ci() {
+        panic!("CI=true and a fixture of this test is missing: {what}");
+    }
+    record_skip(what);
+}
+
+/// `Some(value)`; or, when `value` is `None`, [`fixture_missing`]`(what)` and `None`.
+pub fn require_fixture<T>(value: Option<T>, what: &str) -> Option<T> {
+    if value.is_none() {
+        fixture_missing(what);
+    }
+    value
+}
+
+/// A test that does not apply to this machine (it needs a GPU, or no GPU), not a missing
+/// fixture: records the skip like [`fixture_missing`] but never fails, CI or not.
+pub fn not_applicable(why: &str) {
+    record_skip(why);
+}

@@ -1,5 +1,6 @@
 //! Helpers of the end-to-end tests: where the binaries, the embedded model and the shared
-//! sample data are, and skipping with a message when something is absent.
+//! sample data are, and skipping with a message when something is absent (failing under
+//! `CI=true`).
 #![deny(missing_docs)]
 
 use std::path::{Path, PathBuf};
@@ -43,12 +44,11 @@ pub fn embedded_model() -> Option<PathBuf> {
     p.is_file().then_some(p)
 }
 
-/// Returns `Some(value)`, or prints why the test is skipped and returns `None`.
+/// Returns `Some(value)`, or records that the test is skipped because `what` (a fixture) is
+/// absent and returns `None`; under `CI=true` it fails instead
+/// ([`logo_schemas::paths::fixture_missing`]).
 pub fn or_skip<T>(value: Option<T>, what: &str) -> Option<T> {
-    if value.is_none() {
-        eprintln!("SKIPPED: {what} is absent");
-    }
-    value
+    logo_schemas::paths::require_fixture(value, &format!("{what} is absent"))
 }
 
 /// Output as text, for assertion messages.

@@ -273,7 +273,7 @@ fn exported_tokenizer_loads_in_transformers_with_the_engines_ids() {
     };
     let py = match logo_schemas::paths::venv_python_with(&["transformers"]) {
         Ok(py) => py,
-        Err(why) => return eprintln!("SKIPPED: {why}"),
+        Err(why) => return logo_schemas::paths::fixture_missing(&why),
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tok");

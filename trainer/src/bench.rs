@@ -522,8 +522,7 @@ mod tests {
     #[test]
     fn cuda_peak_memory_without_a_gpu_is_none() {
         if tch::Cuda::is_available() {
-            eprintln!("SKIPPED: a GPU is present");
-            return;
+            return logo_schemas::paths::not_applicable("a GPU is present");
         }
         assert_eq!(cuda_peak_memory(0), None);
     }

@@ -147,7 +147,7 @@ fn peft_reference(py: &Path, s: &Setup, dtype: &str) -> HashMap<String, Tensor> 
 fn lora_gradients_equal_peft_reference() {
     let py = match venv_python_with(&["transformers", "peft", "safetensors"]) {
         Ok(py) => py,
-        Err(why) => return eprintln!("SKIPPED: {why}"),
+        Err(why) => return logo_schemas::paths::fixture_missing(&why),
     };
     let s = setup(&py);
     let (model, cfg) = (&s.model, &s.cfg);
@@ -201,7 +201,7 @@ fn bf16_gradients_are_as_close_to_f32_as_pefts() {
     use logo_trainer::train_loop::backward_joint;
     let py = match venv_python_with(&["transformers", "peft", "safetensors"]) {
         Ok(py) => py,
-        Err(why) => return eprintln!("SKIPPED: {why}"),
+        Err(why) => return logo_schemas::paths::fixture_missing(&why),
     };
     let s = setup(&py);
     let peft32 = peft_reference(&py, &s, "float32");

@@ -29,7 +29,7 @@ use tch::{Device, Kind, Tensor};
 /// the test is skipped.
 fn reference_python(test: &str) -> Option<PathBuf> {
     venv_python_with(&["transformers", "peft", "safetensors"])
-        .map_err(|why| println!("{test}: skipped, {why}"))
+        .map_err(|why| logo_schemas::paths::fixture_missing(&format!("{test}: {why}")))
         .ok()
 }
 
@@ -433,8 +433,7 @@ fn candle_logits(gguf: &Path, prompt: &[u32], lens: &[usize]) -> Vec<Vec<f32>> {
 fn gguf_logits_match_candle_quantized_llama() {
     let gguf = logo_schemas::paths::default_model_path();
     if !gguf.is_file() {
-        println!("gguf: skipped, {} is absent", gguf.display());
-        return;
+        return logo_schemas::paths::fixture_missing(&format!("{} is absent", gguf.display()));
     }
     let model = Llama::load(&gguf, None, Device::Cpu, Kind::Float).unwrap();
     let cfg = model.config();

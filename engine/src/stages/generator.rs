@@ -29,6 +29,7 @@ use tokenizers::Tokenizer;
 use crate::config::{ChosenSource, PipelineConfig};
 use crate::error::{EngineError, Result};
 use crate::model::{encode_text, ChatTemplate, GenerateOptions, Generation, Policy};
+use crate::replay::ReplayCache;
 use crate::seed::derive_seed;
 use crate::stage::{emit, Reject, Stage, StageContext};
 
@@ -54,6 +55,7 @@ pub struct GeneratorStage {
     generator: String,
     settings: String,
     schema: SchemaRef,
+    replay: Option<Arc<ReplayCache>>,
 }
 
 impl std::fmt::Debug for GeneratorStage {
@@ -131,7 +133,15 @@ impl GeneratorStage {
             generator: name,
             settings,
             schema: logo_schemas::generations_schema(),
+            replay: None,
         })
+    }
+
+    /// Answers generations from `replay` when it holds them, and stores the others there
+    /// ([`crate::replay`]).
+    pub fn with_replay(mut self, replay: Arc<ReplayCache>) -> Self {
+        self.replay = Some(replay);
+        self
     }
 
     /// Options of response `index` (0 = chosen, 1..=M = rejected) of `sample_id`.
@@ -146,10 +156,16 @@ impl GeneratorStage {
     }
 
     fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation> {
-        self.policy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .generate(prompt, opts)
+        let generate = || {
+            self.policy
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .generate(prompt, opts)
+        };
+        match &self.replay {
+            Some(r) => r.generate(prompt, opts, generate),
+            None => generate(),
+        }
     }
 
     /// A generation prompt over the chunks `ids` of `row`.

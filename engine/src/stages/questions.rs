@@ -61,6 +61,7 @@ pub struct QuestionsStage {
     max_new_tokens: usize,
     seed: u64,
     schema: SchemaRef,
+    replay: Option<Arc<crate::replay::ReplayCache>>,
 }
 
 impl std::fmt::Debug for QuestionsStage {
@@ -113,7 +114,15 @@ impl QuestionsStage {
             max_new_tokens: q.max_new_tokens,
             seed: cfg.seed,
             schema: logo_schemas::documents_schema(),
+            replay: None,
         })
+    }
+
+    /// Answers generations from `replay` when it holds them, and stores the others there
+    /// ([`crate::replay`]).
+    pub fn with_replay(mut self, replay: Arc<crate::replay::ReplayCache>) -> Self {
+        self.replay = Some(replay);
+        self
     }
 
     /// The passage `[<= passage_tokens]` of `doc` shown to the model for `sample_id`.
@@ -202,11 +211,16 @@ impl QuestionsStage {
             ],
             reply_prefix,
         )?;
-        let g = self
-            .policy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .generate(&prompt, opts)?;
+        let generate = || {
+            self.policy
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .generate(&prompt, opts)
+        };
+        let g = match &self.replay {
+            Some(r) => r.generate(&prompt, opts, generate)?,
+            None => generate()?,
+        };
         ctx.stats.add_tokens(STAGE, g.token_ids.len() as u64);
         Ok(g.text)
     }

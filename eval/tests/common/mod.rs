@@ -8,7 +8,8 @@ use logo_engine::model::default_model_config;
 use logo_trainer::lora::LoraConfig;
 use tch::{Kind, Tensor};
 
-/// The embedded GGUF's config (f32 weights, 2 threads), or `None` with a skip message.
+/// The embedded GGUF's config (f32 weights, 2 threads), or `None` with a recorded skip (a
+/// failure under `CI=true`).
 pub fn embedded(test: &str) -> Option<ModelConfig> {
     let cfg = default_model_config();
     if cfg.path.exists() {
@@ -18,15 +19,16 @@ pub fn embedded(test: &str) -> Option<ModelConfig> {
             ..cfg
         })
     } else {
-        eprintln!(
-            "{test}: skipped, embedded model not found at {} (run scripts/just setup)",
+        logo_schemas::paths::fixture_missing(&format!(
+            "{test}: the embedded model {} (run scripts/just setup)",
             cfg.path.display()
-        );
+        ));
         None
     }
 }
 
-/// `../shared/data/<rel>` if present, else `None` with a skip message.
+/// `../shared/data/<rel>` if present, else `None` with a recorded skip (a failure under
+/// `CI=true`).
 pub fn shared_data(test: &str, rel: &str) -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../../shared/data")
@@ -34,7 +36,7 @@ pub fn shared_data(test: &str, rel: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        eprintln!("{test}: skipped, {} not found", p.display());
+        logo_schemas::paths::fixture_missing(&format!("{test}: {} not found", p.display()));
         None
     }
 }

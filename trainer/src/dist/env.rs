@@ -17,6 +17,60 @@ pub enum EnvSource {
     Slurm,
 }
 
+/// Environment variable holding the job's membership token: `logo-trainer --nproc-per-node`
+/// generates one per job and hands it to its workers; export the same value on every node of
+/// a multi-node job. Never logged.
+pub const TOKEN_VAR: &str = "LOGO_DIST_TOKEN";
+
+/// The secret a rank presents to rank 0 to prove it belongs to the job (see [`TOKEN_VAR`]).
+/// `Debug` prints `JobToken(<redacted>)`, so the value never reaches a log.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct JobToken(String);
+
+impl std::fmt::Debug for JobToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_empty() {
+            "JobToken(none)"
+        } else {
+            "JobToken(<redacted>)"
+        })
+    }
+}
+
+impl JobToken {
+    /// A token of the given value (empty: none).
+    pub fn new(value: impl Into<String>) -> Self {
+        Self(value.into())
+    }
+
+    /// 32 random bytes from the operating system (`/dev/urandom`) as 64 hex digits.
+    /// Errors: [`TrainerError::Dist`] when the random source cannot be read.
+    pub fn generate() -> Result<Self> {
+        use std::io::Read;
+        let mut bytes = [0u8; 32];
+        std::fs::File::open("/dev/urandom")
+            .and_then(|mut f| f.read_exact(&mut bytes))
+            .map_err(|e| TrainerError::Dist(format!("no random source for the job token: {e}")))?;
+        Ok(Self(bytes.iter().map(|b| format!("{b:02x}")).collect()))
+    }
+
+    /// The value, to hand to a worker's environment (never print it).
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+
+    /// Compares with `other` in time independent of where they differ (lengths aside).
+    pub fn matches(&self, other: &[u8]) -> bool {
+        let mine = self.0.as_bytes();
+        mine.len() == other.len()
+            && mine
+                .iter()
+                .zip(other)
+                .fold(0u8, |acc, (a, b)| acc | (a ^ b))
+                == 0
+    }
+}
+
 /// A rank's place in the job.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DistEnv {
@@ -32,6 +86,8 @@ pub struct DistEnv {
     pub master_port: u16,
     /// Where the values came from.
     pub source: EnvSource,
+    /// The job's membership token ([`TOKEN_VAR`]; empty when unset).
+    pub token: JobToken,
 }
 
 impl DistEnv {
@@ -44,6 +100,7 @@ impl DistEnv {
             master_addr: "127.0.0.1".into(),
             master_port: 29500,
             source: EnvSource::Single,
+            token: JobToken::default(),
         }
     }
 
@@ -152,6 +209,7 @@ impl DistEnv {
             master_addr,
             master_port,
             source,
+            token: JobToken::new(var(TOKEN_VAR).unwrap_or_default()),
         })
     }
 }

@@ -126,6 +126,23 @@ pub fn launch(cfg: &LaunchConfig, exe: &Path, args: &[OsString]) -> Result<()> {
         None if cfg.nnodes == 1 => free_port()?,
         None => 29500,
     };
+    // The job's membership token: the one exported (the same on every node of a multi-node
+    // job), else a fresh one; handed to the workers only through their environment.
+    let token = match std::env::var(super::TOKEN_VAR)
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        Some(t) => super::JobToken::new(t),
+        None if cfg.nnodes == 1 => super::JobToken::generate()?,
+        None => {
+            return Err(TrainerError::Config {
+                key: super::TOKEN_VAR.into(),
+                message: "required with --nnodes > 1: export the same secret on every node \
+                          (e.g. LOGO_DIST_TOKEN=$(openssl rand -hex 32))"
+                    .into(),
+            })
+        }
+    };
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(cfg.nproc_per_node);
     for local in 0..cfg.nproc_per_node {
         let rank = cfg.node_rank * cfg.nproc_per_node + local;
@@ -138,6 +155,7 @@ pub fn launch(cfg: &LaunchConfig, exe: &Path, args: &[OsString]) -> Result<()> {
             .env("GROUP_RANK", cfg.node_rank.to_string())
             .env("MASTER_ADDR", &addr)
             .env("MASTER_PORT", port.to_string())
+            .env(super::TOKEN_VAR, token.expose())
             .spawn();
         match child {
             Ok(c) => children.push((rank, c)),

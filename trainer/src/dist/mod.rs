@@ -34,7 +34,7 @@ mod nccl;
 mod tcp;
 mod threads;
 
-pub use env::{first_slurm_host, DistEnv, EnvSource};
+pub use env::{first_slurm_host, DistEnv, EnvSource, JobToken, TOKEN_VAR};
 pub use nccl::{find_nccl_library, Nccl, NcclLibrary};
 pub use tcp::Tcp;
 pub use threads::Threads;

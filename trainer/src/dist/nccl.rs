@@ -315,8 +315,8 @@ mod tests {
         let lib = match NcclLibrary::load() {
             Ok(lib) => lib,
             Err(e) => {
-                eprintln!("SKIPPED: {e}");
-                return;
+                // The CPU wheel has no libnccl: not a fixture of this machine's kind.
+                return logo_schemas::paths::not_applicable(&e.to_string());
             }
         };
         let v = lib.version().unwrap();

@@ -1,0 +1,20 @@
+//! Parquet source: any bytes as a `.parquet` input. Unreadable files and rows become
+//! rejects; nothing panics.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use logo_engine::source::{plan_units, Source};
+use logo_engine::stage::{Rejects, RunStats};
+
+fuzz_target!(|data: &[u8]| {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("d.parquet");
+    std::fs::write(&path, data).unwrap();
+    let plan = plan_units(&[path.clone()], 4, None).unwrap();
+    let mut src = Source::for_units(&plan, plan.units.clone(), 3, true);
+    let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
+    while let Some(b) = src.next_batch(&rejects, &stats) {
+        b.unwrap();
+    }
+    assert!(src.documents() as u64 <= plan.files[0].records);
+});

@@ -1,0 +1,20 @@
+//! The trainer's Parquet reader: any bytes as the one file of a data folder. Opening checks
+//! the schema; every row group reads to examples or errs; nothing panics.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use logo_trainer::data::{read_row_group, TrainingData};
+
+fuzz_target!(|data: &[u8]| {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.parquet"), data).unwrap();
+    if let Ok(d) = TrainingData::open(dir.path()) {
+        for rg in d.row_groups() {
+            if let Ok(examples) = read_row_group(rg) {
+                for e in examples {
+                    let _ = e.tokens();
+                }
+            }
+        }
+    }
+});
