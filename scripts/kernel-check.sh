@@ -73,17 +73,22 @@ for name in sorted(os.listdir(log)):
         c["worst"][kernel] = max(c["worst"].get(kernel, 0.0), observed)
 flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0] if os.path.exists("/proc/cpuinfo") else ""
 model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
+def margin(check):
+    """bound / worst observation; None for an exact check (bound 0) that held."""
+    worst = max(check["worst"].values())
+    return None if worst == 0 else check["bound"] / worst
+
 doc = {
     "command": ("scripts/kernel-check.sh " + sys.argv[3]).strip(),
     "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
     "machine": {"cpu": model, "cpus": os.cpu_count(), "avx512f": " avx512f" in flags},
     "runs": sorted(os.listdir(log)),
-    "checks": {k: {**v, "margin": v["bound"] / max(max(v["worst"].values()), 1e-300)} for k, v in sorted(checks.items())},
+    "checks": {k: {**v, "margin": margin(v)} for k, v in sorted(checks.items())},
 }
 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
 json.dump(doc, open(path, "w"), indent=1)
 print(f"kernel-check: {len(checks)} checks → {path}")
-tight = [(k, v["margin"]) for k, v in doc["checks"].items() if v["margin"] < 2]
+tight = [(k, v["margin"]) for k, v in doc["checks"].items() if v["margin"] is not None and v["margin"] < 2]
 for k, m in tight:
     print(f"kernel-check: bound within 2x of the worst observation: {k} (margin {m:.2f})")
 EOF
