@@ -24,7 +24,7 @@ build: setup
 
 # The main job on the embedded default: essays → questions → LOGO samples → LoRA adapter.
 main limit="8" steps="8": build
-    {{bin}}/logo-engine run pipeline.yaml --limit {{limit}} --output out/data
+    {{bin}}/logo-engine run pipeline.yaml --limit {{limit}} --output out/data --overwrite
     {{bin}}/logo-engine sql "SELECT position_strategy, count(*) AS samples, avg(array_length(chosen_input_ids)) AS mean_chosen_tokens, avg(array_length(prompt_input_ids)) AS mean_prompt_tokens FROM samples GROUP BY position_strategy" --data out/data
     {{bin}}/logo-trainer --data out/data --output out/adapter --max-steps {{steps}} --device auto
 
@@ -34,7 +34,7 @@ eval adapter="out/adapter" questions="4": build
 
 # L-Eval long-document QA from ../shared/data/leval (real questions and references).
 leval limit="4": build
-    {{bin}}/logo-engine run pipelines/leval.yaml --limit {{limit}} --output out/leval
+    {{bin}}/logo-engine run pipelines/leval.yaml --limit {{limit}} --output out/leval --overwrite
 
 # The whole test suite.
 test: build

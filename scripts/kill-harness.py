@@ -5,7 +5,7 @@ trial must end with the reference's dataset: the same parts (names and SHA-256 o
 the same rejects.jsonl, the same sample ids, none lost, none duplicated. Records how many
 generations the rerun replayed from the cache and how many it computed again.
 
-Usage: scripts/kill-harness.py [--trials 20] [--limit 6] [--seed 1]
+Usage: scripts/kill-harness.py [--trials 20] [--limit 2] [--seed 1]
                                [--out bench/results/kill_harness.json]
 Needs the release build ($CARGO_TARGET_DIR/release/logo-engine, default
 $LOGO_CACHE/target) and the embedded model and essays (scripts/just setup). The in-process
@@ -43,7 +43,7 @@ model:
 questions:
   enabled: true
   passage_tokens: 192
-  max_new_tokens: 24
+  max_new_tokens: 16
 chunker:
   chunk_size: 96
 scorer:
@@ -54,7 +54,7 @@ sampler:
   threshold: 1
   num_negatives: 2
 generator:
-  max_new_tokens: 8
+  max_new_tokens: 6
   temperature: 0.7
 positions:
   target_length: 4096
@@ -131,7 +131,7 @@ def machine():
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--trials", type=int, default=20)
-    ap.add_argument("--limit", type=int, default=6, help="essays (one unit each)")
+    ap.add_argument("--limit", type=int, default=2, help="essays (one unit each)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the kill moments")
     ap.add_argument("--out", default=str(ROOT / "bench/results/kill_harness.json"))
     args = ap.parse_args()
@@ -199,7 +199,17 @@ def main():
         }
         trials.append(t)
         print(json.dumps(t), flush=True)
+        write(args, ref_seconds, ref_parts, ref_ids, ref_generated, trials)
+    shutil.rmtree(work, ignore_errors=True)
+    totals = write(args, ref_seconds, ref_parts, ref_ids, ref_generated, trials)
+    print(json.dumps(totals))
+    ok = totals["equal_to_reference"] == len(trials) and not totals["lost"] \
+        and not totals["duplicated"]
+    sys.exit(0 if ok else 1)
 
+
+def write(args, ref_seconds, ref_parts, ref_ids, ref_generated, trials):
+    """Writes the result JSON (after every trial, so an interrupted harness leaves one)."""
     commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
                             capture_output=True, text=True).stdout.strip()
     result = {
@@ -227,13 +237,10 @@ def main():
             "generated_again": sum(t["generated_again"] for t in trials),
         },
     }
+    result["trials_requested"] = args.trials
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
-    shutil.rmtree(work, ignore_errors=True)
-    print(json.dumps(result["totals"]))
-    ok = result["totals"]["equal_to_reference"] == len(trials) and not result["totals"]["lost"] \
-        and not result["totals"]["duplicated"]
-    sys.exit(0 if ok else 1)
+    return result["totals"]
 
 
 if __name__ == "__main__":

@@ -43,7 +43,8 @@ enum Command {
         #[arg(long)]
         quiet: bool,
         /// Replace an output folder that holds a different run (another configuration,
-        /// inputs or model). Its data stays until this run's first unit is written.
+        /// inputs or model). Its data stays until this run's first unit is written. The same
+        /// run is resumed either way.
         #[arg(long)]
         overwrite: bool,
         /// Take only the units whose index ≡ I (mod N), e.g. `--shard 0/4`; shards write

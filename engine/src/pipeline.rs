@@ -119,7 +119,8 @@ pub struct RunOptions {
     /// Draw progress bars on stderr.
     pub progress: bool,
     /// Replace an output that holds a different run (its data stays until this run's first
-    /// unit is committed). Without it such an output stops the run before any work.
+    /// unit is committed). Without it such an output stops the run before any work. An
+    /// output of the same run is resumed either way.
     pub overwrite: bool,
     /// The units to take; default all (`0/1`).
     pub shard: Shard,

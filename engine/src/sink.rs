@@ -362,9 +362,9 @@ pub struct Output {
 impl Output {
     /// Opens `dir` (created) for a run with fingerprint `fp`.
     ///
-    /// * Same fingerprint: resumes; the units recorded are done (none with `overwrite`: every
-    ///   unit is done again and its part replaced atomically). The files of a run this one
-    ///   replaced are removed (left when a kill came between its switch and the removal).
+    /// * Same fingerprint: resumes (with or without `overwrite`); the units recorded are done.
+    ///   The files of a run this one replaced are removed (left when a kill came between its
+    ///   switch and the removal).
     /// * A different fingerprint, or data of an unknown run (a `manifest.json`, a `*.parquet`
     ///   without `fingerprint.json`): [`EngineError::Output`] naming what differs, and nothing
     ///   is touched, unless `overwrite`; then the earlier data stays until this run's first
@@ -388,9 +388,7 @@ impl Output {
         };
         match read_fingerprint(dir)? {
             Some(old) if old.id == out.fp.id => {
-                if !overwrite {
-                    out.done = read_units(dir, out.fp.short())?;
-                }
+                out.done = read_units(dir, out.fp.short())?;
                 out.remove_other_runs()?;
             }
             Some(old) => {
@@ -845,7 +843,7 @@ mod tests {
         assert!(out_dir.join(FINGERPRINT).is_file());
         let batch = TrainingSample::to_batch(&[sample(1)]).unwrap();
         let r = out
-            .commit(record(plan.units[0]), &[batch.clone()], 128)
+            .commit(record(plan.units[0]), std::slice::from_ref(&batch), 128)
             .unwrap();
         let part = r.part.clone().unwrap();
         assert_eq!(part.path, format!("part-{}-000000.parquet", fp.short()));
