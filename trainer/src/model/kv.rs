@@ -197,20 +197,35 @@ impl Llama {
                     .f_expand([1, nkv, rep, n, hd], false)?
                     .f_reshape([1, nh, n, hd])?)
             };
-            let (k_rep, v_rep) = (repeat(&k_all)?, repeat(&v_all)?);
-            let y = Tensor::f_scaled_dot_product_attention(
-                &q,
-                &k_rep,
-                &v_rep,
-                mask.as_ref(),
-                0.0,
-                past == 0 && t > 1,
-                None,
-                false,
-            )?; // [1, nh, T, hd]
+            // Without a mask (decoding, or a first pass), SDPA broadcasts the kv heads itself
+            // (no copy of the cache); with one, repeat them (HF `repeat_kv`), as
+            // [`super::layers`] does.
+            let y = match &mask {
+                None => Tensor::f_scaled_dot_product_attention(
+                    &q,
+                    &k_all,
+                    &v_all,
+                    None::<Tensor>,
+                    0.0,
+                    past == 0 && t > 1,
+                    None,
+                    nh != nkv,
+                )?,
+                Some(m) => Tensor::f_scaled_dot_product_attention(
+                    &q,
+                    &repeat(&k_all)?,
+                    &repeat(&v_all)?,
+                    Some(m),
+                    0.0,
+                    false,
+                    None,
+                    false,
+                )?,
+            }; // [1, nh, T, hd]
             if argmax {
-                let q_last = q.f_narrow(2, t - 1, 1)?; // [1, nh, 1, hd]
-                let scores = q_last.f_matmul(&k_rep.f_transpose(2, 3)?)?; // [1, nh, 1, L]
+                // Query head h reads kv head h / (nh / nkv): [1, nkv, rep, hd] · [1, nkv, hd, L].
+                let q_last = q.f_narrow(2, t - 1, 1)?.f_reshape([1, nkv, rep, hd])?;
+                let scores = q_last.f_matmul(&k_all.f_transpose(2, 3)?)?; // [1, nkv, rep, L]
                 heads.push(scores.f_argmax(-1, false)?.f_reshape([nh])?);
             }
             let y = y.f_transpose(1, 2)?.f_reshape([1, t, nh * hd])?;
