@@ -121,12 +121,17 @@ fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
     serde_json::from_str(&text).map_err(|e| EvalError::input(path, e.to_string()))
 }
 
+/// Reads one QA metric off a score row.
+type QaMetric = fn(&crate::metrics::QaScores) -> f64;
+/// Reads one training metric off a step.
+type StepField = fn(&logo_trainer::train_loop::StepMetrics) -> f64;
+
 /// Summarises one model. Errors: unreadable or malformed JSON, naming the file.
 pub fn summarise(m: &RunModel) -> Result<ModelSummary> {
     let mut qa: BTreeMap<String, BTreeMap<String, Interval>> = BTreeMap::new();
     if let Some(p) = &m.qa {
         let r: QaReport = read(p)?;
-        let metrics: [(&str, fn(&crate::metrics::QaScores) -> f64); 3] = [
+        let metrics: [(&str, QaMetric); 3] = [
             ("f1", |s| s.f1),
             ("rouge_l", |s| s.rouge_l),
             ("exact_match", |s| s.exact_match),
@@ -289,7 +294,7 @@ fn draw_training(
     let root = BitMapBackend::new(path, (1000, 520)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 2));
-    let fields: [(&str, fn(&logo_trainer::train_loop::StepMetrics) -> f64); 2] = [
+    let fields: [(&str, StepField); 2] = [
         ("loss (objective)", |m| m.loss),
         ("NLL of the chosen response (nats/token)", |m| m.sft_loss),
     ];

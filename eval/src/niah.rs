@@ -379,7 +379,8 @@ pub fn run_niah(
     );
     let mut results = Vec::new();
     // (prompt, needle value positions, answer ids, argmax) per case, for Eq. 5.
-    let mut traces: Vec<(Vec<u32>, Vec<usize>, Vec<u32>, Vec<Vec<i64>>)> = Vec::new();
+    type Trace = (Vec<u32>, Vec<usize>, Vec<u32>, Vec<Vec<i64>>);
+    let mut traces: Vec<Trace> = Vec::new();
     for &context_length in &lengths {
         let cases: Vec<NiahCase> = depths
             .iter()

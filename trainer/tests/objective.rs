@@ -40,7 +40,7 @@ fn chosen_nll_by_hand(model: &logo_trainer::model::Llama, examples: &[Example]) 
                 .log_softmax(-1, Kind::Float);
             let mut sum = Tensor::zeros([], (Kind::Float, Device::Cpu));
             for (t, &y) in e.chosen_ids.iter().enumerate() {
-                sum = sum + logits.get((p + t - 1) as i64).get(y);
+                sum += logits.get((p + t - 1) as i64).get(y);
             }
             -(sum / e.chosen_ids.len() as f64)
         })
