@@ -13,15 +13,17 @@ use arrow::array::RecordBatch;
 use crossbeam_channel::{bounded, Receiver, Sender};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 
-use crate::config::PipelineConfig;
+use crate::backend;
+use crate::config::{BackendKind, PipelineConfig};
 use crate::error::{EngineError, Result};
-use crate::model::{load_tokenizer, Policy};
+use crate::model::Policy;
 use crate::sink::{Manifest, ParquetSink};
 use crate::source::Source;
 use crate::stage::{Rejects, RunStats, Stage, StageContext};
 use crate::stages::{
     ChunkerStage, GeneratorStage, PositionsStage, QuestionsStage, SamplerStage, ScorerStage,
 };
+use crate::template::PromptTemplate;
 
 /// Options of one run that are not part of the pipeline file.
 #[derive(Debug, Clone, Default)]
@@ -53,29 +55,41 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     cfg.validate()?;
     let mut source = Source::try_new(cfg, opts.limit)?;
-    let tokenizer = load_tokenizer(&cfg.model).map_err(|e| EngineError::Config {
-        key: "model".into(),
-        message: e.to_string(),
-    })?;
-    let policy = Arc::new(Mutex::new(Policy::load(&cfg.model).map_err(|e| {
-        EngineError::Config {
-            key: "model.path".into(),
+    let (tokenizer, template) =
+        PromptTemplate::load(&cfg.model).map_err(|e| EngineError::Config {
+            key: "model".into(),
             message: e.to_string(),
-        }
-    })?));
+        })?;
+    // The candle policy is loaded only when it generates; a server needs only the tokenizer.
+    let policy = match cfg.generator.backend {
+        BackendKind::InProcess => Some(Arc::new(Mutex::new(Policy::load(&cfg.model).map_err(
+            |e| EngineError::Config {
+                key: "model.path".into(),
+                message: e.to_string(),
+            },
+        )?))),
+        BackendKind::Openai => None,
+    };
+    let backend = backend::from_config(cfg, policy, &tokenizer, template.stop_ids())?;
 
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
     if cfg.questions.enabled {
         stages.push(Box::new(QuestionsStage::try_new(
             cfg,
-            policy.clone(),
+            backend.clone(),
             tokenizer.clone(),
+            template.clone(),
         )?));
     }
-    stages.push(Box::new(ChunkerStage::try_new(&cfg.chunker, tokenizer)?));
+    stages.push(Box::new(ChunkerStage::try_new(
+        &cfg.chunker,
+        tokenizer.clone(),
+    )?));
     stages.push(Box::new(ScorerStage::try_new(&cfg.scorer)?));
     stages.push(Box::new(SamplerStage::try_new(&cfg.sampler, cfg.seed)?));
-    stages.push(Box::new(GeneratorStage::try_new(cfg, policy)?));
+    stages.push(Box::new(GeneratorStage::try_new(
+        cfg, backend, tokenizer, template,
+    )?));
     stages.push(Box::new(PositionsStage::try_new(&cfg.positions, cfg.seed)?));
 
     let output = opts
@@ -225,6 +239,12 @@ pub fn format_summary(s: &RunSummary) -> String {
     let _ = writeln!(out, "  skipped          {skipped}");
     for (reason, n) in &m.stats.skipped {
         let _ = writeln!(out, "    {reason}: {n}");
+    }
+    if !m.stats.events.is_empty() {
+        let _ = writeln!(out, "  events");
+        for (event, n) in &m.stats.events {
+            let _ = writeln!(out, "    {event}: {n}");
+        }
     }
     let _ = writeln!(
         out,

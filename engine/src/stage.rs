@@ -144,6 +144,7 @@ struct StatsInner {
     seconds: BTreeMap<String, f64>,
     tokens: BTreeMap<String, u64>,
     skipped: BTreeMap<String, u64>,
+    events: BTreeMap<String, u64>,
 }
 
 /// A copy of [`RunStats`] at one moment.
@@ -159,6 +160,10 @@ pub struct StatsSnapshot {
     pub tokens: BTreeMap<String, u64>,
     /// Samples skipped, keyed `stage: reason`.
     pub skipped: BTreeMap<String, u64>,
+    /// Other counted events, keyed `stage: event` (generator: `retries` of server requests,
+    /// `regenerations after length`, `regenerations after a duplicate`).
+    #[serde(default)]
+    pub events: BTreeMap<String, u64>,
 }
 
 impl RunStats {
@@ -171,6 +176,20 @@ impl RunStats {
             .skipped
             .entry(format!("{stage}: {reason}"))
             .or_default() += 1;
+    }
+
+    /// Adds `n` to the counter of `event` of `stage` (see [`StatsSnapshot::events`]).
+    pub fn count(&self, stage: &str, event: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        *self
+            .inner
+            .lock()
+            .expect("stats lock")
+            .events
+            .entry(format!("{stage}: {event}"))
+            .or_default() += n;
     }
 
     /// Adds `n` tokens handled by `stage`.
@@ -201,6 +220,7 @@ impl RunStats {
             seconds: s.seconds,
             tokens: s.tokens,
             skipped: s.skipped,
+            events: s.events,
         }
     }
 }
