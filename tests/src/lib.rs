@@ -2,6 +2,8 @@
 //! sample data are, and skipping with a message when something is absent.
 #![deny(missing_docs)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
