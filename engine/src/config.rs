@@ -282,6 +282,125 @@ pub struct GeneratorConfig {
     /// System message of the chat template.
     #[serde(default = "default_system_prompt")]
     pub system_prompt: String,
+    /// Where responses are generated: `in_process` (default, the candle policy of `model`) or
+    /// `openai` (an OpenAI-compatible server, settings in `generator.openai`).
+    #[serde(default)]
+    pub backend: BackendKind,
+    /// A response that ended at `max_new_tokens` (finish reason `length`) is never closed with
+    /// an end-of-turn token: `skip` (default) skips the sample, `regenerate` first retries it
+    /// with a new derived seed, up to `max_regenerations` times.
+    #[serde(default)]
+    pub on_length: OnLength,
+    /// Most regenerations of one response (after `length`, or a rejected response equal to the
+    /// chosen one or to another rejected one); then the sample is skipped. Default 3.
+    #[serde(default = "default_max_regenerations")]
+    pub max_regenerations: usize,
+    /// Temperature of a regeneration when `temperature` is lower (a greedy regeneration would
+    /// repeat itself whatever its seed); default 0.8.
+    #[serde(default = "default_regenerate_temperature")]
+    pub regenerate_temperature: f64,
+    /// The server(s) of `backend: openai`.
+    #[serde(default)]
+    pub openai: Option<OpenAiConfig>,
+}
+
+/// Which [`crate::backend::GenerationBackend`] writes the responses.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BackendKind {
+    /// The candle policy loaded from `model` (the embedded default).
+    #[default]
+    InProcess,
+    /// Any OpenAI-compatible server (vLLM, SGLang, llama.cpp's llama-server, TGI) through
+    /// `POST /v1/completions` with the prompt as token ids.
+    Openai,
+}
+
+/// What to do with a response that hit `max_new_tokens`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnLength {
+    /// Skip the sample (counted as `generator: response hit max_new_tokens`).
+    #[default]
+    Skip,
+    /// Regenerate with a new derived seed, then skip.
+    Regenerate,
+}
+
+/// An OpenAI-compatible completions server (or several serving the same model).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OpenAiConfig {
+    /// Base URLs, e.g. `http://127.0.0.1:8080` (a trailing `/v1` is accepted); requests are
+    /// balanced across them (least requests in flight first).
+    pub endpoints: Vec<String>,
+    /// The model the servers must serve (an id listed by `GET /v1/models`); sent as `model`.
+    pub model: String,
+    /// Name of the environment variable holding the API key (sent as `Authorization: Bearer`);
+    /// the key itself is never logged, printed or written.
+    #[serde(default)]
+    pub api_key_env: Option<String>,
+    /// Requests in flight across all endpoints; default 64 (enough to fill a vLLM batch).
+    #[serde(default = "default_max_in_flight")]
+    pub max_in_flight: usize,
+    /// Timeout of one request, seconds; default 600.
+    #[serde(default = "default_request_timeout_s")]
+    pub request_timeout_s: f64,
+    /// First retry delay after a 429, a 5xx, a timeout or a connection error, seconds; doubled
+    /// each retry (with jitter) up to `backoff_max_s`; a `Retry-After` header wins. Default 0.5.
+    #[serde(default = "default_backoff_initial_s")]
+    pub backoff_initial_s: f64,
+    /// Longest retry delay, seconds; default 30.
+    #[serde(default = "default_backoff_max_s")]
+    pub backoff_max_s: f64,
+    /// Consecutive failures after which an endpoint leaves the rotation; default 3.
+    #[serde(default = "default_failures_before_removal")]
+    pub failures_before_removal: u32,
+    /// Seconds an endpoint stays out of the rotation before it is tried again; default 10.
+    #[serde(default = "default_probe_interval_s")]
+    pub probe_interval_s: f64,
+    /// The run fails when no endpoint has answered for this long, seconds; default 300.
+    #[serde(default = "default_unavailable_timeout_s")]
+    pub unavailable_timeout_s: f64,
+    /// Check at start-up that the server's `/tokenize` agrees with logo's tokenizer on a probe
+    /// string (llama-server, vLLM and SGLang have `/tokenize`); default true.
+    #[serde(default = "default_true")]
+    pub check_tokenizer: bool,
+    /// Positions of the served model (prompt + response); default: `llama.context_length`
+    /// of the GGUF at `model.path`.
+    #[serde(default)]
+    pub context_length: Option<usize>,
+}
+
+fn default_true() -> bool {
+    true
+}
+fn default_max_regenerations() -> usize {
+    3
+}
+fn default_regenerate_temperature() -> f64 {
+    0.8
+}
+fn default_max_in_flight() -> usize {
+    64
+}
+fn default_request_timeout_s() -> f64 {
+    600.0
+}
+fn default_backoff_initial_s() -> f64 {
+    0.5
+}
+fn default_backoff_max_s() -> f64 {
+    30.0
+}
+fn default_failures_before_removal() -> u32 {
+    3
+}
+fn default_probe_interval_s() -> f64 {
+    10.0
+}
+fn default_unavailable_timeout_s() -> f64 {
+    300.0
 }
 
 fn default_max_new_tokens() -> usize {
@@ -302,6 +421,11 @@ impl Default for GeneratorConfig {
             top_p: default_top_p(),
             chosen: ChosenSource::default(),
             system_prompt: default_system_prompt(),
+            backend: BackendKind::default(),
+            on_length: OnLength::default(),
+            max_regenerations: default_max_regenerations(),
+            regenerate_temperature: default_regenerate_temperature(),
+            openai: None,
         }
     }
 }
@@ -529,6 +653,34 @@ impl PipelineConfig {
                 format!("must be in (0, 1] (got {})", self.generator.top_p),
             );
         }
+        if self.generator.max_regenerations > 64 {
+            return bad(
+                "generator.max_regenerations",
+                format!(
+                    "must be in 0..=64 (got {})",
+                    self.generator.max_regenerations
+                ),
+            );
+        }
+        if !(0.0..=5.0).contains(&self.generator.regenerate_temperature) {
+            return bad(
+                "generator.regenerate_temperature",
+                format!(
+                    "must be in 0.0..=5.0 (got {})",
+                    self.generator.regenerate_temperature
+                ),
+            );
+        }
+        match (self.generator.backend, &self.generator.openai) {
+            (BackendKind::Openai, None) => {
+                return bad(
+                    "generator.openai",
+                    "required with generator.backend: openai (endpoints, model)".into(),
+                )
+            }
+            (BackendKind::Openai, Some(o)) => o.validate()?,
+            (BackendKind::InProcess, _) => {}
+        }
         if self.questions.enabled && !(16..=8192).contains(&self.questions.passage_tokens) {
             return bad(
                 "questions.passage_tokens",
@@ -583,6 +735,62 @@ impl PipelineConfig {
                     self.runtime.channel_capacity
                 ),
             );
+        }
+        Ok(())
+    }
+}
+
+impl OpenAiConfig {
+    /// Checks the endpoints (non-empty, `http://` or `https://`) and every range.
+    /// Errors: [`EngineError::Config`] naming the `generator.openai.*` key.
+    pub fn validate(&self) -> Result<()> {
+        let bad = |key: &str, message: String| {
+            Err(EngineError::Config {
+                key: format!("generator.openai.{key}"),
+                message,
+            })
+        };
+        if self.endpoints.is_empty() {
+            return bad("endpoints", "must list at least one base URL".into());
+        }
+        for (i, e) in self.endpoints.iter().enumerate() {
+            if !(e.starts_with("http://") || e.starts_with("https://")) {
+                return bad(
+                    &format!("endpoints[{i}]"),
+                    format!("must start with http:// or https:// (got {e:?})"),
+                );
+            }
+        }
+        if self.model.trim().is_empty() {
+            return bad("model", "must name the served model".into());
+        }
+        if !(1..=4096).contains(&self.max_in_flight) {
+            return bad(
+                "max_in_flight",
+                format!("must be in 1..=4096 (got {})", self.max_in_flight),
+            );
+        }
+        for (key, v) in [
+            ("request_timeout_s", self.request_timeout_s),
+            ("backoff_initial_s", self.backoff_initial_s),
+            ("backoff_max_s", self.backoff_max_s),
+            ("probe_interval_s", self.probe_interval_s),
+            ("unavailable_timeout_s", self.unavailable_timeout_s),
+        ] {
+            if !(v.is_finite() && v > 0.0) {
+                return bad(
+                    key,
+                    format!("must be a positive number of seconds (got {v})"),
+                );
+            }
+        }
+        if self.failures_before_removal == 0 {
+            return bad("failures_before_removal", "must be >= 1 (got 0)".into());
+        }
+        if let Some(env) = &self.api_key_env {
+            if env.is_empty() {
+                return bad("api_key_env", "must name an environment variable".into());
+            }
         }
         Ok(())
     }

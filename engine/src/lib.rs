@@ -14,6 +14,7 @@
 #![deny(missing_docs)]
 
 pub mod adapter;
+pub mod backend;
 pub mod config;
 pub mod dense;
 pub mod entities;
@@ -28,6 +29,7 @@ pub mod source;
 pub mod sql;
 pub mod stage;
 pub mod stages;
+pub mod template;
 pub mod tokenizer;
 
 pub use error::{EngineError, Result};

@@ -565,6 +565,27 @@ pub fn max_positions_of(cfg: &ModelConfig) -> Result<usize> {
     })
 }
 
+/// The trained context of the GGUF at `path` (`{general.architecture}.context_length`,
+/// tokens), read from the header without loading weights; the default context of a model
+/// served elsewhere (`generator.backend: openai`).
+/// Errors: as [`read_gguf`]; [`EngineError::Model`] when the key is missing.
+pub fn context_length_of(path: &Path) -> Result<usize> {
+    let (content, _) = read_gguf(path)?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_else(|| "llama".into());
+    let key = format!("{arch}.context_length");
+    content
+        .metadata
+        .get(&key)
+        .and_then(|v| v.to_u32().ok())
+        .map(|v| v as usize)
+        .ok_or_else(|| model_err(path, format!("missing {key}")))
+}
+
 /// The head counts of a Llama GGUF (`llama.attention.head_count`, `head_count_kv`, the
 /// latter defaulting to the former). Errors: [`EngineError::Model`] naming the missing key.
 fn head_counts(content: &gguf_file::Content, path: &Path) -> Result<HeadCounts> {

@@ -30,6 +30,13 @@ pub(crate) fn shared_policy(test: &str) -> Option<Arc<Mutex<Policy>>> {
     )
 }
 
+/// The shared policy as an in-process [`crate::backend::GenerationBackend`].
+pub(crate) fn in_process(
+    policy: &Arc<Mutex<Policy>>,
+) -> Arc<dyn crate::backend::GenerationBackend> {
+    Arc::new(crate::backend::InProcess::new(policy.clone()))
+}
+
 /// [`shared_policy`] and a copy of its tokenizer.
 pub(crate) fn shared_policy_and_tokenizer(test: &str) -> Option<(Arc<Mutex<Policy>>, Tokenizer)> {
     let policy = shared_policy(test)?;

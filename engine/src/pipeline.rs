@@ -25,16 +25,18 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use crate::config::{ModelConfig, PipelineConfig};
+use crate::backend::{self, GenerationBackend};
+use crate::config::{BackendKind, PipelineConfig};
 use crate::error::{EngineError, Result};
-use crate::model::{load_tokenizer, Policy};
-use crate::replay::{hex, ReplayCache, CACHE_DIR};
+use crate::model::Policy;
+use crate::replay::{hex, ReplayCache, Replaying, CACHE_DIR};
 use crate::sink::{Fingerprint, Manifest, Output, UnitRecord};
 use crate::source::{plan_units, Source, SourceItem, Unit};
 use crate::stage::{Reject, Rejects, RunStats, Stage, StageContext, StatsSnapshot};
 use crate::stages::{
     ChunkerStage, GeneratorStage, PositionsStage, QuestionsStage, SamplerStage, ScorerStage,
 };
+use crate::template::PromptTemplate;
 
 /// Which share of the units a process takes: those whose index ≡ `index` (mod `count`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -166,43 +168,49 @@ enum Item {
 
 type Msg = Result<Item>;
 
-/// The identity of the model's weights: SHA-256 (hex) over the GGUF's bytes, the tokenizer
-/// file's, every file of the adapter folder (by name) and the in-memory weight format.
+/// The identity of the model that writes the responses, part of the run's fingerprint and of
+/// every replay-cache key: SHA-256 (hex) over the bytes of `model.path` and `model.tokenizer`
+/// (a file, or every file of a folder, by name), every file of the adapter folder and the
+/// in-memory weight format; with `generator.backend: openai` also the served model's name
+/// (`generator.openai.model`: the weights are the server's).
 /// Errors: [`EngineError::Config`] (`model.path`, `model.tokenizer`, `model.adapter`) naming
 /// a file that cannot be read.
-pub fn model_identity(m: &ModelConfig) -> Result<String> {
+pub fn model_identity(cfg: &PipelineConfig) -> Result<String> {
     fn eat(h: &mut Sha256, key: &str, path: &Path) -> Result<()> {
-        let mut f = std::fs::File::open(path).map_err(|e| EngineError::Config {
+        let err = |e: std::io::Error| EngineError::Config {
             key: key.into(),
             message: format!("{}: {e}", path.display()),
-        })?;
+        };
+        if path.is_dir() {
+            let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+                .map_err(err)?
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| p.is_file())
+                .collect();
+            files.sort();
+            for f in files {
+                eat(h, key, &f)?;
+            }
+            return Ok(());
+        }
+        let mut f = std::fs::File::open(path).map_err(err)?;
         h.update(path.file_name().unwrap_or_default().as_encoded_bytes());
-        std::io::copy(&mut f, h).map_err(|e| EngineError::Config {
-            key: key.into(),
-            message: format!("{}: {e}", path.display()),
-        })?;
+        std::io::copy(&mut f, h).map_err(err)?;
         Ok(())
     }
+    let m = &cfg.model;
     let mut h = Sha256::new();
     eat(&mut h, "model.path", &m.path)?;
     if let Some(t) = &m.tokenizer {
         eat(&mut h, "model.tokenizer", t)?;
     }
     if let Some(a) = &m.adapter {
-        let mut files: Vec<PathBuf> = std::fs::read_dir(a)
-            .map_err(|e| EngineError::Config {
-                key: "model.adapter".into(),
-                message: format!("{}: {e}", a.display()),
-            })?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.is_file())
-            .collect();
-        files.sort();
-        for f in files {
-            eat(&mut h, "model.adapter", &f)?;
-        }
+        eat(&mut h, "model.adapter", a)?;
     }
     h.update(format!("weights={:?}", m.weights).as_bytes());
+    if let (BackendKind::Openai, Some(o)) = (cfg.generator.backend, &cfg.generator.openai) {
+        h.update(format!("served={}", o.model).as_bytes());
+    }
     Ok(hex(&h.finalize()))
 }
 
@@ -228,18 +236,24 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
         cfg.sink.unit_rows as u64,
         opts.limit.map(|l| l as u64),
     )?;
-    let model_id = model_identity(&cfg.model)?;
+    let model_id = model_identity(cfg)?;
     let fingerprint = Fingerprint::new(cfg, &plan, &model_id);
-    let tokenizer = load_tokenizer(&cfg.model).map_err(|e| EngineError::Config {
-        key: "model".into(),
-        message: e.to_string(),
-    })?;
-    let policy = Arc::new(Mutex::new(Policy::load(&cfg.model).map_err(|e| {
-        EngineError::Config {
-            key: "model.path".into(),
+    let (tokenizer, template) =
+        PromptTemplate::load(&cfg.model).map_err(|e| EngineError::Config {
+            key: "model".into(),
             message: e.to_string(),
-        }
-    })?));
+        })?;
+    // The candle policy is loaded only when it generates; a server needs only the tokenizer.
+    let policy = match cfg.generator.backend {
+        BackendKind::InProcess => Some(Arc::new(Mutex::new(Policy::load(&cfg.model).map_err(
+            |e| EngineError::Config {
+                key: "model.path".into(),
+                message: e.to_string(),
+            },
+        )?))),
+        BackendKind::Openai => None,
+    };
+    let backend = backend::from_config(cfg, policy, &tokenizer, template.stop_ids())?;
     let output_dir = opts
         .output
         .clone()
@@ -251,20 +265,26 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
         &format!("generations-{}-of-{}.jsonl", shard.index, shard.count),
         &model_id,
     )?);
+    let backend: Arc<dyn GenerationBackend> = Arc::new(Replaying::new(backend, replay.clone()));
 
     let mut stages: Vec<Box<dyn Stage>> = Vec::new();
     if cfg.questions.enabled {
-        stages.push(Box::new(
-            QuestionsStage::try_new(cfg, policy.clone(), tokenizer.clone())?
-                .with_replay(replay.clone()),
-        ));
+        stages.push(Box::new(QuestionsStage::try_new(
+            cfg,
+            backend.clone(),
+            tokenizer.clone(),
+            template.clone(),
+        )?));
     }
-    stages.push(Box::new(ChunkerStage::try_new(&cfg.chunker, tokenizer)?));
+    stages.push(Box::new(ChunkerStage::try_new(
+        &cfg.chunker,
+        tokenizer.clone(),
+    )?));
     stages.push(Box::new(ScorerStage::try_new(&cfg.scorer)?));
     stages.push(Box::new(SamplerStage::try_new(&cfg.sampler, cfg.seed)?));
-    stages.push(Box::new(
-        GeneratorStage::try_new(cfg, policy)?.with_replay(replay.clone()),
-    ));
+    stages.push(Box::new(GeneratorStage::try_new(
+        cfg, backend, tokenizer, template,
+    )?));
     stages.push(Box::new(PositionsStage::try_new(&cfg.positions, cfg.seed)?));
 
     let mine: Vec<Unit> = plan
@@ -586,6 +606,12 @@ pub fn format_summary(s: &RunSummary) -> String {
     let _ = writeln!(out, "  skipped          {skipped}");
     for (reason, n) in &m.stats.skipped {
         let _ = writeln!(out, "    {reason}: {n}");
+    }
+    if !m.stats.events.is_empty() {
+        let _ = writeln!(out, "  events");
+        for (event, n) in &m.stats.events {
+            let _ = writeln!(out, "    {event}: {n}");
+        }
     }
     let _ = writeln!(
         out,

@@ -1,32 +1,37 @@
 //! Replay cache: completed generations kept next to the output (`OUT/cache/`), so that a
 //! rerun after a crash generates only what had not finished.
 //!
+//! The cache sits in front of any [`GenerationBackend`] ([`Replaying`]), so both backends
+//! (in process and a server) are paid for once: with a server, a rerun after a crash sends
+//! only the requests that had not finished.
+//!
 //! Key: the SHA-256 (FIPS 180-4) of the JSON `{"model", "prompt", "max_new_tokens",
-//! "temperature", "top_p", "min_new_tokens", "seed"}`, where `model` identifies the weights
-//! (the GGUF's SHA-256, the adapter's and the in-memory weight format, see
-//! [`crate::pipeline`]) and `prompt` is the prompt's token ids. Two requests with the same key
-//! give the same tokens (the policy is deterministic given prompt, weights and seed), so a
+//! "temperature", "top_p", "min_new_tokens", "seed"}`, where `model` identifies the model
+//! (the weights' SHA-256 in process, the served model's name and logo's tokenizer files for a
+//! server; see [`crate::pipeline::model_identity`]) and `prompt` is the prompt's token ids.
+//! Two requests with the same key give the same tokens (greedy, or seeded sampling), so a
 //! replayed generation is the one the model would write again.
 //!
 //! Storage: JSON Lines, one completed generation per line (`key`, `token_ids`, `text`,
-//! `stopped_on_eos`, `prompt_tokens`), appended, flushed and `fdatasync`ed before the
-//! generation is used, so an entry is either whole on disk or absent. A torn last line (a kill
-//! while appending) is ignored when read, and cut off the file this process appends to. Each
-//! shard appends to its own file (`generations-I-of-N.jsonl`) and reads them all.
-//! Timings (`prefill_seconds`, `decode_seconds`) are not kept: a replayed generation has 0.
+//! `finish_reason`, `model`), appended, flushed and `fdatasync`ed before the generation is
+//! used, so an entry is either whole on disk or absent. A torn last line (a kill while
+//! appending) is ignored when read, and cut off the file this process appends to. Each shard
+//! appends to its own file (`generations-I-of-N.jsonl`) and reads them all. A replayed
+//! completion has `retries` 0 (the retries were counted by the run that paid for them).
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufRead, BufReader, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::backend::{Completion, FinishReason, GenerationBackend};
 use crate::error::{EngineError, Result};
-use crate::model::{GenerateOptions, Generation};
+use crate::model::GenerateOptions;
 
 /// Folder of the cache inside the output folder.
 pub const CACHE_DIR: &str = "cache";
@@ -36,15 +41,16 @@ struct Entry {
     key: String,
     token_ids: Vec<u32>,
     text: String,
-    stopped_on_eos: bool,
-    prompt_tokens: usize,
+    /// `"stop"` or `"length"`.
+    finish_reason: String,
+    model: String,
 }
 
 /// The cache of one run (see the module doc). Shared by the stages that generate.
 pub struct ReplayCache {
     model: String,
     path: PathBuf,
-    entries: Mutex<HashMap<String, Generation>>,
+    entries: Mutex<HashMap<String, Completion>>,
     out: Mutex<File>,
     replayed: AtomicU64,
     generated: AtomicU64,
@@ -84,19 +90,24 @@ impl ReplayCache {
             for line in BufReader::new(f).split(b'\n') {
                 let line = line.map_err(|e| EngineError::io(p, e))?;
                 // A torn line (killed while appending) does not parse: it was never used.
-                if let Ok(e) = serde_json::from_slice::<Entry>(&line) {
-                    entries.insert(
-                        e.key,
-                        Generation {
-                            token_ids: e.token_ids,
-                            text: e.text,
-                            stopped_on_eos: e.stopped_on_eos,
-                            prompt_tokens: e.prompt_tokens,
-                            prefill_seconds: 0.0,
-                            decode_seconds: 0.0,
-                        },
-                    );
-                }
+                let Ok(e) = serde_json::from_slice::<Entry>(&line) else {
+                    continue;
+                };
+                let finish_reason = match e.finish_reason.as_str() {
+                    "stop" => FinishReason::Stop,
+                    "length" => FinishReason::Length,
+                    _ => continue,
+                };
+                entries.insert(
+                    e.key,
+                    Completion {
+                        token_ids: e.token_ids,
+                        text: e.text,
+                        finish_reason,
+                        model: e.model,
+                        retries: 0,
+                    },
+                );
             }
         }
         let mut out = OpenOptions::new()
@@ -150,27 +161,30 @@ impl ReplayCache {
         self.generated.load(Ordering::Relaxed)
     }
 
-    /// The cached generation of (`prompt`, `opts`), or `generate()`'s, stored durably before
-    /// it is returned. Errors: `generate`'s, [`EngineError::Io`] when the entry cannot be
-    /// written.
-    pub fn generate(
+    /// The cached completion of (`prompt`, `opts`), or `generate()`'s, stored durably before
+    /// it is returned (the lock is not held while `generate` runs, so many requests can be in
+    /// flight). Errors: `generate`'s, [`EngineError::Io`] when the entry cannot be written.
+    pub fn complete(
         &self,
         prompt: &[u32],
         opts: &GenerateOptions,
-        generate: impl FnOnce() -> Result<Generation>,
-    ) -> Result<Generation> {
+        generate: impl FnOnce() -> Result<Completion>,
+    ) -> Result<Completion> {
         let key = self.key(prompt, opts);
         if let Some(g) = self.entries.lock().expect("cache lock").get(&key) {
             self.replayed.fetch_add(1, Ordering::Relaxed);
-            return Ok(g.clone());
+            return Ok(Completion {
+                retries: 0,
+                ..g.clone()
+            });
         }
         let g = generate()?;
         let entry = Entry {
             key: key.clone(),
             token_ids: g.token_ids.clone(),
             text: g.text.clone(),
-            stopped_on_eos: g.stopped_on_eos,
-            prompt_tokens: g.prompt_tokens,
+            finish_reason: g.finish_reason.as_str().to_string(),
+            model: g.model.clone(),
         };
         let mut line = serde_json::to_vec(&entry).expect("entry serialises");
         line.push(b'\n');
@@ -187,6 +201,45 @@ impl ReplayCache {
             .insert(key, g.clone());
         self.generated.fetch_add(1, Ordering::Relaxed);
         Ok(g)
+    }
+}
+
+/// A [`GenerationBackend`] answered from a [`ReplayCache`] where it holds the request, and by
+/// `inner` otherwise (the new completion stored first).
+#[derive(Debug)]
+pub struct Replaying {
+    inner: Arc<dyn GenerationBackend>,
+    cache: Arc<ReplayCache>,
+}
+
+impl Replaying {
+    /// `inner` behind `cache`.
+    pub fn new(inner: Arc<dyn GenerationBackend>, cache: Arc<ReplayCache>) -> Self {
+        Self { inner, cache }
+    }
+}
+
+impl GenerationBackend for Replaying {
+    /// [`ReplayCache::complete`] over `inner`. Errors: `inner`'s, [`EngineError::Io`].
+    fn complete(&self, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<Completion> {
+        self.cache
+            .complete(prompt_ids, opts, || self.inner.complete(prompt_ids, opts))
+    }
+
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+
+    fn max_positions(&self) -> usize {
+        self.inner.max_positions()
+    }
+
+    fn max_in_flight(&self) -> usize {
+        self.inner.max_in_flight()
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        self.inner.describe()
     }
 }
 
@@ -222,14 +275,13 @@ fn cut_torn_tail(f: &mut File) -> std::io::Result<()> {
 mod tests {
     use super::*;
 
-    fn generation(ids: &[u32]) -> Generation {
-        Generation {
+    fn generation(ids: &[u32]) -> Completion {
+        Completion {
             token_ids: ids.to_vec(),
             text: format!("{ids:?}"),
-            stopped_on_eos: true,
-            prompt_tokens: 3,
-            prefill_seconds: 0.5,
-            decode_seconds: 0.5,
+            finish_reason: FinishReason::Length,
+            model: "served".into(),
+            retries: 2,
         }
     }
 
@@ -239,15 +291,16 @@ mod tests {
         let opts = GenerateOptions::greedy(4);
         let c = ReplayCache::open(dir.path(), "generations-0-of-1.jsonl", "m").unwrap();
         let g = c
-            .generate(&[1, 2, 3], &opts, || Ok(generation(&[7, 8])))
+            .complete(&[1, 2, 3], &opts, || Ok(generation(&[7, 8])))
             .unwrap();
         assert_eq!(g.token_ids, vec![7, 8]);
         // Second call: replayed, the closure is not run.
         let again = c
-            .generate(&[1, 2, 3], &opts, || panic!("must be replayed"))
+            .complete(&[1, 2, 3], &opts, || panic!("must be replayed"))
             .unwrap();
         assert_eq!(again.token_ids, vec![7, 8]);
-        assert_eq!(again.prefill_seconds, 0.5); // same process: the stored value
+        // Replayed: no retries of its own; the rest as generated.
+        assert_eq!(again, Completion { retries: 0, ..generation(&[7, 8]) });
         assert_eq!((c.generated(), c.replayed()), (1, 1));
         // Another seed is another request.
         let other = GenerateOptions {
@@ -265,10 +318,10 @@ mod tests {
         let c = ReplayCache::open(dir.path(), "generations-0-of-1.jsonl", "m").unwrap();
         assert_eq!(c.len(), 1);
         let g = c
-            .generate(&[1, 2, 3], &opts, || panic!("must be replayed"))
+            .complete(&[1, 2, 3], &opts, || panic!("must be replayed"))
             .unwrap();
-        assert_eq!((g.token_ids.clone(), g.decode_seconds), (vec![7, 8], 0.0));
-        c.generate(&[4], &opts, || Ok(generation(&[9]))).unwrap();
+        assert_eq!(g, Completion { retries: 0, ..generation(&[7, 8]) });
+        c.complete(&[4], &opts, || Ok(generation(&[9]))).unwrap();
         drop(c);
         // The torn tail was cut: the file is two whole lines.
         let text = std::fs::read_to_string(&path).unwrap();
@@ -277,13 +330,13 @@ mod tests {
         // A different model never replays another's generations.
         let c = ReplayCache::open(dir.path(), "generations-0-of-1.jsonl", "other").unwrap();
         let g = c
-            .generate(&[1, 2, 3], &opts, || Ok(generation(&[5])))
+            .complete(&[1, 2, 3], &opts, || Ok(generation(&[5])))
             .unwrap();
         assert_eq!(g.token_ids, vec![5]);
         // Entries written by another shard's file are read too.
         let c = ReplayCache::open(dir.path(), "generations-1-of-2.jsonl", "m").unwrap();
         assert_eq!(c.len(), 3);
-        c.generate(&[4], &opts, || panic!("replayed from shard 0's file"))
+        c.complete(&[4], &opts, || panic!("replayed from shard 0's file"))
             .unwrap();
     }
 }

@@ -158,19 +158,11 @@ impl Rejects {
     }
 }
 
-/// Counters of a run: rows in and out and busy time per stage, skipped samples by reason.
+/// Counters of a run: rows in and out and busy time per stage, skipped samples by reason,
+/// counted events.
 #[derive(Debug, Default)]
 pub struct RunStats {
-    inner: Mutex<StatsInner>,
-}
-
-#[derive(Debug, Default, Clone, Serialize)]
-struct StatsInner {
-    rows_in: BTreeMap<String, u64>,
-    rows_out: BTreeMap<String, u64>,
-    seconds: BTreeMap<String, f64>,
-    tokens: BTreeMap<String, u64>,
-    skipped: BTreeMap<String, u64>,
+    inner: Mutex<StatsSnapshot>,
 }
 
 impl StatsSnapshot {
@@ -189,6 +181,7 @@ impl StatsSnapshot {
         add(&mut self.seconds, &other.seconds);
         add(&mut self.tokens, &other.tokens);
         add(&mut self.skipped, &other.skipped);
+        add(&mut self.events, &other.events);
     }
 }
 
@@ -207,6 +200,12 @@ pub struct StatsSnapshot {
     pub tokens: BTreeMap<String, u64>,
     /// Samples skipped, keyed `stage: reason`.
     pub skipped: BTreeMap<String, u64>,
+    /// Other counted events, keyed `stage: event` (generator: `retries` of server requests,
+    /// `regenerations after length`, `regenerations after a duplicate`). Retries depend on
+    /// what the servers did during this output's runs, so unlike the other counters they may
+    /// differ between an interrupted run and an uninterrupted one.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub events: BTreeMap<String, u64>,
 }
 
 impl RunStats {
@@ -219,6 +218,20 @@ impl RunStats {
             .skipped
             .entry(format!("{stage}: {reason}"))
             .or_default() += 1;
+    }
+
+    /// Adds `n` to the counter of `event` of `stage` (see [`StatsSnapshot::events`]).
+    pub fn count(&self, stage: &str, event: &str, n: u64) {
+        if n == 0 {
+            return;
+        }
+        *self
+            .inner
+            .lock()
+            .expect("stats lock")
+            .events
+            .entry(format!("{stage}: {event}"))
+            .or_default() += n;
     }
 
     /// Adds `n` tokens handled by `stage`.
@@ -242,44 +255,17 @@ impl RunStats {
 
     /// Adds every counter of `snap`.
     pub fn add(&self, snap: &StatsSnapshot) {
-        let mut s = self.inner.lock().expect("stats lock");
-        let mut mine = StatsSnapshot {
-            rows_in: std::mem::take(&mut s.rows_in),
-            rows_out: std::mem::take(&mut s.rows_out),
-            seconds: std::mem::take(&mut s.seconds),
-            tokens: std::mem::take(&mut s.tokens),
-            skipped: std::mem::take(&mut s.skipped),
-        };
-        mine.add(snap);
-        s.rows_in = mine.rows_in;
-        s.rows_out = mine.rows_out;
-        s.seconds = mine.seconds;
-        s.tokens = mine.tokens;
-        s.skipped = mine.skipped;
+        self.inner.lock().expect("stats lock").add(snap);
     }
 
     /// The counters now, cleared afterwards.
     pub fn take(&self) -> StatsSnapshot {
-        let s = std::mem::take(&mut *self.inner.lock().expect("stats lock"));
-        StatsSnapshot {
-            rows_in: s.rows_in,
-            rows_out: s.rows_out,
-            seconds: s.seconds,
-            tokens: s.tokens,
-            skipped: s.skipped,
-        }
+        std::mem::take(&mut *self.inner.lock().expect("stats lock"))
     }
 
     /// The counters now.
     pub fn snapshot(&self) -> StatsSnapshot {
-        let s = self.inner.lock().expect("stats lock").clone();
-        StatsSnapshot {
-            rows_in: s.rows_in,
-            rows_out: s.rows_out,
-            seconds: s.seconds,
-            tokens: s.tokens,
-            skipped: s.skipped,
-        }
+        self.inner.lock().expect("stats lock").clone()
     }
 }
 

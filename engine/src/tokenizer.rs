@@ -252,6 +252,11 @@ impl ChatTemplate {
         id == self.im_end || id == self.eos
     }
 
+    /// The ids that end a generation, end of turn first: `[<|im_end|>, <|endoftext|>]`.
+    pub fn stop_ids(&self) -> Vec<u32> {
+        vec![self.im_end, self.eos]
+    }
+
     /// `<|im_start|>{role}\n`.
     fn header(&self, tok: &Tokenizer, role: &str, out: &mut Vec<u32>) -> Result<()> {
         out.push(self.im_start);

@@ -12,9 +12,16 @@
 //!   past the trained length (12K, 16K). It can also read out, for every generated token, the
 //!   key each attention head attends to most (for [`crate::retrieval`]).
 //!
-//! Both stop at the chat template's stop tokens (`<|im_end|>`, `<|endoftext|>`), which are
+//! - **server** ([`Generator::Server`]): any OpenAI-compatible server (vLLM, SGLang,
+//!   llama.cpp's `llama-server`) through the engine's [`OpenAi`] backend, the same one the
+//!   data was generated with: prompts as token ids, a group's prompts all in flight at once
+//!   (up to `max_in_flight`), so an 8B model is evaluated on GPUs. The server's own weights
+//!   answer (an adapter is evaluated by serving it, e.g. vLLM `--lora-modules`).
+//!
+//! All stop at the chat template's stop tokens (`<|im_end|>`, `<|endoftext|>`), which are
 //! not part of the answer.
 
+use logo_engine::backend::{GenerationBackend, OpenAi};
 use logo_engine::model::{ChatTemplate, Policy};
 use logo_trainer::model::{KvCache, Llama};
 use tokenizers::Tokenizer;
@@ -50,6 +57,17 @@ pub struct TorchGenerator<'m> {
     pub template: ChatTemplate,
 }
 
+/// A model served by an OpenAI-compatible server, the tokenizer and the chat template.
+#[derive(Debug)]
+pub struct ServerGenerator {
+    /// The engine's `openai` backend (start-up checks done: model served, tokenizer agrees).
+    pub backend: OpenAi,
+    /// The model's tokenizer (from the GGUF).
+    pub tokenizer: Tokenizer,
+    /// Its chat template.
+    pub template: ChatTemplate,
+}
+
 /// Where answers come from.
 #[derive(Debug)]
 pub enum Generator<'a> {
@@ -57,6 +75,8 @@ pub enum Generator<'a> {
     Engine(&'a mut Policy),
     /// The trainer's model with a KV cache (`--generator torch`).
     Torch(&'a TorchGenerator<'a>),
+    /// An OpenAI-compatible server (`--generator server`).
+    Server(&'a ServerGenerator),
 }
 
 /// Length of the common prefix of `a` and `b`.
@@ -83,6 +103,7 @@ impl Generator<'_> {
         match self {
             Generator::Engine(p) => p.tokenizer(),
             Generator::Torch(t) => &t.tokenizer,
+            Generator::Server(s) => &s.tokenizer,
         }
     }
 
@@ -91,21 +112,23 @@ impl Generator<'_> {
         match self {
             Generator::Engine(p) => p.template(),
             Generator::Torch(t) => t.template,
+            Generator::Server(s) => s.template,
         }
     }
 
-    /// `engine` or `torch`.
+    /// `engine`, `torch` or `server`.
     pub fn name(&self) -> &'static str {
         match self {
             Generator::Engine(_) => "engine",
             Generator::Torch(_) => "torch",
+            Generator::Server(_) => "server",
         }
     }
 
     /// Answers every prompt of `prompts` (chat-templated ids), in order. The torch backend
     /// shares the prefill of their common prefixes (see the module doc) and, with `capture`,
-    /// fills [`Answer::argmax`]; the engine backend generates each prompt alone and ignores
-    /// `capture`.
+    /// fills [`Answer::argmax`]; the engine backend generates each prompt alone; the server
+    /// backend sends them all at once (at most `max_in_flight` in flight).
     ///
     /// Errors: [`EvalError::Config`] (`--generator`) for sampling or `capture` requested from
     /// a backend that cannot; engine and trainer errors (an empty prompt, an id outside the
@@ -150,7 +173,53 @@ impl Generator<'_> {
                 }
                 t.generate_group(prompts, max_new_tokens, capture)
             }
+            Generator::Server(s) => {
+                if capture {
+                    return Err(EvalError::Config {
+                        key: "--generator".into(),
+                        message: "the retrieval score needs attention weights: use --generator \
+                                  torch"
+                            .into(),
+                    });
+                }
+                s.generate_group(prompts, &decoding.options(max_new_tokens))
+            }
         }
+    }
+}
+
+impl ServerGenerator {
+    /// Answers `prompts` in order, each request on its own thread, at most
+    /// [`GenerationBackend::max_in_flight`] at a time. Errors: the backend's (no endpoint
+    /// answering for `unavailable_timeout_s`, a refused request).
+    pub fn generate_group(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &logo_engine::model::GenerateOptions,
+    ) -> Result<Vec<Answer>> {
+        let width = self.backend.max_in_flight().max(1);
+        let mut answers = Vec::with_capacity(prompts.len());
+        for batch in prompts.chunks(width) {
+            let done: Vec<_> = std::thread::scope(|scope| {
+                let handles: Vec<_> = batch
+                    .iter()
+                    .map(|p| scope.spawn(move || self.backend.complete(p, opts)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("request thread"))
+                    .collect()
+            });
+            for c in done {
+                let c = c?;
+                answers.push(Answer {
+                    token_ids: c.token_ids,
+                    text: c.text,
+                    argmax: None,
+                });
+            }
+        }
+        Ok(answers)
     }
 }
 

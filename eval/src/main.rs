@@ -10,7 +10,7 @@ use logo_engine::model::{
     default_model_path, encode_text, load_tokenizer, max_positions_of, ChatTemplate, Policy,
 };
 use logo_engine::stage::Rejects;
-use logo_eval::generate::{Generator, TorchGenerator};
+use logo_eval::generate::{Generator, ServerGenerator, TorchGenerator};
 use logo_eval::niah::{load_haystack, run_niah, NeedleSet, NiahConfig};
 use logo_eval::perplexity::{run_perplexity, PerplexityConfig};
 use logo_eval::qa::{run_qa, QaConfig};
@@ -44,8 +44,26 @@ struct Cli {
     /// answer within the model's trained context) or `torch` (the trainer's libtorch model
     /// with a KV cache: prompts of one haystack length or one document share their prefill,
     /// any length, greedy only; NIAH also reports the retrieval score of Appendix B).
-    #[arg(long, default_value = "engine", value_parser = ["engine", "torch"])]
+    /// `server`: an OpenAI-compatible server (vLLM, SGLang, llama-server) at --server-url
+    /// serving --server-model, through the engine's `openai` backend.
+    #[arg(long, default_value = "engine", value_parser = ["engine", "torch", "server"])]
     generator: String,
+    /// Base URLs of the servers of `--generator server`, comma-separated (balanced).
+    #[arg(long, value_delimiter = ',')]
+    server_url: Vec<String>,
+    /// The served base model's id (`GET /v1/models`; llama-server: `--alias`).
+    #[arg(long)]
+    server_model: Option<String>,
+    /// The id under which the servers serve --adapter (vLLM: `--lora-modules NAME=PATH`);
+    /// required with --adapter and `--generator server`.
+    #[arg(long)]
+    server_adapter_model: Option<String>,
+    /// Environment variable holding the servers' API key (never printed).
+    #[arg(long)]
+    server_api_key_env: Option<String>,
+    /// Requests in flight across the servers.
+    #[arg(long, default_value_t = 8)]
+    server_in_flight: usize,
     /// Device of the trainer's model (torch generator and perplexity): cpu, cuda, cuda:N, auto.
     #[arg(long, default_value = "cpu")]
     device: String,
@@ -198,6 +216,22 @@ fn plan(cli: &Cli) -> Result<Plan> {
             "torch generates greedily; use --generator engine with --temperature",
         ));
     }
+    let server = cli.generator == "server";
+    if server {
+        if cli.server_url.is_empty() || cli.server_model.is_none() {
+            return Err(config_err(
+                "--generator",
+                "server needs --server-url and --server-model",
+            ));
+        }
+        if cli.adapter.is_some() && cli.server_adapter_model.is_none() {
+            return Err(config_err(
+                "--server-adapter-model",
+                "the server answers with its own weights: serve the adapter (e.g. vLLM \
+                 --lora-modules NAME=PATH) and name it here",
+            ));
+        }
+    }
     let trained = max_positions_of(&model_cfg)?;
     // The torch generator computes rotary angles from the positions: no table to outgrow.
     let max_positions = if torch { usize::MAX / 4 } else { trained };
@@ -339,7 +373,37 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
             eprintln!("[{label}] loading the {} generator", cli.generator);
             let mut policy;
             let torch_gen;
-            let mut generator = if cli.generator == "torch" {
+            let server_gen;
+            let mut generator = if cli.generator == "server" {
+                let served = if adapter.is_some() {
+                    cli.server_adapter_model.clone()
+                } else {
+                    cli.server_model.clone()
+                };
+                let cfg: logo_engine::config::OpenAiConfig =
+                    serde_json::from_value(serde_json::json!({
+                        "endpoints": cli.server_url,
+                        "model": served,
+                        "api_key_env": cli.server_api_key_env,
+                        "max_in_flight": cli.server_in_flight,
+                    }))
+                    .map_err(|e| config_err("--server-url", e.to_string()))?;
+                // The served model's tokenizer and template are the GGUF's.
+                let tokenizer = load_tokenizer(&policy_config(&plan.model, None, cli.threads))?;
+                let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+                let backend = logo_engine::backend::OpenAi::connect(
+                    &cfg,
+                    tokenizer.clone(),
+                    template.stop_ids(),
+                    max_positions_of(&model_cfg)?,
+                )?;
+                server_gen = ServerGenerator {
+                    backend,
+                    tokenizer,
+                    template,
+                };
+                Generator::Server(&server_gen)
+            } else if cli.generator == "torch" {
                 let tokenizer = load_tokenizer(&model_cfg)?;
                 let template = ChatTemplate::from_tokenizer(&tokenizer)?;
                 torch_gen = TorchGenerator {

@@ -165,6 +165,18 @@ pub mod col {
     pub const GENERATOR: &str = "generator";
     /// Utf8: the generator's settings as JSON (temperature, seed, max_new_tokens, ...).
     pub const GENERATOR_SETTINGS: &str = "generator_settings";
+    /// Utf8: why the preferred response ended: `stop` (the model generated an end-of-turn or
+    /// end-of-text token), or `reference` (the source's answer, not generated).
+    pub const CHOSEN_FINISH_REASON: &str = "chosen_finish_reason";
+    /// List<Utf8>: per dis-preferred response, why it ended (`stop`).
+    pub const REJECTED_FINISH_REASON: &str = "rejected_finish_reason";
+    /// UInt64, nullable: sampling seed of the preferred response (null for a reference).
+    pub const CHOSEN_SEED: &str = "chosen_seed";
+    /// List<UInt64>: per dis-preferred response, its sampling seed.
+    pub const REJECTED_SEED: &str = "rejected_seed";
+    /// Utf8: the model name the generation backend reported (an OpenAI-compatible server's
+    /// `model` field; the policy's name in process).
+    pub const GENERATOR_MODEL: &str = "generator_model";
 }
 
 fn utf8(name: &str, nullable: bool) -> Field {
@@ -264,11 +276,19 @@ fn response_fields() -> Vec<Field> {
         list(col::REJECTED_STRATEGY, DataType::Utf8),
         utf8(col::GENERATOR, false),
         utf8(col::GENERATOR_SETTINGS, false),
+        list(col::CHOSEN_CHUNK_IDS, DataType::UInt32),
+        list_list(col::REJECTED_CHUNK_IDS, DataType::UInt32),
+        utf8(col::CHOSEN_FINISH_REASON, false),
+        list(col::REJECTED_FINISH_REASON, DataType::Utf8),
+        Field::new(col::CHOSEN_SEED, DataType::UInt64, true),
+        list(col::REJECTED_SEED, DataType::UInt64),
+        utf8(col::GENERATOR_MODEL, false),
     ]
 }
 
 /// Generations: ids, question, the training prompt with its segment lengths, the chosen
-/// response and the M rejected ones, and lineage of C'.
+/// response and the M rejected ones, and lineage: C', the chunks each response was generated
+/// from, and per response its finish reason, seed and the model that wrote it.
 pub fn generations_schema() -> SchemaRef {
     let mut f = id_fields();
     f.extend(qa_fields());
@@ -584,6 +604,20 @@ pub struct GeneratedRecord {
     pub generator: String,
     /// See [`col::GENERATOR_SETTINGS`].
     pub generator_settings: String,
+    /// See [`col::CHOSEN_CHUNK_IDS`].
+    pub chosen_chunk_ids: Vec<u32>,
+    /// See [`col::REJECTED_CHUNK_IDS`]: `[M][..]`.
+    pub rejected_chunk_ids: Vec<Vec<u32>>,
+    /// See [`col::CHOSEN_FINISH_REASON`].
+    pub chosen_finish_reason: String,
+    /// See [`col::REJECTED_FINISH_REASON`]: `[M]`.
+    pub rejected_finish_reason: Vec<String>,
+    /// See [`col::CHOSEN_SEED`].
+    pub chosen_seed: Option<u64>,
+    /// See [`col::REJECTED_SEED`]: `[M]`.
+    pub rejected_seed: Vec<u64>,
+    /// See [`col::GENERATOR_MODEL`].
+    pub generator_model: String,
 }
 
 impl Record for GeneratedRecord {
@@ -637,6 +671,20 @@ pub struct TrainingSample {
     pub generator: String,
     /// See [`col::GENERATOR_SETTINGS`].
     pub generator_settings: String,
+    /// See [`col::CHOSEN_CHUNK_IDS`].
+    pub chosen_chunk_ids: Vec<u32>,
+    /// See [`col::REJECTED_CHUNK_IDS`]: `[M][..]`.
+    pub rejected_chunk_ids: Vec<Vec<u32>>,
+    /// See [`col::CHOSEN_FINISH_REASON`].
+    pub chosen_finish_reason: String,
+    /// See [`col::REJECTED_FINISH_REASON`]: `[M]`.
+    pub rejected_finish_reason: Vec<String>,
+    /// See [`col::CHOSEN_SEED`].
+    pub chosen_seed: Option<u64>,
+    /// See [`col::REJECTED_SEED`]: `[M]`.
+    pub rejected_seed: Vec<u64>,
+    /// See [`col::GENERATOR_MODEL`].
+    pub generator_model: String,
     /// See [`col::PROMPT_POSITION_IDS`]: `[T_prompt]`, strictly increasing, first 0, < K.
     pub prompt_position_ids: Vec<u32>,
     /// See [`col::POSITION_STRATEGY`].

@@ -24,6 +24,13 @@ fn sample() -> TrainingSample {
         rejected_strategy: vec!["irrelevant".into(), "partial".into()],
         generator: "m".into(),
         generator_settings: "{}".into(),
+        chosen_chunk_ids: vec![0],
+        rejected_chunk_ids: vec![vec![1]],
+        chosen_finish_reason: "stop".into(),
+        rejected_finish_reason: vec!["stop".into()],
+        chosen_seed: Some(7),
+        rejected_seed: vec![8],
+        generator_model: "m".into(),
         prompt_position_ids: vec![0, 5, 6, 90],
         position_strategy: "continuous".into(),
         target_length: 100,
@@ -65,6 +72,13 @@ fn every_record_matches_its_schema() {
         rejected_strategy: vec![],
         generator: String::new(),
         generator_settings: String::new(),
+        chosen_chunk_ids: vec![0],
+        rejected_chunk_ids: vec![vec![1]],
+        chosen_finish_reason: "stop".into(),
+        rejected_finish_reason: vec!["stop".into()],
+        chosen_seed: Some(7),
+        rejected_seed: vec![8],
+        generator_model: "m".into(),
     };
     let b = GeneratedRecord::to_batch(std::slice::from_ref(&g)).unwrap();
     assert_eq!(GeneratedRecord::from_batch(&b).unwrap(), vec![g]);

@@ -3,6 +3,8 @@
 //! `CI=true`).
 #![deny(missing_docs)]
 
+pub mod server;
+
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 

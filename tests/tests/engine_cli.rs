@@ -122,7 +122,7 @@ fn every_kind_of_bad_row_is_rejected_and_the_rest_goes_on() {
              model: {{path: {}}}\n\
              chunker: {{chunk_size: 16}}\n\
              sampler: {{num_chunks: 2, threshold: 1, num_negatives: 1}}\n\
-             generator: {{max_new_tokens: 4, chosen: reference}}\n\
+             generator: {{max_new_tokens: 64, on_length: regenerate, chosen: reference}}\n\
              positions: {{target_length: 256}}\n\
              sink: {{output: out}}\n",
             model.display()
@@ -188,7 +188,7 @@ fn leval_run_produces_valid_samples() {
              chunker: {{chunk_size: 64}}\n\
              scorer: {{backend: lexical}}\n\
              sampler: {{num_chunks: {n}, threshold: 2, num_negatives: {m}}}\n\
-             generator: {{max_new_tokens: 6, chosen: reference}}\n\
+             generator: {{max_new_tokens: 64, on_length: regenerate, chosen: reference}}\n\
              positions: {{target_length: {k}}}\n\
              sink: {{output: out}}\n",
             data.display(),

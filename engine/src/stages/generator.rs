@@ -10,15 +10,31 @@
 //! ```
 //!
 //! Input: [`logo_schemas::sampled_schema`] batches ([`SampledRecord`]); output:
-//! [`logo_schemas::generations_schema`] ([`GeneratedRecord`]). Prompts are ChatML
-//! ([`ChatTemplate::prompt`]); responses end with `<|im_end|>`, the end of turn the model must
-//! learn. Generation is sequential: one model, and a second rayon thread was measured to slow
-//! decoding on the target 2-core machine.
+//! [`logo_schemas::generations_schema`] ([`GeneratedRecord`]). Prompts follow the model's chat
+//! template ([`PromptTemplate::prompt`]: ChatML by id, or any model's Jinja template); a
+//! response that the model ended itself (finish reason `stop`) ends with the template's end of
+//! turn (`<|im_end|>`, `<|eot_id|>`, `</s>`), the token the model must learn.
 //!
-//! Seeds: response `r` (0 = chosen, 1..=M = rejected) of sample `s` is sampled with
-//! `derive_seed(cfg.seed, ["generator", s, r])`, so the output does not depend on batch
-//! boundaries.
+//! Responses come from a [`GenerationBackend`] (`generator.backend`): every response of
+//! every row of a batch is requested at once, up to [`GenerationBackend::max_in_flight`] in
+//! flight (1 in process: one model, and a second rayon thread was measured to slow decoding
+//! on the target 2-core machine); rows are emitted in input order whatever finishes first.
+//!
+//! Pairs that carry a preference:
+//! - a response that hit `max_new_tokens` (finish reason `length`) is never closed with an
+//!   end-of-turn token it did not write: the sample is skipped (`response hit
+//!   max_new_tokens`), or with `on_length: regenerate` first regenerated;
+//! - a rejected response equal to the chosen one or to an earlier rejected one (case and
+//!   whitespace folded, [`normalise`]) is regenerated; after `max_regenerations` the sample
+//!   is skipped (`rejected equal to another response`).
+//!
+//! Seeds: attempt `a` of response `r` (0 = chosen, 1..=M = rejected) of sample `s` is
+//! sampled with `derive_seed(cfg.seed, ["generator", s, r])` for `a = 0` and
+//! `derive_seed(cfg.seed, ["generator", s, r, "regenerate", a])` after, at temperature
+//! `max(temperature, regenerate_temperature)`; so the output does not depend on batch
+//! boundaries or on the order in which the server answers.
 
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 
 use arrow::array::RecordBatch;
@@ -26,12 +42,13 @@ use arrow::datatypes::SchemaRef;
 use logo_schemas::{GeneratedRecord, Record, SampledRecord};
 use tokenizers::Tokenizer;
 
-use crate::config::{ChosenSource, PipelineConfig};
+use crate::backend::{Completion, FinishReason, GenerationBackend};
+use crate::config::{ChosenSource, OnLength, PipelineConfig};
 use crate::error::{EngineError, Result};
-use crate::model::{encode_text, ChatTemplate, GenerateOptions, Generation, Policy};
-use crate::replay::ReplayCache;
+use crate::model::{encode_text, GenerateOptions};
 use crate::seed::derive_seed;
 use crate::stage::{emit, Reject, Stage, StageContext};
+use crate::template::PromptTemplate;
 
 const STAGE: &str = "generator";
 
@@ -39,23 +56,31 @@ const STAGE: &str = "generator";
 /// used only for the up-front context-length warning.
 const TEMPLATE_ALLOWANCE: usize = 64;
 
-/// The generator stage (see the module doc). Holds the shared policy; each response locks it
-/// for the duration of one generation.
+/// Skip reason: a response hit `max_new_tokens` (and could not be regenerated).
+pub const SKIP_LENGTH: &str = "response hit max_new_tokens";
+/// Skip reason: a rejected response stayed equal to the chosen or another rejected one.
+pub const SKIP_DUPLICATE: &str = "rejected equal to another response";
+/// Skip reason: a response was empty after trimming.
+pub const SKIP_EMPTY: &str = "empty response";
+
+/// The generator stage (see the module doc).
 pub struct GeneratorStage {
-    policy: Arc<Mutex<Policy>>,
+    backend: Arc<dyn GenerationBackend>,
     tokenizer: Tokenizer,
-    template: ChatTemplate,
+    template: PromptTemplate,
     system_prompt: String,
     chosen: ChosenSource,
     max_new_tokens: usize,
     temperature: f64,
     top_p: f64,
     seed: u64,
+    on_length: OnLength,
+    max_regenerations: usize,
+    regenerate_temperature: f64,
     max_positions: usize,
     generator: String,
     settings: String,
     schema: SchemaRef,
-    replay: Option<Arc<ReplayCache>>,
 }
 
 impl std::fmt::Debug for GeneratorStage {
@@ -67,30 +92,61 @@ impl std::fmt::Debug for GeneratorStage {
     }
 }
 
+/// Case- and whitespace-folded text: lower case, runs of whitespace as one space, trimmed;
+/// two responses are duplicates when their folded texts are equal.
+pub fn normalise(text: &str) -> String {
+    text.split_whitespace()
+        .map(str::to_lowercase)
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// One response being generated: its prompt, attempts so far and latest result.
+#[derive(Debug)]
+struct Slot {
+    prompt: Vec<u32>,
+    attempt: usize,
+    seed: u64,
+    result: Option<Completion>,
+    pending: bool,
+}
+
+/// One sample of a batch while its responses are generated.
+#[derive(Debug)]
+struct Plan {
+    row: SampledRecord,
+    prompt_input_ids: Vec<u32>,
+    prompt_segments: Vec<u32>,
+    /// The reference answer when `chosen: reference`.
+    reference: Option<String>,
+    /// Index 0: the chosen response (absent with a reference), 1..=M: the rejected ones.
+    slots: Vec<Option<Slot>>,
+    skipped: Option<&'static str>,
+}
+
 impl GeneratorStage {
     /// Builds the stage from `cfg.generator` (`max_new_tokens`, `temperature`, `top_p`,
-    /// `chosen`, `system_prompt`), `cfg.seed` and the shared policy.
+    /// `chosen`, `system_prompt`, `on_length`, `max_regenerations`,
+    /// `regenerate_temperature`), `cfg.seed`, the backend, and the model's tokenizer and chat
+    /// template ([`PromptTemplate::load`]).
     ///
     /// `generator_settings` is the JSON
-    /// `{"max_new_tokens", "temperature", "top_p", "seed", "weights", "chosen"}`.
+    /// `{"max_new_tokens", "temperature", "top_p", "seed", "chosen", "on_length",
+    /// "max_regenerations", "regenerate_temperature", "backend": {..}}`.
     /// When `sampler.num_chunks × chunker.chunk_size + max_new_tokens` may exceed the model's
-    /// positions ([`Policy::max_positions`]: 8192 for SmolLM2 with f32 weights, 4096 with the
-    /// quantised backend), a warning is logged: such samples are
+    /// positions ([`GenerationBackend::max_positions`]: 8192 for SmolLM2 with f32 weights,
+    /// 4096 with the quantised backend), a warning is logged: such samples are
     /// skipped with reason `prompt exceeds the model's context`.
     ///
     /// Errors: [`EngineError::Config`] (`generator.max_new_tokens` leaves no room for a
     /// prompt).
-    pub fn try_new(cfg: &PipelineConfig, policy: Arc<Mutex<Policy>>) -> Result<Self> {
-        let (tokenizer, template, name, weights, max_positions) = {
-            let p = policy.lock().unwrap_or_else(PoisonError::into_inner);
-            (
-                p.tokenizer().clone(),
-                p.template(),
-                p.name().to_string(),
-                p.weights(),
-                p.max_positions(),
-            )
-        };
+    pub fn try_new(
+        cfg: &PipelineConfig,
+        backend: Arc<dyn GenerationBackend>,
+        tokenizer: Tokenizer,
+        template: PromptTemplate,
+    ) -> Result<Self> {
+        let max_positions = backend.max_positions();
         let g = &cfg.generator;
         if g.max_new_tokens + TEMPLATE_ALLOWANCE >= max_positions {
             return Err(EngineError::Config {
@@ -110,17 +166,23 @@ impl GeneratorStage {
                  the model's {max_positions} positions; such samples are skipped"
             );
         }
-        let settings = serde_json::json!({
+        let mut settings = serde_json::json!({
             "max_new_tokens": g.max_new_tokens,
             "temperature": g.temperature,
             "top_p": g.top_p,
             "seed": cfg.seed,
-            "weights": weights,
             "chosen": g.chosen,
-        })
-        .to_string();
+            "on_length": g.on_length,
+            "max_regenerations": g.max_regenerations,
+            "regenerate_temperature": g.regenerate_temperature,
+            "backend": backend.describe(),
+        });
+        if let Some(w) = backend.describe().get("weights") {
+            settings["weights"] = w.clone();
+        }
         Ok(Self {
-            policy,
+            generator: backend.name().to_string(),
+            backend,
             tokenizer,
             template,
             system_prompt: g.system_prompt.clone(),
@@ -129,43 +191,51 @@ impl GeneratorStage {
             temperature: g.temperature,
             top_p: g.top_p,
             seed: cfg.seed,
+            on_length: g.on_length,
+            max_regenerations: g.max_regenerations,
+            regenerate_temperature: g.regenerate_temperature,
             max_positions,
-            generator: name,
-            settings,
+            settings: settings.to_string(),
             schema: logo_schemas::generations_schema(),
-            replay: None,
         })
     }
 
-    /// Answers generations from `replay` when it holds them, and stores the others there
-    /// ([`crate::replay`]).
-    pub fn with_replay(mut self, replay: Arc<ReplayCache>) -> Self {
-        self.replay = Some(replay);
-        self
-    }
-
-    /// Options of response `index` (0 = chosen, 1..=M = rejected) of `sample_id`.
-    fn options(&self, sample_id: &str, index: usize) -> GenerateOptions {
+    /// Options of attempt `attempt` (0 = first) of response `index` (0 = chosen, 1..=M =
+    /// rejected) of `sample_id` (seeds and temperatures: see the module doc).
+    fn options(&self, sample_id: &str, index: usize, attempt: usize) -> GenerateOptions {
+        let (seed, temperature) = if attempt == 0 {
+            (
+                derive_seed(self.seed, &[STAGE, sample_id, &index.to_string()]),
+                self.temperature,
+            )
+        } else {
+            (
+                derive_seed(
+                    self.seed,
+                    &[
+                        STAGE,
+                        sample_id,
+                        &index.to_string(),
+                        "regenerate",
+                        &attempt.to_string(),
+                    ],
+                ),
+                self.temperature.max(self.regenerate_temperature),
+            )
+        };
         GenerateOptions {
             max_new_tokens: self.max_new_tokens,
-            temperature: self.temperature,
+            temperature,
             top_p: self.top_p,
-            seed: derive_seed(self.seed, &[STAGE, sample_id, &index.to_string()]),
+            seed,
             min_new_tokens: 0,
         }
     }
 
-    fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Generation> {
-        let generate = || {
-            self.policy
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .generate(prompt, opts)
-        };
-        match &self.replay {
-            Some(r) => r.generate(prompt, opts, generate),
-            None => generate(),
-        }
+    /// One generation from (prompt ids, settings, seed): the only call into the backend.
+    /// Errors: as [`GenerationBackend::complete`].
+    pub fn generate(&self, prompt: &[u32], opts: &GenerateOptions) -> Result<Completion> {
+        self.backend.complete(prompt, opts)
     }
 
     /// A generation prompt over the chunks `ids` of `row`.
@@ -180,32 +250,13 @@ impl GeneratorStage {
             .0)
     }
 
-    /// Generates one response; `None` (skip counted) when it is empty after trimming.
-    fn respond(
-        &self,
-        prompt: &[u32],
-        sample_id: &str,
-        index: usize,
-        ctx: &StageContext,
-    ) -> Result<Option<(String, Vec<u32>)>> {
-        let g = self.generate(prompt, &self.options(sample_id, index))?;
-        ctx.stats.add_tokens(STAGE, g.token_ids.len() as u64);
-        if g.text.trim().is_empty() {
-            ctx.stats.skip(STAGE, "empty response");
-            return Ok(None);
-        }
-        let mut ids = g.token_ids;
-        ids.push(self.template.im_end);
-        Ok(Some((g.text, ids)))
-    }
-
-    /// Builds the output row of one sample; `Ok(Ok(None))` when skipped (counted), `Ok(Err)`
-    /// for a bad row.
-    fn sample(
+    /// The plan of one row: its prompts built and lengths checked before any generation;
+    /// `Ok(Err)` for a bad row.
+    fn plan(
         &self,
         row: SampledRecord,
         ctx: &StageContext,
-    ) -> Result<std::result::Result<Option<GeneratedRecord>, Reject>> {
+    ) -> Result<std::result::Result<Plan, Reject>> {
         if let Err(reject) = check_row(&row) {
             return Ok(Err(reject));
         }
@@ -221,71 +272,237 @@ impl GeneratorStage {
             &training_chunks,
             &question,
         )?;
-
-        let reference = match self.chosen {
-            ChosenSource::Reference => match row.answer.as_deref().map(str::trim) {
-                Some(a) if !a.is_empty() => Some(a.to_string()),
+        let mut plan = Plan {
+            prompt_input_ids,
+            prompt_segments,
+            reference: None,
+            slots: Vec::new(),
+            skipped: None,
+            row,
+        };
+        match self.chosen {
+            ChosenSource::Reference => match plan.row.answer.as_deref().map(str::trim) {
+                Some(a) if !a.is_empty() => plan.reference = Some(a.to_string()),
                 _ => {
                     ctx.stats.skip(STAGE, "no reference answer");
-                    return Ok(Ok(None));
+                    plan.skipped = Some("no reference answer");
+                    return Ok(Ok(plan));
                 }
             },
-            ChosenSource::Generated => None,
-        };
-        // Every generation prompt is built (and its length checked) before any generation.
-        let chosen_prompt = match reference {
+            ChosenSource::Generated => {}
+        }
+        let chosen_prompt = match plan.reference {
             Some(_) => None,
-            None => Some(self.prompt_over(&row, &question, &row.chosen_chunk_ids)?),
+            None => Some(self.prompt_over(&plan.row, &question, &plan.row.chosen_chunk_ids)?),
         };
-        let rejected_prompts = row
-            .rejected_chunk_ids
-            .iter()
-            .map(|ids| self.prompt_over(&row, &question, ids))
-            .collect::<Result<Vec<_>>>()?;
-        let longest = chosen_prompt
-            .iter()
-            .chain(&rejected_prompts)
-            .map(Vec::len)
-            .max()
-            .unwrap_or(0);
+        let mut prompts = vec![chosen_prompt];
+        for ids in &plan.row.rejected_chunk_ids {
+            prompts.push(Some(self.prompt_over(&plan.row, &question, ids)?));
+        }
+        let longest = prompts.iter().flatten().map(Vec::len).max().unwrap_or(0);
         if longest + self.max_new_tokens > self.max_positions {
             ctx.stats.skip(STAGE, "prompt exceeds the model's context");
-            return Ok(Ok(None));
+            plan.skipped = Some("prompt exceeds the model's context");
+            return Ok(Ok(plan));
         }
+        plan.slots = prompts
+            .into_iter()
+            .map(|p| {
+                p.map(|prompt| Slot {
+                    prompt,
+                    attempt: 0,
+                    seed: 0,
+                    result: None,
+                    pending: true,
+                })
+            })
+            .collect();
+        Ok(Ok(plan))
+    }
 
-        let (chosen, chosen_input_ids, chosen_origin) = match (reference, chosen_prompt) {
-            (Some(answer), _) => {
-                let mut ids = encode_text(&self.tokenizer, &answer)?;
-                ids.push(self.template.im_end);
-                (answer, ids, "reference")
+    /// Runs every pending slot of `plans`, up to [`GenerationBackend::max_in_flight`] at once
+    /// on scoped threads; results are stored in their slots, so completion order is
+    /// irrelevant. Errors: the first backend error (by slot order).
+    fn run_pending(&self, plans: &mut [Plan], ctx: &StageContext) -> Result<()> {
+        let mut jobs: Vec<(usize, usize, GenerateOptions)> = Vec::new();
+        for (p, plan) in plans.iter().enumerate() {
+            if plan.skipped.is_some() {
+                continue;
             }
-            (None, Some(prompt)) => match self.respond(&prompt, &row.sample_id, 0, ctx)? {
-                Some((text, ids)) => (text, ids, "generated"),
-                None => return Ok(Ok(None)),
-            },
-            (None, None) => {
-                return Err(EngineError::Internal(
-                    "generator: neither a reference nor a chosen prompt".into(),
-                ))
-            }
-        };
-        let mut rejected = Vec::with_capacity(rejected_prompts.len());
-        let mut rejected_input_ids = Vec::with_capacity(rejected_prompts.len());
-        for (j, prompt) in rejected_prompts.iter().enumerate() {
-            match self.respond(prompt, &row.sample_id, j + 1, ctx)? {
-                Some((text, ids)) => {
-                    rejected.push(text);
-                    rejected_input_ids.push(ids);
+            for (r, slot) in plan.slots.iter().enumerate() {
+                if let Some(slot) = slot.as_ref().filter(|s| s.pending) {
+                    jobs.push((p, r, self.options(&plan.row.sample_id, r, slot.attempt)));
                 }
-                None => return Ok(Ok(None)),
             }
         }
+        if jobs.is_empty() {
+            return Ok(());
+        }
+        let results: Vec<Mutex<Option<Result<Completion>>>> =
+            jobs.iter().map(|_| Mutex::new(None)).collect();
+        let next = AtomicUsize::new(0);
+        let workers = self.backend.max_in_flight().clamp(1, jobs.len());
+        {
+            let plans: &[Plan] = plans;
+            let (jobs, results, next) = (&jobs, &results, &next);
+            let work = move || loop {
+                let k = next.fetch_add(1, Ordering::Relaxed);
+                let Some((p, r, opts)) = jobs.get(k) else {
+                    break;
+                };
+                let prompt = &plans[*p].slots[*r].as_ref().expect("pending slot").prompt;
+                let out = self.generate(prompt, opts);
+                let failed = out.is_err();
+                *results[k].lock().unwrap_or_else(PoisonError::into_inner) = Some(out);
+                if failed {
+                    // Stop handing out work; the error ends the run.
+                    next.store(jobs.len(), Ordering::Relaxed);
+                }
+            };
+            if workers == 1 {
+                work();
+            } else {
+                std::thread::scope(|scope| {
+                    for _ in 0..workers {
+                        scope.spawn(work);
+                    }
+                });
+            }
+        }
+        for ((p, r, opts), result) in jobs.into_iter().zip(results) {
+            let Some(result) = result.into_inner().unwrap_or_else(PoisonError::into_inner) else {
+                continue; // not started after an earlier error
+            };
+            let c = result?;
+            ctx.stats.add_tokens(STAGE, c.token_ids.len() as u64);
+            ctx.stats.count(STAGE, "retries", u64::from(c.retries));
+            let slot = plans[p].slots[r].as_mut().expect("pending slot");
+            slot.seed = opts.seed;
+            slot.result = Some(c);
+            slot.pending = false;
+        }
+        Ok(())
+    }
+
+    /// Judges the finished slots of `plan`: marks slots to regenerate (counted), or skips the
+    /// sample (counted); leaves it alone when it is complete and carries a preference.
+    fn judge(&self, plan: &mut Plan, ctx: &StageContext) {
+        if plan.skipped.is_some() {
+            return;
+        }
+        let max = self.max_regenerations;
+        let mut skip = None;
+        for slot in plan.slots.iter_mut().flatten() {
+            let Some(c) = slot.result.as_ref() else {
+                continue;
+            };
+            if c.text.trim().is_empty() {
+                skip = skip.or(Some(SKIP_EMPTY));
+            } else if c.finish_reason == FinishReason::Length {
+                if self.on_length == OnLength::Regenerate && slot.attempt < max {
+                    slot.attempt += 1;
+                    slot.pending = true;
+                    slot.result = None;
+                    ctx.stats.count(STAGE, "regenerations after length", 1);
+                } else {
+                    skip = skip.or(Some(SKIP_LENGTH));
+                }
+            }
+        }
+        if skip.is_none() && plan.slots.iter().flatten().all(|s| s.result.is_some()) {
+            // Every response is in: rejected ones equal to an earlier response are redone.
+            let mut seen: Vec<String> = Vec::new();
+            if let Some(r) = &plan.reference {
+                seen.push(normalise(r));
+            }
+            for slot in plan.slots.iter_mut() {
+                let Some(slot) = slot.as_mut() else {
+                    continue;
+                };
+                let text = normalise(&slot.result.as_ref().expect("complete").text);
+                if seen.contains(&text) {
+                    if slot.attempt < max {
+                        slot.attempt += 1;
+                        slot.pending = true;
+                        slot.result = None;
+                        ctx.stats.count(STAGE, "regenerations after a duplicate", 1);
+                    } else {
+                        skip = Some(SKIP_DUPLICATE);
+                        break;
+                    }
+                }
+                seen.push(text);
+            }
+        }
+        if let Some(reason) = skip {
+            ctx.stats.skip(STAGE, reason);
+            plan.skipped = Some(reason);
+        }
+    }
+
+    /// The output row of a complete plan; `None` when skipped.
+    fn finish(&self, plan: Plan) -> Result<Option<GeneratedRecord>> {
+        if plan.skipped.is_some() {
+            return Ok(None);
+        }
+        let end = self.template.end_of_turn();
+        let mut slots = plan.slots.into_iter();
+        let chosen_slot = slots.next().flatten();
+        let take = |slot: Slot| -> (String, Vec<u32>, String, u64, String) {
+            let c = slot.result.expect("complete");
+            let mut ids = c.token_ids;
+            // Only a response the model ended itself gets the end of turn.
+            debug_assert_eq!(c.finish_reason, FinishReason::Stop);
+            ids.push(end);
+            (
+                c.text,
+                ids,
+                c.finish_reason.as_str().into(),
+                slot.seed,
+                c.model,
+            )
+        };
+        let mut model = self.generator.clone();
+        let (chosen, chosen_input_ids, chosen_origin, chosen_finish_reason, chosen_seed) =
+            match (plan.reference, chosen_slot) {
+                (Some(answer), _) => {
+                    let mut ids = encode_text(&self.tokenizer, &answer)?;
+                    ids.push(end);
+                    (answer, ids, "reference", "reference".to_string(), None)
+                }
+                (None, Some(slot)) => {
+                    let (text, ids, finish, seed, m) = take(slot);
+                    model = m;
+                    (text, ids, "generated", finish, Some(seed))
+                }
+                (None, None) => {
+                    return Err(EngineError::Internal(
+                        "generator: neither a reference nor a chosen response".into(),
+                    ))
+                }
+            };
+        let m = plan.row.rejected_chunk_ids.len();
+        let (mut rejected, mut rejected_input_ids) = (Vec::with_capacity(m), Vec::with_capacity(m));
+        let (mut rejected_finish_reason, mut rejected_seed) =
+            (Vec::with_capacity(m), Vec::with_capacity(m));
+        for slot in slots {
+            let slot = slot.ok_or_else(|| {
+                EngineError::Internal("generator: a rejected response without a prompt".into())
+            })?;
+            let (text, ids, finish, seed, m) = take(slot);
+            rejected.push(text);
+            rejected_input_ids.push(ids);
+            rejected_finish_reason.push(finish);
+            rejected_seed.push(seed);
+            model = m;
+        }
+        let row = plan.row;
         let context_chunk_scores = row
             .context_chunk_ids
             .iter()
             .map(|&i| row.chunk_scores[i as usize])
             .collect();
-        Ok(Ok(Some(GeneratedRecord {
+        Ok(Some(GeneratedRecord {
             sample_id: row.sample_id,
             document_id: row.document_id,
             question_index: row.question_index,
@@ -296,8 +513,8 @@ impl GeneratorStage {
             question_origin: row.question_origin,
             context_chunk_ids: row.context_chunk_ids,
             context_chunk_scores,
-            prompt_input_ids,
-            prompt_segments,
+            prompt_input_ids: plan.prompt_input_ids,
+            prompt_segments: plan.prompt_segments,
             chosen,
             chosen_input_ids,
             chosen_origin: chosen_origin.into(),
@@ -306,7 +523,14 @@ impl GeneratorStage {
             rejected_strategy: row.rejected_strategy,
             generator: self.generator.clone(),
             generator_settings: self.settings.clone(),
-        })))
+            chosen_chunk_ids: row.chosen_chunk_ids,
+            rejected_chunk_ids: row.rejected_chunk_ids,
+            chosen_finish_reason,
+            rejected_finish_reason,
+            chosen_seed,
+            rejected_seed,
+            generator_model: model,
+        }))
     }
 }
 
@@ -369,18 +593,35 @@ impl Stage for GeneratorStage {
         self.schema.clone()
     }
 
-    /// Generates every row in order. Bad rows go to `ctx.rejects`; skipped samples are counted
-    /// (`no reference answer`, `empty response`, `prompt exceeds the model's context`).
-    /// Errors: schema mismatch, model failures, rejects file I/O.
+    /// Generates every response of the batch (rounds of concurrent requests until no
+    /// response needs regenerating) and emits the kept rows in input order. Bad rows go to
+    /// `ctx.rejects`; skipped samples are counted (`no reference answer`, `empty response`,
+    /// `prompt exceeds the model's context`, [`SKIP_LENGTH`], [`SKIP_DUPLICATE`]).
+    /// Errors: schema mismatch, backend failures, rejects file I/O.
     fn process(&mut self, batch: RecordBatch, ctx: &StageContext) -> Result<Vec<RecordBatch>> {
         let rows = SampledRecord::from_batch(&batch)?;
-        let mut out = Vec::with_capacity(rows.len());
+        let mut plans = Vec::with_capacity(rows.len());
         for row in rows {
-            match self.sample(row, ctx)? {
-                Ok(Some(rec)) => out.push(rec),
-                Ok(None) => {}
+            match self.plan(row, ctx)? {
+                Ok(plan) => plans.push(plan),
                 Err(reject) => ctx.rejects.push(reject)?,
             }
+        }
+        loop {
+            let pending = plans
+                .iter()
+                .any(|p| p.skipped.is_none() && p.slots.iter().flatten().any(|s| s.pending));
+            if !pending {
+                break;
+            }
+            self.run_pending(&mut plans, ctx)?;
+            for plan in &mut plans {
+                self.judge(plan, ctx);
+            }
+        }
+        let mut out = Vec::with_capacity(plans.len());
+        for plan in plans {
+            out.extend(self.finish(plan)?);
         }
         emit(&out)
     }
@@ -389,14 +630,19 @@ impl Stage for GeneratorStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::shared_policy_and_tokenizer;
+    use crate::model::tests::{in_process, shared_policy_and_tokenizer};
+    use crate::model::ChatTemplate;
+
+    fn chatml(tok: &Tokenizer) -> PromptTemplate {
+        PromptTemplate::ChatMl(ChatTemplate::from_tokenizer(tok).unwrap())
+    }
     use crate::stage::{Rejects, RunStats};
 
     fn config(extra: &str) -> PipelineConfig {
         PipelineConfig::from_yaml_str(
             &format!(
                 "source: {{paths: [d.jsonl]}}\nmodel: {{path: m.gguf}}\n\
-                 generator: {{max_new_tokens: 12{extra}}}\n\
+                 generator: {{max_new_tokens: 48, on_length: regenerate{extra}}}\n\
                  sampler: {{num_chunks: 2}}\nchunker: {{chunk_size: 64}}\n"
             ),
             std::path::Path::new("/"),
@@ -435,7 +681,9 @@ mod tests {
         else {
             return;
         };
-        let mut stage = GeneratorStage::try_new(&config(""), policy.clone()).unwrap();
+        let mut stage =
+            GeneratorStage::try_new(&config(""), in_process(&policy), tok.clone(), chatml(&tok))
+                .unwrap();
         let mut bad = row(&tok, "doc:1#q1");
         bad.rejected_chunk_ids[0] = vec![9];
         let input = SampledRecord::to_batch(&[row(&tok, "doc:1#q0"), bad]).unwrap();
@@ -467,10 +715,11 @@ mod tests {
         assert_eq!(r.generator, "Smollm2 135M 8k Lc100K Mix1 Ep2");
         let settings: serde_json::Value = serde_json::from_str(&r.generator_settings).unwrap();
         assert_eq!(settings["weights"], "f32");
-        assert_eq!(settings["max_new_tokens"], 12);
+        assert_eq!(settings["max_new_tokens"], 48);
+        assert_eq!(settings["backend"]["backend"], "in_process");
         for ids in std::iter::once(&r.chosen_input_ids).chain(&r.rejected_input_ids) {
             assert_eq!(ids.last(), Some(&2), "{ids:?}"); // <|im_end|>
-            assert!(ids.len() >= 2 && ids.len() <= 13);
+            assert!(ids.len() >= 2 && ids.len() <= 49);
             assert!(!ids[..ids.len() - 1].contains(&2));
         }
         // The training prompt: prefix + 2 chunks + suffix.
@@ -493,7 +742,21 @@ mod tests {
                 .iter()
                 .map(|x| x.len() as u64 - 1)
                 .sum::<u64>();
-        assert_eq!(snap.tokens.get(STAGE), Some(&generated));
+        // Every generated token is counted, those of regenerated responses too.
+        assert!(snap.tokens.get(STAGE).is_some_and(|&t| t >= generated));
+        // The pair carries a preference: no rejected response equals the chosen one.
+        for x in &r.rejected {
+            assert_ne!(normalise(x), normalise(&r.chosen));
+        }
+        assert_eq!(r.chosen_finish_reason, "stop");
+        assert_eq!(r.rejected_finish_reason, vec!["stop", "stop"]);
+        assert_eq!(r.chosen_chunk_ids, vec![0]);
+        assert_eq!(r.rejected_chunk_ids, vec![vec![1], vec![1, 0]]);
+        assert_eq!(r.generator_model, r.generator);
+        assert_eq!(
+            r.chosen_seed,
+            Some(derive_seed(42, &[STAGE, "doc:1#q0", "0"]))
+        );
 
         // Same seed, same sample: same responses whatever the batch holds.
         let again = stage
@@ -514,7 +777,8 @@ mod tests {
             return;
         };
         let cfg = config(", temperature: 1.0, top_p: 0.95");
-        let mut stage = GeneratorStage::try_new(&cfg, policy.clone()).unwrap();
+        let mut stage =
+            GeneratorStage::try_new(&cfg, in_process(&policy), tok.clone(), chatml(&tok)).unwrap();
         let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
         let ctx = StageContext {
             rejects: &rejects,
@@ -551,7 +815,8 @@ mod tests {
             return;
         };
         let cfg = config(", chosen: reference");
-        let mut stage = GeneratorStage::try_new(&cfg, policy.clone()).unwrap();
+        let mut stage =
+            GeneratorStage::try_new(&cfg, in_process(&policy), tok.clone(), chatml(&tok)).unwrap();
         let mut no_answer = row(&tok, "doc:1#q1");
         no_answer.answer = None;
         let mut with_control = row(&tok, "doc:1#q0");
@@ -580,5 +845,159 @@ mod tests {
         assert_eq!(r.chosen_input_ids, expected);
         assert_eq!(r.chosen_input_ids.iter().filter(|&&t| t == 2).count(), 1);
         assert_eq!(r.rejected.len(), 2);
+    }
+
+    fn completion(text: &str, finish_reason: FinishReason) -> Completion {
+        Completion {
+            token_ids: vec![5],
+            text: text.into(),
+            finish_reason,
+            model: "m".into(),
+            retries: 0,
+        }
+    }
+
+    fn plan_with(results: Vec<Completion>) -> Plan {
+        let texts = ["a"];
+        Plan {
+            row: SampledRecord {
+                sample_id: "d#q0".into(),
+                document_id: "d".into(),
+                question_index: 0,
+                source_file: "d.jsonl".into(),
+                source_row: 1,
+                question: Some("q?".into()),
+                answer: None,
+                question_origin: "source".into(),
+                chunk_input_ids: vec![vec![5]],
+                chunk_text: texts.iter().map(|t| t.to_string()).collect(),
+                chunk_scores: vec![1],
+                context_chunk_ids: vec![0],
+                chosen_chunk_ids: vec![0],
+                rejected_chunk_ids: vec![vec![0], vec![0]],
+                rejected_strategy: vec!["irrelevant".into(), "partial".into()],
+            },
+            prompt_input_ids: vec![1],
+            prompt_segments: vec![1],
+            reference: None,
+            slots: results
+                .into_iter()
+                .map(|c| {
+                    Some(Slot {
+                        prompt: vec![1],
+                        attempt: 0,
+                        seed: 0,
+                        result: Some(c),
+                        pending: false,
+                    })
+                })
+                .collect(),
+            skipped: None,
+        }
+    }
+
+    /// The judging rules on hand-made completions (no model needed).
+    #[test]
+    fn duplicates_and_cut_responses_are_regenerated_then_skipped() {
+        let Some((policy, tok)) = shared_policy_and_tokenizer(
+            "duplicates_and_cut_responses_are_regenerated_then_skipped",
+        ) else {
+            return;
+        };
+        let ctx_stats = RunStats::default();
+        let rejects = Rejects::in_memory();
+        let ctx = StageContext {
+            rejects: &rejects,
+            stats: &ctx_stats,
+        };
+        assert_eq!(
+            normalise("  The  Tower\n is IN Paris. "),
+            "the tower is in paris."
+        );
+        let stage = |extra: &str| {
+            GeneratorStage::try_new(
+                &config(extra),
+                in_process(&policy),
+                tok.clone(),
+                chatml(&tok),
+            )
+            .unwrap()
+        };
+        // rejected[0] equals the chosen one up to case and whitespace: redone with attempt 1.
+        let s = stage("");
+        let mut plan = plan_with(vec![
+            completion("In Paris.", FinishReason::Stop),
+            completion("  in   PARIS. ", FinishReason::Stop),
+            completion("In Lyon.", FinishReason::Stop),
+        ]);
+        s.judge(&mut plan, &ctx);
+        assert_eq!(plan.skipped, None);
+        let pending: Vec<(bool, usize)> = plan
+            .slots
+            .iter()
+            .flatten()
+            .map(|x| (x.pending, x.attempt))
+            .collect();
+        assert_eq!(pending, vec![(false, 0), (true, 1), (false, 0)]);
+        // Attempt 1 uses another seed and at least regenerate_temperature.
+        let (a, b) = (s.options("d#q0", 1, 0), s.options("d#q0", 1, 1));
+        assert_ne!(a.seed, b.seed);
+        assert_eq!((a.temperature, b.temperature), (0.0, 0.8));
+        // No regeneration allowed: the duplicate skips the sample.
+        let s0 = stage(", max_regenerations: 0");
+        let mut plan = plan_with(vec![
+            completion("In Paris.", FinishReason::Stop),
+            completion("In Lyon.", FinishReason::Stop),
+            completion("in lyon.", FinishReason::Stop),
+        ]);
+        s0.judge(&mut plan, &ctx);
+        assert_eq!(plan.skipped, Some(SKIP_DUPLICATE));
+        // A cut response: regenerated under on_length: regenerate, skipped under skip.
+        let mut plan = plan_with(vec![
+            completion("In Paris.", FinishReason::Length),
+            completion("In Lyon.", FinishReason::Stop),
+            completion("In Rome.", FinishReason::Stop),
+        ]);
+        s.judge(&mut plan, &ctx);
+        assert!(plan.slots[0].as_ref().unwrap().pending);
+        let skip = GeneratorStage::try_new(
+            &PipelineConfig::from_yaml_str(
+                "source: {paths: [d.jsonl]}\nmodel: {path: m.gguf}\n\
+                 generator: {max_new_tokens: 48}\nsampler: {num_chunks: 2}\n\
+                 chunker: {chunk_size: 64}\n",
+                std::path::Path::new("/"),
+            )
+            .unwrap(),
+            in_process(&policy),
+            tok.clone(),
+            chatml(&tok),
+        )
+        .unwrap();
+        let mut plan = plan_with(vec![
+            completion("In Paris.", FinishReason::Length),
+            completion("In Lyon.", FinishReason::Stop),
+            completion("In Rome.", FinishReason::Stop),
+        ]);
+        skip.judge(&mut plan, &ctx);
+        assert_eq!(plan.skipped, Some(SKIP_LENGTH));
+        let snap = ctx_stats.snapshot();
+        assert_eq!(
+            snap.skipped
+                .get("generator: rejected equal to another response"),
+            Some(&1)
+        );
+        assert_eq!(
+            snap.skipped.get("generator: response hit max_new_tokens"),
+            Some(&1)
+        );
+        assert_eq!(
+            snap.events
+                .get("generator: regenerations after a duplicate"),
+            Some(&1)
+        );
+        assert_eq!(
+            snap.events.get("generator: regenerations after length"),
+            Some(&1)
+        );
     }
 }

@@ -18,7 +18,7 @@
 //! 4. `question`, `answer` and `question_origin = "generated"` are set. An unparseable reply
 //!    drops the row, counted as `questions: unparseable question`.
 
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 
 use arrow::array::RecordBatch;
 use arrow::datatypes::SchemaRef;
@@ -26,11 +26,13 @@ use logo_schemas::{DocumentRecord, Record};
 use rand::Rng;
 use tokenizers::Tokenizer;
 
+use crate::backend::GenerationBackend;
 use crate::config::PipelineConfig;
 use crate::error::{EngineError, Result};
-use crate::model::{encode_text, ChatTemplate, GenerateOptions, Policy, UserPart};
+use crate::model::{encode_text, GenerateOptions, UserPart};
 use crate::seed::{derive_seed, rng_for};
 use crate::stage::{emit, Reject, Stage, StageContext};
+use crate::template::PromptTemplate;
 
 const STAGE: &str = "questions";
 
@@ -53,15 +55,14 @@ const PROMPT_ALLOWANCE: usize = 128;
 
 /// The question-generation stage (see the module doc).
 pub struct QuestionsStage {
-    policy: Arc<Mutex<Policy>>,
+    backend: Arc<dyn GenerationBackend>,
     tokenizer: Arc<Tokenizer>,
-    template: ChatTemplate,
+    template: PromptTemplate,
     enabled: bool,
     passage_tokens: usize,
     max_new_tokens: usize,
     seed: u64,
     schema: SchemaRef,
-    replay: Option<Arc<crate::replay::ReplayCache>>,
 }
 
 impl std::fmt::Debug for QuestionsStage {
@@ -81,19 +82,16 @@ impl QuestionsStage {
     ///
     /// Errors: [`EngineError::Config`] (`questions.passage_tokens`) when enabled and
     /// `passage_tokens + max_new_tokens + 128` exceeds the model's positions
-    /// ([`Policy::max_positions`]);
+    /// ([`GenerationBackend::max_positions`]);
     /// [`EngineError::Tokenizer`] when the tokenizer lacks the ChatML control tokens.
     pub fn try_new(
         cfg: &PipelineConfig,
-        policy: Arc<Mutex<Policy>>,
+        backend: Arc<dyn GenerationBackend>,
         tokenizer: impl Into<Arc<Tokenizer>>,
+        template: PromptTemplate,
     ) -> Result<Self> {
         let tokenizer = tokenizer.into();
-        let template = ChatTemplate::from_tokenizer(&tokenizer)?;
-        let max_positions = policy
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .max_positions();
+        let max_positions = backend.max_positions();
         let q = &cfg.questions;
         let needed = q.passage_tokens + q.max_new_tokens + PROMPT_ALLOWANCE;
         if q.enabled && needed > max_positions {
@@ -106,7 +104,7 @@ impl QuestionsStage {
             });
         }
         Ok(Self {
-            policy,
+            backend,
             tokenizer,
             template,
             enabled: q.enabled,
@@ -114,15 +112,7 @@ impl QuestionsStage {
             max_new_tokens: q.max_new_tokens,
             seed: cfg.seed,
             schema: logo_schemas::documents_schema(),
-            replay: None,
         })
-    }
-
-    /// Answers generations from `replay` when it holds them, and stores the others there
-    /// ([`crate::replay`]).
-    pub fn with_replay(mut self, replay: Arc<crate::replay::ReplayCache>) -> Self {
-        self.replay = Some(replay);
-        self
     }
 
     /// The passage `[<= passage_tokens]` of `doc` shown to the model for `sample_id`.
@@ -211,16 +201,7 @@ impl QuestionsStage {
             ],
             reply_prefix,
         )?;
-        let generate = || {
-            self.policy
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .generate(&prompt, opts)
-        };
-        let g = match &self.replay {
-            Some(r) => r.generate(&prompt, opts, generate)?,
-            None => generate()?,
-        };
+        let g = self.backend.complete(&prompt, opts)?;
         ctx.stats.add_tokens(STAGE, g.token_ids.len() as u64);
         Ok(g.text)
     }
@@ -303,7 +284,12 @@ impl Stage for QuestionsStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::{shared_policy, shared_policy_and_tokenizer};
+    use crate::model::tests::{in_process, shared_policy, shared_policy_and_tokenizer};
+    use std::sync::PoisonError;
+
+    fn chatml(tok: &Tokenizer) -> PromptTemplate {
+        PromptTemplate::ChatMl(crate::model::ChatTemplate::from_tokenizer(tok).unwrap())
+    }
     use crate::stage::{Rejects, RunStats};
 
     fn config(enabled: bool) -> PipelineConfig {
@@ -374,7 +360,13 @@ mod tests {
             .unwrap_or_else(PoisonError::into_inner)
             .tokenizer()
             .clone();
-        let mut stage = QuestionsStage::try_new(&config(true), policy.clone(), tok).unwrap();
+        let mut stage = QuestionsStage::try_new(
+            &config(true),
+            in_process(&policy),
+            tok.clone(),
+            chatml(&tok),
+        )
+        .unwrap();
         let given = doc("a:1", Some("Given?"));
         let input = DocumentRecord::to_batch(&[given.clone(), doc("a:2", None)]).unwrap();
         let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
@@ -408,8 +400,13 @@ mod tests {
         else {
             return;
         };
-        let mut stage =
-            QuestionsStage::try_new(&config(false), policy.clone(), tok.clone()).unwrap();
+        let mut stage = QuestionsStage::try_new(
+            &config(false),
+            in_process(&policy),
+            tok.clone(),
+            chatml(&tok),
+        )
+        .unwrap();
         let input = DocumentRecord::to_batch(&[doc("a:2", None)]).unwrap();
         let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
         let ctx = StageContext {
@@ -429,7 +426,8 @@ mod tests {
         // Too long a passage for the model's window is a config error.
         let mut cfg = config(true);
         cfg.questions.passage_tokens = 8100; // + 40 answer + 128 > 8192 (dense f32 backend)
-        let e = QuestionsStage::try_new(&cfg, policy, tok).unwrap_err();
+        let e = QuestionsStage::try_new(&cfg, in_process(&policy), tok.clone(), chatml(&tok))
+            .unwrap_err();
         assert!(
             e.to_string()
                 .starts_with("config key questions.passage_tokens"),
