@@ -300,7 +300,13 @@ mod tests {
             .unwrap();
         assert_eq!(again.token_ids, vec![7, 8]);
         // Replayed: no retries of its own; the rest as generated.
-        assert_eq!(again, Completion { retries: 0, ..generation(&[7, 8]) });
+        assert_eq!(
+            again,
+            Completion {
+                retries: 0,
+                ..generation(&[7, 8])
+            }
+        );
         assert_eq!((c.generated(), c.replayed()), (1, 1));
         // Another seed is another request.
         let other = GenerateOptions {
@@ -320,7 +326,13 @@ mod tests {
         let g = c
             .complete(&[1, 2, 3], &opts, || panic!("must be replayed"))
             .unwrap();
-        assert_eq!(g, Completion { retries: 0, ..generation(&[7, 8]) });
+        assert_eq!(
+            g,
+            Completion {
+                retries: 0,
+                ..generation(&[7, 8])
+            }
+        );
         c.complete(&[4], &opts, || Ok(generation(&[9]))).unwrap();
         drop(c);
         // The torn tail was cut: the file is two whole lines.

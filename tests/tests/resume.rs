@@ -31,7 +31,8 @@ fn doc(i: usize) -> String {
 }
 
 /// Nine documents (one bad line among them) and a pipeline of units of 2 records, generating
-/// every response (chosen and 1 rejected) with a few tokens.
+/// every response (chosen and 1 rejected) in one short sentence of at most 32 tokens (a
+/// response cut there is a counted skip: 4 of 18 samples here).
 fn setup(dir: &Path, model: &Path, extra: &str) -> PathBuf {
     let mut lines: Vec<String> = (0..9).map(doc).collect();
     lines.insert(4, "{not json".into());
@@ -45,7 +46,7 @@ fn setup(dir: &Path, model: &Path, extra: &str) -> PathBuf {
              model: {{path: {}, threads: 2}}\n\
              chunker: {{chunk_size: 16}}\n\
              sampler: {{num_chunks: 2, threshold: 1, num_negatives: 1}}\n\
-             generator: {{max_new_tokens: 5, temperature: 0.8}}\n\
+             generator: {{max_new_tokens: 32, temperature: 0.5, system_prompt: \"Answer in one short sentence, using only the context.\"}}\n\
              positions: {{target_length: 256}}\n\
              sink: {{output: out, row_group_size: 3, unit_rows: 2}}\n{extra}",
             model.display()

@@ -404,10 +404,9 @@ fn logo_eval_generates_on_llama_server() {
         args.extend_from_slice(generator);
         let o = run("logo-eval", &args);
         assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
-        let r: serde_json::Value = serde_json::from_str(
-            &std::fs::read_to_string(out_dir.join("base/niah.json")).unwrap(),
-        )
-        .unwrap();
+        let r: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join("base/niah.json")).unwrap())
+                .unwrap();
         r
     };
     let url = server.url();
