@@ -31,7 +31,7 @@ trap 'rm -rf "$log"' EXIT
 # threads, as `cargo test` runs them.
 binaries=$(cargo test --release --workspace --no-run --message-format=json 2>/dev/null | python3 -c '
 import json, sys
-wanted = {"lib", "train", "dist", "grad_vs_peft", "loss_vs_torch", "model_vs_hf"}
+wanted = {"lib", "train", "dist", "grad_vs_peft", "loss_vs_torch", "model_vs_hf", "objective", "kv_cache"}
 for line in sys.stdin:
     m = json.loads(line)
     if m.get("reason") != "compiler-artifact" or not m.get("executable") or not m["profile"]["test"]:

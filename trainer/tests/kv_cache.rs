@@ -5,6 +5,7 @@
 
 mod common;
 
+use common::numeric::*;
 use common::*;
 use logo_trainer::model::Llama;
 use tch::{Device, IndexOp, Kind, Tensor};
@@ -59,8 +60,13 @@ fn extend_equals_the_full_forward() {
         .unwrap();
     worst = worst.max(diff(&logits(&h), 19));
     assert_eq!(fork.len(), 20);
-    println!("extend vs full forward: worst logit difference {worst:.2e}");
-    assert!(worst < 1e-5, "{worst}");
+    // The same maths in another order (cached keys, chunked reads): the tiny model's f32
+    // rounding bound, on logits of order 1 (observed 1.3e-6).
+    assert_within(
+        "kv cache extend vs full forward, worst logit difference",
+        worst,
+        rounding_bound(Kind::Float, TINY_GRADIENT_DEPTH),
+    );
     assert!(cache.fork(21, 0).is_err());
     assert!(model.extend(&mut cache, &[], &[], false).is_err());
 }

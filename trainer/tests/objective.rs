@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::numeric::*;
 use common::*;
 use logo_schemas::SCHEMA_VERSION;
 use logo_trainer::data::{collate, Example};
@@ -94,19 +95,21 @@ fn sft_loss_is_the_nll_of_the_chosen_tokens_on_every_gradient_path() {
                 .double_value(&[])
         }),
     ];
+    // Same maths in another order of operations: the f32 rounding bound of the tiny model's
+    // reductions (common::numeric; observed up to 1.2e-5 for the shared prompt).
+    let bound = rounding_bound(Kind::Float, TINY_GRADIENT_DEPTH);
     for (name, run) in runs {
         let (loss, grads) = lora_grads(&model, run);
-        assert!(
-            (loss - expect).abs() < 1e-5,
-            "{name}: SFT loss {loss} vs NLL by hand {expect}"
+        assert_within(
+            &format!("sft {name} loss vs NLL by hand"),
+            relative(expect, loss),
+            bound,
         );
-        let mut worst = 0.0f64;
-        for ((k, a), (_, b)) in by_hand.iter().zip(&grads) {
-            let d = (a - b).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
-            worst = worst.max(d);
-            assert!(d < 1e-5, "{name} {k}: relative gradient difference {d}");
-        }
-        println!("sft, {name}: loss {loss:.6} (by hand {expect:.6}), worst gradient difference {worst:.1e}");
+        assert_within(
+            &format!("sft {name} gradient vs NLL by hand"),
+            worst_relative(&by_hand, &grads),
+            bound,
+        );
     }
 }
 
@@ -159,15 +162,22 @@ fn simpo_is_logo_on_the_first_rejected_response() {
         .loss
         .double_value(&[])
     });
-    assert!((l_simpo - l_m1).abs() < 1e-6, "{l_simpo} vs {l_m1}");
+    // The same maths over differently shaped batches: the tiny model's f32 rounding bound.
+    let bound = rounding_bound(Kind::Float, TINY_GRADIENT_DEPTH);
+    assert_within(
+        "simpo loss vs logo at M = 1",
+        relative(l_m1, l_simpo),
+        bound,
+    );
     assert!(
         (l_simpo - l_logo).abs() > 1e-3,
         "M = 2 should differ: {l_logo}"
     );
-    for ((k, a), (_, b)) in g_m1.iter().zip(&g_simpo) {
-        let d = (a - b).norm().double_value(&[]) / a.norm().double_value(&[]).max(1e-12);
-        assert!(d < 1e-5, "{k}: relative gradient difference {d}");
-    }
+    assert_within(
+        "simpo gradient vs logo at M = 1",
+        worst_relative(&g_m1, &g_simpo),
+        bound,
+    );
     println!("simpo {l_simpo:.6} = logo at M = 1 {l_m1:.6}; logo at M = 2 {l_logo:.6}");
 }
 
