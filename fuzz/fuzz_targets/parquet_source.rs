@@ -7,6 +7,11 @@ use logo_engine::source::{plan_units, Source};
 use logo_engine::stage::{Rejects, RunStats};
 
 fuzz_target!(|data: &[u8]| {
+    // libfuzzer-sys's panic hook aborts on every panic, also on one the reader catches
+    // (logo_schemas::guard): restore the default hook; an uncaught panic still aborts when it
+    // reaches fuzz_target!'s own catch_unwind.
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| drop(std::panic::take_hook()));
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("d.parquet");
     std::fs::write(&path, data).unwrap();

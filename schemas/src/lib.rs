@@ -37,6 +37,7 @@
 #![deny(missing_docs)]
 
 pub mod cli;
+pub mod guard;
 pub mod paths;
 
 use std::collections::HashMap;
