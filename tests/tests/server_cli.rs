@@ -173,6 +173,16 @@ fn main_job_on_llama_server_meets_the_in_process_invariants() {
     check_invariants(&dir2.path().join("out"), "Smollm2 135M 8k Lc100K Mix1 Ep2");
 }
 
+/// `logo-engine run YAML --limit LIMIT --quiet` in the background, output captured.
+fn spawn_run(yaml: &Path, limit: &str) -> std::process::Child {
+    Command::new(binary("logo-engine"))
+        .args(["run", yaml.to_str().unwrap(), "--limit", limit, "--quiet"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 /// Waits until the server has answered a completion request (its `/metrics` count predicted
 /// tokens), or panics after 300 s.
 fn wait_for_completions(server: &LlamaServer) {
@@ -216,12 +226,7 @@ fn server_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
     let dir = tempfile::tempdir().unwrap();
     let mut server = LlamaServer::start(&f.bin, &f.model, &args, &dir.path().join("server.log"));
     let yaml = pipeline(dir.path(), &f, &openai(&server.url(), 4, ""));
-    let child = Command::new(binary("logo-engine"))
-        .args(["run", yaml.to_str().unwrap(), "--limit", "2", "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&yaml, "2");
     wait_for_completions(&server);
     server.kill();
     std::thread::sleep(Duration::from_secs(3));
@@ -253,12 +258,7 @@ fn a_server_that_is_still_starting_is_waited_for() {
         &dir.path().join("server.log"),
     );
     let yaml = pipeline(dir.path(), &f, &openai(&server.url(), 4, ""));
-    let child = Command::new(binary("logo-engine"))
-        .args(["run", yaml.to_str().unwrap(), "--limit", "1", "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&yaml, "1");
     std::thread::sleep(Duration::from_secs(3));
     server.restart();
     let out = child.wait_with_output().unwrap();
@@ -289,12 +289,7 @@ fn a_dead_endpoint_leaves_the_rotation_and_the_run_finishes() {
     );
     let endpoints = format!("{}, {}", alive.url(), dying.url());
     let yaml = pipeline(dir.path(), &f, &openai(&endpoints, 8, ""));
-    let child = Command::new(binary("logo-engine"))
-        .args(["run", yaml.to_str().unwrap(), "--limit", "2", "--quiet"])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&yaml, "2");
     wait_for_completions(&dying);
     dying.kill(); // for good: its requests fail (connection refused) until the run ends
     let out = child.wait_with_output().unwrap();
