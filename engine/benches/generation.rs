@@ -115,7 +115,7 @@ fn filler_text(min_words: usize) -> String {
 /// A chat prompt of exactly `n` tokens: system message, one context chunk cut to fit, question.
 fn build_prompt(policy: &Policy, n: usize) -> Result<Vec<u32>, String> {
     let tok = policy.tokenizer();
-    let template = policy.template();
+    let template = policy.template().map_err(|e| e.to_string())?;
     let system = "You are a helpful assistant. Answer the question using only the given context.";
     let question = "How did the archivists keep track of the boats?";
     let (frame, _) = template

@@ -85,9 +85,13 @@ fn default_source_batch() -> usize {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ModelConfig {
-    /// A GGUF file of a Llama-family model (the embedded default is SmolLM2-135M-Instruct).
+    /// A GGUF file of a Llama-family model (the embedded default is SmolLM2-135M-Instruct), or
+    /// a Hugging Face folder of a Llama or Mistral model (`config.json`, safetensors,
+    /// `tokenizer.json`, `tokenizer_config.json` with its `chat_template`), run in f32.
     pub path: PathBuf,
-    /// `tokenizer.json` to use instead of the tokenizer rebuilt from the GGUF metadata.
+    /// `tokenizer.json` (or a Hugging Face folder holding one and its chat template) to use
+    /// instead of the model's own: the tokenizer rebuilt from the GGUF metadata, or the
+    /// folder's.
     #[serde(default)]
     pub tokenizer: Option<PathBuf>,
     /// Name written to the output's `generator` column; default: the GGUF's `general.name`.
@@ -98,9 +102,10 @@ pub struct ModelConfig {
     /// load time (see [`crate::adapter`]); default none.
     #[serde(default)]
     pub adapter: Option<PathBuf>,
-    /// Weights in memory: `f32` (default, dequantised: LOGO prompts are long and answers
-    /// short, and f32 prefill measured 2–3× faster than Q8_0 on CPU), `q8_0` (requantised,
-    /// fastest decode) or `native` (as stored). See `bench/results/generation.json`.
+    /// Weights in memory of a GGUF (a folder is always `f32`): `f32` (default, dequantised:
+    /// LOGO prompts are long and answers short, and f32 prefill measured 2–3× faster than Q8_0
+    /// on CPU), `q8_0` (requantised, fastest decode) or `native` (as stored). See
+    /// `bench/results/generation.json`.
     #[serde(default)]
     pub weights: WeightFormat,
     /// CPU threads for the model's matrix products; default: every core (2 threads measured

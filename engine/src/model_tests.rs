@@ -59,7 +59,7 @@ fn generation_is_deterministic_and_sensible() {
     assert_eq!(p.weights(), WeightFormat::F32);
     assert_eq!(p.vocab_size(), 49152);
     let tok = p.tokenizer().clone();
-    let t = p.template();
+    let t = p.template().unwrap();
     let ctx = encode_text(&tok, "Paris is the capital of France.").unwrap();
     let (ids, _) = t
         .prompt(
@@ -115,6 +115,7 @@ fn every_weight_format_loads_and_answers() {
         let ctx = encode_text(&tok, "Paris is the capital of France.").unwrap();
         let (ids, _) = p
             .template()
+            .unwrap()
             .prompt(
                 &tok,
                 "Answer briefly.",

@@ -25,7 +25,7 @@ use tokenizers::Tokenizer;
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::model::read_gguf;
+use crate::gguf::read_gguf;
 use crate::tokenizer::{encode_text, load_tokenizer, tok_err, ChatTemplate, UserPart};
 
 /// Start and end of a placeholder (Unicode private-use characters no tokenizer normalises).
@@ -438,16 +438,21 @@ pub enum PromptTemplate {
 }
 
 impl PromptTemplate {
-    /// The tokenizer and template of `cfg`: with `model.tokenizer` naming a Hugging Face
-    /// folder (or a `tokenizer.json` next to a `tokenizer_config.json` holding a
-    /// `chat_template`), that folder's ([`JinjaTemplate::from_hf_folder`]); else the
+    /// The tokenizer and template of `cfg`: with `model.tokenizer` (or, when it is unset,
+    /// `model.path`) naming a Hugging Face folder (or a `tokenizer.json` next to a
+    /// `tokenizer_config.json` holding a `chat_template`), that folder's
+    /// ([`JinjaTemplate::from_hf_folder`]); else the
     /// tokenizer of [`load_tokenizer`] with ChatML by id when it has the ChatML tokens, else
     /// the GGUF's `tokenizer.chat_template`.
     ///
     /// Errors: [`EngineError::Io`], [`EngineError::Model`], [`EngineError::Tokenizer`]
     /// (no usable template).
     pub fn load(cfg: &ModelConfig) -> Result<(Tokenizer, PromptTemplate)> {
-        if let Some(path) = &cfg.tokenizer {
+        let source = cfg
+            .tokenizer
+            .as_ref()
+            .or_else(|| cfg.path.is_dir().then_some(&cfg.path));
+        if let Some(path) = source {
             let dir = if path.is_dir() {
                 Some(path.clone())
             } else {

@@ -8,6 +8,7 @@
 //! `<|im_start|>assistant\n`).
 
 use std::collections::HashMap;
+use std::path::Path;
 use tokenizers::decoders::byte_level::ByteLevel as ByteLevelDecoder;
 use tokenizers::models::bpe::BPE;
 use tokenizers::pre_tokenizers::byte_level::ByteLevel;
@@ -20,7 +21,7 @@ use tokenizers::{AddedToken, Tokenizer};
 
 use crate::config::ModelConfig;
 use crate::error::{EngineError, Result};
-use crate::model::read_gguf;
+use crate::gguf::read_gguf;
 
 /// The ChatML start-of-turn control token.
 pub const IM_START: &str = "<|im_start|>";
@@ -33,8 +34,9 @@ pub(crate) fn tok_err(what: impl std::fmt::Display) -> EngineError {
     EngineError::Tokenizer(what.to_string())
 }
 
-/// Loads the tokenizer of the model: `cfg.tokenizer` (a Hugging Face `tokenizer.json`) when
-/// given, else rebuilt from the GGUF metadata at `cfg.path` (`tokenizer.ggml.model = gpt2`:
+/// Loads the tokenizer of the model: `cfg.tokenizer` (a Hugging Face `tokenizer.json`, or the
+/// one inside a folder) when given, else the `tokenizer.json` of a Hugging Face model folder
+/// at `cfg.path`, else rebuilt from the GGUF metadata at `cfg.path` (`tokenizer.ggml.model = gpt2`:
 /// byte-level BPE from `tokenizer.ggml.tokens` + `tokenizer.ggml.merges`, pre-tokenizer
 /// `Sequence[Digits(individual_digits), ByteLevel(add_prefix_space = false, use_regex)]`,
 /// ByteLevel decoder, control tokens (`token_type` 3) added as special tokens).
@@ -47,9 +49,16 @@ pub(crate) fn tok_err(what: impl std::fmt::Display) -> EngineError {
 /// Errors: [`EngineError::Io`] (unreadable GGUF), [`EngineError::Model`] (not a GGUF),
 /// [`EngineError::Tokenizer`] (bad `tokenizer.json`, missing or unsupported `tokenizer.ggml.*`).
 pub fn load_tokenizer(cfg: &ModelConfig) -> Result<Tokenizer> {
-    let mut tokenizer = match &cfg.tokenizer {
+    let folder = |dir: &Path| dir.join("tokenizer.json");
+    let file = match &cfg.tokenizer {
+        Some(path) if path.is_dir() => Some(folder(path)),
+        Some(path) => Some(path.clone()),
+        None if cfg.path.is_dir() => Some(folder(&cfg.path)),
+        None => None,
+    };
+    let mut tokenizer = match file {
         Some(path) => {
-            Tokenizer::from_file(path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?
+            Tokenizer::from_file(&path).map_err(|e| tok_err(format!("{}: {e}", path.display())))?
         }
         None => {
             let (content, _) = read_gguf(&cfg.path)?;

@@ -107,13 +107,14 @@ impl Generator<'_> {
         }
     }
 
-    /// The chat template.
-    pub fn template(&self) -> ChatTemplate {
-        match self {
-            Generator::Engine(p) => p.template(),
+    /// The chat template (ChatML). Errors: [`crate::error::EvalError::Engine`] when the
+    /// engine's model has another template ([`Policy::template`]).
+    pub fn template(&self) -> crate::error::Result<ChatTemplate> {
+        Ok(match self {
+            Generator::Engine(p) => p.template()?,
             Generator::Torch(t) => t.template,
             Generator::Server(s) => s.template,
-        }
+        })
     }
 
     /// `engine`, `torch` or `server`.

@@ -358,7 +358,7 @@ pub fn run_niah(
 ) -> Result<NiahReport> {
     let started = std::time::Instant::now();
     let tok = generator.tokenizer().clone();
-    let template = generator.template();
+    let template = generator.template()?;
     let capture = matches!(generator, Generator::Torch(_));
     let longest = cfg.context_lengths.iter().copied().max().unwrap_or(0);
     // Tokenise only what the longest prompt can use (about 3 characters per token at least).

@@ -205,7 +205,7 @@ pub fn run_qa(
 ) -> Result<QaReport> {
     let started = std::time::Instant::now();
     let tok = generator.tokenizer().clone();
-    let template = generator.template();
+    let template = generator.template()?;
     let before = rejects.total();
     let mut rows = Vec::new();
     for file in &cfg.files {
