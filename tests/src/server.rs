@@ -170,3 +170,112 @@ impl Drop for LlamaServer {
         self.kill();
     }
 }
+
+/// Debian's `nginx` (package `nginx-light` or `nginx`), if installed (`.ci/run` installs it).
+pub fn nginx_binary() -> Option<PathBuf> {
+    ["/usr/sbin/nginx", "/usr/bin/nginx"]
+        .iter()
+        .map(PathBuf::from)
+        .find(|p| p.is_file())
+}
+
+/// nginx as the gateway users put in front of inference servers, on a free 127.0.0.1 port,
+/// proxying to `upstream_port`: `POST /v1/completions` is rate-limited (`limit_req`, at most
+/// `per_minute` requests a minute, no burst) and answered over the limit with 429 and
+/// `Retry-After: {retry_after_s}`; while the upstream is down nginx itself answers 502. Every
+/// completion request is logged as `{status} {request line}` (see [`Nginx::statuses`]).
+/// Stopped on drop.
+#[derive(Debug)]
+pub struct Nginx {
+    child: Child,
+    /// The port it listens on (127.0.0.1).
+    pub port: u16,
+    dir: PathBuf,
+}
+
+impl Nginx {
+    /// Writes `dir/nginx.conf` and starts `bin` in the foreground; waits until it accepts
+    /// connections. Panics when it does not within 10 s.
+    pub fn start(
+        bin: &Path,
+        dir: &Path,
+        upstream_port: u16,
+        per_minute: u32,
+        retry_after_s: u32,
+    ) -> Self {
+        let port = free_port();
+        std::fs::create_dir_all(dir.join("tmp")).expect("nginx folder");
+        let d = dir.display();
+        let conf = format!(
+            "daemon off;\nmaster_process off;\nworker_processes 1;\npid {d}/nginx.pid;\n\
+             error_log {d}/error.log warn;\nevents {{ worker_connections 256; }}\nhttp {{\n\
+             client_body_temp_path {d}/tmp/body;\nproxy_temp_path {d}/tmp/proxy;\n\
+             fastcgi_temp_path {d}/tmp/fastcgi;\nuwsgi_temp_path {d}/tmp/uwsgi;\n\
+             scgi_temp_path {d}/tmp/scgi;\n\
+             log_format status '$status $request';\naccess_log {d}/completions.log status if=$completion;\n\
+             map $uri $completion {{ /v1/completions 1; default 0; }}\n\
+             map $status $retry_after {{ 429 {retry_after_s}; default \"\"; }}\n\
+             limit_req_zone $binary_remote_addr zone=completions:1m rate={per_minute}r/m;\n\
+             limit_req_status 429;\n\
+             server {{\n  listen 127.0.0.1:{port};\n\
+               location = /v1/completions {{\n    limit_req zone=completions;\n\
+                 add_header Retry-After $retry_after always;\n\
+                 proxy_pass http://127.0.0.1:{upstream_port};\n    proxy_read_timeout 600s;\n  }}\n\
+               location / {{ proxy_pass http://127.0.0.1:{upstream_port}; }}\n}}\n}}\n"
+        );
+        let conf_path = dir.join("nginx.conf");
+        std::fs::write(&conf_path, conf).expect("nginx.conf");
+        let child = Command::new(bin)
+            .args(["-p", &dir.display().to_string(), "-c"])
+            .arg(&conf_path)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("nginx starts");
+        let mut gateway = Nginx {
+            child,
+            port,
+            dir: dir.to_path_buf(),
+        };
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", port)).is_err() {
+            if let Ok(Some(status)) = gateway.child.try_wait() {
+                panic!("nginx exited with {status}: {}", gateway.error_log());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(10),
+                "nginx did not listen in 10 s: {}",
+                gateway.error_log()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        gateway
+    }
+
+    /// The base URL, `http://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// The HTTP status of every completion request answered so far, in order.
+    pub fn statuses(&self) -> Vec<u16> {
+        std::fs::read_to_string(self.dir.join("completions.log"))
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.split_whitespace().next()?.parse().ok())
+            .collect()
+    }
+
+    /// nginx's error log so far.
+    pub fn error_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}

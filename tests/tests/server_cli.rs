@@ -1,8 +1,9 @@
 //! End-to-end tests of `generator.backend: openai` against a real llama.cpp `llama-server`
 //! (built by `scripts/build-llama-server.sh`) serving the embedded GGUF on 127.0.0.1: the
 //! main job's invariants (same checks as the in-process run), a server killed and restarted
-//! mid-run, an endpoint that dies, and a wrong API key. Under `CI=true` a missing binary,
-//! model or data fails the tests.
+//! mid-run, a gateway (nginx) answering 429 and 502 for a while, an endpoint that dies, and a
+//! wrong API key. Under `CI=true` a missing binary (llama-server, nginx), model or data fails
+//! the tests.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -11,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use logo_engine::sink::{read_training_samples, Manifest, MANIFEST};
 use logo_schemas::TrainingSample;
-use logo_tests::server::{llama_server_binary, LlamaServer, ALIAS};
+use logo_tests::server::{llama_server_binary, nginx_binary, LlamaServer, Nginx, ALIAS};
 use logo_tests::{binary, describe, embedded_model, or_skip, run, shared_data};
 
 /// `<|im_end|>` of SmolLM2, the end of turn every kept response ends with.
@@ -269,6 +270,74 @@ fn a_server_that_is_still_starting_is_waited_for() {
         "{err}"
     );
     check_invariants(&dir.path().join("out"), ALIAS);
+}
+
+/// A gateway in front of the server, as users run one: nginx rate-limits completions to 20 a
+/// minute (429 with `Retry-After: 2` over it), and answers 502 while the server behind it is
+/// killed for 3 s mid-request. The run finishes with every invariant; each refused request is
+/// one counted retry (the engine's count equals nginx's log of non-200 answers) and both
+/// kinds were seen.
+#[test]
+fn a_gateway_answering_429_and_502_for_a_while_costs_retries_not_samples() {
+    let Some(f) = fixture() else { return };
+    let Some(nginx) = or_skip(nginx_binary(), "nginx (apt-get install nginx-light)") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    let mut server = LlamaServer::start(
+        &f.bin,
+        &f.model,
+        &["--parallel", "1", "-c", "4096"],
+        &dir.path().join("server.log"),
+    );
+    let gateway = Nginx::start(&nginx, &dir.path().join("nginx"), server.port, 20, 2);
+    let yaml = pipeline(dir.path(), &f, &openai(&gateway.url(), 4, ""));
+    let child = spawn_run(&yaml, "1");
+    // Kill the server while it generates an answer (nginx holds that request: it gets 502).
+    let start = Instant::now();
+    while !(gateway.statuses().contains(&200)
+        && server
+            .metric("llamacpp:requests_processing")
+            .is_some_and(|n| n >= 1.0))
+    {
+        assert!(
+            start.elapsed() < Duration::from_secs(300),
+            "no second completion reached the server: {:?} {}",
+            gateway.statuses(),
+            gateway.error_log()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    server.kill();
+    std::thread::sleep(Duration::from_secs(3));
+    server.restart();
+    let out = child.wait_with_output().unwrap();
+    assert_eq!(out.status.code(), Some(0), "{}", describe(&out));
+    let (manifest, _) = check_invariants(&dir.path().join("out"), ALIAS);
+    let statuses = gateway.statuses();
+    let refused: Vec<u16> = statuses.iter().copied().filter(|&s| s != 200).collect();
+    assert!(
+        refused.iter().all(|&s| s == 429 || s == 502),
+        "{statuses:?}"
+    );
+    assert!(
+        refused.contains(&429) && refused.contains(&502),
+        "{statuses:?}"
+    );
+    let retries = manifest.stats.events.get("generator: retries").copied();
+    assert_eq!(
+        retries,
+        Some(refused.len() as u64),
+        "{statuses:?} {:?}",
+        manifest.stats
+    );
+    eprintln!(
+        "nginx answered {} completion requests: {} × 200, {} × 429, {} × 502",
+        statuses.len(),
+        statuses.iter().filter(|&&s| s == 200).count(),
+        refused.iter().filter(|&&s| s == 429).count(),
+        refused.iter().filter(|&&s| s == 502).count()
+    );
 }
 
 #[test]
