@@ -205,7 +205,7 @@ fn plan(cli: &Cli) -> Result<Plan> {
             ));
         }
         // Its kind and settings, before any model runs (only plain LoRA is supported).
-        logo_trainer::lora::read_adapter_config(a)
+        logo_trainer::peft::read_adapter_config(a)
             .map_err(|e| config_err("--adapter", e.to_string()))?;
     }
     let model_cfg = policy_config(&model, None, cli.threads);
@@ -333,9 +333,9 @@ fn load_torch(model: &Path, adapter: Option<&Path>, device: &str) -> Result<Llam
     Ok(match adapter {
         None => Llama::load(model, None, device, Kind::Float)?,
         Some(a) => {
-            let lora = logo_trainer::lora::read_adapter_config(a)?;
+            let lora = logo_trainer::peft::read_adapter_config(a)?;
             let m = Llama::load(model, Some(&lora), device, Kind::Float)?;
-            logo_trainer::lora::load_adapter(&m, a)?;
+            logo_trainer::peft::load_adapter(&m, a)?;
             m
         }
     })

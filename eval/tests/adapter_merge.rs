@@ -43,10 +43,10 @@ fn adapter_merged_by_the_engine_equals_the_trainers_lora() {
     drop(adapted);
 
     // The trainer: unmerged LoRA (y = W x + B A x · scaling), libtorch, f32.
-    let lora = logo_trainer::lora::read_adapter_config(dir.path()).unwrap();
+    let lora = logo_trainer::peft::read_adapter_config(dir.path()).unwrap();
     let model =
         logo_trainer::model::Llama::load(&cfg.path, Some(&lora), Device::Cpu, Kind::Float).unwrap();
-    logo_trainer::lora::load_adapter(&model, dir.path()).unwrap();
+    logo_trainer::peft::load_adapter(&model, dir.path()).unwrap();
     let n = ids.len() as i64;
     let input = Tensor::from_slice(&ids.iter().map(|&t| t as i64).collect::<Vec<_>>()).view([1, n]);
     let pos = Tensor::arange(n, (Kind::Int64, Device::Cpu)).view([1, n]);

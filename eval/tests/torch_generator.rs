@@ -90,9 +90,9 @@ fn retrieval_score_of_base_and_adapter() {
     let dir = tempfile::tempdir().unwrap();
     common::random_adapter(&cfg.path, dir.path(), 0.3);
     let base = Llama::load(&cfg.path, None, Device::Cpu, Kind::Float).unwrap();
-    let lora = logo_trainer::lora::read_adapter_config(dir.path()).unwrap();
+    let lora = logo_trainer::peft::read_adapter_config(dir.path()).unwrap();
     let adapted = Llama::load(&cfg.path, Some(&lora), Device::Cpu, Kind::Float).unwrap();
-    logo_trainer::lora::load_adapter(&adapted, dir.path()).unwrap();
+    logo_trainer::peft::load_adapter(&adapted, dir.path()).unwrap();
     let mut scores = Vec::new();
     for (label, model) in [("base", &base), ("adapter", &adapted)] {
         let tg = TorchGenerator {

@@ -16,5 +16,5 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(dir.path().join("adapter_model.safetensors"), weights).unwrap();
     let _ = LoraDeltas::load(dir.path());
     #[cfg(feature = "trainer")]
-    let _ = logo_trainer::lora::read_adapter_config(dir.path());
+    let _ = logo_trainer::peft::read_adapter_config(dir.path());
 });

@@ -17,5 +17,5 @@ fuzz_target!(|data: &[u8]| {
         let _ = tok.encode("Hello 123 <|im_end|>", false);
     }
     #[cfg(feature = "trainer")]
-    let _ = logo_trainer::gguf::read_config(&cfg.path);
+    let _ = logo_trainer::model::gguf::read_config(&cfg.path);
 });

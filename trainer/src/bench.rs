@@ -430,10 +430,10 @@ pub fn export_hf(model_path: &Path, adapter: Option<&Path>, out: &Path) -> Resul
     let model = match adapter {
         None => Llama::load(model_path, None, Device::Cpu, Kind::Float)?,
         Some(dir) => {
-            let lora = crate::lora::read_adapter_config(dir)?;
+            let lora = crate::peft::read_adapter_config(dir)?;
             let mut model = Llama::load(model_path, Some(&lora), Device::Cpu, Kind::Float)?;
-            crate::lora::load_adapter(&model, dir)?;
-            crate::lora::merge_lora(&mut model)?;
+            crate::peft::load_adapter(&model, dir)?;
+            crate::peft::merge_lora(&mut model)?;
             model
         }
     };

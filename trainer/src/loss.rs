@@ -21,6 +21,7 @@
 //!
 //! Everything here is f32; callers compute log-probabilities only at response positions.
 
+use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
@@ -247,6 +248,36 @@ pub fn loss_grad_wrt_logps(
     }
     let grads = Tensor::f_run_backward(&[&out.loss], &[&c, &r], false, false)?;
     Ok((grads[0].shallow_clone(), grads[1].shallow_clone()))
+}
+
+/// One line of `metrics.jsonl` (written by [`crate::train_loop`], drawn by [`crate::plot`]):
+/// a step's [`LossMetrics`] reduced over micro-batches and ranks, with its schedule and timing.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+pub struct StepMetrics {
+    /// Optimizer step, 1-based.
+    pub step: usize,
+    /// Learning rate used.
+    pub lr: f64,
+    /// Total loss (mean over the step's micro-batches).
+    pub loss: f64,
+    /// Eq. 2.
+    pub preference_loss: f64,
+    /// −ℓ(y_w).
+    pub sft_loss: f64,
+    /// Mean β·ℓ(y_w).
+    pub reward_chosen: f64,
+    /// Mean β·ℓ(y_l).
+    pub reward_rejected: f64,
+    /// Mean reward margin.
+    pub margin: f64,
+    /// Fraction of samples with the chosen reward above every rejected one.
+    pub accuracy: f64,
+    /// Gradient norm before clipping.
+    pub grad_norm: f64,
+    /// Real tokens processed in the step.
+    pub tokens: usize,
+    /// Wall seconds of the step.
+    pub seconds: f64,
 }
 
 #[cfg(test)]

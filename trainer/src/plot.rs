@@ -5,7 +5,7 @@ use std::path::Path;
 use plotters::prelude::*;
 
 use crate::error::{Result, TrainerError};
-use crate::train_loop::StepMetrics;
+use crate::loss::StepMetrics;
 
 /// Draws `metrics` to `path` (PNG, 1200×500): loss on the left, reward margin on the right.
 /// Non-finite values are left out of the curves and the axis ranges. Errors: [`TrainerError::Internal`] when drawing fails, naming the file.

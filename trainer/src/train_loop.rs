@@ -32,10 +32,11 @@ use crate::data::{collate, Batch, ExampleStream, TrainingData};
 use crate::decoupled::backward_decoupled;
 use crate::dist::{average_gradients, broadcast_parameters, inject_fault, Collective, Local};
 use crate::error::{Result, TrainerError};
-use crate::lora::{load_adapter, save_adapter, LoraConfig};
+use crate::lora::LoraConfig;
 use crate::loss::{logo_loss, sequence_logps, LossConfig, LossMetrics};
 use crate::model::Llama;
 use crate::optim::{lr_at, AdamW, AdamWConfig};
+use crate::peft::{load_adapter, save_adapter};
 use crate::shared_prompt::backward_shared_prompt;
 
 /// Everything a run needs.
@@ -94,34 +95,7 @@ pub struct TrainConfig {
     pub share_prompt: bool,
 }
 
-/// One line of `metrics.jsonl`.
-#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
-pub struct StepMetrics {
-    /// Optimizer step, 1-based.
-    pub step: usize,
-    /// Learning rate used.
-    pub lr: f64,
-    /// Total loss (mean over the step's micro-batches).
-    pub loss: f64,
-    /// Eq. 2.
-    pub preference_loss: f64,
-    /// −ℓ(y_w).
-    pub sft_loss: f64,
-    /// Mean β·ℓ(y_w).
-    pub reward_chosen: f64,
-    /// Mean β·ℓ(y_l).
-    pub reward_rejected: f64,
-    /// Mean reward margin.
-    pub margin: f64,
-    /// Fraction of samples with the chosen reward above every rejected one.
-    pub accuracy: f64,
-    /// Gradient norm before clipping.
-    pub grad_norm: f64,
-    /// Real tokens processed in the step.
-    pub tokens: usize,
-    /// Wall seconds of the step.
-    pub seconds: f64,
-}
+pub use crate::loss::StepMetrics;
 
 /// `trainer_state.json` of a checkpoint.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -694,8 +668,8 @@ fn save_final_adapter(model: &Llama, cfg: &TrainConfig) -> Result<()> {
     sync_tree(&tmp)?;
     // Weights first: the config is the same at every step of a run.
     for name in [
-        crate::lora::ADAPTER_WEIGHTS_FILE,
-        crate::lora::ADAPTER_CONFIG_FILE,
+        crate::peft::ADAPTER_WEIGHTS_FILE,
+        crate::peft::ADAPTER_CONFIG_FILE,
     ] {
         let to = cfg.output.join(name);
         std::fs::rename(tmp.join(name), &to).map_err(|e| TrainerError::io(&to, e))?;

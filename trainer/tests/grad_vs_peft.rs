@@ -12,9 +12,10 @@ use std::process::Command;
 use common::numeric::{assert_within, relative};
 use logo_schemas::paths::venv_python_with;
 use logo_trainer::data::{collate, Example};
-use logo_trainer::lora::{save_adapter, LoraConfig};
+use logo_trainer::lora::LoraConfig;
 use logo_trainer::loss::LossConfig;
 use logo_trainer::model::Llama;
+use logo_trainer::peft::save_adapter;
 use logo_trainer::train_loop::batch_loss;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};
@@ -208,7 +209,7 @@ fn bf16_gradients_are_as_close_to_f32_as_pefts() {
     let peft16 = peft_reference(&py, &s, "bfloat16");
     let peft_err = worst_relative(&peft32, &peft16);
     let bf16 = Llama::load(&s.model_dir, Some(&s.lora), Device::Cpu, Kind::BFloat16).unwrap();
-    logo_trainer::lora::load_adapter(&bf16, &s.adapter_dir).unwrap();
+    logo_trainer::peft::load_adapter(&bf16, &s.adapter_dir).unwrap();
     let examples = examples();
     let batch = collate(&examples, Device::Cpu).unwrap();
     let grads = |model: &Llama, run: &dyn Fn(&Llama)| -> HashMap<String, Tensor> {

@@ -19,8 +19,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use logo_schemas::paths::venv_python_with;
-use logo_trainer::lora::{load_adapter, merge_lora, save_adapter, LoraConfig};
+use logo_trainer::lora::LoraConfig;
 use logo_trainer::model::Llama;
+use logo_trainer::peft::{load_adapter, merge_lora, save_adapter};
 use numeric::assert_within;
 use serde_json::json;
 use tch::{Device, Kind, Tensor};

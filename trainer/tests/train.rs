@@ -375,8 +375,8 @@ fn share_prompt_run_repeats_the_joint_run() {
 /// adapter applied.
 #[test]
 fn exported_merged_model_equals_base_with_adapter() {
-    use logo_trainer::lora::save_adapter;
     use logo_trainer::model::Llama;
+    use logo_trainer::peft::save_adapter;
     let _rng = rng_lock();
     let dir = tempfile::tempdir().unwrap();
     let base = dir.path().join("model");

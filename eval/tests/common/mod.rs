@@ -60,5 +60,5 @@ pub fn random_adapter(model: &Path, dir: &Path, scale: f64) {
             t.copy_(&r);
         }
     }
-    logo_trainer::lora::save_adapter(&m, dir, "SmolLM2-135M-Instruct").expect("save adapter");
+    logo_trainer::peft::save_adapter(&m, dir, "SmolLM2-135M-Instruct").expect("save adapter");
 }

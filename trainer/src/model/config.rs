@@ -44,7 +44,7 @@ pub enum AttentionBias {
 
 /// Hyper-parameters of a Llama-family decoder, parsed from HF `config.json` (both the v4 form
 /// `rope_theta` + `rope_scaling` and the v5 form `rope_parameters`) or from GGUF metadata
-/// ([`crate::gguf`]). Parsing validates: heads divide, head_dim even, act "silu".
+/// ([`crate::model::gguf`]). Parsing validates: heads divide, head_dim even, act "silu".
 ///
 /// Source: HF `models/llama/configuration_llama.py` (defaults in parentheses).
 #[derive(Debug, Clone, PartialEq, Deserialize)]

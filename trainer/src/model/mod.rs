@@ -34,6 +34,7 @@ use crate::lora::{LoraConfig, LoraEmbedding, LoraLinear};
 
 mod checkpoint;
 mod config;
+pub mod gguf;
 mod hf_folder;
 mod kv;
 mod layers;
@@ -119,7 +120,7 @@ pub struct Llama {
 impl Llama {
     /// Loads a model: `path` is a HF model folder (`config.json` plus `model.safetensors`, or
     /// shards listed in `model.safetensors.index.json`) or a `.gguf` file (see
-    /// [`crate::gguf`]). Base weights are cast to `kind` (f32, bf16 or f16) on `device` and
+    /// [`crate::model::gguf`]). Base weights are cast to `kind` (f32, bf16 or f16) on `device` and
     /// frozen; when `lora` is given, fresh adapters are attached ([`Llama::attach_lora`]).
     ///
     /// Errors: [`TrainerError::Io`] for unreadable files, [`TrainerError::Model`] for a bad
@@ -137,7 +138,7 @@ impl Llama {
             .extension()
             .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
         {
-            crate::gguf::load(path, lora, device, kind)
+            crate::model::gguf::load(path, lora, device, kind)
         } else if !path.exists() {
             Err(TrainerError::model(path, "no such file or folder"))
         } else {
@@ -185,7 +186,7 @@ impl Llama {
         if path.is_dir() {
             LlamaConfig::from_json_file(&path.join("config.json"))
         } else {
-            crate::gguf::read_config(path)
+            crate::model::gguf::read_config(path)
         }
     }
 
@@ -369,7 +370,7 @@ impl Llama {
         slots
     }
 
-    /// Drops the adapters (after [`crate::lora::merge_lora`] folded them in).
+    /// Drops the adapters (after [`crate::peft::merge_lora`] folded them in).
     pub(crate) fn detach_lora(&mut self) {
         for (_, slot) in self.adapter_slots() {
             match slot {
