@@ -36,14 +36,15 @@ TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or CACHE / "target")
 ENGINE = TARGET / "release/logo-engine"
 SERVER = CACHE / "llama.cpp/bin/llama-server"
 
+# Responses long enough to end by themselves (a cut one is regenerated, then skipped; never
+# closed), the same for both backends.
 IN_PROCESS = """\
-  max_new_tokens: 6
-  temperature: 0.7"""
-
-# Responses long enough to end by themselves (a cut one is skipped, never closed).
-ON_SERVER = """\
   max_new_tokens: 48
   temperature: 0.7
+  on_length: regenerate
+  system_prompt: 'Answer in one short sentence, using only the context.'"""
+
+ON_SERVER = IN_PROCESS + """
   backend: openai
   openai:
     endpoints: ["http://127.0.0.1:{port}"]
@@ -201,6 +202,8 @@ def main():
     ref_generated, _ = generations(summary)
     print(f"reference: {ref_seconds:.1f} s, {len(ref_parts)} parts, {len(ref_ids)} samples, "
           f"{ref_generated} generations", flush=True)
+    if not ref_ids:
+        sys.exit(f"kill-harness: the reference run kept no sample, nothing to compare:\n{summary}")
 
     trials = []
     for i in range(args.trials):
