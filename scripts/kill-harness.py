@@ -62,7 +62,7 @@ model:
 questions:
   enabled: true
   passage_tokens: 192
-  max_new_tokens: 16
+  max_new_tokens: 48
 chunker:
   chunk_size: 96
 scorer:
@@ -177,7 +177,8 @@ def main():
         log = open(work / "llama-server.log", "w")
         server = subprocess.Popen(
             [str(SERVER), "-m", str(model), "--alias", "smollm2", "--host", "127.0.0.1",
-             "--port", str(port), "--parallel", "1", "-c", "4096", "--threads", "1"],
+             "--port", str(port), "--parallel", "1", "-c", "4096", "--threads", "1",
+             "--no-cache-prompt"],
             stdout=log, stderr=log)
         import urllib.request
         for _ in range(600):
@@ -197,13 +198,18 @@ def main():
     ref_out = work / "reference"
     summary, ref_seconds = run(base + [str(ref_out)])
     ref_parts = parts(ref_out)
+    if not ref_parts:
+        sys.exit(f"kill-harness: the reference run kept no sample, nothing to compare:\n{summary}")
+    # A second uninterrupted run: equal parts show the backend itself is deterministic, so
+    # that a trial that differs is the engine's fault.
+    _, _ = run(base + [str(work / "reference2")])
+    args.repeatable = parts(work / "reference2") == ref_parts
+    print(f"second uninterrupted run equal to the first: {args.repeatable}", flush=True)
     ref_rejects = (ref_out / "rejects.jsonl").read_bytes()
     ref_ids = [r[0] for r in sql(ref_out, "SELECT sample_id FROM samples ORDER BY sample_id")]
     ref_generated, _ = generations(summary)
     print(f"reference: {ref_seconds:.1f} s, {len(ref_parts)} parts, {len(ref_ids)} samples, "
           f"{ref_generated} generations", flush=True)
-    if not ref_ids:
-        sys.exit(f"kill-harness: the reference run kept no sample, nothing to compare:\n{summary}")
 
     trials = []
     for i in range(args.trials):
@@ -277,7 +283,8 @@ def write(args, ref_seconds, ref_parts, ref_ids, ref_generated, trials):
                                     generator=args.generator),
         "limit": args.limit,
         "reference": {"seconds": round(ref_seconds, 2), "parts": len(ref_parts),
-                      "samples": len(ref_ids), "generations": ref_generated},
+                      "samples": len(ref_ids), "generations": ref_generated,
+                      "second_uninterrupted_run_equal": args.repeatable},
         "trials": trials,
         "totals": {
             "trials": len(trials),
