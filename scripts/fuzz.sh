@@ -62,7 +62,8 @@ st = struct.pack("<Q", len(head)) + head + b"\0" * 16
 os.makedirs(f"{w}/corpus/adapter_reader", exist_ok=True)
 open(f"{w}/corpus/adapter_reader/seed", "wb").write(struct.pack("<H", len(cfg)) + cfg + st)
 EOF
-for f in tests/out/*.parquet; do seed parquet_source "$f"; seed trainer_parquet "$f"; done
+# A small training-samples part of the engine (schema version 1), committed as the seed.
+for f in tests/fuzz/seeds/*.parquet; do seed parquet_source "$f"; seed trainer_parquet "$f"; done
 
 results=()
 for t in "${targets[@]}"; do
