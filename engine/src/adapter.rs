@@ -8,13 +8,18 @@
 //!   lora_embedding_A [r,V])ᵀ · scaling`;
 //! - `scaling = lora_alpha / r` (PEFT `LoraConfig`, without rsLoRA).
 //!
-//! Deltas are kept in the Hugging Face layout under HF tensor names ([`hf_name`] maps GGUF
-//! names to them). GGUF layout (llama.cpp `convert_hf_to_gguf.py`, `LlamaModel.permute`): the
-//! rows of `attn_q` and `attn_k` are stored permuted for the interleaved rotary embedding,
+//! The folder's format (file names, `adapter_config.json` and its plain-LoRA check, tensor
+//! keys) is [`logo_formats::peft`]'s, shared with the trainer that writes it.
+//!
+//! Deltas are kept in the Hugging Face layout under HF tensor names
+//! ([`logo_formats::gguf::hf_name`] maps GGUF names to them). GGUF layout (llama.cpp
+//! `convert_hf_to_gguf.py`, `LlamaModel.permute`): the rows of `attn_q` and `attn_k` are stored
+//! permuted for the interleaved rotary embedding,
 //! `W_gguf = W_hf.reshape(n_head, 2, out/n_head/2, in).swapaxes(1, 2).reshape(out, in)` with
-//! `n_head` = `llama.attention.head_count` (q) or `head_count_kv` (k) ([`permute_rows`];
-//! [`unpermute_rows`] is its inverse); a delta for a permuted tensor is permuted the same way
-//! before it is added to GGUF weights.
+//! `n_head` = `llama.attention.head_count` (q) or `head_count_kv` (k) ([`permute_rows`], an
+//! `index_select` of [`logo_formats::gguf::permuted_rows`]; [`unpermute_rows`] is its
+//! inverse); a delta for a permuted tensor is permuted the same way before it is added to GGUF
+//! weights.
 //!
 //! PEFT's embedding adapter changes only the input embedding; with tied embeddings (no
 //! `output.weight` in the GGUF) the LM head keeps the unadapted copy, as in the trainer's
@@ -24,92 +29,10 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
 use candle_core::{Device, Tensor};
-use serde::Deserialize;
+use logo_formats::gguf::{gguf_name, permuted_rows, unpermuted_rows, HF_EMBED, HF_LM_HEAD};
+use logo_formats::peft::{split_key, AdapterConfig, LoraFactor, ADAPTER_WEIGHTS_FILE};
 
 use crate::error::{EngineError, Result};
-
-/// Adapter config file of a PEFT folder.
-pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
-/// Adapter weights file of a PEFT folder.
-pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
-/// GGUF name of the token embedding.
-pub const TOKEN_EMBD: &str = "token_embd.weight";
-/// GGUF name of the untied LM head.
-pub const OUTPUT: &str = "output.weight";
-/// HF name of the token embedding.
-pub const HF_EMBED: &str = "model.embed_tokens.weight";
-/// HF name of the untied LM head.
-pub const HF_LM_HEAD: &str = "lm_head.weight";
-
-/// The Hugging Face name of a Llama GGUF tensor (`blk.3.attn_q.weight` →
-/// `model.layers.3.self_attn.q_proj.weight`), or `None` for tensors HF does not have
-/// (`rope_freqs.weight`). Source: llama.cpp `gguf-py/gguf/tensor_mapping.py`.
-pub fn hf_name(gguf: &str) -> Option<String> {
-    match gguf {
-        TOKEN_EMBD => return Some(HF_EMBED.into()),
-        OUTPUT => return Some(HF_LM_HEAD.into()),
-        "output_norm.weight" => return Some("model.norm.weight".into()),
-        _ => {}
-    }
-    let rest = gguf.strip_prefix("blk.")?.strip_suffix(".weight")?;
-    let (layer, name) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let hf = match name {
-        "attn_q" => "self_attn.q_proj",
-        "attn_k" => "self_attn.k_proj",
-        "attn_v" => "self_attn.v_proj",
-        "attn_output" => "self_attn.o_proj",
-        "ffn_gate" => "mlp.gate_proj",
-        "ffn_up" => "mlp.up_proj",
-        "ffn_down" => "mlp.down_proj",
-        "attn_norm" => "input_layernorm",
-        "ffn_norm" => "post_attention_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.weight"))
-}
-
-/// Heads whose rows GGUF stores permuted for a tensor with this HF name: `n_head` for
-/// `q_proj`, `n_kv_head` for `k_proj`, `None` for every other tensor.
-pub fn permuted_heads(hf: &str, heads: HeadCounts) -> Option<usize> {
-    if hf.ends_with("self_attn.q_proj.weight") {
-        Some(heads.n_head)
-    } else if hf.ends_with("self_attn.k_proj.weight") {
-        Some(heads.n_kv_head)
-    } else {
-        None
-    }
-}
-
-/// The fields of PEFT's `adapter_config.json` this module reads; others are ignored.
-#[derive(Debug, Deserialize)]
-struct AdapterConfigFile {
-    #[serde(default = "lora")]
-    peft_type: String,
-    r: usize,
-    lora_alpha: f64,
-    #[serde(default)]
-    use_rslora: bool,
-    #[serde(default)]
-    use_dora: bool,
-    #[serde(default)]
-    fan_in_fan_out: bool,
-    #[serde(default = "none")]
-    bias: String,
-    #[serde(default)]
-    modules_to_save: Option<Vec<String>>,
-    #[serde(default)]
-    rank_pattern: HashMap<String, serde_json::Value>,
-    #[serde(default)]
-    alpha_pattern: HashMap<String, serde_json::Value>,
-}
-
-fn lora() -> String {
-    "LORA".into()
-}
-fn none() -> String {
-    "none".into()
-}
 
 /// A PEFT LoRA adapter turned into dense weight deltas in GGUF layout.
 #[derive(Debug)]
@@ -127,81 +50,48 @@ fn adapter_err(path: &Path, what: impl std::fmt::Display) -> EngineError {
 }
 
 /// The HF weight a PEFT module name (prefix `base_model.model.` removed) adapts, and whether
-/// it is an embedding; `None` for modules a Llama does not have.
+/// it is an embedding; `None` for modules a Llama does not have and for its norms (no LoRA
+/// target).
 fn hf_target(module: &str) -> Option<(String, bool)> {
-    match module {
-        "model.embed_tokens" => return Some((HF_EMBED.into(), true)),
-        "lm_head" => return Some((HF_LM_HEAD.into(), false)),
-        _ => {}
+    let weight = format!("{module}.weight");
+    let gguf = gguf_name(&weight)?;
+    if gguf.ends_with("_norm.weight") {
+        return None;
     }
-    let rest = module.strip_prefix("model.layers.")?;
-    let (layer, proj) = rest.split_once('.')?;
-    layer.parse::<usize>().ok()?;
-    let known = [
-        "self_attn.q_proj",
-        "self_attn.k_proj",
-        "self_attn.v_proj",
-        "self_attn.o_proj",
-        "mlp.gate_proj",
-        "mlp.up_proj",
-        "mlp.down_proj",
-    ];
-    known
-        .contains(&proj)
-        .then(|| (format!("{module}.weight"), false))
+    let embedding = weight == HF_EMBED;
+    Some((weight, embedding))
 }
 
-/// Splits a PEFT tensor key into (module, which factor): `…q_proj.lora_A.weight` →
-/// (`…q_proj`, "A"); `…embed_tokens.lora_embedding_B` → (`…embed_tokens`, "B"). An adapter
-/// name between factor and `.weight` (`lora_A.default.weight`) is accepted.
-fn split_key(key: &str) -> Option<(&str, &'static str)> {
-    let key = key.strip_prefix("base_model.model.").unwrap_or(key);
-    for (marker, which) in [
-        (".lora_A", "A"),
-        (".lora_B", "B"),
-        (".lora_embedding_A", "A"),
-        (".lora_embedding_B", "B"),
-    ] {
-        if let Some(i) = key.find(marker) {
-            let tail = &key[i + marker.len()..];
-            if tail.is_empty() || tail == ".weight" || tail.ends_with(".weight") {
-                return Some((&key[..i], which));
-            }
-        }
-    }
-    None
+/// Reorders the rows of `w` `[rows,in]`: row `i` of the result is row `rows[i]` of `w`.
+fn select_rows(w: &Tensor, rows: Option<Vec<usize>>, n_head: usize) -> Result<Tensor> {
+    let (out, _) = w.dims2()?;
+    let rows = rows.ok_or_else(|| {
+        EngineError::Model(format!(
+            "{out} rows are not {n_head} heads of an even size (q/k row permutation)"
+        ))
+    })?;
+    let index: Vec<u32> = rows.into_iter().map(|r| r as u32).collect();
+    let index = Tensor::from_vec(index, out, w.device())?;
+    Ok(w.index_select(&index, 0)?)
 }
 
-/// Applies llama.cpp's q/k row permutation (HF → GGUF) to `w` `[out,in]` for `n_head` heads.
-pub fn permute_rows(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
-    let (out, inp) = w.dims2()?;
-    w.reshape((n_head, 2, out / n_head / 2, inp))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((out, inp))
+/// Applies llama.cpp's q/k row permutation (HF → GGUF, [`logo_formats::gguf::permuted_rows`])
+/// to `w` `[out,in]` for `n_head` heads. Errors ([`EngineError::Model`]): `out` is not a
+/// multiple of `2·n_head`.
+pub fn permute_rows(w: &Tensor, n_head: usize) -> Result<Tensor> {
+    select_rows(w, permuted_rows(w.dims2()?.0, n_head), n_head)
 }
 
-/// The inverse of [`permute_rows`] (GGUF → HF rotate-half layout).
-pub fn unpermute_rows(w: &Tensor, n_head: usize) -> candle_core::Result<Tensor> {
-    let (out, inp) = w.dims2()?;
-    w.reshape((n_head, out / n_head / 2, 2, inp))?
-        .transpose(1, 2)?
-        .contiguous()?
-        .reshape((out, inp))
-}
-
-/// Head counts needed to permute q and k deltas.
-#[derive(Debug, Clone, Copy)]
-pub struct HeadCounts {
-    /// `llama.attention.head_count`.
-    pub n_head: usize,
-    /// `llama.attention.head_count_kv`.
-    pub n_kv_head: usize,
+/// The inverse of [`permute_rows`] (GGUF → HF rotate-half layout,
+/// [`logo_formats::gguf::unpermuted_rows`]).
+pub fn unpermute_rows(w: &Tensor, n_head: usize) -> Result<Tensor> {
+    select_rows(w, unpermuted_rows(w.dims2()?.0, n_head), n_head)
 }
 
 impl LoraDeltas {
-    /// Reads `dir/adapter_config.json` and `dir/adapter_model.safetensors` and computes every
-    /// delta (see the module doc) on the CPU in f32, in the HF layout.
+    /// Reads `dir/adapter_config.json` ([`AdapterConfig::read`]) and
+    /// `dir/adapter_model.safetensors` and computes every delta (see the module doc) on the
+    /// CPU in f32, in the HF layout.
     ///
     /// Errors ([`EngineError::Model`] naming the file and, where it applies, the tensor):
     /// unreadable or malformed files; not a plain LoRA (`peft_type` other than LORA, DoRA,
@@ -209,39 +99,8 @@ impl LoraDeltas {
     /// patterns); a module a Llama GGUF does not have; a factor missing or of a shape that
     /// does not chain (`B [out,r]`, `A [r,in]`, r as configured).
     pub fn load(dir: &Path) -> Result<LoraDeltas> {
-        let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
-        let text = std::fs::read_to_string(&cfg_path).map_err(|e| EngineError::io(&cfg_path, e))?;
-        // The adapter kind first: a prefix-tuning or IA3 config lacks LoRA's fields, and "only
-        // LoRA" is the useful message, not "missing field r".
-        let kind: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| adapter_err(&cfg_path, e))?;
-        if let Some(other) = kind["peft_type"].as_str().filter(|t| *t != "LORA") {
-            return Err(adapter_err(
-                &cfg_path,
-                format!("peft_type: expected LORA (only LoRA adapters are supported), got {other}"),
-            ));
-        }
-        let cfg: AdapterConfigFile =
-            serde_json::from_value(kind).map_err(|e| adapter_err(&cfg_path, e))?;
-        let unsupported = if cfg.peft_type != "LORA" {
-            Some(format!("peft_type: expected LORA, got {}", cfg.peft_type))
-        } else if cfg.use_dora || cfg.use_rslora || cfg.fan_in_fan_out {
-            Some("expected use_dora, use_rslora and fan_in_fan_out false".to_string())
-        } else if cfg.bias != "none" {
-            Some(format!("bias: expected none, got {}", cfg.bias))
-        } else if cfg.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-            Some("modules_to_save: expected none".to_string())
-        } else if !cfg.rank_pattern.is_empty() || !cfg.alpha_pattern.is_empty() {
-            Some("rank_pattern / alpha_pattern: expected none".to_string())
-        } else if cfg.r == 0 {
-            Some("r: must be >= 1".to_string())
-        } else {
-            None
-        };
-        if let Some(message) = unsupported {
-            return Err(adapter_err(&cfg_path, message));
-        }
-        let scaling = cfg.lora_alpha / cfg.r as f64;
+        let cfg = AdapterConfig::read(dir)?;
+        let scaling = cfg.scaling();
 
         let weights = dir.join(ADAPTER_WEIGHTS_FILE);
         if !weights.exists() {
@@ -253,10 +112,10 @@ impl LoraDeltas {
         let mut keys: Vec<&String> = tensors.keys().collect();
         keys.sort();
         for key in keys {
-            let (module, which) = split_key(key)
+            let (module, factor) = split_key(key)
                 .ok_or_else(|| adapter_err(&weights, format!("unexpected tensor {key}")))?;
             let slot = factors.entry(module).or_default();
-            slot[usize::from(which == "B")] = Some(&tensors[key]);
+            slot[usize::from(factor == LoraFactor::B)] = Some(&tensors[key]);
         }
         let mut deltas = HashMap::new();
         for (module, [a, b]) in factors {
@@ -309,48 +168,27 @@ impl LoraDeltas {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use logo_formats::peft::ADAPTER_CONFIG_FILE;
 
     #[test]
-    fn keys_map_to_gguf_tensors() {
-        let k = "base_model.model.model.layers.3.self_attn.q_proj.lora_A.weight";
-        assert_eq!(split_key(k), Some(("model.layers.3.self_attn.q_proj", "A")));
-        let k = "base_model.model.model.layers.3.mlp.down_proj.lora_B.default.weight";
-        assert_eq!(split_key(k), Some(("model.layers.3.mlp.down_proj", "B")));
-        let k = "base_model.model.model.embed_tokens.lora_embedding_B";
-        assert_eq!(split_key(k), Some(("model.embed_tokens", "B")));
-        assert_eq!(split_key("model.norm.weight"), None);
+    fn peft_modules_map_to_hf_weights() {
         assert_eq!(
             hf_target("model.layers.3.self_attn.o_proj"),
             Some(("model.layers.3.self_attn.o_proj.weight".to_string(), false))
         );
         assert_eq!(
+            hf_target("model.layers.0.mlp.down_proj"),
+            Some(("model.layers.0.mlp.down_proj.weight".to_string(), false))
+        );
+        assert_eq!(
             hf_target("model.embed_tokens"),
             Some((HF_EMBED.to_string(), true))
         );
+        assert_eq!(hf_target("lm_head"), Some((HF_LM_HEAD.to_string(), false)));
         assert_eq!(hf_target("model.layers.x.self_attn.q_proj"), None);
         assert_eq!(hf_target("model.layers.1.self_attn.rotary"), None);
-        assert_eq!(
-            hf_name("blk.3.attn_output.weight").as_deref(),
-            Some("model.layers.3.self_attn.o_proj.weight")
-        );
-        assert_eq!(
-            hf_name("blk.0.ffn_norm.weight").as_deref(),
-            Some("model.layers.0.post_attention_layernorm.weight")
-        );
-        assert_eq!(hf_name(TOKEN_EMBD).as_deref(), Some(HF_EMBED));
-        assert_eq!(hf_name("rope_freqs.weight"), None);
-        let heads = HeadCounts {
-            n_head: 9,
-            n_kv_head: 3,
-        };
-        assert_eq!(
-            permuted_heads("model.layers.2.self_attn.k_proj.weight", heads),
-            Some(3)
-        );
-        assert_eq!(
-            permuted_heads("model.layers.2.self_attn.v_proj.weight", heads),
-            None
-        );
+        assert_eq!(hf_target("model.layers.1.input_layernorm"), None);
+        assert_eq!(hf_target("model.norm"), None);
     }
 
     #[test]
@@ -381,8 +219,25 @@ mod tests {
             .unwrap()
             .reshape((24, 4))
             .unwrap();
-        let back = unpermute_rows(&permute_rows(&w, 3).unwrap(), 3).unwrap();
+        let permuted = permute_rows(&w, 3).unwrap();
+        // The index map equals llama.cpp's reshape and transposition done by candle.
+        let reshaped = w
+            .reshape((3, 2, 4, 4))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+            .reshape((24, 4))
+            .unwrap();
+        assert_eq!(
+            permuted.to_vec2::<f32>().unwrap(),
+            reshaped.to_vec2::<f32>().unwrap()
+        );
+        let back = unpermute_rows(&permuted, 3).unwrap();
         assert_eq!(back.to_vec2::<f32>().unwrap(), w.to_vec2::<f32>().unwrap());
+        // Rows that are not whole heads are an error, not a panic.
+        assert!(permute_rows(&w, 5).is_err());
     }
 
     fn write_adapter(dir: &Path, config: &str, tensors: &[(&str, Tensor)]) {

@@ -4,7 +4,7 @@
 //! 4096 positions of candle's `quantized_llama`.
 //!
 //! Weights: every GGUF tensor is dequantised to f32, renamed to its HF name
-//! ([`crate::adapter::hf_name`]), and the rows of `attn_q`/`attn_k` are un-permuted
+//! ([`logo_formats::gguf::hf_name`]), and the rows of `attn_q`/`attn_k` are un-permuted
 //! ([`crate::adapter::unpermute_rows`]; llama.cpp `convert_hf_to_gguf.py` permutes them). A
 //! PEFT adapter's deltas (HF layout) are added before the model is built.
 //!
@@ -29,9 +29,11 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama;
 
-use crate::adapter::{
-    hf_name, permuted_heads, unpermute_rows, HeadCounts, LoraDeltas, HF_EMBED, HF_LM_HEAD,
+use logo_formats::gguf::{
+    hf_name, permuted_heads, HeadCounts, HF_EMBED, HF_LM_HEAD, ROPE_FREQS, TOKEN_EMBD,
 };
+
+use crate::adapter::{unpermute_rows, LoraDeltas};
 use crate::error::{EngineError, Result};
 
 fn err(path: &Path, what: impl std::fmt::Display) -> EngineError {
@@ -40,7 +42,7 @@ fn err(path: &Path, what: impl std::fmt::Display) -> EngineError {
 
 /// True when the GGUF can run on this backend (no `rope_freqs.weight`).
 pub fn supported(content: &gguf_file::Content) -> bool {
-    !content.tensor_infos.contains_key("rope_freqs.weight")
+    !content.tensor_infos.contains_key(ROPE_FREQS)
 }
 
 /// The `config.json` of a Hugging Face model folder, as far as this backend reads it
@@ -253,7 +255,7 @@ impl DenseLlama {
         let vocab_size = tensors
             .get(HF_EMBED)
             .map(|t| t.dims()[0])
-            .ok_or_else(|| err(path, "missing tensor token_embd.weight"))?;
+            .ok_or_else(|| err(path, format!("missing tensor {TOKEN_EMBD}")))?;
         fold_adapter(&mut tensors, adapter, path)?;
         let tie = !tensors.contains_key(HF_LM_HEAD);
         let hidden = int("llama.embedding_length")?;

@@ -84,3 +84,10 @@ impl From<candle_core::Error> for EngineError {
         EngineError::Model(e.to_string())
     }
 }
+
+/// A PEFT adapter or GGUF naming error ([`logo_formats`]) is a model error: `{path}: {message}`.
+impl From<logo_formats::FormatError> for EngineError {
+    fn from(e: logo_formats::FormatError) -> Self {
+        EngineError::Model(e.to_string())
+    }
+}

@@ -33,9 +33,9 @@ use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
 use tokenizers::Tokenizer;
 
-use crate::adapter::{
-    hf_name, permute_rows, permuted_heads, HeadCounts, LoraDeltas, OUTPUT, TOKEN_EMBD,
-};
+use logo_formats::gguf::{hf_name, permuted_heads, HeadCounts, OUTPUT, TOKEN_EMBD};
+
+use crate::adapter::{permute_rows, LoraDeltas};
 use crate::config::{ModelConfig, WeightFormat};
 use crate::dense::{self, DenseLlama, HfModelConfig};
 use crate::error::{EngineError, Result};
@@ -553,9 +553,9 @@ fn load_gguf(
         .cloned();
     let vocab_size = content
         .tensor_infos
-        .get("token_embd.weight")
+        .get(TOKEN_EMBD)
         .and_then(|t| t.shape.dims().first().copied()) // (vocab, hidden)
-        .ok_or_else(|| model_err(path, "missing tensor token_embd.weight"))?;
+        .ok_or_else(|| model_err(path, format!("missing tensor {TOKEN_EMBD}")))?;
     let heads = head_counts(&content, path)?;
     let backend = pool.install(|| -> Result<Backend> {
         let target = match cfg.weights {

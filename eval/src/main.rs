@@ -16,6 +16,7 @@ use logo_eval::perplexity::{run_perplexity, PerplexityConfig};
 use logo_eval::qa::{run_qa, QaConfig};
 use logo_eval::report::{ModelReport, Report};
 use logo_eval::{plot, Decoding, EvalError, Result};
+use logo_formats::peft::ADAPTER_CONFIG_FILE;
 use logo_trainer::model::Llama;
 use tch::Kind;
 
@@ -195,11 +196,11 @@ fn plan(cli: &Cli) -> Result<Plan> {
         ));
     }
     if let Some(a) = &cli.adapter {
-        if !a.join("adapter_config.json").exists() {
+        if !a.join(ADAPTER_CONFIG_FILE).exists() {
             return Err(config_err(
                 "--adapter",
                 format!(
-                    "{}: no adapter_config.json (not a PEFT adapter folder)",
+                    "{}: no {ADAPTER_CONFIG_FILE} (not a PEFT adapter folder)",
                     a.display()
                 ),
             ));

@@ -88,3 +88,13 @@ impl TrainerError {
         }
     }
 }
+
+/// A PEFT adapter or GGUF naming error ([`logo_formats`]) is a model error naming the file.
+impl From<logo_formats::FormatError> for TrainerError {
+    fn from(e: logo_formats::FormatError) -> Self {
+        TrainerError::Model {
+            path: e.path,
+            message: e.message,
+        }
+    }
+}

@@ -20,6 +20,7 @@
 //! activations (bf16 when the base is bf16), as under HF/PEFT autocast mixed precision; the
 //! gradient reaches the f32 parameters through the cast.
 
+use logo_formats::peft::{LORA_A, LORA_B, LORA_EMBEDDING_A, LORA_EMBEDDING_B};
 use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
@@ -138,7 +139,7 @@ impl LoraLinear {
     pub fn new(p: nn::Path, in_features: i64, out_features: i64, cfg: &LoraConfig) -> Result<Self> {
         // kaiming_uniform_(a=√5): gain = √(2/(1+5)), bound = gain·√(3/fan_in) = 1/√fan_in.
         let bound = 1.0 / (in_features as f64).sqrt();
-        let a = p.sub("lora_A").f_var(
+        let a = p.sub(LORA_A).f_var(
             "weight",
             &[cfg.r, in_features],
             nn::Init::Uniform {
@@ -146,7 +147,7 @@ impl LoraLinear {
                 up: bound,
             },
         )?;
-        let b = p.sub("lora_B").f_zeros("weight", &[out_features, cfg.r])?;
+        let b = p.sub(LORA_B).f_zeros("weight", &[out_features, cfg.r])?;
         Ok(LoraLinear {
             a,
             b,
@@ -199,8 +200,8 @@ impl LoraEmbedding {
         padding_idx: Option<i64>,
         cfg: &LoraConfig,
     ) -> Result<Self> {
-        let a = p.f_zeros("lora_embedding_A", &[cfg.r, vocab])?;
-        let b = p.f_randn_standard("lora_embedding_B", &[hidden, cfg.r])?;
+        let a = p.f_zeros(LORA_EMBEDDING_A, &[cfg.r, vocab])?;
+        let b = p.f_randn_standard(LORA_EMBEDDING_B, &[hidden, cfg.r])?;
         Ok(LoraEmbedding {
             a,
             b,

@@ -1,86 +1,54 @@
 //! PEFT adapter folders: `adapter_config.json` and `adapter_model.safetensors` written from,
 //! read into and merged into a [`Llama`]'s LoRA adapters ([`crate::lora`]).
 //!
-//! Source: PEFT `tuners/lora/config.py` (`LoraConfig` keys) and `utils/save_and_load.py`
-//! (`get_peft_model_state_dict`: keys `base_model.model.{name}.lora_A.weight`, the adapter
-//! name dropped); `PeftModel.from_pretrained(base, dir)` loads what [`save_adapter`] writes.
+//! The format itself (file names, the keys of `adapter_config.json` and its plain-LoRA check,
+//! the tensor keys `base_model.model.{name}`) is [`logo_formats::peft`]'s, shared with the
+//! engine that folds these adapters into its weights; this module moves the tensors.
+//! Source: PEFT `tuners/lora/config.py` and `utils/save_and_load.py`;
+//! `PeftModel.from_pretrained(base, dir)` loads what [`save_adapter`] writes.
 
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
+use logo_formats::peft::{
+    peft_key, strip_peft_prefix, AdapterConfig, TargetModules, ADAPTER_CONFIG_FILE,
+    ADAPTER_WEIGHTS_FILE,
+};
 use tch::{nn, Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
 use crate::lora::LoraConfig;
 use crate::model::{AdapterSlot, Llama};
 
-/// Prefix PEFT puts before the base model's own parameter names.
-pub const PEFT_PREFIX: &str = "base_model.model.";
-/// PEFT adapter config file name.
-pub const ADAPTER_CONFIG_FILE: &str = "adapter_config.json";
-/// PEFT adapter weights file name.
-pub const ADAPTER_WEIGHTS_FILE: &str = "adapter_model.safetensors";
-
-/// `adapter_config.json` as PEFT writes it (the keys PEFT needs to rebuild the adapter).
-#[derive(Debug, Serialize, Deserialize)]
-struct AdapterConfigFile {
-    peft_type: String,
-    task_type: Option<String>,
-    r: i64,
-    lora_alpha: f64,
-    #[serde(default)]
-    lora_dropout: f64,
-    target_modules: Vec<String>,
-    bias: String,
-    base_model_name_or_path: Option<String>,
-    #[serde(default)]
-    fan_in_fan_out: bool,
-    #[serde(default)]
-    inference_mode: bool,
-    #[serde(default)]
-    use_rslora: bool,
-    #[serde(default)]
-    use_dora: bool,
-    #[serde(default)]
-    modules_to_save: Option<Vec<String>>,
-}
-
-/// Reads `dir/adapter_config.json` into a [`LoraConfig`]. Errors: [`TrainerError::Io`];
-/// [`TrainerError::Model`] unless it is a plain LoRA (`peft_type` "LORA", `bias` "none", no
-/// rsLoRA/DoRA, `fan_in_fan_out` false, no `modules_to_save`, a list of targets).
+/// Reads `dir/adapter_config.json` ([`AdapterConfig::read`]) into a [`LoraConfig`]. Errors:
+/// [`TrainerError::Model`] for an unreadable file or unless it is a plain LoRA (`peft_type`
+/// "LORA", `bias` "none", no rsLoRA/DoRA, `fan_in_fan_out` false, no `modules_to_save`, no
+/// rank or alpha patterns) with a list of targets; [`TrainerError::Config`] for values
+/// [`LoraConfig::validate`] refuses.
 pub fn read_adapter_config(dir: &Path) -> Result<LoraConfig> {
+    let file = AdapterConfig::read(dir)?;
     let path = dir.join(ADAPTER_CONFIG_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|e| TrainerError::io(&path, e))?;
-    // The adapter kind first: a prefix-tuning or IA3 config lacks LoRA's fields.
-    let kind: serde_json::Value =
-        serde_json::from_str(&text).map_err(|e| TrainerError::model(&path, e.to_string()))?;
-    if let Some(other) = kind["peft_type"].as_str().filter(|t| *t != "LORA") {
-        return Err(TrainerError::model(
-            &path,
-            format!("peft_type: expected LORA (only LoRA adapters are supported), got {other}"),
-        ));
-    }
-    let file: AdapterConfigFile =
-        serde_json::from_value(kind).map_err(|e| TrainerError::model(&path, e.to_string()))?;
-    let unsupported = if file.peft_type != "LORA" {
-        Some(format!("peft_type: expected LORA, got {}", file.peft_type))
-    } else if file.bias != "none" {
-        Some(format!("bias: expected none, got {}", file.bias))
-    } else if file.use_rslora || file.use_dora || file.fan_in_fan_out {
-        Some("expected use_rslora, use_dora and fan_in_fan_out false".to_string())
-    } else if file.modules_to_save.as_ref().is_some_and(|m| !m.is_empty()) {
-        Some("modules_to_save: expected none".to_string())
-    } else {
-        None
+    let target_modules = match file.target_modules {
+        Some(TargetModules::List(list)) => list,
+        Some(TargetModules::Regex(re)) => {
+            return Err(TrainerError::model(
+                &path,
+                format!("target_modules: expected a list of module names, got the pattern {re:?}"),
+            ))
+        }
+        None => {
+            return Err(TrainerError::model(
+                &path,
+                "target_modules: expected a list of module names, got none",
+            ))
+        }
     };
-    if let Some(message) = unsupported {
-        return Err(TrainerError::model(&path, message));
-    }
+    let r = i64::try_from(file.r)
+        .map_err(|_| TrainerError::model(&path, format!("r: too large, got {}", file.r)))?;
     let cfg = LoraConfig {
-        r: file.r,
+        r,
         lora_alpha: file.lora_alpha,
         lora_dropout: file.lora_dropout,
-        target_modules: file.target_modules,
+        target_modules,
     };
     cfg.validate()?;
     Ok(cfg)
@@ -101,29 +69,26 @@ fn adapters(model: &Llama) -> Result<(&nn::VarStore, &LoraConfig)> {
 /// `task_type` "CAUSAL_LM", `base_model_name_or_path` = `base_name`, `inference_mode` true)
 /// and `dir/adapter_model.safetensors` (f32, keys `base_model.model.` + the adapter store's
 /// names). Creates `dir`. Errors: [`TrainerError::Config`] without adapters,
-/// [`TrainerError::Io`], [`TrainerError::Torch`].
+/// [`TrainerError::Io`] (the folder), [`TrainerError::Model`] (the config file),
+/// [`TrainerError::Torch`].
 pub fn save_adapter(model: &Llama, dir: &Path, base_name: &str) -> Result<()> {
     let (vs, cfg) = adapters(model)?;
     std::fs::create_dir_all(dir).map_err(|e| TrainerError::io(dir, e))?;
-    let file = AdapterConfigFile {
-        peft_type: "LORA".to_string(),
+    let r = usize::try_from(cfg.r).map_err(|_| TrainerError::Config {
+        key: "lora.r".to_string(),
+        message: format!("expected ≥ 1, got {}", cfg.r),
+    })?;
+    AdapterConfig {
         task_type: Some("CAUSAL_LM".to_string()),
-        r: cfg.r,
+        r,
         lora_alpha: cfg.lora_alpha,
         lora_dropout: cfg.lora_dropout,
-        target_modules: cfg.target_modules.clone(),
-        bias: "none".to_string(),
+        target_modules: Some(TargetModules::List(cfg.target_modules.clone())),
         base_model_name_or_path: Some(base_name.to_string()),
-        fan_in_fan_out: false,
         inference_mode: true,
-        use_rslora: false,
-        use_dora: false,
-        modules_to_save: None,
-    };
-    let cfg_path = dir.join(ADAPTER_CONFIG_FILE);
-    let json = serde_json::to_string_pretty(&file)
-        .map_err(|e| TrainerError::Internal(format!("adapter config to JSON: {e}")))?;
-    std::fs::write(&cfg_path, json).map_err(|e| TrainerError::io(&cfg_path, e))?;
+        ..AdapterConfig::default()
+    }
+    .write(dir)?;
     let mut named: Vec<(String, Tensor)> = vs
         .variables()
         .into_iter()
@@ -133,7 +98,7 @@ pub fn save_adapter(model: &Llama, dir: &Path, base_name: &str) -> Result<()> {
                 .f_to_kind(Kind::Float)?
                 .f_to_device(tch::Device::Cpu)?
                 .f_contiguous()?;
-            Ok((format!("{PEFT_PREFIX}{name}"), t))
+            Ok((peft_key(&name), t))
         })
         .collect::<Result<_>>()?;
     named.sort_by(|a, b| a.0.cmp(&b.0));
@@ -171,20 +136,21 @@ pub fn load_adapter(model: &Llama, dir: &Path) -> Result<()> {
     let weights = dir.join(ADAPTER_WEIGHTS_FILE);
     let mut loaded: std::collections::HashMap<String, Tensor> = Tensor::read_safetensors(&weights)?
         .into_iter()
-        .map(|(k, t)| (k.strip_prefix(PEFT_PREFIX).unwrap_or(&k).to_string(), t))
+        .map(|(k, t)| (strip_peft_prefix(&k).to_string(), t))
         .collect();
     let _guard = tch::no_grad_guard();
     let mut vars: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
     vars.sort_by(|a, b| a.0.cmp(&b.0));
     for (name, mut var) in vars {
         let src = loaded.remove(&name).ok_or_else(|| {
-            TrainerError::model(&weights, format!("missing tensor {PEFT_PREFIX}{name}"))
+            TrainerError::model(&weights, format!("missing tensor {}", peft_key(&name)))
         })?;
         if src.size() != var.size() {
             return Err(TrainerError::model(
                 &weights,
                 format!(
-                    "tensor {PEFT_PREFIX}{name}: expected shape {:?}, got {:?}",
+                    "tensor {}: expected shape {:?}, got {:?}",
+                    peft_key(&name),
                     var.size(),
                     src.size()
                 ),
@@ -195,7 +161,10 @@ pub fn load_adapter(model: &Llama, dir: &Path) -> Result<()> {
     if let Some(extra) = loaded.keys().min() {
         return Err(TrainerError::model(
             &weights,
-            format!("unexpected tensor {PEFT_PREFIX}{extra} (no such adapter in the model)"),
+            format!(
+                "unexpected tensor {} (no such adapter in the model)",
+                peft_key(extra)
+            ),
         ));
     }
     Ok(())

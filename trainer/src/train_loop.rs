@@ -668,8 +668,8 @@ fn save_final_adapter(model: &Llama, cfg: &TrainConfig) -> Result<()> {
     sync_tree(&tmp)?;
     // Weights first: the config is the same at every step of a run.
     for name in [
-        crate::peft::ADAPTER_WEIGHTS_FILE,
-        crate::peft::ADAPTER_CONFIG_FILE,
+        logo_formats::peft::ADAPTER_WEIGHTS_FILE,
+        logo_formats::peft::ADAPTER_CONFIG_FILE,
     ] {
         let to = cfg.output.join(name);
         std::fs::rename(tmp.join(name), &to).map_err(|e| TrainerError::io(&to, e))?;

@@ -8,14 +8,18 @@
 //!
 //! llama.cpp's converter permutes the rows of `q_proj`/`k_proj` from HF's rotate-half layout
 //! (pairs `(i, i + hd/2)`) to the interleaved layout its rope uses (pairs `(2i, 2i+1)`):
-//! `w.reshape(n_head, 2, hd/2, dim).swapaxes(1, 2)`. We undo it,
-//! `w.reshape(n_head, hd/2, 2, dim).transpose(1, 2).reshape(n_head·hd, dim)` (`n_kv_head` for
-//! k), so the model runs HF's rotary embedding unchanged.
+//! `w.reshape(n_head, 2, hd/2, dim).swapaxes(1, 2)`. We undo it ([`unpermute_rows`], an
+//! `index_select` of [`logo_formats::gguf::unpermuted_rows`]; `n_kv_head` for k), so the model
+//! runs HF's rotary embedding unchanged. The tensor names on both sides and which tensors are
+//! permuted are [`logo_formats::gguf`]'s, shared with the engine.
 
 use std::fs::File;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::{Content, Value};
+use logo_formats::gguf::{
+    gguf_name, permuted_heads, unpermuted_rows, HeadCounts, OUTPUT, ROPE_FREQS, TOKEN_EMBD,
+};
 use tch::{Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
@@ -132,8 +136,8 @@ pub fn config_from_content(path: &Path, content: &Content) -> Result<LlamaConfig
     };
     let embd = content
         .tensor_infos
-        .get("token_embd.weight")
-        .ok_or_else(|| TrainerError::model(path, "missing tensor token_embd.weight"))?;
+        .get(TOKEN_EMBD)
+        .ok_or_else(|| TrainerError::model(path, format!("missing tensor {TOKEN_EMBD}")))?;
     let vocab_size = embd.shape.dims()[0];
     if content.tensor_infos.contains_key("blk.0.attn_q.bias") {
         return Err(TrainerError::model(
@@ -157,7 +161,7 @@ pub fn config_from_content(path: &Path, content: &Content) -> Result<LlamaConfig
         rms_norm_eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
         rope_theta: float("rope.freq_base")?.unwrap_or(10000.0),
         rope_scaling,
-        tie_word_embeddings: !content.tensor_infos.contains_key("output.weight"),
+        tie_word_embeddings: !content.tensor_infos.contains_key(OUTPUT),
         attention_bias: AttentionBias::None,
         mlp_bias: false,
         max_position_embeddings: int("context_length")?.unwrap_or(2048),
@@ -174,57 +178,25 @@ pub fn read_config(path: &Path) -> Result<LlamaConfig> {
     config_from_content(path, &content)
 }
 
-/// How a HF tensor is found in the GGUF: its GGUF name and, for q/k, the head count to
-/// un-permute with.
-struct GgufSource {
-    name: String,
-    unpermute_heads: Option<i64>,
-}
-
-/// The GGUF source of a HF parameter name (`model.layers.3.self_attn.q_proj.weight` →
-/// `blk.3.attn_q.weight`, un-permuted over nh), or `None` for a name GGUF does not have.
-fn gguf_source(hf: &str, cfg: &LlamaConfig) -> Option<GgufSource> {
-    let plain = |name: &str| {
-        Some(GgufSource {
-            name: name.to_string(),
-            unpermute_heads: None,
-        })
-    };
-    match hf {
-        "model.embed_tokens.weight" => return plain("token_embd.weight"),
-        "model.norm.weight" => return plain("output_norm.weight"),
-        "lm_head.weight" => return plain("output.weight"),
-        _ => {}
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, module) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (gguf, heads) = match module {
-        "self_attn.q_proj.weight" => ("attn_q.weight", Some(cfg.num_attention_heads)),
-        "self_attn.k_proj.weight" => ("attn_k.weight", Some(cfg.num_key_value_heads)),
-        "self_attn.v_proj.weight" => ("attn_v.weight", None),
-        "self_attn.o_proj.weight" => ("attn_output.weight", None),
-        "mlp.gate_proj.weight" => ("ffn_gate.weight", None),
-        "mlp.up_proj.weight" => ("ffn_up.weight", None),
-        "mlp.down_proj.weight" => ("ffn_down.weight", None),
-        "input_layernorm.weight" => ("attn_norm.weight", None),
-        "post_attention_layernorm.weight" => ("ffn_norm.weight", None),
-        _ => return None,
-    };
-    Some(GgufSource {
-        name: format!("blk.{layer}.{gguf}"),
-        unpermute_heads: heads.map(|h| h as i64),
-    })
-}
-
 /// Undoes llama.cpp's q/k row permutation: `w` `[n_head·hd, dim]` →
-/// `w.reshape(n_head, hd/2, 2, dim).transpose(1, 2).reshape(n_head·hd, dim)`.
-pub fn unpermute_rows(w: &Tensor, n_head: i64) -> Result<Tensor> {
-    let (rows, dim) = w.size2()?;
-    let hd = rows / n_head;
-    Ok(w.f_reshape([n_head, hd / 2, 2, dim])?
-        .f_transpose(1, 2)?
-        .f_reshape([rows, dim])?)
+/// `w.reshape(n_head, hd/2, 2, dim).transpose(1, 2).reshape(n_head·hd, dim)`, as the rows
+/// [`unpermuted_rows`] selects. Errors: [`TrainerError::Model`] for `path` unless the rows
+/// are `n_head` heads of an even size; [`TrainerError::Torch`].
+pub fn unpermute_rows(w: &Tensor, n_head: i64, path: &Path) -> Result<Tensor> {
+    let (rows, _) = w.size2()?;
+    let index = usize::try_from(rows)
+        .ok()
+        .zip(usize::try_from(n_head).ok())
+        .and_then(|(rows, n_head)| unpermuted_rows(rows, n_head))
+        .ok_or_else(|| {
+            TrainerError::model(
+                path,
+                format!("{rows} rows of a q/k tensor are not {n_head} heads of an even size"),
+            )
+        })?;
+    let index: Vec<i64> = index.into_iter().map(|r| r as i64).collect();
+    let index = Tensor::f_from_slice(&index)?.f_to_device(w.device())?;
+    Ok(w.f_index_select(0, &index)?)
 }
 
 /// Dequantises one GGUF tensor to a CPU f32 tch tensor with candle's shape (HF order:
@@ -253,22 +225,25 @@ pub fn load(
 ) -> Result<Llama> {
     let (mut file, content) = read_content(path)?;
     let cfg = config_from_content(path, &content)?;
-    let freq_factors = if content.tensor_infos.contains_key("rope_freqs.weight") {
-        Some(dequantize(path, &mut file, &content, "rope_freqs.weight")?)
+    let freq_factors = if content.tensor_infos.contains_key(ROPE_FREQS) {
+        Some(dequantize(path, &mut file, &content, ROPE_FREQS)?)
     } else {
         None
     };
-    let fetch_cfg = cfg.clone();
+    let heads = HeadCounts {
+        n_head: cfg.num_attention_heads,
+        n_kv_head: cfg.num_key_value_heads,
+    };
     let mut fetch = |hf: &str, _shape: &[i64]| -> Result<Option<Tensor>> {
-        let Some(src) = gguf_source(hf, &fetch_cfg) else {
+        let Some(name) = gguf_name(hf) else {
             return Ok(None);
         };
-        if !content.tensor_infos.contains_key(&src.name) {
+        if !content.tensor_infos.contains_key(&name) {
             return Ok(None);
         }
-        let t = dequantize(path, &mut file, &content, &src.name)?;
-        match src.unpermute_heads {
-            Some(n) => Ok(Some(unpermute_rows(&t, n)?)),
+        let t = dequantize(path, &mut file, &content, &name)?;
+        match permuted_heads(hf, heads) {
+            Some(n) => Ok(Some(unpermute_rows(&t, n as i64, path)?)),
             None => Ok(Some(t)),
         }
     };
@@ -297,7 +272,7 @@ mod tests {
             .reshape([n_head, 2, hd / 2, dim])
             .transpose(1, 2)
             .reshape([n_head * hd, dim]);
-        let back = unpermute_rows(&permuted, n_head).unwrap();
+        let back = unpermute_rows(&permuted, n_head, Path::new("m.gguf")).unwrap();
         assert_eq!(back, w);
         // Row order of one head after permute: 0, 2, 1, 3 (pairs interleaved).
         let rows: Vec<f32> = Vec::try_from(permuted.narrow(0, 0, 4).select(1, 0)).unwrap();
@@ -305,20 +280,14 @@ mod tests {
     }
 
     #[test]
-    fn maps_hf_names_to_gguf() {
-        let cfg = LlamaConfig::smollm2_135m();
-        let q = gguf_source("model.layers.7.self_attn.q_proj.weight", &cfg).unwrap();
-        assert_eq!(
-            (q.name.as_str(), q.unpermute_heads),
-            ("blk.7.attn_q.weight", Some(9))
+    fn rows_that_are_not_whole_heads_are_an_error() {
+        let w = Tensor::zeros([10, 2], (Kind::Float, tch::Device::Cpu));
+        let e = unpermute_rows(&w, 2, Path::new("m.gguf"))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("m.gguf: 10 rows of a q/k tensor are not 2 heads"),
+            "{e}"
         );
-        let k = gguf_source("model.layers.0.self_attn.k_proj.weight", &cfg).unwrap();
-        assert_eq!(
-            (k.name.as_str(), k.unpermute_heads),
-            ("blk.0.attn_k.weight", Some(3))
-        );
-        let n = gguf_source("model.layers.2.post_attention_layernorm.weight", &cfg).unwrap();
-        assert_eq!(n.name, "blk.2.ffn_norm.weight");
-        assert!(gguf_source("model.layers.2.self_attn.q_proj.bias", &cfg).is_none());
     }
 }

@@ -1,0 +1,22 @@
+//! The external file formats that more than one logo crate reads or writes, each in one
+//! module: [`peft`] (PEFT LoRA adapter folders, `adapter_config.json` +
+//! `adapter_model.safetensors`) and [`gguf`] (the names of a Llama's tensors in llama.cpp's
+//! GGUF and in Hugging Face checkpoints, and the q/k row permutation between them).
+//!
+//! Why a crate of its own: the engine runs the policy on candle and never links libtorch; the
+//! trainer trains on libtorch (tch) and never links candle's models; both read the same
+//! adapter folders and GGUF files (the trainer writes the adapter that the engine folds into
+//! its weights). The format therefore lives below both, with no tensor library: only file
+//! names, tensor names, JSON keys, validation and index arithmetic. Tensor code (reading
+//! safetensors, permuting rows) stays in each crate, which applies the index maps given here.
+//!
+//! Errors are [`FormatError`]s naming the file; each crate converts them into its own error
+//! type.
+
+#![deny(missing_docs)]
+
+pub mod error;
+pub mod gguf;
+pub mod peft;
+
+pub use error::FormatError;
