@@ -67,9 +67,7 @@ impl HfModelConfig {
     /// num_attention_heads`; a `rope_scaling` other than Llama 3's.
     pub fn read(dir: &Path) -> Result<HfModelConfig> {
         let path = dir.join("config.json");
-        let text = std::fs::read_to_string(&path).map_err(|e| EngineError::io(&path, e))?;
-        let raw: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| err(&path, format!("not JSON: {e}")))?;
+        let raw = read_json(&path)?;
         let model_type = raw
             .get("model_type")
             .and_then(|v| v.as_str())
@@ -115,15 +113,19 @@ impl HfModelConfig {
     }
 }
 
+/// A JSON file. Errors: [`EngineError::Io`], [`EngineError::Model`] naming it (not JSON).
+fn read_json(path: &Path) -> Result<serde_json::Value> {
+    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    serde_json::from_str(&text).map_err(|e| err(path, format!("not JSON: {e}")))
+}
+
 /// The safetensors files of a Hugging Face folder: those named by
 /// `model.safetensors.index.json`'s `weight_map` (sharded checkpoints), else
 /// `model.safetensors`. Errors: [`EngineError::Io`], [`EngineError::Model`] (neither file).
 fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
-        let text = std::fs::read_to_string(&index).map_err(|e| EngineError::io(&index, e))?;
-        let v: serde_json::Value =
-            serde_json::from_str(&text).map_err(|e| err(&index, format!("not JSON: {e}")))?;
+        let v = read_json(&index)?;
         let map = v
             .get("weight_map")
             .and_then(|m| m.as_object())
