@@ -144,7 +144,7 @@ fn main() {
         );
         segments.push(32);
         let (ids, _) = positions
-            .synthesize(&r.sample_id, &segments, 129)
+            .synthesize(&r.key.sample_id, &segments, 129)
             .expect("fits in K");
         synthesized += ids.len();
     }
@@ -201,7 +201,9 @@ fn spacy_compare(
         .collect();
     let input: Vec<serde_json::Value> = records
         .iter()
-        .map(|r| json!({"question": r.question, "answer": r.answer, "chunks": r.chunk_text}))
+        .map(
+            |r| json!({"question": r.key.question, "answer": r.key.answer, "chunks": r.chunk_text}),
+        )
         .collect();
     let dir = tempfile_dir();
     let in_path = dir.join("spacy_in.json");

@@ -75,7 +75,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    logo_schemas::cli::reset_sigpipe();
+    logo_env::cli::reset_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOGO_LOG")
@@ -88,10 +88,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!(
-                "logo-engine: {}",
-                logo_schemas::cli::error_chain(e.as_ref())
-            );
+            eprintln!("logo-engine: {}", logo_env::cli::error_chain(e.as_ref()));
             ExitCode::from(2)
         }
     }

@@ -21,25 +21,19 @@
 //! holds [`MAX_POSITIONS`] = 4096 positions. A prompt plus its generation budget beyond the
 //! limit ([`Policy::max_positions`]) is an [`EngineError::Model`], never a panic.
 
-use std::fs::File;
-use std::io::{BufReader, Cursor};
 use std::path::{Path, PathBuf};
 use std::sync::Once;
 use std::time::Instant;
 
-use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
 use candle_core::{Device, Tensor};
 use candle_transformers::generation::{LogitsProcessor, Sampling};
 use candle_transformers::models::quantized_llama::{self, ModelWeights};
 use tokenizers::Tokenizer;
 
-use logo_formats::gguf::{hf_name, permuted_heads, HeadCounts, OUTPUT, TOKEN_EMBD};
-
-use crate::adapter::{permute_rows, LoraDeltas};
+use crate::adapter::LoraDeltas;
 use crate::config::{ModelConfig, WeightFormat};
-use crate::dense::{self, DenseLlama, HfModelConfig};
+use crate::dense::DenseLlama;
 use crate::error::{EngineError, Result};
-use crate::gguf::read_gguf;
 // The tokenizer and chat template live in `crate::tokenizer`; re-exported here, next to the
 // policy that uses them.
 use crate::template::PromptTemplate;
@@ -53,7 +47,7 @@ pub use crate::tokenizer::{
 /// precomputed rotary table (`MAX_SEQ_LEN`), tokens.
 pub const MAX_POSITIONS: usize = quantized_llama::MAX_SEQ_LEN;
 
-pub use logo_schemas::paths::{default_model_path, DEFAULT_MODEL_FILE};
+pub use logo_env::paths::{default_model_path, DEFAULT_MODEL_FILE};
 
 /// Tokens fed to the model per forward pass while reading a prompt. Bounds the attention
 /// scores of one pass to `heads × 512 × T` f32 whatever the prompt length.
@@ -525,230 +519,12 @@ fn run_generation(
     Ok((out, stopped, prefill_seconds, start.elapsed().as_secs_f64()))
 }
 
-/// The GGUF half of [`Policy::load`]: the backend `cfg.weights` asks for, the vocabulary
-/// size and the GGUF's `general.name`. Errors: as [`Policy::load`].
-fn load_gguf(
-    cfg: &ModelConfig,
-    adapter: Option<&LoraDeltas>,
-    pool: &rayon::ThreadPool,
-) -> Result<(Backend, usize, Option<String>)> {
-    let path = &cfg.path;
-    let (content, mut reader) = read_gguf(path)?;
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
-    if arch != "llama" {
-        return Err(model_err(
-            path,
-            format!("general.architecture: expected llama, got {arch:?}"),
-        ));
-    }
-    let gguf_name = content
-        .metadata
-        .get("general.name")
-        .and_then(|v| v.to_string().ok())
-        .cloned();
-    let vocab_size = content
-        .tensor_infos
-        .get(TOKEN_EMBD)
-        .and_then(|t| t.shape.dims().first().copied()) // (vocab, hidden)
-        .ok_or_else(|| model_err(path, format!("missing tensor {TOKEN_EMBD}")))?;
-    let heads = head_counts(&content, path)?;
-    let backend = pool.install(|| -> Result<Backend> {
-        let target = match cfg.weights {
-            WeightFormat::F32 if dense::supported(&content) => {
-                return Ok(Backend::Dense(Box::new(DenseLlama::load(
-                    &content,
-                    &mut reader,
-                    heads,
-                    adapter,
-                    path,
-                )?)));
-            }
-            WeightFormat::F32 => Some(GgmlDType::F32),
-            WeightFormat::Q8_0 => Some(GgmlDType::Q8_0),
-            WeightFormat::Native => None,
-        };
-        let model = match (target, adapter) {
-            (None, None) => ModelWeights::from_gguf(content, &mut reader, &Device::Cpu)
-                .map_err(|e| model_err(path, e))?,
-            (target, adapter) => {
-                convert_weights(content, &mut reader, target, adapter, heads, path)?
-            }
-        };
-        Ok(Backend::Quantized {
-            pristine: Box::new(model.clone()),
-            model: Box::new(model),
-        })
-    })?;
-    Ok((backend, vocab_size, gguf_name))
-}
+mod load;
 
-/// The longest `prompt + max_new_tokens` a [`Policy`] loaded from `cfg` will accept
-/// ([`Policy::max_positions`]), read from the GGUF header without loading weights, so that
-/// callers can validate lengths before any work. Errors: as [`read_gguf`].
-pub fn max_positions_of(cfg: &ModelConfig) -> Result<usize> {
-    if cfg.path.is_dir() {
-        return Ok(HfModelConfig::read(&cfg.path)?.max_positions);
-    }
-    let (content, _) = read_gguf(&cfg.path)?;
-    let context = content
-        .metadata
-        .get("llama.context_length")
-        .and_then(|v| v.to_u32().ok())
-        .map(|v| v as usize);
-    Ok(match (cfg.weights, context) {
-        (WeightFormat::F32, Some(n)) if dense::supported(&content) => n,
-        _ => MAX_POSITIONS,
-    })
-}
-
-/// The trained context of the GGUF at `path` (`{general.architecture}.context_length`,
-/// tokens), read from the header without loading weights; the default context of a model
-/// served elsewhere (`generator.backend: openai`).
-/// Errors: as [`read_gguf`]; [`EngineError::Model`] when the key is missing.
-pub fn context_length_of(path: &Path) -> Result<usize> {
-    if path.is_dir() {
-        return Ok(HfModelConfig::read(path)?.max_positions);
-    }
-    let (content, _) = read_gguf(path)?;
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_else(|| "llama".into());
-    let key = format!("{arch}.context_length");
-    content
-        .metadata
-        .get(&key)
-        .and_then(|v| v.to_u32().ok())
-        .map(|v| v as usize)
-        .ok_or_else(|| model_err(path, format!("missing {key}")))
-}
-
-/// The head counts of a Llama GGUF (`llama.attention.head_count`, `head_count_kv`, the
-/// latter defaulting to the former). Errors: [`EngineError::Model`] naming the missing key.
-fn head_counts(content: &gguf_file::Content, path: &Path) -> Result<HeadCounts> {
-    let get = |key: &str| {
-        content
-            .metadata
-            .get(key)
-            .and_then(|v| v.to_u32().ok())
-            .map(|v| v as usize)
-    };
-    let n_head = get("llama.attention.head_count")
-        .ok_or_else(|| model_err(path, "missing llama.attention.head_count"))?;
-    Ok(HeadCounts {
-        n_head,
-        n_kv_head: get("llama.attention.head_count_kv").unwrap_or(n_head),
-    })
-}
-
-/// Rebuilds the model through an in-memory GGUF, so that candle's own
-/// `ModelWeights::from_gguf` does the wiring: every quantised tensor is converted to `target`
-/// (Q8_0 or F32; `None` keeps the stored type), and every tensor the `adapter` targets is
-/// dequantised, gets its LoRA delta added (see [`crate::adapter`]) and is stored as `target`
-/// again (f32 when `None`). F32 tensors (norms) and tensors whose rows are not
-/// whole blocks of the type stay f32. When the adapter changes the token embedding (or the LM
-/// head) of a model with tied embeddings, the unadapted embedding is first copied to
-/// `output.weight`, so that the LM head stays as PEFT leaves it.
-fn convert_weights(
-    content: gguf_file::Content,
-    reader: &mut BufReader<File>,
-    target: Option<GgmlDType>,
-    adapter: Option<&LoraDeltas>,
-    heads: HeadCounts,
-    path: &Path,
-) -> Result<ModelWeights> {
-    let device = Device::Cpu;
-    let mut names: Vec<String> = content.tensor_infos.keys().cloned().collect();
-    let untie = adapter.is_some_and(LoraDeltas::adapts_embedding_or_head)
-        && !content.tensor_infos.contains_key(OUTPUT);
-    if untie {
-        names.push(OUTPUT.to_string());
-    }
-    names.sort();
-    let mut tensors = Vec::with_capacity(names.len());
-    for name in names {
-        let source = if untie && name == OUTPUT {
-            TOKEN_EMBD
-        } else {
-            name.as_str()
-        };
-        let qt = content
-            .tensor(reader, source, &device)
-            .map_err(|e| model_err(path, format!("tensor {source}: {e}")))?;
-        let row = qt.shape().dims().last().copied().unwrap_or(0);
-        let hf = hf_name(&name).unwrap_or_default();
-        let delta = match adapter.and_then(|a| a.get(&hf)) {
-            // Deltas are in the HF layout; GGUF stores q/k rows permuted.
-            Some(d) => Some(match permuted_heads(&hf, heads) {
-                Some(n) => permute_rows(d, n)?,
-                None => d.clone(),
-            }),
-            None => None,
-        };
-        // Adapted tensors are kept f32 under `native`: requantising to 4 bits would blur the
-        // delta.
-        let want = match (target, &delta) {
-            (Some(t), _) => t,
-            (None, Some(_)) => GgmlDType::F32,
-            (None, None) => qt.dtype(),
-        };
-        let want = if row % want.block_size() == 0 {
-            want
-        } else {
-            GgmlDType::F32
-        };
-        let qt = match delta {
-            None if qt.dtype() == want || qt.dtype() == GgmlDType::F32 => qt,
-            None => QTensor::quantize(&qt.dequantize(&device)?, want)
-                .map_err(|e| model_err(path, format!("requantising {name} to {want:?}: {e}")))?,
-            Some(delta) => {
-                let dense = qt.dequantize(&device)?;
-                if dense.dims() != delta.dims() {
-                    return Err(model_err(
-                        path,
-                        format!(
-                            "adapter {}: delta for {name} has shape {:?}, the model's tensor {:?} \
-                             (an adapter for another base model?)",
-                            adapter
-                                .map(|a| a.dir.display().to_string())
-                                .unwrap_or_default(),
-                            delta.dims(),
-                            dense.dims()
-                        ),
-                    ));
-                }
-                QTensor::quantize(&(dense + &delta)?, want).map_err(|e| {
-                    model_err(path, format!("storing adapted {name} as {want:?}: {e}"))
-                })?
-            }
-        };
-        tensors.push((name, qt));
-    }
-    // The model reads only `general.*` and `llama.*` keys; the tokenizer arrays stay behind.
-    let metadata: Vec<(&str, &gguf_file::Value)> = content
-        .metadata
-        .iter()
-        .filter(|(k, _)| !k.starts_with("tokenizer."))
-        .map(|(k, v)| (k.as_str(), v))
-        .collect();
-    let tensor_refs: Vec<(&str, &QTensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
-    let mut buf = Cursor::new(Vec::new());
-    gguf_file::write(&mut buf, &metadata, &tensor_refs)
-        .map_err(|e| model_err(path, format!("writing the converted GGUF: {e}")))?;
-    drop(tensor_refs);
-    drop(tensors);
-    buf.set_position(0);
-    let converted = gguf_file::Content::read(&mut buf)
-        .map_err(|e| model_err(path, format!("reading the converted GGUF: {e}")))?;
-    ModelWeights::from_gguf(converted, &mut buf, &device).map_err(|e| model_err(path, e))
-}
+use load::load_gguf;
+pub use load::{context_length_of, max_positions_of};
+#[cfg(test)]
+use load::{convert_weights, head_counts};
 
 #[cfg(test)]
 #[path = "model_tests.rs"]

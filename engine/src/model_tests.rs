@@ -2,16 +2,18 @@
 //! [`embedded_config`], [`shared_policy`], [`shared_policy_and_tokenizer`]).
 
 use super::*;
+use crate::gguf::read_gguf;
+use candle_core::quantized::GgmlDType;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The embedded model's config, or `None` (a recorded skip; a failure under `CI=true`,
-/// [`logo_schemas::paths::fixture_missing`]) when the file is absent.
+/// [`logo_env::paths::fixture_missing`]) when the file is absent.
 pub(crate) fn embedded_config(test: &str) -> Option<ModelConfig> {
     let cfg = default_model_config();
     if cfg.path.exists() {
         Some(cfg)
     } else {
-        logo_schemas::paths::fixture_missing(&format!(
+        logo_env::paths::fixture_missing(&format!(
             "{test}: the embedded model {} (scripts/just setup, or set LOGO_CACHE)",
             cfg.path.display()
         ));

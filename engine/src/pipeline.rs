@@ -15,7 +15,6 @@
 //! to `rejects.jsonl`.
 
 use std::collections::VecDeque;
-use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -32,7 +31,7 @@ use crate::model::Policy;
 use crate::replay::{hex, ReplayCache, Replaying, CACHE_DIR};
 use crate::sink::{Fingerprint, Manifest, Output, UnitRecord};
 use crate::source::{plan_units, Source, SourceItem, Unit};
-use crate::stage::{Reject, Rejects, RunStats, Stage, StageContext, StatsSnapshot};
+use crate::stage::{check_wiring, Reject, Rejects, RunStats, Stage, StageContext, StatsSnapshot};
 use crate::stages::{
     ChunkerStage, GeneratorStage, PositionsStage, QuestionsStage, SamplerStage, ScorerStage,
 };
@@ -229,7 +228,6 @@ fn unix_now() -> u64 {
 /// which the committed units stay and a rerun resumes.
 pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
-    cfg.validate()?;
     let shard = opts.shard;
     let plan = plan_units(
         &cfg.source.paths,
@@ -243,17 +241,7 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
             key: "model".into(),
             message: e.to_string(),
         })?;
-    // The candle policy is loaded only when it generates; a server needs only the tokenizer.
-    let policy = match cfg.generator.backend {
-        BackendKind::InProcess => Some(Arc::new(Mutex::new(Policy::load(&cfg.model).map_err(
-            |e| EngineError::Config {
-                key: "model.path".into(),
-                message: e.to_string(),
-            },
-        )?))),
-        BackendKind::Openai => None,
-    };
-    let backend = backend::from_config(cfg, policy, &tokenizer, template.stop_ids())?;
+    let backend = load_backend(cfg, &tokenizer, &template)?;
     let output_dir = opts
         .output
         .clone()
@@ -266,26 +254,7 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
         &model_id,
     )?);
     let backend: Arc<dyn GenerationBackend> = Arc::new(Replaying::new(backend, replay.clone()));
-
-    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
-    if cfg.questions.enabled {
-        stages.push(Box::new(QuestionsStage::try_new(
-            cfg,
-            backend.clone(),
-            tokenizer.clone(),
-            template.clone(),
-        )?));
-    }
-    stages.push(Box::new(ChunkerStage::try_new(
-        &cfg.chunker,
-        tokenizer.clone(),
-    )?));
-    stages.push(Box::new(ScorerStage::try_new(&cfg.scorer)?));
-    stages.push(Box::new(SamplerStage::try_new(&cfg.sampler, cfg.seed)?));
-    stages.push(Box::new(GeneratorStage::try_new(
-        cfg, backend, tokenizer, template,
-    )?));
-    stages.push(Box::new(PositionsStage::try_new(&cfg.positions, cfg.seed)?));
+    let stages = build_stages(cfg, backend, tokenizer, template)?;
 
     let mine: Vec<Unit> = plan
         .units
@@ -316,66 +285,177 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
         cfg.questions.enabled,
     );
     let timings = RunStats::default();
+    let mut flow = Flow {
+        pending: todo.iter().map(|u| u.index).collect(),
+        committed: 0,
+    };
+    let bars = Bars::new(opts.progress);
+    let result = stream(
+        cfg,
+        &mut source,
+        stages,
+        &mut output,
+        &mut flow,
+        &timings,
+        &bars,
+        shard,
+    );
+    let end_log = |output: &Output, error: Option<String>| {
+        let snap = timings.snapshot();
+        output.log(&serde_json::json!({
+            "event": "end",
+            "unix": unix_now(),
+            "pid": std::process::id(),
+            "shard": shard.to_string(),
+            "elapsed_seconds": started.elapsed().as_secs_f64(),
+            "units_committed": flow.committed,
+            "replayed": replay.replayed(),
+            "generated": replay.generated(),
+            "seconds": snap.seconds,
+            "tokens": snap.tokens,
+            "error": error,
+        }))
+    };
+    if let Err(e) = result {
+        if let Some(&unit) = flow.pending.front() {
+            let _ = output.mark_failed(unit, &e.to_string());
+        }
+        let _ = end_log(&output, Some(e.to_string()));
+        return Err(e);
+    }
+    let manifest = output.finish(cfg)?;
+    end_log(&output, None)?;
+    Ok(RunSummary {
+        manifest,
+        output: output_dir,
+        elapsed: started.elapsed(),
+        shard,
+        units_committed: flow.committed,
+        units_skipped,
+        replayed: replay.replayed(),
+        generated: replay.generated(),
+        seconds: timings.snapshot().seconds,
+    })
+}
 
-    let bars = MultiProgress::with_draw_target(if opts.progress {
-        ProgressDrawTarget::stderr()
-    } else {
-        ProgressDrawTarget::hidden()
-    });
-    let style = ProgressStyle::with_template(
-        "{prefix:>10} {spinner} {pos:>6} rows in {elapsed_precise} ({per_sec}) {msg}",
-    )
-    .expect("valid template");
-    let bar = |name: &str, len: Option<u64>| {
-        let b = bars.add(len.map_or_else(ProgressBar::no_length, ProgressBar::new));
-        b.set_style(style.clone());
+/// The generation backend `generator.backend` names; the candle policy is loaded only when it
+/// generates (a server needs only the tokenizer). Errors: [`EngineError::Config`] for a model
+/// that does not load; the backend's start-up checks ([`backend::from_config`]).
+fn load_backend(
+    cfg: &PipelineConfig,
+    tokenizer: &tokenizers::Tokenizer,
+    template: &PromptTemplate,
+) -> Result<Arc<dyn GenerationBackend>> {
+    let policy = match cfg.generator.backend {
+        BackendKind::InProcess => Some(Arc::new(Mutex::new(Policy::load(&cfg.model).map_err(
+            |e| EngineError::Config {
+                key: "model.path".into(),
+                message: e.to_string(),
+            },
+        )?))),
+        BackendKind::Openai => None,
+    };
+    backend::from_config(cfg, policy, tokenizer, template.stop_ids())
+}
+
+/// The stages in order (questions only when enabled), their wiring checked
+/// ([`check_wiring`]). Errors: a stage's `try_new`; [`EngineError::Internal`] for a wiring
+/// mismatch.
+fn build_stages(
+    cfg: &PipelineConfig,
+    backend: Arc<dyn GenerationBackend>,
+    tokenizer: tokenizers::Tokenizer,
+    template: PromptTemplate,
+) -> Result<Vec<Box<dyn Stage>>> {
+    let mut stages: Vec<Box<dyn Stage>> = Vec::new();
+    if cfg.questions.enabled {
+        stages.push(Box::new(QuestionsStage::try_new(
+            cfg,
+            backend.clone(),
+            tokenizer.clone(),
+            template.clone(),
+        )?));
+    }
+    stages.push(Box::new(ChunkerStage::try_new(
+        &cfg.chunker,
+        tokenizer.clone(),
+    )?));
+    stages.push(Box::new(ScorerStage::try_new(&cfg.scorer)?));
+    stages.push(Box::new(SamplerStage::try_new(&cfg.sampler, cfg.seed)?));
+    stages.push(Box::new(GeneratorStage::try_new(
+        cfg, backend, tokenizer, template,
+    )?));
+    stages.push(Box::new(PositionsStage::try_new(&cfg.positions, cfg.seed)?));
+    check_wiring(&logo_schemas::documents_schema(), &stages)?;
+    Ok(stages)
+}
+
+/// The units of a run still to commit (front: the one in flight) and those committed.
+struct Flow {
+    pending: VecDeque<u64>,
+    committed: u64,
+}
+
+/// The progress bars of a run (hidden without `--progress`).
+struct Bars {
+    bars: MultiProgress,
+    style: ProgressStyle,
+}
+
+impl Bars {
+    fn new(visible: bool) -> Self {
+        let bars = MultiProgress::with_draw_target(if visible {
+            ProgressDrawTarget::stderr()
+        } else {
+            ProgressDrawTarget::hidden()
+        });
+        let style = ProgressStyle::with_template(
+            "{prefix:>10} {spinner} {pos:>6} rows in {elapsed_precise} ({per_sec}) {msg}",
+        )
+        .expect("valid template");
+        Bars { bars, style }
+    }
+
+    fn bar(&self, name: &str, len: Option<u64>) -> ProgressBar {
+        let b = self
+            .bars
+            .add(len.map_or_else(ProgressBar::no_length, ProgressBar::new));
+        b.set_style(self.style.clone());
         b.set_prefix(name.to_string());
         b.enable_steady_tick(Duration::from_millis(250));
         b
-    };
+    }
+}
 
+/// Streams the units of `source` through `stages` on scoped threads (the source and each
+/// stage on its own, joined by bounded channels of `runtime.channel_capacity`) and commits
+/// each unit's batches as one part on this thread, as the unit's end arrives. Errors: the
+/// first fatal error of any thread, or of a commit; `flow.pending`'s front is then the unit
+/// that failed.
+#[allow(clippy::too_many_arguments)]
+fn stream(
+    cfg: &PipelineConfig,
+    source: &mut Source,
+    stages: Vec<Box<dyn Stage>>,
+    output: &mut Output,
+    flow: &mut Flow,
+    timings: &RunStats,
+    bars: &Bars,
+    shard: Shard,
+) -> Result<()> {
     let cap = cfg.runtime.channel_capacity;
-    let mut pending: VecDeque<u64> = todo.iter().map(|u| u.index).collect();
-    let mut committed = 0u64;
     let row_group_size = cfg.sink.row_group_size;
-    let result = std::thread::scope(|scope| -> Result<()> {
+    std::thread::scope(|scope| -> Result<()> {
         let (tx, mut rx) = bounded::<Msg>(cap);
-        let source_bar = bar("units", Some(todo.len() as u64));
-        let timings = &timings;
-        let source = &mut source;
-        scope.spawn(move || {
-            let (rejects, stats) = (Rejects::collecting(), RunStats::default());
-            while let Some(msg) = source.next_item(&rejects, &stats) {
-                let msg = match msg {
-                    Ok(SourceItem::Batch { batch, .. }) if batch.num_rows() == 0 => continue,
-                    Ok(SourceItem::Batch { unit, batch }) => Ok(Item::Batch { unit, batch }),
-                    Ok(SourceItem::UnitEnd { unit, documents }) => {
-                        source_bar.inc(1);
-                        let stats = stats.take();
-                        timings.add(&stats);
-                        Ok(Item::End(Box::new(UnitLog {
-                            unit,
-                            documents,
-                            rejects: rejects.take(),
-                            stats,
-                        })))
-                    }
-                    Err(e) => Err(e),
-                };
-                let fatal = msg.is_err();
-                if tx.send(msg).is_err() || fatal {
-                    break;
-                }
-            }
-            source_bar.finish();
-        });
+        let source_bar = bars.bar("units", Some(flow.pending.len() as u64));
+        scope.spawn(move || run_source(source, tx, timings, source_bar));
         for stage in stages {
             let (tx, next_rx) = bounded::<Msg>(cap);
-            let b = bar(stage.name(), None);
+            let b = bars.bar(stage.name(), None);
             let input = std::mem::replace(&mut rx, next_rx);
             scope.spawn(move || run_stage(stage, input, tx, timings, b));
         }
-        let sink_bar = bar("parquet", None);
+        let sink_bar = bars.bar("parquet", None);
         let mut batches: Vec<RecordBatch> = Vec::new();
         for msg in rx {
             match msg? {
@@ -392,50 +472,43 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
                     output.commit(record, &batches, row_group_size)?;
                     sink_bar.inc(batches.iter().map(|b| b.num_rows() as u64).sum());
                     batches.clear();
-                    pending.pop_front();
-                    committed += 1;
+                    flow.pending.pop_front();
+                    flow.committed += 1;
                 }
             }
         }
         sink_bar.finish();
         Ok(())
-    });
-    let end_log = |output: &Output, error: Option<String>| {
-        let snap = timings.snapshot();
-        output.log(&serde_json::json!({
-            "event": "end",
-            "unix": unix_now(),
-            "pid": std::process::id(),
-            "shard": shard.to_string(),
-            "elapsed_seconds": started.elapsed().as_secs_f64(),
-            "units_committed": committed,
-            "replayed": replay.replayed(),
-            "generated": replay.generated(),
-            "seconds": snap.seconds,
-            "tokens": snap.tokens,
-            "error": error,
-        }))
-    };
-    if let Err(e) = result {
-        if let Some(&unit) = pending.front() {
-            let _ = output.mark_failed(unit, &e.to_string());
-        }
-        let _ = end_log(&output, Some(e.to_string()));
-        return Err(e);
-    }
-    let manifest = output.finish(cfg)?;
-    end_log(&output, None)?;
-    Ok(RunSummary {
-        manifest,
-        output: output_dir,
-        elapsed: started.elapsed(),
-        shard,
-        units_committed: committed,
-        units_skipped,
-        replayed: replay.replayed(),
-        generated: replay.generated(),
-        seconds: timings.snapshot().seconds,
     })
+}
+
+/// The source's thread: each unit's batches, then its end with the unit's rejects and
+/// counters; stops after a fatal error or when the channel closes.
+fn run_source(source: &mut Source, tx: Sender<Msg>, timings: &RunStats, bar: ProgressBar) {
+    let (rejects, stats) = (Rejects::collecting(), RunStats::default());
+    while let Some(msg) = source.next_item(&rejects, &stats) {
+        let msg = match msg {
+            Ok(SourceItem::Batch { batch, .. }) if batch.num_rows() == 0 => continue,
+            Ok(SourceItem::Batch { unit, batch }) => Ok(Item::Batch { unit, batch }),
+            Ok(SourceItem::UnitEnd { unit, documents }) => {
+                bar.inc(1);
+                let stats = stats.take();
+                timings.add(&stats);
+                Ok(Item::End(Box::new(UnitLog {
+                    unit,
+                    documents,
+                    rejects: rejects.take(),
+                    stats,
+                })))
+            }
+            Err(e) => Err(e),
+        };
+        let fatal = msg.is_err();
+        if tx.send(msg).is_err() || fatal {
+            break;
+        }
+    }
+    bar.finish();
 }
 
 fn run_stage(
@@ -496,145 +569,6 @@ fn run_stage(
     bar.finish();
 }
 
-/// `logo-engine status OUT`: units done / pending / failed per shard, from the unit records.
-/// `shards`: the shard count to group by; default the one of the latest run in `runs.jsonl`
-/// (1 when none). Errors: [`EngineError::Input`] when `dir` holds no run (no
-/// `fingerprint.json`) or a record does not parse.
-pub fn format_status(dir: &Path, shards: Option<u64>) -> Result<String> {
-    let fp = crate::sink::read_fingerprint(dir)?.ok_or_else(|| EngineError::Input {
-        path: dir.to_path_buf(),
-        message: "no fingerprint.json: not the output of a run".into(),
-    })?;
-    let done = crate::sink::read_units(dir, fp.short())?;
-    let failed = crate::sink::read_failed(dir, fp.short());
-    let count = shards
-        .or_else(|| latest_shard_count(dir))
-        .unwrap_or(1)
-        .max(1);
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "{}: run {} ({} units of {} records)",
-        dir.display(),
-        fp.short(),
-        fp.plan.units.len(),
-        fp.plan.unit_rows
-    );
-    let _ = writeln!(out, "  shard      done  pending   failed   samples");
-    let mut totals = [0u64; 4];
-    for s in 0..count {
-        let mut row = [0u64; 4];
-        for u in fp.plan.units.iter().filter(|u| u.index % count == s) {
-            if let Some(r) = done.get(&u.index) {
-                row[0] += 1;
-                row[3] += r.part.as_ref().map_or(0, |p| p.rows);
-            } else if failed.contains_key(&u.index) {
-                row[2] += 1;
-            } else {
-                row[1] += 1;
-            }
-        }
-        for (t, r) in totals.iter_mut().zip(row) {
-            *t += r;
-        }
-        let _ = writeln!(
-            out,
-            "  {:<8} {:>6} {:>8} {:>8} {:>9}",
-            format!("{s}/{count}"),
-            row[0],
-            row[1],
-            row[2],
-            row[3]
-        );
-    }
-    let _ = writeln!(
-        out,
-        "  {:<8} {:>6} {:>8} {:>8} {:>9}",
-        "all", totals[0], totals[1], totals[2], totals[3]
-    );
-    for (u, why) in &failed {
-        if !done.contains_key(u) {
-            let _ = writeln!(out, "  unit {u} failed: {}", why.trim());
-        }
-    }
-    Ok(out)
-}
+mod report;
 
-fn latest_shard_count(dir: &Path) -> Option<u64> {
-    let text = std::fs::read_to_string(dir.join(crate::sink::RUN_LOG)).ok()?;
-    text.lines().rev().find_map(|l| {
-        let v: serde_json::Value = serde_json::from_str(l).ok()?;
-        let shard: Shard = v.get("shard")?.as_str()?.parse().ok()?;
-        Some(shard.count)
-    })
-}
-
-/// Formats the end-of-run summary: units, documents in, samples out, skipped by reason,
-/// rejects, generations replayed and computed, seconds (this process) and rows per stage.
-pub fn format_summary(s: &RunSummary) -> String {
-    let m = &s.manifest;
-    let samples: u64 = m.files.iter().map(|f| f.rows).sum();
-    let mut out = String::new();
-    let _ = writeln!(
-        out,
-        "logo-engine summary ({:.1} s)",
-        s.elapsed.as_secs_f64()
-    );
-    let _ = writeln!(
-        out,
-        "  units            {} of {} done (shard {}: {} now, {} found done)",
-        m.units_done, m.units_total, s.shard, s.units_committed, s.units_skipped
-    );
-    let _ = writeln!(
-        out,
-        "  generations      {} generated, {} replayed from the cache",
-        s.generated, s.replayed
-    );
-    let _ = writeln!(out, "  documents in     {}", m.documents);
-    let _ = writeln!(
-        out,
-        "  questions        {}",
-        m.stats.rows_out.get("source").copied().unwrap_or(0)
-    );
-    let _ = writeln!(out, "  samples out      {samples}");
-    let rejected: u64 = m.rejects.values().sum();
-    let _ = writeln!(out, "  rejects          {rejected}");
-    for (stage, n) in &m.rejects {
-        let _ = writeln!(out, "    {stage:<14} {n}");
-    }
-    let skipped: u64 = m.stats.skipped.values().sum();
-    let _ = writeln!(out, "  skipped          {skipped}");
-    for (reason, n) in &m.stats.skipped {
-        let _ = writeln!(out, "    {reason}: {n}");
-    }
-    if !m.stats.events.is_empty() {
-        let _ = writeln!(out, "  events");
-        for (event, n) in &m.stats.events {
-            let _ = writeln!(out, "    {event}: {n}");
-        }
-    }
-    let _ = writeln!(
-        out,
-        "  stage            rows in  rows out   seconds    tokens"
-    );
-    for (stage, secs) in &s.seconds {
-        let _ = writeln!(
-            out,
-            "    {stage:<12} {:>9} {:>9} {:>9.2} {:>9}",
-            m.stats.rows_in.get(stage).copied().unwrap_or(0),
-            m.stats.rows_out.get(stage).copied().unwrap_or(0),
-            secs,
-            m.stats.tokens.get(stage).copied().unwrap_or(0)
-        );
-    }
-    for f in &m.files {
-        let _ = writeln!(
-            out,
-            "  wrote {} ({} rows, {} bytes)",
-            s.output.join(&f.path).display(),
-            f.rows,
-            f.bytes
-        );
-    }
-    out
-}
+pub use report::{format_status, format_summary};

@@ -17,12 +17,10 @@ use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 
-use arrow::array::{Array, AsArray, RecordBatch};
-use arrow::datatypes::DataType;
-use logo_schemas::{DocumentRecord, Record};
+use arrow::array::RecordBatch;
+use logo_schemas::{DocumentRecord, Record, SampleKey};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
-use serde_json::Value;
 use sha2::{Digest, Sha256};
 
 use crate::config::PipelineConfig;
@@ -30,9 +28,6 @@ use crate::error::{EngineError, Result};
 use crate::stage::{Reject, Rejects, RunStats};
 
 const STAGE: &str = "source";
-const CONTEXT_KEYS: [&str; 2] = ["context", "input"];
-const QUESTION_KEYS: [&str; 3] = ["question", "questions", "instructions"];
-const ANSWER_KEYS: [&str; 3] = ["answer", "answers", "outputs"];
 
 /// Expands the configured paths and globs into files, in the order given (each glob sorted).
 /// Errors: [`EngineError::Config`] (`source.paths`) when a pattern is invalid, matches nothing,
@@ -70,30 +65,6 @@ pub fn resolve_paths(patterns: &[PathBuf]) -> Result<Vec<PathBuf>> {
         files.extend(matched);
     }
     Ok(files)
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Format {
-    JsonLines,
-    Parquet,
-}
-
-impl Format {
-    fn of(path: &Path) -> Option<Format> {
-        match path.extension()?.to_str()? {
-            "jsonl" | "json" | "ndjson" => Some(Format::JsonLines),
-            "parquet" => Some(Format::Parquet),
-            _ => None,
-        }
-    }
-}
-
-/// One input record before it is split per question, whatever the file format.
-#[derive(Debug, Default)]
-struct RawDocument {
-    context: Option<String>,
-    questions: Option<Vec<Option<String>>>,
-    answers: Option<Vec<Option<String>>>,
 }
 
 /// One input file of a run: where, its SHA-256 and how many records it holds.
@@ -184,7 +155,7 @@ pub fn plan_units(paths: &[PathBuf], unit_rows: u64, limit: Option<u64>) -> Resu
             Some(Format::Parquet) => {
                 let file = File::open(&path).map_err(|e| EngineError::io(&path, e))?;
                 // An unreadable file has 0 records here; reading it gives the error.
-                let rows = logo_schemas::guard::catch_panic(|| {
+                let rows = logo_env::guard::catch_panic(|| {
                     ParquetRecordBatchReaderBuilder::try_new(file)
                         .map(|b| b.metadata().file_metadata().num_rows().max(0) as u64)
                 })
@@ -280,15 +251,6 @@ pub struct Source {
     documents: usize,
     questions_enabled: bool,
 }
-
-/// Why a row is rejected: (field, reason).
-type RowError = (Option<String>, String);
-
-/// (row number, parsed document or reject reason with field).
-type RowResult = (u64, std::result::Result<RawDocument, RowError>);
-
-/// Zero, one or several strings of a field (`None`: the field is absent or null).
-type Strings = std::result::Result<Option<Vec<Option<String>>>, RowError>;
 
 impl Source {
     /// Opens nothing yet; checks the paths. `limit` caps the number of documents read.
@@ -522,15 +484,17 @@ impl Source {
         let document_id = format!("{stem}:{row}");
         let make = |index: u32, question: Option<String>, answer: Option<String>, origin: &str| {
             DocumentRecord {
-                sample_id: format!("{document_id}#q{index}"),
-                document_id: document_id.clone(),
-                question_index: index,
-                source_file: file.to_string(),
-                source_row: row,
+                key: SampleKey {
+                    sample_id: format!("{document_id}#q{index}"),
+                    document_id: document_id.clone(),
+                    question_index: index,
+                    source_file: file.to_string(),
+                    source_row: row,
+                    question,
+                    answer,
+                    question_origin: origin.to_string(),
+                },
                 context: context.clone(),
-                question,
-                answer,
-                question_origin: origin.to_string(),
             }
         };
         if questions.is_empty() {
@@ -557,361 +521,11 @@ impl Source {
     }
 }
 
-fn open(path: &Path) -> Result<Box<dyn Iterator<Item = RowResult> + Send>> {
-    match Format::of(path) {
-        Some(Format::JsonLines) => {
-            let f = File::open(path).map_err(|e| EngineError::io(path, e))?;
-            Ok(Box::new(JsonLines {
-                lines: BufReader::new(f).split(b'\n'),
-                row: 0,
-            }))
-        }
-        Some(Format::Parquet) => parquet_rows(path),
-        None => Err(EngineError::Input {
-            path: path.to_path_buf(),
-            message: "unknown format".into(),
-        }),
-    }
-}
-
-struct JsonLines {
-    lines: std::io::Split<BufReader<File>>,
-    row: u64,
-}
-
-impl Iterator for JsonLines {
-    type Item = RowResult;
-    fn next(&mut self) -> Option<RowResult> {
-        loop {
-            let line = self.lines.next()?;
-            self.row += 1;
-            let mut bytes = match line {
-                Ok(b) => b,
-                Err(e) => return Some((self.row, Err((None, format!("read error: {e}"))))),
-            };
-            // A UTF-8 byte order mark (Windows editors write one) is not part of the record.
-            if self.row == 1 && bytes.starts_with(b"\xEF\xBB\xBF") {
-                bytes.drain(..3);
-            }
-            if bytes.iter().all(|b| b.is_ascii_whitespace()) {
-                continue; // blank lines are not records
-            }
-            let parsed = String::from_utf8(bytes)
-                .map_err(|e| {
-                    (
-                        None,
-                        format!("invalid UTF-8 at byte {}", e.utf8_error().valid_up_to()),
-                    )
-                })
-                .and_then(|text| parse_json_line(&text));
-            return Some((self.row, parsed));
-        }
-    }
-}
-
-fn parse_json_line(text: &str) -> std::result::Result<RawDocument, RowError> {
-    let value: Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(e) if e.to_string().contains("control character") => {
-            serde_json::from_str(&escape_control_chars(text))
-                .map_err(|e| (None, format!("malformed JSON: {e}")))?
-        }
-        Err(e) => return Err((None, format!("malformed JSON: {e}"))),
-    };
-    let Value::Object(map) = value else {
-        return Err((None, "malformed JSON: a line must hold an object".into()));
-    };
-    let pick = |keys: &[&'static str]| keys.iter().find_map(|k| map.get(*k).map(|v| (*k, v)));
-    let context = match pick(&CONTEXT_KEYS) {
-        None | Some((_, Value::Null)) => None,
-        Some((_, Value::String(s))) => Some(s.clone()),
-        Some((k, _)) => return Err((Some(k.into()), "expected a string".into())),
-    };
-    let strings = |key_set: &[&'static str]| -> Strings {
-        match pick(key_set) {
-            None | Some((_, Value::Null)) => Ok(None),
-            Some((_, Value::String(s))) => Ok(Some(vec![Some(s.clone())])),
-            Some((_, Value::Array(items))) => Ok(Some(
-                items
-                    .iter()
-                    .map(|v| v.as_str().map(str::to_string))
-                    .collect(),
-            )),
-            Some((k, _)) => Err((
-                Some(k.into()),
-                "expected a string or a list of strings".into(),
-            )),
-        }
-    };
-    // LongBench layout: the document in `context`, the question in `input`, a list of
-    // reference answers in `answers`; the first reference is kept.
-    if pick(&QUESTION_KEYS).is_none() && map.get("context").is_some_and(Value::is_string) {
-        if let Some(Value::String(q)) = map.get("input") {
-            let answers = strings(&ANSWER_KEYS)?
-                .map(|a| a.into_iter().take(1).collect::<Vec<_>>())
-                .filter(|a| !a.is_empty());
-            return Ok(RawDocument {
-                context,
-                questions: Some(vec![Some(q.clone())]),
-                answers,
-            });
-        }
-    }
-    Ok(RawDocument {
-        context,
-        questions: strings(&QUESTION_KEYS)?,
-        answers: strings(&ANSWER_KEYS)?,
-    })
-}
-
-/// Escapes raw control characters (U+0000–U+001F) inside JSON strings as `\u00XX`, leaving
-/// the rest of the line as it is.
-fn escape_control_chars(text: &str) -> String {
-    let mut out = String::with_capacity(text.len() + 16);
-    let (mut in_string, mut escaped) = (false, false);
-    for c in text.chars() {
-        if in_string {
-            if escaped {
-                escaped = false;
-            } else if c == '\\' {
-                escaped = true;
-            } else if c == '"' {
-                in_string = false;
-            } else if (c as u32) < 0x20 {
-                out.push_str(&format!("\\u{:04x}", c as u32));
-                continue;
-            }
-        } else if c == '"' {
-            in_string = true;
-        }
-        out.push(c);
-    }
-    out
-}
-
-fn parquet_rows(path: &Path) -> Result<Box<dyn Iterator<Item = RowResult> + Send>> {
-    let f = File::open(path).map_err(|e| EngineError::io(path, e))?;
-    let input_err = |m: String| EngineError::Input {
-        path: path.to_path_buf(),
-        message: m,
-    };
-    // The parquet crate panics on some corrupt footers and pages (see logo_schemas::guard).
-    let mut reader = logo_schemas::guard::catch_panic(|| {
-        ParquetRecordBatchReaderBuilder::try_new(f)
-            .map_err(|e| input_err(format!("not a readable Parquet file: {e}")))?
-            .with_batch_size(64)
-            .build()
-            .map_err(|e| input_err(e.to_string()))
-    })
-    .map_err(|p| {
-        input_err(format!(
-            "not a readable Parquet file (the reader panicked: {p})"
-        ))
-    })??;
-    let mut row = 0u64;
-    let mut broken = false;
-    let batches = std::iter::from_fn(move || {
-        if broken {
-            return None;
-        }
-        match logo_schemas::guard::catch_panic(|| reader.next()) {
-            Ok(next) => next.map(|b| b.map_err(|e| e.to_string())),
-            Err(p) => {
-                // A reader that panicked is abandoned: the rest of the file is one reject.
-                broken = true;
-                Some(Err(format!("the reader panicked: {p}")))
-            }
-        }
-    });
-    let rows = batches.flat_map(move |batch| {
-        let out: Vec<RowResult> = match batch {
-            Ok(batch) => (0..batch.num_rows())
-                .map(|i| {
-                    row += 1;
-                    (row, parquet_row(&batch, i))
-                })
-                .collect(),
-            Err(e) => {
-                row += 1;
-                vec![(row, Err((None, format!("Parquet decode error: {e}"))))]
-            }
-        };
-        out
-    });
-    Ok(Box::new(rows))
-}
-
-fn parquet_row(batch: &RecordBatch, i: usize) -> std::result::Result<RawDocument, RowError> {
-    let find = |keys: &[&'static str]| {
-        keys.iter()
-            .find_map(|k| batch.column_by_name(k).map(|c| (*k, c.clone())))
-    };
-    let strings = |keys: &[&'static str]| -> Strings {
-        let Some((k, col)) = find(keys) else {
-            return Ok(None);
-        };
-        if col.is_null(i) {
-            return Ok(None);
-        }
-        match col.data_type() {
-            DataType::Utf8 => Ok(Some(vec![Some(
-                col.as_string::<i32>().value(i).to_string(),
-            )])),
-            DataType::LargeUtf8 => Ok(Some(vec![Some(
-                col.as_string::<i64>().value(i).to_string(),
-            )])),
-            DataType::List(f) if matches!(f.data_type(), DataType::Utf8) => {
-                let items = col.as_list::<i32>().value(i);
-                let s = items.as_string::<i32>();
-                Ok(Some(
-                    (0..s.len())
-                        .map(|j| (!s.is_null(j)).then(|| s.value(j).to_string()))
-                        .collect(),
-                ))
-            }
-            DataType::LargeList(f) if matches!(f.data_type(), DataType::Utf8) => {
-                let items = col.as_list::<i64>().value(i);
-                let s = items.as_string::<i32>();
-                Ok(Some(
-                    (0..s.len())
-                        .map(|j| (!s.is_null(j)).then(|| s.value(j).to_string()))
-                        .collect(),
-                ))
-            }
-            other => Err((
-                Some(k.into()),
-                format!("expected Utf8 or List<Utf8>, got {other}"),
-            )),
-        }
-    };
-    let context = match strings(&CONTEXT_KEYS)? {
-        Some(mut v) if v.len() == 1 => v.pop().flatten(),
-        Some(_) => {
-            return Err((
-                Some("context".into()),
-                "expected one string, got a list".into(),
-            ))
-        }
-        None => None,
-    };
-    Ok(RawDocument {
-        context,
-        questions: strings(&QUESTION_KEYS)?,
-        answers: strings(&ANSWER_KEYS)?,
-    })
-}
+mod readers;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
+use readers::{escape_control_chars, parse_json_line};
+use readers::{open, Format, RawDocument, RowError, RowResult};
 
-    /// The `parquet_source` fuzz target's crash (the parquet crate asserts on a column chunk
-    /// with a negative offset while reading its pages): rejects naming the panic, no crash.
-    #[test]
-    fn a_parquet_file_the_reader_panics_on_is_a_reject() {
-        let bytes = include_bytes!(
-            "../../tests/fuzz/parquet_source/crash-45f57ec5dcdb2a5992227f84dd158a0a8cd64fbf"
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let path = dir.path().join("d.parquet");
-        std::fs::write(&path, bytes).unwrap();
-        let plan = plan_units(std::slice::from_ref(&path), 4, None).unwrap();
-        let mut src = Source::for_units(&plan, plan.units.clone(), 3, true);
-        let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
-        while let Some(b) = src.next_batch(&rejects, &stats) {
-            b.unwrap();
-        }
-        // The first batch decodes (one document); the pages after it panic: each unit that
-        // reaches them ends with one reject, and the run goes on.
-        assert_eq!(src.documents(), 1);
-        assert!(rejects.total() >= 1);
-    }
-
-    #[test]
-    fn control_characters_are_escaped_only_inside_strings() {
-        let line = "{\"input\": \"a\tb\u{1}c\", \"q\": \"\\\"x\\\"\"}";
-        let fixed = escape_control_chars(line);
-        assert_eq!(
-            fixed,
-            "{\"input\": \"a\\u0009b\\u0001c\", \"q\": \"\\\"x\\\"\"}"
-        );
-        let raw = parse_json_line(line).unwrap();
-        assert_eq!(raw.context.as_deref(), Some("a\tb\u{1}c"));
-    }
-
-    /// Regressions: the last, partial batch of the last file was dropped; a byte order mark
-    /// made row 1 malformed.
-    #[test]
-    fn rows_do_not_depend_on_batch_size_or_limit_boundaries() {
-        let dir = tempfile::tempdir().unwrap();
-        let lines: Vec<String> = (0..7)
-            .map(|i| format!(r#"{{"context": "doc {i}", "instructions": ["q{i}a", "q{i}b"]}}"#))
-            .collect();
-        // a.jsonl starts with a UTF-8 byte order mark: its first row is still a row.
-        std::fs::write(
-            dir.path().join("a.jsonl"),
-            format!("\u{feff}{}", lines[..4].join("\n")),
-        )
-        .unwrap();
-        std::fs::write(dir.path().join("b.jsonl"), lines[4..].join("\n") + "\n").unwrap();
-        let read = |batch_size: usize, limit: Option<usize>| -> Vec<String> {
-            let yaml = format!("source: {{paths: ['*.jsonl'], batch_size: {batch_size}}}\nmodel: {{path: m.gguf}}\n");
-            let cfg = PipelineConfig::from_yaml_str(&yaml, dir.path()).unwrap();
-            let mut src = Source::try_new(&cfg, limit).unwrap();
-            let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
-            let mut ids = Vec::new();
-            while let Some(b) = src.next_batch(&rejects, &stats) {
-                ids.extend(
-                    DocumentRecord::from_batch(&b.unwrap())
-                        .unwrap()
-                        .into_iter()
-                        .map(|d| d.sample_id),
-                );
-            }
-            ids
-        };
-        let all = read(1, None);
-        assert_eq!(all.len(), 14);
-        assert_eq!(all[0], "a:1#q0");
-        assert_eq!(all[13], "b:3#q1");
-        for bs in [2, 3, 5, 8] {
-            assert_eq!(read(bs, None), all, "batch_size {bs}");
-        }
-        assert_eq!(read(3, Some(5)), all[..10].to_vec());
-    }
-
-    #[test]
-    fn layouts_are_recognised() {
-        let raw = parse_json_line(
-            r#"{"input": "doc", "instructions": ["q1", "q2"], "outputs": ["a1", "a2"]}"#,
-        )
-        .unwrap();
-        assert_eq!(raw.context.as_deref(), Some("doc"));
-        assert_eq!(
-            raw.questions.unwrap(),
-            vec![Some("q1".into()), Some("q2".into())]
-        );
-        assert_eq!(
-            raw.answers.unwrap(),
-            vec![Some("a1".into()), Some("a2".into())]
-        );
-        let raw = parse_json_line(r#"{"context": "doc", "question": "q", "answer": "a"}"#).unwrap();
-        assert_eq!(raw.questions.unwrap(), vec![Some("q".into())]);
-        // LongBench: question in `input`, several references of which the first is kept.
-        let raw = parse_json_line(
-            r#"{"context": "doc", "input": "q", "answers": ["a", "b"], "dataset": "qasper"}"#,
-        )
-        .unwrap();
-        assert_eq!(raw.context.as_deref(), Some("doc"));
-        assert_eq!(raw.questions.unwrap(), vec![Some("q".into())]);
-        assert_eq!(raw.answers.unwrap(), vec![Some("a".into())]);
-        // A raw document in `input` alone stays a document without question.
-        let raw = parse_json_line(r#"{"input": "doc"}"#).unwrap();
-        assert_eq!(raw.context.as_deref(), Some("doc"));
-        assert_eq!(raw.questions, None);
-        let e = parse_json_line(r#"{"context": 3}"#).unwrap_err();
-        assert_eq!(e, (Some("context".into()), "expected a string".into()));
-        let e = parse_json_line("[1]").unwrap_err();
-        assert_eq!(e.1, "malformed JSON: a line must hold an object");
-    }
-}
+#[cfg(test)]
+mod tests;

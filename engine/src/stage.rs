@@ -28,12 +28,46 @@ pub trait Stage: Send {
     /// Short name used in progress bars, the summary and rejects (`chunker`, `scorer`, ...).
     fn name(&self) -> &'static str;
 
+    /// Schema of the batches [`Stage::process`] takes (a `logo_schemas` boundary schema):
+    /// [`check_wiring`] compares it with what the stage before it emits, before any row flows.
+    fn input_schema(&self) -> SchemaRef;
+
     /// Schema of every batch [`Stage::process`] returns (a `logo_schemas` boundary schema).
     fn output_schema(&self) -> SchemaRef;
 
     /// Transforms one batch. Bad rows go to `ctx.rejects` or `ctx.stats` and are left out of
     /// the output. Errors: only what stops the whole run (a model failure, a bug).
     fn process(&mut self, batch: RecordBatch, ctx: &StageContext) -> Result<Vec<RecordBatch>>;
+}
+
+/// Checks that each stage takes what the one before it emits (the first: `source`), field by
+/// field (names, types, nullability; metadata aside), so a pipeline wired wrong stops before
+/// any row flows (DataFusion's `try_new` checks of a plan). Errors: [`EngineError::Internal`]
+/// naming both stages and the first field that differs.
+pub fn check_wiring(source: &SchemaRef, stages: &[Box<dyn Stage>]) -> Result<()> {
+    let mut from = ("source", source.clone());
+    for stage in stages {
+        let want = stage.input_schema();
+        if want.fields() != from.1.fields() {
+            let differs = want
+                .fields()
+                .iter()
+                .zip(from.1.fields().iter())
+                .find(|(a, b)| a != b)
+                .map(|(a, b)| format!("{a:?} vs {b:?}"))
+                .unwrap_or_else(|| {
+                    let (n, m) = (want.fields().len(), from.1.fields().len());
+                    format!("{n} fields vs {m}")
+                });
+            return Err(EngineError::Internal(format!(
+                "pipeline wiring: {} takes another schema than {} emits: {differs}",
+                stage.name(),
+                from.0
+            )));
+        }
+        from = (stage.name(), stage.output_schema());
+    }
+    Ok(())
 }
 
 /// What a stage may touch besides its own state.
@@ -278,24 +312,112 @@ pub fn emit<R: logo_schemas::Record>(rows: &[R]) -> Result<Vec<RecordBatch>> {
     Ok(vec![R::to_batch(rows)?])
 }
 
-/// Splits rows into kept records and rejects: runs `f` on every row in parallel (rayon),
-/// keeping the input order. `f` returns `Ok(Some(out))` to keep, `Ok(None)` when it already
-/// counted a skip, `Err(reject)` for bad input. Errors: [`EngineError::Io`] from the rejects file.
-pub fn map_rows<I, O, F>(rows: Vec<I>, ctx: &StageContext, f: F) -> Result<Vec<O>>
+/// What a stage makes of one row: the row-level result of every stage, in place of nested
+/// `Result<Option<_>, Reject>`s. Run-stopping failures stay the outer [`Result`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum RowOutcome<T> {
+    /// The row's output record.
+    Keep(T),
+    /// Left out on purpose (not bad input), counted as `"{stage}: {reason}"` in the run's
+    /// skip counts ([`RunStats::skip`]).
+    Skip(&'static str),
+    /// Bad input: the row goes to `rejects.jsonl` ([`Rejects::push`]).
+    Reject(Reject),
+}
+
+impl<T> RowOutcome<T> {
+    /// Counts a skip under `stage` or writes a reject, and returns the kept record.
+    /// Errors: [`EngineError::Io`] from the rejects file.
+    pub fn settle(self, stage: &str, ctx: &StageContext) -> Result<Option<T>> {
+        match self {
+            RowOutcome::Keep(t) => Ok(Some(t)),
+            RowOutcome::Skip(reason) => {
+                ctx.stats.skip(stage, reason);
+                Ok(None)
+            }
+            RowOutcome::Reject(reject) => {
+                ctx.rejects.push(reject)?;
+                Ok(None)
+            }
+        }
+    }
+}
+
+/// Runs `f` on every row in parallel (rayon) and settles the outcomes in input order
+/// ([`RowOutcome::settle`] under `stage`): the kept records, in order. Errors:
+/// [`EngineError::Io`] from the rejects file.
+pub fn map_rows<I, O, F>(rows: Vec<I>, stage: &str, ctx: &StageContext, f: F) -> Result<Vec<O>>
 where
     I: Send,
     O: Send,
-    F: Fn(I) -> std::result::Result<Option<O>, Reject> + Sync + Send,
+    F: Fn(I) -> RowOutcome<O> + Sync + Send,
 {
     use rayon::prelude::*;
-    let results: Vec<_> = rows.into_par_iter().map(f).collect();
+    let results: Vec<RowOutcome<O>> = rows.into_par_iter().map(f).collect();
     let mut kept = Vec::with_capacity(results.len());
     for r in results {
-        match r {
-            Ok(Some(o)) => kept.push(o),
-            Ok(None) => {}
-            Err(reject) => ctx.rejects.push(reject)?,
-        }
+        kept.extend(r.settle(stage, ctx)?);
     }
     Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{SamplerConfig, ScorerConfig};
+    use crate::stages::{SamplerStage, ScorerStage};
+
+    fn scorer() -> Box<dyn Stage> {
+        Box::new(ScorerStage::try_new(&ScorerConfig::default()).unwrap())
+    }
+
+    fn sampler() -> Box<dyn Stage> {
+        Box::new(SamplerStage::try_new(&SamplerConfig::default(), 1).unwrap())
+    }
+
+    /// chunks → scorer → sampler is wired right; the sampler straight after the chunks, or the
+    /// scorer after itself, is refused naming both stages.
+    #[test]
+    fn a_pipeline_wired_wrong_is_refused_before_any_row() {
+        let chunks = logo_schemas::chunks_schema();
+        check_wiring(&chunks, &[scorer(), sampler()]).unwrap();
+        let err = check_wiring(&chunks, &[sampler()]).unwrap_err().to_string();
+        assert!(
+            err.contains("sampler takes another schema than source emits"),
+            "{err}"
+        );
+        let err = check_wiring(&chunks, &[scorer(), scorer()])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("scorer takes another schema than scorer emits"),
+            "{err}"
+        );
+    }
+
+    /// Keep returns the record; Skip counts `stage: reason`; Reject writes one reject.
+    #[test]
+    fn row_outcomes_settle_into_records_skips_and_rejects() {
+        let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
+        let ctx = StageContext {
+            rejects: &rejects,
+            stats: &stats,
+        };
+        let reject = Reject {
+            stage: "s".into(),
+            file: "f.jsonl".into(),
+            row: 3,
+            field: Some("question".into()),
+            reason: "empty".into(),
+        };
+        let kept = map_rows(vec![1, 2, 3, 4], "s", &ctx, |i| match i {
+            2 => RowOutcome::Skip("even"),
+            3 => RowOutcome::Reject(reject.clone()),
+            _ => RowOutcome::Keep(i * 10),
+        })
+        .unwrap();
+        assert_eq!(kept, vec![10, 40]);
+        assert_eq!(stats.snapshot().skipped.get("s: even"), Some(&1));
+        assert_eq!(rejects.total(), 1);
+    }
 }

@@ -3,9 +3,10 @@
 //! Some readers assert instead of returning an error on corrupt input: `parquet` 59 panics
 //! with "column start and length should not be negative" on a footer whose column chunk
 //! offsets are negative (`ColumnChunkMetaData::byte_range`; found by the `parquet_source`
-//! fuzz target, input under `tests/fuzz/parquet_source/`). A bad input file must become a
-//! reject or an error naming the file, never a crash that loses the run, so every call into
-//! such a reader goes through [`catch_panic`].
+//! fuzz target, input under `tests/fuzz/parquet_source/`; `logo_formats::parquet_pages` now
+//! refuses that file before decoding, and the guard stays for the panics not foreseen). A bad
+//! input file must become a reject or an error naming the file, never a crash that loses the
+//! run, so every call into such a reader goes through [`catch_panic`].
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 

@@ -1,4 +1,4 @@
-//! Locations both programs agree on, like the column names: the cache folder that
+//! Locations every program and test agrees on: the cache folder that
 //! `scripts/just setup` fills (models, data, the torch venv) and the embedded default model in
 //! it.
 

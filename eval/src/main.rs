@@ -508,12 +508,12 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
 }
 
 fn main() -> ExitCode {
-    logo_schemas::cli::reset_sigpipe();
+    logo_env::cli::reset_sigpipe();
     let cli = Cli::parse();
     let plan = match plan(&cli) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("logo-eval: {}", logo_schemas::cli::error_chain(&e));
+            eprintln!("logo-eval: {}", logo_env::cli::error_chain(&e));
             return ExitCode::from(2);
         }
     };
@@ -524,7 +524,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("logo-eval: {}", logo_schemas::cli::error_chain(&e));
+            eprintln!("logo-eval: {}", logo_env::cli::error_chain(&e));
             ExitCode::FAILURE
         }
     }

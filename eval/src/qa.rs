@@ -176,13 +176,13 @@ fn read_questions(file: &Path, cfg: &QaConfig, rejects: &Rejects) -> Result<Vec<
             if out.len() >= cfg.questions_per_file {
                 return Ok(out);
             }
-            let (Some(_), Some(answer)) = (&row.question, &row.answer) else {
+            let (Some(_), Some(answer)) = (&row.key.question, &row.key.answer) else {
                 continue;
             };
             if answer.trim().is_empty() {
                 continue;
             }
-            let n = per_doc.entry(row.document_id.clone()).or_default();
+            let n = per_doc.entry(row.key.document_id.clone()).or_default();
             if *n < cfg.questions_per_document {
                 *n += 1;
                 out.push(row);
@@ -224,7 +224,7 @@ pub fn run_qa(
         // (row, prompt, truncated) per question, in file order.
         let mut prompts = Vec::with_capacity(questions.len());
         for row in questions {
-            let question = row.question.clone().unwrap_or_default();
+            let question = row.key.question.clone().unwrap_or_default();
             let (empty, _) = template.prompt(&tok, SYSTEM_PROMPT, &[], &question)?;
             let budget = cfg
                 .max_length
@@ -235,16 +235,16 @@ pub fn run_qa(
                     message: format!(
                         "{}: row {}: the question alone takes {} tokens",
                         file.display(),
-                        row.source_row,
+                        row.key.source_row,
                         empty.len()
                     ),
                 });
             }
-            let ids = match doc_ids.get(&row.document_id) {
+            let ids = match doc_ids.get(&row.key.document_id) {
                 Some(ids) => ids.clone(),
                 None => {
                     let ids = encode_text(&tok, &row.context)?;
-                    doc_ids.insert(row.document_id.clone(), ids.clone());
+                    doc_ids.insert(row.key.document_id.clone(), ids.clone());
                     ids
                 }
             };
@@ -256,11 +256,11 @@ pub fn run_qa(
         // Consecutive questions of one document share its prefill.
         let mut start = 0;
         while start < prompts.len() {
-            let doc = &prompts[start].0.document_id;
+            let doc = &prompts[start].0.key.document_id;
             let end = start
                 + prompts[start..]
                     .iter()
-                    .take_while(|(r, _, _)| &r.document_id == doc)
+                    .take_while(|(r, _, _)| &r.key.document_id == doc)
                     .count();
             let group: Vec<Vec<u32>> = prompts[start..end]
                 .iter()
@@ -269,16 +269,16 @@ pub fn run_qa(
             let answers =
                 generator.generate_group(&group, cfg.max_new_tokens, &cfg.decoding, false)?;
             for ((row, prompt, truncated), answer) in prompts[start..end].iter().zip(answers) {
-                let question = row.question.clone().unwrap_or_default();
-                let references = vec![row.answer.clone().unwrap_or_default()];
+                let question = row.key.question.clone().unwrap_or_default();
+                let references = vec![row.key.answer.clone().unwrap_or_default()];
                 let prediction = answer.text.trim().to_string();
                 let scores = QaScores::best_of(&prediction, &references);
                 pb.set_message(format!("{name}: F1 {:.2}", scores.f1));
                 pb.inc(1);
                 scored.push(QaItem {
                     file: name.clone(),
-                    source_row: row.source_row,
-                    question_index: row.question_index,
+                    source_row: row.key.source_row,
+                    question_index: row.key.question_index,
                     question,
                     references,
                     prediction,

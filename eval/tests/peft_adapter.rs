@@ -19,13 +19,13 @@ fn peft_written_adapter_gives_pefts_logits() {
     let Some(cfg) = common::embedded("peft_written_adapter_gives_pefts_logits") else {
         return;
     };
-    let py = match logo_schemas::paths::venv_python_with(&["transformers", "peft", "safetensors"]) {
+    let py = match logo_env::paths::venv_python_with(&["transformers", "peft", "safetensors"]) {
         Ok(py) => py,
-        Err(why) => return logo_schemas::paths::fixture_missing(&why),
+        Err(why) => return logo_env::paths::fixture_missing(&why),
     };
     let dir = tempfile::tempdir().unwrap();
     let hf = dir.path().join("hf");
-    logo_trainer::bench::export_hf(&cfg.path, None, &hf).unwrap();
+    logo_trainer::peft::export_hf(&cfg.path, None, &hf).unwrap();
     let tok = logo_engine::model::load_tokenizer(&cfg).unwrap();
     let ids = encode_text(&tok, "Marie Curie was born in Warsaw and later moved to").unwrap();
     let adapter = dir.path().join("adapter");

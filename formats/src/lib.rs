@@ -1,7 +1,10 @@
 //! The external file formats that more than one logo crate reads or writes, each in one
 //! module: [`peft`] (PEFT LoRA adapter folders, `adapter_config.json` +
 //! `adapter_model.safetensors`) and [`gguf`] (the names of a Llama's tensors in llama.cpp's
-//! GGUF and in Hugging Face checkpoints, and the q/k row permutation between them).
+//! GGUF and in Hugging Face checkpoints, and the q/k row permutation between them) and
+//! [`parquet_pages`] (the page headers of a Parquet file, checked before the `parquet` crate
+//! trusts the sizes they declare; the engine's source and the trainer's data reader both read
+//! untrusted Parquet).
 //!
 //! Why a crate of its own: the engine runs the policy on candle and never links libtorch; the
 //! trainer trains on libtorch (tch) and never links candle's models; both read the same
@@ -17,6 +20,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod parquet_pages;
 pub mod peft;
 
 pub use error::FormatError;

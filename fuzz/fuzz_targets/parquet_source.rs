@@ -8,7 +8,7 @@ use logo_engine::stage::{Rejects, RunStats};
 
 fuzz_target!(|data: &[u8]| {
     // libfuzzer-sys's panic hook aborts on every panic, also on one the reader catches
-    // (logo_schemas::guard): restore the default hook; an uncaught panic still aborts when it
+    // (logo_env::guard): restore the default hook; an uncaught panic still aborts when it
     // reaches fuzz_target!'s own catch_unwind.
     static HOOK: std::sync::Once = std::sync::Once::new();
     HOOK.call_once(|| drop(std::panic::take_hook()));

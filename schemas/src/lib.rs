@@ -14,31 +14,29 @@
 //!
 //! Every column name is a `pub const` in [`col`]; no other crate spells one. Each table has a
 //! typed record with conversion to and from [`RecordBatch`] ([`Record::to_batch`],
-//! [`Record::from_batch`]). Parquet files carry [`SCHEMA_VERSION`] under the key-value metadata
+//! [`Record::from_batch`]); the eight columns every table shares are one [`SampleKey`]. Parquet files carry [`SCHEMA_VERSION`] under the key-value metadata
 //! key [`SCHEMA_VERSION_KEY`]; readers call [`check_schema_version`].
 //!
 //! ```
-//! use logo_schemas::{DocumentRecord, Record};
+//! use logo_schemas::{DocumentRecord, Record, SampleKey};
 //! let doc = DocumentRecord {
-//!     sample_id: "essay:1#q0".into(),
-//!     document_id: "essay:1".into(),
-//!     question_index: 0,
-//!     source_file: "essay.jsonl".into(),
-//!     source_row: 1,
+//!     key: SampleKey {
+//!         sample_id: "essay:1#q0".into(),
+//!         document_id: "essay:1".into(),
+//!         question_index: 0,
+//!         source_file: "essay.jsonl".into(),
+//!         source_row: 1,
+//!         question: Some("What is it?".into()),
+//!         answer: None,
+//!         question_origin: "source".into(),
+//!     },
 //!     context: "A long document.".into(),
-//!     question: Some("What is it?".into()),
-//!     answer: None,
-//!     question_origin: "source".into(),
 //! };
 //! let batch = DocumentRecord::to_batch(&[doc.clone()]).unwrap();
 //! assert_eq!(batch.num_rows(), 1);
 //! assert_eq!(DocumentRecord::from_batch(&batch).unwrap(), vec![doc]);
 //! ```
 #![deny(missing_docs)]
-
-pub mod cli;
-pub mod guard;
-pub mod paths;
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -424,9 +422,12 @@ pub trait Record: Serialize + DeserializeOwned + Sized {
     }
 }
 
-/// One row of [`documents_schema`].
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct DocumentRecord {
+/// The eight columns that identify a sample and carry its question, the same in every table
+/// from the source to the training samples ([`col::SAMPLE_ID`] … [`col::QUESTION_ORIGIN`]):
+/// each record holds one, flattened into its columns (`#[serde(flatten)]`), so a stage passes
+/// it on whole instead of copying the columns one by one.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SampleKey {
     /// See [`col::SAMPLE_ID`].
     pub sample_id: String,
     /// See [`col::DOCUMENT_ID`].
@@ -437,14 +438,22 @@ pub struct DocumentRecord {
     pub source_file: String,
     /// See [`col::SOURCE_ROW`].
     pub source_row: u64,
-    /// See [`col::CONTEXT`].
-    pub context: String,
     /// See [`col::QUESTION`].
     pub question: Option<String>,
     /// See [`col::ANSWER`].
     pub answer: Option<String>,
     /// See [`col::QUESTION_ORIGIN`].
     pub question_origin: String,
+}
+
+/// One row of [`documents_schema`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct DocumentRecord {
+    /// The sample's identity and question (eight columns, flattened).
+    #[serde(flatten)]
+    pub key: SampleKey,
+    /// See [`col::CONTEXT`].
+    pub context: String,
 }
 
 impl Record for DocumentRecord {
@@ -457,22 +466,9 @@ impl Record for DocumentRecord {
 /// One row of [`chunks_schema`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ChunkedRecord {
-    /// See [`col::SAMPLE_ID`].
-    pub sample_id: String,
-    /// See [`col::DOCUMENT_ID`].
-    pub document_id: String,
-    /// See [`col::QUESTION_INDEX`].
-    pub question_index: u32,
-    /// See [`col::SOURCE_FILE`].
-    pub source_file: String,
-    /// See [`col::SOURCE_ROW`].
-    pub source_row: u64,
-    /// See [`col::QUESTION`].
-    pub question: Option<String>,
-    /// See [`col::ANSWER`].
-    pub answer: Option<String>,
-    /// See [`col::QUESTION_ORIGIN`].
-    pub question_origin: String,
+    /// The sample's identity and question (eight columns, flattened).
+    #[serde(flatten)]
+    pub key: SampleKey,
     /// See [`col::CHUNK_INPUT_IDS`]: `[n_chunks][<= chunk_size]` token ids.
     pub chunk_input_ids: Vec<Vec<u32>>,
     /// See [`col::CHUNK_TEXT`]: `[n_chunks]`.
@@ -489,22 +485,9 @@ impl Record for ChunkedRecord {
 /// One row of [`scored_schema`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ScoredRecord {
-    /// See [`col::SAMPLE_ID`].
-    pub sample_id: String,
-    /// See [`col::DOCUMENT_ID`].
-    pub document_id: String,
-    /// See [`col::QUESTION_INDEX`].
-    pub question_index: u32,
-    /// See [`col::SOURCE_FILE`].
-    pub source_file: String,
-    /// See [`col::SOURCE_ROW`].
-    pub source_row: u64,
-    /// See [`col::QUESTION`].
-    pub question: Option<String>,
-    /// See [`col::ANSWER`].
-    pub answer: Option<String>,
-    /// See [`col::QUESTION_ORIGIN`].
-    pub question_origin: String,
+    /// The sample's identity and question (eight columns, flattened).
+    #[serde(flatten)]
+    pub key: SampleKey,
     /// See [`col::CHUNK_INPUT_IDS`].
     pub chunk_input_ids: Vec<Vec<u32>>,
     /// See [`col::CHUNK_TEXT`].
@@ -523,22 +506,9 @@ impl Record for ScoredRecord {
 /// One row of [`sampled_schema`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SampledRecord {
-    /// See [`col::SAMPLE_ID`].
-    pub sample_id: String,
-    /// See [`col::DOCUMENT_ID`].
-    pub document_id: String,
-    /// See [`col::QUESTION_INDEX`].
-    pub question_index: u32,
-    /// See [`col::SOURCE_FILE`].
-    pub source_file: String,
-    /// See [`col::SOURCE_ROW`].
-    pub source_row: u64,
-    /// See [`col::QUESTION`].
-    pub question: Option<String>,
-    /// See [`col::ANSWER`].
-    pub answer: Option<String>,
-    /// See [`col::QUESTION_ORIGIN`].
-    pub question_origin: String,
+    /// The sample's identity and question (eight columns, flattened).
+    #[serde(flatten)]
+    pub key: SampleKey,
     /// See [`col::CHUNK_INPUT_IDS`].
     pub chunk_input_ids: Vec<Vec<u32>>,
     /// See [`col::CHUNK_TEXT`].
@@ -565,22 +535,9 @@ impl Record for SampledRecord {
 /// One row of [`generations_schema`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct GeneratedRecord {
-    /// See [`col::SAMPLE_ID`].
-    pub sample_id: String,
-    /// See [`col::DOCUMENT_ID`].
-    pub document_id: String,
-    /// See [`col::QUESTION_INDEX`].
-    pub question_index: u32,
-    /// See [`col::SOURCE_FILE`].
-    pub source_file: String,
-    /// See [`col::SOURCE_ROW`].
-    pub source_row: u64,
-    /// See [`col::QUESTION`].
-    pub question: Option<String>,
-    /// See [`col::ANSWER`].
-    pub answer: Option<String>,
-    /// See [`col::QUESTION_ORIGIN`].
-    pub question_origin: String,
+    /// The sample's identity and question (eight columns, flattened).
+    #[serde(flatten)]
+    pub key: SampleKey,
     /// See [`col::CONTEXT_CHUNK_IDS`].
     pub context_chunk_ids: Vec<u32>,
     /// See [`col::CONTEXT_CHUNK_SCORES`].
@@ -632,22 +589,9 @@ impl Record for GeneratedRecord {
 /// `({Q, C', y_w}, {Q, C', y_l^(j)}_{j=1..M})` (paper 3.2.2, Eq. 3).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainingSample {
-    /// See [`col::SAMPLE_ID`].
-    pub sample_id: String,
-    /// See [`col::DOCUMENT_ID`].
-    pub document_id: String,
-    /// See [`col::QUESTION_INDEX`].
-    pub question_index: u32,
-    /// See [`col::SOURCE_FILE`].
-    pub source_file: String,
-    /// See [`col::SOURCE_ROW`].
-    pub source_row: u64,
-    /// See [`col::QUESTION`].
-    pub question: Option<String>,
-    /// See [`col::ANSWER`].
-    pub answer: Option<String>,
-    /// See [`col::QUESTION_ORIGIN`].
-    pub question_origin: String,
+    /// The sample's identity and question (eight columns, flattened).
+    #[serde(flatten)]
+    pub key: SampleKey,
     /// See [`col::CONTEXT_CHUNK_IDS`].
     pub context_chunk_ids: Vec<u32>,
     /// See [`col::CONTEXT_CHUNK_SCORES`].

@@ -4,14 +4,16 @@ use super::*;
 
 fn sample() -> TrainingSample {
     TrainingSample {
-        sample_id: "d:1#q0".into(),
-        document_id: "d:1".into(),
-        question_index: 0,
-        source_file: "d.jsonl".into(),
-        source_row: 1,
-        question: Some("q".into()),
-        answer: None,
-        question_origin: "source".into(),
+        key: SampleKey {
+            sample_id: "d:1#q0".into(),
+            document_id: "d:1".into(),
+            question_index: 0,
+            source_file: "d.jsonl".into(),
+            source_row: 1,
+            question: Some("q".into()),
+            answer: None,
+            question_origin: "source".into(),
+        },
         context_chunk_ids: vec![0, 2],
         context_chunk_scores: vec![7, 1],
         prompt_input_ids: vec![1, 2, 3, 4],
@@ -52,14 +54,16 @@ fn every_record_matches_its_schema() {
     // Each typed record must serialise into exactly its table's schema.
     let t = sample();
     let g = GeneratedRecord {
-        sample_id: t.sample_id.clone(),
-        document_id: t.document_id.clone(),
-        question_index: 0,
-        source_file: t.source_file.clone(),
-        source_row: 1,
-        question: None,
-        answer: None,
-        question_origin: "generated".into(),
+        key: SampleKey {
+            sample_id: t.key.sample_id.clone(),
+            document_id: t.key.document_id.clone(),
+            question_index: 0,
+            source_file: t.key.source_file.clone(),
+            source_row: 1,
+            question: None,
+            answer: None,
+            question_origin: "generated".into(),
+        },
         context_chunk_ids: vec![],
         context_chunk_scores: vec![],
         prompt_input_ids: vec![],
@@ -83,14 +87,16 @@ fn every_record_matches_its_schema() {
     let b = GeneratedRecord::to_batch(std::slice::from_ref(&g)).unwrap();
     assert_eq!(GeneratedRecord::from_batch(&b).unwrap(), vec![g]);
     let s = SampledRecord {
-        sample_id: "a".into(),
-        document_id: "b".into(),
-        question_index: 3,
-        source_file: "f".into(),
-        source_row: 9,
-        question: Some("q".into()),
-        answer: Some("a".into()),
-        question_origin: "source".into(),
+        key: SampleKey {
+            sample_id: "a".into(),
+            document_id: "b".into(),
+            question_index: 3,
+            source_file: "f".into(),
+            source_row: 9,
+            question: Some("q".into()),
+            answer: Some("a".into()),
+            question_origin: "source".into(),
+        },
         chunk_input_ids: vec![vec![1, 2], vec![3]],
         chunk_text: vec!["x".into(), "y".into()],
         chunk_scores: vec![0, 7],

@@ -48,9 +48,9 @@ pub fn embedded_model() -> Option<PathBuf> {
 
 /// Returns `Some(value)`, or records that the test is skipped because `what` (a fixture) is
 /// absent and returns `None`; under `CI=true` it fails instead
-/// ([`logo_schemas::paths::fixture_missing`]).
+/// ([`logo_env::paths::fixture_missing`]).
 pub fn or_skip<T>(value: Option<T>, what: &str) -> Option<T> {
-    logo_schemas::paths::require_fixture(value, &format!("{what} is absent"))
+    logo_env::paths::require_fixture(value, &format!("{what} is absent"))
 }
 
 /// Output as text, for assertion messages.

@@ -13,7 +13,7 @@ pub const ALIAS: &str = "smollm2";
 
 /// `$LOGO_CACHE/llama.cpp/bin/llama-server`, if built.
 pub fn llama_server_binary() -> Option<PathBuf> {
-    let p = logo_schemas::paths::cache_dir().join("llama.cpp/bin/llama-server");
+    let p = logo_env::paths::cache_dir().join("llama.cpp/bin/llama-server");
     p.is_file().then_some(p)
 }
 

@@ -161,7 +161,7 @@ fn every_kind_of_bad_row_is_rejected_and_the_rest_goes_on() {
         .all(|r| r.file.ends_with("docs.jsonl") && r.stage == "source"));
     // Both valid documents became samples: nothing valid was lost.
     let samples = read_training_samples(&dir.path().join("out")).unwrap();
-    let rows: Vec<u64> = samples.iter().map(|s| s.source_row).collect();
+    let rows: Vec<u64> = samples.iter().map(|s| s.key.source_row).collect();
     assert_eq!(rows, vec![1, 10]);
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("rejects          8"), "{summary}");
@@ -227,7 +227,10 @@ fn leval_run_produces_valid_samples() {
         assert_eq!(s.rejected.len(), m);
         assert_eq!(s.rejected_input_ids.len(), m);
         assert_eq!(s.rejected_strategy.len(), m);
-        assert_eq!(Some(s.chosen.as_str()), s.answer.as_deref().map(str::trim));
+        assert_eq!(
+            Some(s.chosen.as_str()),
+            s.key.answer.as_deref().map(str::trim)
+        );
         assert_eq!(s.chosen_origin, "reference");
         let p = &s.prompt_position_ids;
         assert_eq!(p.len(), s.prompt_input_ids.len());
@@ -271,9 +274,9 @@ fn exported_tokenizer_loads_in_transformers_with_the_engines_ids() {
     let Some(model) = or_skip(embedded_model(), "the embedded model") else {
         return;
     };
-    let py = match logo_schemas::paths::venv_python_with(&["transformers"]) {
+    let py = match logo_env::paths::venv_python_with(&["transformers"]) {
         Ok(py) => py,
-        Err(why) => return logo_schemas::paths::fixture_missing(&why),
+        Err(why) => return logo_env::paths::fixture_missing(&why),
     };
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("tok");

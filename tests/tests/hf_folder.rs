@@ -86,7 +86,7 @@ fn an_hf_folder_runs_in_process_with_the_logits_of_its_gguf_and_of_transformers(
     let Some(gguf) = or_skip(embedded_model(), "the embedded model (scripts/just setup)") else {
         return;
     };
-    let py = logo_schemas::paths::venv_python_with(&["transformers", "torch"]);
+    let py = logo_env::paths::venv_python_with(&["transformers", "torch"]);
     let Some(py) = or_skip(
         py.ok(),
         "the venv with transformers (scripts/setup-venv.sh)",
@@ -230,17 +230,17 @@ fn data_built_for_another_template_ends_with_its_end_of_turn_and_trains() {
         assert!(
             !s.prompt_input_ids.contains(&END_OF_TEXT),
             "{}",
-            s.sample_id
+            s.key.sample_id
         );
         // Every response ends with the template's end of turn, once.
         for r in std::iter::once(&s.chosen_input_ids).chain(&s.rejected_input_ids) {
-            assert_eq!(r.last(), Some(&END_OF_TEXT), "{}", s.sample_id);
-            assert!(!r.contains(&IM_END), "{}", s.sample_id);
+            assert_eq!(r.last(), Some(&END_OF_TEXT), "{}", s.key.sample_id);
+            assert!(!r.contains(&IM_END), "{}", s.key.sample_id);
             assert_eq!(
                 r.iter().filter(|&&t| t == END_OF_TEXT).count(),
                 1,
                 "{}",
-                s.sample_id
+                s.key.sample_id
             );
         }
     }

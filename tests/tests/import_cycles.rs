@@ -26,7 +26,7 @@ fn the_workspace_has_no_import_circles() {
         "{text}{}",
         String::from_utf8_lossy(&out.stderr)
     );
-    assert!(text.contains("no import circles in 6 crate(s)"), "{text}");
+    assert!(text.contains("no import circles in 7 crate(s)"), "{text}");
 }
 
 #[test]

@@ -133,7 +133,7 @@ fn sample_ids(dir: &Path) -> Vec<String> {
     read_training_samples(dir)
         .unwrap()
         .into_iter()
-        .map(|s| s.sample_id)
+        .map(|s| s.key.sample_id)
         .collect()
 }
 

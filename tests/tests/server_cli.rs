@@ -84,7 +84,7 @@ fn check_invariants(out_dir: &Path, model_name: &str) -> (Manifest, Vec<Training
         manifest.stats
     );
     assert!(!samples.is_empty(), "no sample: {:?}", manifest.stats);
-    let ids: BTreeSet<&str> = samples.iter().map(|s| s.sample_id.as_str()).collect();
+    let ids: BTreeSet<&str> = samples.iter().map(|s| s.key.sample_id.as_str()).collect();
     assert_eq!(ids.len(), samples.len(), "duplicated sample ids");
     let fold = logo_engine::stages::generator::normalise;
     for s in &samples {
@@ -240,7 +240,13 @@ fn server_killed_and_restarted_mid_run_loses_and_duplicates_nothing() {
     assert!(retries.is_some_and(|r| r >= 1), "{:?}", manifest.stats);
     let summary = String::from_utf8_lossy(&out.stdout);
     assert!(summary.contains("generator: retries: "), "{summary}");
-    let key = |s: &TrainingSample| (s.sample_id.clone(), s.chosen.clone(), s.rejected.clone());
+    let key = |s: &TrainingSample| {
+        (
+            s.key.sample_id.clone(),
+            s.chosen.clone(),
+            s.rejected.clone(),
+        )
+    };
     assert_eq!(
         got.iter().map(key).collect::<Vec<_>>(),
         expected.iter().map(key).collect::<Vec<_>>()

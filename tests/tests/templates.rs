@@ -128,7 +128,7 @@ fn four_template_styles_render_to_transformers_ids() {
     let Some(gguf) = or_skip(embedded_model(), "the embedded model (scripts/just setup)") else {
         return;
     };
-    let py = logo_schemas::paths::venv_python_with(&["transformers"]);
+    let py = logo_env::paths::venv_python_with(&["transformers"]);
     let Some(py) = or_skip(
         py.ok(),
         "the venv with transformers (scripts/setup-venv.sh)",

@@ -1,8 +1,8 @@
 //! `logo-trainer bench`: time full LOGO training steps (forward, backward, AdamW) on a
 //! synthetic sample of a given prompt length and M, and report step time, tokens/s, peak
-//! memory and an estimated MFU as JSON. Also [`export_hf`], which writes a model (e.g. the
-//! dequantised embedded GGUF) as a Hugging Face folder so that reference implementations
-//! (transformers + PEFT, `bench/hf_peft_logo_step.py`) run on the same weights.
+//! memory and an estimated MFU as JSON. Reference implementations (transformers + PEFT,
+//! `bench/hf_peft_logo_step.py`) run on the same weights through
+//! [`crate::peft::export_hf`].
 //!
 //! FLOPs per step follow the usual accounting (Kaplan et al. 2020; PaLM, Chowdhery et al.
 //! 2022, App. B): a forward pass costs 2·N FLOPs per token for the N weights of the decoder
@@ -18,7 +18,7 @@
 //! On CUDA the report also gives the peak memory of PyTorch's caching allocator
 //! (`torch.cuda.max_memory_allocated`, through the shim in `csrc/cuda_memory.cpp`).
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -422,58 +422,6 @@ fn device_index(device: Device) -> i64 {
     }
 }
 
-/// Writes `model` (HF folder or GGUF) as a Hugging Face Llama folder: `config.json` and
-/// `model.safetensors` (f32, HF tensor names). With `adapter` (a PEFT LoRA folder, ours or any
-/// on the same base), the adapter is merged into the base weights first (W + B·A·scaling).
-/// Tokenizer files are not written. Errors: [`TrainerError::Io`], model or adapter loading.
-pub fn export_hf(model_path: &Path, adapter: Option<&Path>, out: &Path) -> Result<()> {
-    let model = match adapter {
-        None => Llama::load(model_path, None, Device::Cpu, Kind::Float)?,
-        Some(dir) => {
-            let lora = crate::peft::read_adapter_config(dir)?;
-            let mut model = Llama::load(model_path, Some(&lora), Device::Cpu, Kind::Float)?;
-            crate::peft::load_adapter(&model, dir)?;
-            crate::peft::merge_lora(&mut model)?;
-            model
-        }
-    };
-    let c = model.config();
-    std::fs::create_dir_all(out).map_err(|e| TrainerError::io(out, e))?;
-    let mut config = serde_json::json!({
-        "architectures": ["LlamaForCausalLM"],
-        "model_type": "llama",
-        "vocab_size": c.vocab_size,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.intermediate_size,
-        "num_hidden_layers": c.num_hidden_layers,
-        "num_attention_heads": c.num_attention_heads,
-        "num_key_value_heads": c.num_key_value_heads,
-        "head_dim": c.head_dim,
-        "rms_norm_eps": c.rms_norm_eps,
-        "rope_theta": c.rope_theta,
-        "tie_word_embeddings": c.tie_word_embeddings,
-        "max_position_embeddings": c.max_position_embeddings,
-        "hidden_act": "silu",
-        "torch_dtype": "float32",
-    });
-    if c.rope_scaling.is_some() {
-        return Err(TrainerError::Config {
-            key: "export-hf".into(),
-            message: "models with rope_scaling are not exported yet".into(),
-        });
-    }
-    if let Some(pad) = c.pad_token_id {
-        config["pad_token_id"] = pad.into();
-    }
-    let path = out.join("config.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json"))
-        .map_err(|e| TrainerError::io(&path, e))?;
-    let mut named: Vec<(String, Tensor)> = model.base_var_store().variables().into_iter().collect();
-    named.sort_by(|a, b| a.0.cmp(&b.0));
-    Tensor::write_safetensors(&named, out.join("model.safetensors"))?;
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -522,7 +470,7 @@ mod tests {
     #[test]
     fn cuda_peak_memory_without_a_gpu_is_none() {
         if tch::Cuda::is_available() {
-            return logo_schemas::paths::not_applicable("a GPU is present");
+            return logo_env::paths::not_applicable("a GPU is present");
         }
         assert_eq!(cuda_peak_memory(0), None);
     }

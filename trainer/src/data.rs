@@ -78,7 +78,8 @@ pub struct TrainingData {
 impl TrainingData {
     /// Lists and checks the `*.parquet` files of `dir` (sorted by name), and reads M from the
     /// first row. Errors: [`TrainerError::Input`] naming the file (no Parquet file, wrong or
-    /// missing schema version, missing or mistyped column, no rows).
+    /// missing schema version, missing or mistyped column, page headers that declare sizes
+    /// the file cannot hold ([`logo_formats::parquet_pages`]), no rows).
     pub fn open(dir: &Path) -> Result<Self> {
         let mut files: Vec<PathBuf> = std::fs::read_dir(dir)
             .map_err(|e| TrainerError::io(dir, e))?
@@ -106,15 +107,23 @@ impl TrainingData {
                 message,
             };
             let file = File::open(path).map_err(|e| TrainerError::io(path, e))?;
-            // The parquet crate panics on some corrupt footers (see logo_schemas::guard).
+            let len = file
+                .metadata()
+                .map_err(|e| TrainerError::io(path, e))?
+                .len();
+            let clone = file.try_clone().map_err(|e| TrainerError::io(path, e))?;
+            // The parquet crate panics on some corrupt footers (see logo_env::guard), and
+            // allocates the sizes page headers declare: those are checked first.
             let builder =
-                logo_schemas::guard::catch_panic(|| ParquetRecordBatchReaderBuilder::try_new(file))
+                logo_env::guard::catch_panic(|| ParquetRecordBatchReaderBuilder::try_new(clone))
                     .map_err(|p| {
                         input(format!(
                             "not a readable Parquet file (the reader panicked: {p})"
                         ))
                     })?
                     .map_err(|e| input(format!("not a readable Parquet file: {e}")))?;
+            logo_formats::parquet_pages::check_declared_sizes(&file, len, builder.metadata())
+                .map_err(|m| input(format!("declares sizes it cannot hold: {m}")))?;
             let kv: HashMap<String, String> = builder
                 .metadata()
                 .file_metadata()
@@ -192,7 +201,7 @@ pub fn read_row_group(rg: &RowGroupRef) -> Result<Vec<Example>> {
     };
     let file = File::open(&rg.path).map_err(|e| TrainerError::io(&rg.path, e))?;
     let panicked = |p: String| input(format!("the Parquet reader panicked: {p}"));
-    let mut reader = logo_schemas::guard::catch_panic(|| {
+    let mut reader = logo_env::guard::catch_panic(|| {
         let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
         let mask = parquet::arrow::ProjectionMask::columns(builder.parquet_schema(), COLUMNS);
         builder
@@ -202,7 +211,7 @@ pub fn read_row_group(rg: &RowGroupRef) -> Result<Vec<Example>> {
     })
     .map_err(panicked)??;
     let mut out = Vec::with_capacity(rg.rows);
-    while let Some(batch) = logo_schemas::guard::catch_panic(|| reader.next()).map_err(panicked)? {
+    while let Some(batch) = logo_env::guard::catch_panic(|| reader.next()).map_err(panicked)? {
         let batch = batch?;
         let rows = examples_from_batch(&batch)
             .map_err(|m| input(format!("row group {}: {m}", rg.index)))?;
@@ -587,126 +596,4 @@ impl Batch {
 }
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// The `parquet_source` fuzz crash (the parquet crate asserts on a negative column
-    /// offset) as a data folder: an input error naming the file and the panic, no crash.
-    #[test]
-    fn a_parquet_file_the_reader_panics_on_is_an_input_error() {
-        let dir = tempfile::tempdir().unwrap();
-        std::fs::write(
-            dir.path().join("a.parquet"),
-            include_bytes!(
-                "../../tests/fuzz/parquet_source/crash-45f57ec5dcdb2a5992227f84dd158a0a8cd64fbf"
-            ),
-        )
-        .unwrap();
-        // Its footer and schema read; opening checks the first row group, whose pages panic.
-        let e = TrainingData::open(dir.path()).unwrap_err().to_string();
-        assert!(
-            e.contains("a.parquet")
-                && e.contains(
-                    "the Parquet reader panicked: column start and length should not be negative"
-                ),
-            "{e}"
-        );
-    }
-
-    fn ex(id: &str, p: &[i64], pos: &[i64], c: &[i64], r: &[&[i64]]) -> Example {
-        Example {
-            sample_id: id.into(),
-            prompt_ids: p.to_vec(),
-            prompt_positions: pos.to_vec(),
-            chosen_ids: c.to_vec(),
-            rejected_ids: r.iter().map(|x| x.to_vec()).collect(),
-        }
-    }
-
-    #[test]
-    fn shards_are_disjoint_and_cover_every_row_group() {
-        let data = TrainingData {
-            row_groups: (0..7)
-                .map(|i| RowGroupRef {
-                    path: PathBuf::from(format!("f{}.parquet", i / 3)),
-                    index: i % 3,
-                    rows: 10 + i,
-                })
-                .collect(),
-            num_negatives: 2,
-        };
-        // Round robin by hand: W = 3 → rank 0 {0, 3, 6}, rank 1 {1, 4}, rank 2 {2, 5}.
-        let rows = |r: usize, w: usize| -> Vec<usize> {
-            data.shard(r, w).iter().map(|g| g.rows - 10).collect()
-        };
-        assert_eq!(rows(0, 3), vec![0, 3, 6]);
-        assert_eq!(rows(1, 3), vec![1, 4]);
-        assert_eq!(rows(2, 3), vec![2, 5]);
-        for w in 1..=9 {
-            let mut all: Vec<usize> = (0..w).flat_map(|r| rows(r, w)).collect();
-            all.sort();
-            assert_eq!(all, (0..7).collect::<Vec<_>>(), "W = {w}");
-        }
-        assert!(data.shard(8, 9).is_empty());
-    }
-
-    #[test]
-    fn shared_prompt_layout_by_hand() {
-        let e = ex("a", &[5, 6, 7], &[0, 10, 11], &[8, 2], &[&[9, 9, 2], &[2]]);
-        let b = collate_shared_prompt(&e, Device::Cpu).unwrap();
-        let v = |t: &Tensor| Vec::<i64>::try_from(t.flatten(0, -1)).unwrap();
-        assert_eq!(v(&b.prompt_ids), vec![5, 6, 7]);
-        assert_eq!(v(&b.input_ids), vec![8, 2, 9, 9, 2, 2]);
-        assert_eq!(v(&b.position_ids), vec![12, 13, 12, 13, 14, 12]);
-        // Rows: 0 = last prompt token, 1 + i = response token i. Every response's first token
-        // is predicted by row 0; token t > 0 by the row of token t − 1.
-        assert_eq!(v(&b.gather_index), vec![0, 1, 0, 3, 4, 0]);
-        assert_eq!(v(&b.labels), vec![8, 2, 9, 9, 2, 2]);
-        assert_eq!(v(&b.sequence), vec![0, 0, 1, 1, 1, 2]);
-        let mask: Vec<bool> = Vec::try_from(b.attention_mask.flatten(0, -1)).unwrap();
-        let rows: Vec<String> = mask
-            .chunks(9)
-            .map(|r| r.iter().map(|&x| if x { '1' } else { '.' }).collect())
-            .collect();
-        // prompt | chosen | rejected 0 | rejected 1
-        assert_eq!(
-            rows,
-            vec![
-                "1111.....",
-                "11111....",
-                "111..1...",
-                "111..11..",
-                "111..111.",
-                "111.....1"
-            ]
-        );
-    }
-
-    #[test]
-    fn collate_lays_out_sequences_by_hand() {
-        let e = ex("a", &[5, 6, 7], &[0, 10, 11], &[8, 2], &[&[9, 9, 2], &[2]]);
-        let b = collate(&[e], Device::Cpu).unwrap();
-        assert_eq!(b.input_ids.size(), vec![3, 6]);
-        let ids: Vec<i64> = Vec::try_from(b.input_ids.flatten(0, -1)).unwrap();
-        assert_eq!(
-            ids,
-            vec![5, 6, 7, 8, 2, 0, 5, 6, 7, 9, 9, 2, 5, 6, 7, 2, 0, 0]
-        );
-        let pos: Vec<i64> = Vec::try_from(b.position_ids.flatten(0, -1)).unwrap();
-        assert_eq!(
-            pos,
-            vec![0, 10, 11, 12, 13, 14, 0, 10, 11, 12, 13, 14, 0, 10, 11, 12, 13, 14]
-        );
-        // Row t predicts token t+1: the last prompt row (2) predicts the first response token.
-        let g: Vec<i64> = Vec::try_from(&b.gather_index).unwrap();
-        assert_eq!(g, vec![2, 3, 8, 9, 10, 14]);
-        let l: Vec<i64> = Vec::try_from(&b.labels).unwrap();
-        assert_eq!(l, vec![8, 2, 9, 9, 2, 2]);
-        let s: Vec<i64> = Vec::try_from(&b.sequence).unwrap();
-        assert_eq!(s, vec![0, 0, 1, 1, 1, 2]);
-        assert_eq!(b.tokens, 5 + 6 + 4);
-        let (c, r) = b.split_chosen_rejected(&Tensor::from_slice(&[1.0f32, 2.0, 3.0]));
-        assert_eq!(Vec::<f32>::try_from(c).unwrap(), vec![1.0]);
-        assert_eq!(r.size(), vec![1, 2]);
-    }
-}
+mod tests;

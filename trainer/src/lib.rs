@@ -3,15 +3,20 @@
 //! Eq. 2 and 3, section 4.1) on libtorch through `tch`, streaming the Parquet training samples
 //! written by `logo-engine` (`logo_schemas::training_schema`).
 //!
-//! Modules: [`model`] (the decoder with explicit `position_ids`), [`lora`] (adapters, PEFT
-//! format), [`gguf`] (the embedded GGUF, dequantised), [`loss`] (Eq. 2/3), [`data`] (Parquet
-//! streaming and batching), [`decoupled`] and [`shared_prompt`] (the LOGO gradient with memory
-//! flat in M; the second computes each sample's prompt once), [`optim`] (AdamW with a saveable state), [`train_loop`] (the loop,
-//! checkpoints, resume), [`dist`] (data parallelism over processes and GPUs: collectives,
-//! launcher), [`plot`] (loss and margin PNG).
+//! Modules: [`model`] (the decoder with explicit `position_ids`; the embedded GGUF,
+//! dequantised), [`lora`] (adapter layers), [`peft`] (PEFT adapter folders, merging, export
+//! as a Hugging Face folder), [`loss`] (Eq. 2/3), [`data`] (Parquet streaming and batching),
+//! [`decoupled`] and [`shared_prompt`] (the LOGO gradient with memory flat in M; the second
+//! computes each sample's prompt once), [`optim`] (AdamW with a saveable state), [`config`]
+//! (a run's options and their defaults), [`train_loop`] (the [`train_loop::Trainer`]),
+//! [`checkpoint`] (crash-safe checkpoints, metrics, resume), [`dist`] (data parallelism over
+//! processes and GPUs: collectives, launcher), [`plot`] (loss and margin PNG), [`bench`]
+//! (timed training steps).
 #![deny(missing_docs)]
 
 pub mod bench;
+pub mod checkpoint;
+pub mod config;
 pub mod data;
 pub mod decoupled;
 pub mod dist;

@@ -122,6 +122,59 @@ pub struct LossMetrics {
     pub accuracy: f64,
 }
 
+impl LossMetrics {
+    /// Number of fields, the length of [`LossMetrics::to_vec`].
+    pub const LEN: usize = 7;
+
+    /// The fields in declaration order (`loss` … `accuracy`), for a cross-rank reduction.
+    pub fn to_vec(&self) -> Vec<f64> {
+        vec![
+            self.loss,
+            self.preference_loss,
+            self.sft_loss,
+            self.reward_chosen,
+            self.reward_rejected,
+            self.margin,
+            self.accuracy,
+        ]
+    }
+
+    /// The inverse of [`LossMetrics::to_vec`]; `None` unless `v` has [`LossMetrics::LEN`]
+    /// values.
+    pub fn from_vec(v: &[f64]) -> Option<Self> {
+        let &[loss, preference_loss, sft_loss, reward_chosen, reward_rejected, margin, accuracy] =
+            v
+        else {
+            return None;
+        };
+        Some(LossMetrics {
+            loss,
+            preference_loss,
+            sft_loss,
+            reward_chosen,
+            reward_rejected,
+            margin,
+            accuracy,
+        })
+    }
+
+    /// Field-wise mean of `all` (the micro-batches of a step), summed in order; `None` when
+    /// empty.
+    pub fn mean(all: &[LossMetrics]) -> Option<Self> {
+        if all.is_empty() {
+            return None;
+        }
+        let mut sums = [0.0; Self::LEN];
+        for m in all {
+            for (s, v) in sums.iter_mut().zip(m.to_vec()) {
+                *s += v;
+            }
+        }
+        let n = all.len() as f64;
+        Self::from_vec(&sums.iter().map(|s| s / n).collect::<Vec<_>>())
+    }
+}
+
 impl LossOutput {
     /// Reads the scalars (detached). Errors: [`TrainerError::Torch`].
     pub fn metrics(&self) -> Result<LossMetrics> {
@@ -278,6 +331,34 @@ pub struct StepMetrics {
     pub tokens: usize,
     /// Wall seconds of the step.
     pub seconds: f64,
+}
+
+impl StepMetrics {
+    /// Step `step` (1-based) at learning rate `lr` with the reduced `loss` metrics, the
+    /// gradient norm before clipping, the tokens of the step and its wall seconds.
+    pub fn new(
+        step: usize,
+        lr: f64,
+        loss: &LossMetrics,
+        grad_norm: f64,
+        tokens: usize,
+        seconds: f64,
+    ) -> Self {
+        StepMetrics {
+            step,
+            lr,
+            loss: loss.loss,
+            preference_loss: loss.preference_loss,
+            sft_loss: loss.sft_loss,
+            reward_chosen: loss.reward_chosen,
+            reward_rejected: loss.reward_rejected,
+            margin: loss.margin,
+            accuracy: loss.accuracy,
+            grad_norm,
+            tokens,
+            seconds,
+        }
+    }
 }
 
 #[cfg(test)]

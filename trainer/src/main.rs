@@ -5,14 +5,21 @@ use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
+use logo_trainer::bench::RandomModel;
 use logo_trainer::lora::LoraConfig;
 use logo_trainer::loss::{LossConfig, Objective};
 use logo_trainer::optim::AdamWConfig;
 use logo_trainer::train_loop::{train_with, TrainConfig};
 
+/// Defaults of the options, taken from the library's `Default` impls (written once there).
+fn defaults() -> TrainConfig {
+    TrainConfig::default()
+}
+
 /// Trains a LoRA adapter with the LOGO objective (Tang et al., Eq. 2 and 3) on the Parquet
 /// training samples written by `logo-engine run`. Writes a PEFT adapter folder, checkpoints,
-/// metrics.jsonl and training.png to --output.
+/// metrics.jsonl and training.png to --output. `logo-trainer --data DIR` is
+/// `logo-trainer train --data DIR`.
 #[derive(Parser)]
 #[command(
     name = "logo-trainer",
@@ -29,22 +36,27 @@ struct Cli {
 
 #[derive(clap::Subcommand)]
 enum Command {
+    /// Train a LoRA adapter (the default subcommand: its options also work without it).
+    Train(TrainArgs),
     /// Time LOGO training steps on a synthetic sample; prints JSON (step time, tokens/s,
     /// peak memory, estimated MFU).
     Bench(BenchArgs),
     /// Write a model (e.g. the embedded GGUF, dequantised) as a Hugging Face folder,
     /// optionally with a LoRA adapter merged into its weights.
-    ExportHf {
-        /// Model to export (GGUF file or HF folder). Default: the embedded GGUF.
-        #[arg(long, value_name = "PATH")]
-        model: Option<PathBuf>,
-        /// A PEFT LoRA adapter folder to merge into the weights.
-        #[arg(long, value_name = "DIR")]
-        adapter: Option<PathBuf>,
-        /// Output folder.
-        #[arg(long, value_name = "DIR")]
-        output: PathBuf,
-    },
+    ExportHf(ExportArgs),
+}
+
+#[derive(clap::Args)]
+struct ExportArgs {
+    /// Model to export (GGUF file or HF folder). Default: the embedded GGUF.
+    #[arg(long, value_name = "PATH")]
+    model: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder to merge into the weights.
+    #[arg(long, value_name = "DIR")]
+    adapter: Option<PathBuf>,
+    /// Output folder.
+    #[arg(long, value_name = "DIR")]
+    output: PathBuf,
 }
 
 #[derive(clap::Args)]
@@ -57,22 +69,22 @@ struct BenchArgs {
     #[arg(long)]
     random_model: bool,
     /// H of the random model.
-    #[arg(long, default_value_t = 2048, requires = "random_model")]
+    #[arg(long, default_value_t = RandomModel::llama_1b().hidden_size, requires = "random_model")]
     hidden_size: usize,
     /// SwiGLU width of the random model.
-    #[arg(long, default_value_t = 5632, requires = "random_model")]
+    #[arg(long, default_value_t = RandomModel::llama_1b().intermediate_size, requires = "random_model")]
     intermediate_size: usize,
     /// Layers of the random model.
-    #[arg(long, default_value_t = 16, requires = "random_model")]
+    #[arg(long, default_value_t = RandomModel::llama_1b().num_hidden_layers, requires = "random_model")]
     num_hidden_layers: usize,
     /// Query heads of the random model.
-    #[arg(long, default_value_t = 32, requires = "random_model")]
+    #[arg(long, default_value_t = RandomModel::llama_1b().num_attention_heads, requires = "random_model")]
     num_attention_heads: usize,
     /// KV heads of the random model.
-    #[arg(long, default_value_t = 8, requires = "random_model")]
+    #[arg(long, default_value_t = RandomModel::llama_1b().num_key_value_heads, requires = "random_model")]
     num_key_value_heads: usize,
     /// Vocabulary of the random model.
-    #[arg(long, default_value_t = 32000, requires = "random_model")]
+    #[arg(long, default_value_t = RandomModel::llama_1b().vocab_size, requires = "random_model")]
     vocab_size: usize,
     /// dtype of weights and activations: bf16, f16, f32 (default: bf16 on CUDA, f32 on CPU).
     #[arg(long)]
@@ -127,73 +139,69 @@ struct TrainArgs {
     #[arg(long, value_name = "PATH")]
     model: Option<PathBuf>,
     /// Output folder.
-    #[arg(long, value_name = "DIR", default_value = "adapter")]
+    #[arg(long, value_name = "DIR", default_value_os_t = defaults().output)]
     output: PathBuf,
     /// What to minimise on the same data: logo (Eq. 2 over the M rejected responses + λ·NLL),
     /// sft (NLL of the chosen response only: the paper's instruction-tuning baseline), simpo
     /// (Eq. 2 with M = 1, the first rejected response, + λ·NLL; --sft-weight 0 for SimPO's own).
-    #[arg(long, value_enum, default_value_t = Objective::Logo)]
+    #[arg(long, value_enum, default_value_t = defaults().loss.objective)]
     objective: Objective,
     /// β of Eq. 2 (reward scale).
-    #[arg(long, default_value_t = 10.0)]
+    #[arg(long, default_value_t = defaults().loss.beta)]
     beta: f64,
     /// γ of Eq. 2 (target margin).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = defaults().loss.gamma)]
     gamma: f64,
     /// λ of Eq. 3 (weight of the SFT negative log-likelihood).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = defaults().loss.sft_weight)]
     sft_weight: f64,
     /// Peak learning rate.
-    #[arg(long, default_value_t = 1e-4)]
+    #[arg(long, default_value_t = defaults().optim.lr)]
     lr: f64,
     /// AdamW decoupled weight decay.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = defaults().optim.weight_decay)]
     weight_decay: f64,
     /// Linear warm-up steps.
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults().warmup_steps)]
     warmup_steps: usize,
     /// Final learning rate as a fraction of the peak (cosine decay).
-    #[arg(long, default_value_t = 0.1)]
+    #[arg(long, default_value_t = defaults().min_lr_ratio)]
     min_lr_ratio: f64,
     /// Optimizer steps (default: one pass over the data).
     #[arg(long)]
     max_steps: Option<usize>,
     /// Samples per micro-batch (each sample is M + 1 sequences).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults().batch_size)]
     batch_size: usize,
     /// Micro-batches per optimizer step.
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = defaults().grad_accum)]
     grad_accum: usize,
     /// Gradient clipping norm (0 = off).
-    #[arg(long, default_value_t = 1.0)]
+    #[arg(long, default_value_t = defaults().max_grad_norm)]
     max_grad_norm: f64,
     /// Save a checkpoint every N steps (0 = only at the end).
-    #[arg(long, default_value_t = 0)]
+    #[arg(long, default_value_t = defaults().save_steps)]
     save_steps: usize,
     /// Rows in the shuffle buffer.
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = defaults().shuffle_buffer)]
     shuffle_buffer: usize,
     /// LoRA rank r.
-    #[arg(long, default_value_t = 8)]
+    #[arg(long, default_value_t = defaults().lora.r)]
     lora_r: i64,
     /// LoRA alpha (scaling = alpha / r).
-    #[arg(long, default_value_t = 16.0)]
+    #[arg(long, default_value_t = defaults().lora.lora_alpha)]
     lora_alpha: f64,
     /// LoRA dropout.
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = defaults().lora.lora_dropout)]
     lora_dropout: f64,
     /// Modules that get LoRA (paper 4.1: attention and token embedding).
-    #[arg(
-        long,
-        value_delimiter = ',',
-        default_value = "q_proj,k_proj,v_proj,o_proj,embed_tokens"
-    )]
+    #[arg(long, value_delimiter = ',', default_values_t = defaults().lora.target_modules)]
     target_modules: Vec<String>,
     /// Seed of data order, LoRA init and dropout.
-    #[arg(long, default_value_t = 42)]
+    #[arg(long, default_value_t = defaults().seed)]
     seed: u64,
     /// cpu, cuda, cuda:N or auto.
-    #[arg(long, default_value = "auto")]
+    #[arg(long, default_value_t = defaults().device)]
     device: String,
     /// Resume from a checkpoint folder (output/checkpoint-N).
     #[arg(long, value_name = "DIR")]
@@ -240,7 +248,7 @@ struct TrainArgs {
 }
 
 fn main() -> ExitCode {
-    logo_schemas::cli::reset_sigpipe();
+    logo_env::cli::reset_sigpipe();
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("LOGO_LOG")
@@ -252,10 +260,7 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!(
-                "logo-trainer: {}",
-                logo_schemas::cli::error_chain(e.as_ref())
-            );
+            eprintln!("logo-trainer: {}", logo_env::cli::error_chain(e.as_ref()));
             ExitCode::from(2)
         }
     }
@@ -263,143 +268,104 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
-        Some(Command::Bench(b)) => {
-            let random_model = b.random_model.then_some(logo_trainer::bench::RandomModel {
-                hidden_size: b.hidden_size,
-                intermediate_size: b.intermediate_size,
-                num_hidden_layers: b.num_hidden_layers,
-                num_attention_heads: b.num_attention_heads,
-                num_key_value_heads: b.num_key_value_heads,
-                vocab_size: b.vocab_size,
-            });
-            let cfg = logo_trainer::bench::BenchConfig {
-                model: b
-                    .model
-                    .unwrap_or_else(logo_schemas::paths::default_model_path),
-                prompt_tokens: b.prompt_tokens,
-                response_tokens: b.response_tokens,
-                num_negatives: b.num_negatives,
-                target_length: b.target_length,
-                steps: b.steps.max(1),
-                device: b.device,
-                lora: LoraConfig::default(),
-                peak_tflops: b.peak_tflops,
-                seed: 0,
-                decoupled: b.decoupled,
-                checkpointing: b.checkpointing,
-                share_prompt: b.share_prompt,
-                random_model,
-                dtype: b.dtype,
-            };
-            if let Some(path) = &b.dump_example {
-                let vocab = match &cfg.random_model {
-                    Some(r) => r.vocab_size,
-                    None => {
-                        logo_trainer::model::Llama::config_of(&cfg.model)
-                            .context("reading the model config")?
-                            .vocab_size
-                    }
-                };
-                let ex = logo_trainer::bench::synthetic_example(vocab, &cfg);
-                let json = serde_json::json!({
-                    "prompt_ids": ex.prompt_ids, "prompt_positions": ex.prompt_positions,
-                    "chosen_ids": ex.chosen_ids, "rejected_ids": ex.rejected_ids,
-                });
-                std::fs::write(path, json.to_string())
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            let report = logo_trainer::bench::run(&cfg).context("benchmark")?;
-            let text = serde_json::to_string_pretty(&report)?;
-            if let Some(path) = b.json {
-                std::fs::write(&path, &text)
-                    .with_context(|| format!("writing {}", path.display()))?;
-            }
-            println!("{text}");
-            return Ok(());
-        }
-        Some(Command::ExportHf {
-            model,
-            adapter,
-            output,
-        }) => {
-            let model = model.unwrap_or_else(logo_schemas::paths::default_model_path);
-            logo_trainer::bench::export_hf(&model, adapter.as_deref(), &output)
-                .context("export")?;
-            println!(
-                "logo-trainer: wrote {} (config.json, model.safetensors)",
-                output.display()
-            );
-            return Ok(());
-        }
-        None => {}
+        Some(Command::Train(args)) => train(args),
+        Some(Command::Bench(args)) => bench(args),
+        Some(Command::ExportHf(args)) => export_hf(args),
+        None => train(cli.train),
     }
-    let cli = cli.train;
-    let Some(data) = cli.data else {
+}
+
+fn bench(b: BenchArgs) -> anyhow::Result<()> {
+    let random_model = b.random_model.then_some(RandomModel {
+        hidden_size: b.hidden_size,
+        intermediate_size: b.intermediate_size,
+        num_hidden_layers: b.num_hidden_layers,
+        num_attention_heads: b.num_attention_heads,
+        num_key_value_heads: b.num_key_value_heads,
+        vocab_size: b.vocab_size,
+    });
+    let cfg = logo_trainer::bench::BenchConfig {
+        model: b.model.unwrap_or_else(logo_env::paths::default_model_path),
+        prompt_tokens: b.prompt_tokens,
+        response_tokens: b.response_tokens,
+        num_negatives: b.num_negatives,
+        target_length: b.target_length,
+        steps: b.steps.max(1),
+        device: b.device,
+        lora: LoraConfig::default(),
+        peak_tflops: b.peak_tflops,
+        seed: 0,
+        decoupled: b.decoupled,
+        checkpointing: b.checkpointing,
+        share_prompt: b.share_prompt,
+        random_model,
+        dtype: b.dtype,
+    };
+    if let Some(path) = &b.dump_example {
+        let vocab = match &cfg.random_model {
+            Some(r) => r.vocab_size,
+            None => {
+                logo_trainer::model::Llama::config_of(&cfg.model)
+                    .context("reading the model config")?
+                    .vocab_size
+            }
+        };
+        let ex = logo_trainer::bench::synthetic_example(vocab, &cfg);
+        let json = serde_json::json!({
+            "prompt_ids": ex.prompt_ids, "prompt_positions": ex.prompt_positions,
+            "chosen_ids": ex.chosen_ids, "rejected_ids": ex.rejected_ids,
+        });
+        std::fs::write(path, json.to_string())
+            .with_context(|| format!("writing {}", path.display()))?;
+    }
+    let report = logo_trainer::bench::run(&cfg).context("benchmark")?;
+    let text = serde_json::to_string_pretty(&report)?;
+    if let Some(path) = b.json {
+        std::fs::write(&path, &text).with_context(|| format!("writing {}", path.display()))?;
+    }
+    println!("{text}");
+    Ok(())
+}
+
+fn export_hf(args: ExportArgs) -> anyhow::Result<()> {
+    let model = args
+        .model
+        .unwrap_or_else(logo_env::paths::default_model_path);
+    logo_trainer::peft::export_hf(&model, args.adapter.as_deref(), &args.output)
+        .context("export")?;
+    println!(
+        "logo-trainer: wrote {} (config.json, model.safetensors)",
+        args.output.display()
+    );
+    Ok(())
+}
+
+fn train(args: TrainArgs) -> anyhow::Result<()> {
+    let Some(data) = args.data.clone() else {
         anyhow::bail!(
             "--data DIR is required (the output folder of `logo-engine run`); see --help"
         );
     };
-    if let Some(nproc_per_node) = cli.nproc_per_node {
+    if let Some(nproc_per_node) = args.nproc_per_node {
         let launch = logo_trainer::dist::launch::LaunchConfig {
             nproc_per_node,
-            nnodes: cli.nnodes,
-            node_rank: cli.node_rank,
-            master_addr: cli.master_addr,
-            master_port: cli.master_port,
+            nnodes: args.nnodes,
+            node_rank: args.node_rank,
+            master_addr: args.master_addr,
+            master_port: args.master_port,
             grace_seconds: 10.0,
         };
         let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
         let exe = std::env::current_exe().context("locating the logo-trainer binary")?;
-        logo_trainer::dist::launch::launch(
-            &launch,
-            &exe,
-            &logo_trainer::dist::launch::worker_args(&args),
-        )
-        .context("launcher")?;
+        let worker = logo_trainer::dist::launch::worker_args(&args);
+        logo_trainer::dist::launch::launch(&launch, &exe, &worker).context("launcher")?;
         return Ok(());
     }
     let env = logo_trainer::dist::DistEnv::from_env().context("launch environment")?;
-    let cfg = TrainConfig {
-        data,
-        model: cli
-            .model
-            .unwrap_or_else(logo_schemas::paths::default_model_path),
-        output: cli.output,
-        loss: LossConfig {
-            beta: cli.beta,
-            gamma: cli.gamma,
-            sft_weight: cli.sft_weight,
-            objective: cli.objective,
-        },
-        lora: LoraConfig {
-            r: cli.lora_r,
-            lora_alpha: cli.lora_alpha,
-            lora_dropout: cli.lora_dropout,
-            target_modules: cli.target_modules,
-        },
-        optim: AdamWConfig {
-            lr: cli.lr,
-            weight_decay: cli.weight_decay,
-            ..AdamWConfig::default()
-        },
-        max_steps: cli.max_steps,
-        batch_size: cli.batch_size,
-        grad_accum: cli.grad_accum,
-        warmup_steps: cli.warmup_steps,
-        min_lr_ratio: cli.min_lr_ratio,
-        max_grad_norm: cli.max_grad_norm,
-        save_steps: cli.save_steps,
-        shuffle_buffer: cli.shuffle_buffer,
-        seed: cli.seed,
-        device: logo_trainer::dist::rank_device(&cli.device, &env),
-        resume: cli.resume,
-        progress: !cli.quiet,
-        decoupled: cli.decoupled,
-        checkpointing: cli.checkpointing,
-        share_prompt: !cli.no_share_prompt && !cli.decoupled,
-    };
+    let dist_backend = args.dist_backend.clone();
+    let cfg = args.into_config(data, &env);
     let device = logo_trainer::train_loop::parse_device(&cfg.device).context("--device")?;
-    let mut coll = logo_trainer::dist::connect(&env, &cli.dist_backend, device)
+    let mut coll = logo_trainer::dist::connect(&env, &dist_backend, device)
         .with_context(|| format!("rank {} of {}: joining the job", env.rank, env.world_size))?;
     let summary = train_with(&cfg, coll.as_mut()).with_context(|| match env.world_size {
         1 => "training".to_string(),
@@ -419,4 +385,50 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         summary.adapter.display()
     );
     Ok(())
+}
+
+impl TrainArgs {
+    /// The run's configuration: these options over [`TrainConfig::default`], the device of
+    /// this rank ([`logo_trainer::dist::rank_device`]).
+    fn into_config(self, data: PathBuf, env: &logo_trainer::dist::DistEnv) -> TrainConfig {
+        TrainConfig {
+            data,
+            model: self
+                .model
+                .unwrap_or_else(logo_env::paths::default_model_path),
+            output: self.output,
+            loss: LossConfig {
+                beta: self.beta,
+                gamma: self.gamma,
+                sft_weight: self.sft_weight,
+                objective: self.objective,
+            },
+            lora: LoraConfig {
+                r: self.lora_r,
+                lora_alpha: self.lora_alpha,
+                lora_dropout: self.lora_dropout,
+                target_modules: self.target_modules,
+            },
+            optim: AdamWConfig {
+                lr: self.lr,
+                weight_decay: self.weight_decay,
+                ..AdamWConfig::default()
+            },
+            max_steps: self.max_steps,
+            batch_size: self.batch_size,
+            grad_accum: self.grad_accum,
+            warmup_steps: self.warmup_steps,
+            min_lr_ratio: self.min_lr_ratio,
+            max_grad_norm: self.max_grad_norm,
+            save_steps: self.save_steps,
+            shuffle_buffer: self.shuffle_buffer,
+            seed: self.seed,
+            device: logo_trainer::dist::rank_device(&self.device, env),
+            resume: self.resume,
+            progress: !self.quiet,
+            decoupled: self.decoupled,
+            checkpointing: self.checkpointing,
+            share_prompt: !self.no_share_prompt && !self.decoupled,
+        }
+    }
 }

@@ -5,7 +5,9 @@
 //! the tensor keys `base_model.model.{name}`) is [`logo_formats::peft`]'s, shared with the
 //! engine that folds these adapters into its weights; this module moves the tensors.
 //! Source: PEFT `tuners/lora/config.py` and `utils/save_and_load.py`;
-//! `PeftModel.from_pretrained(base, dir)` loads what [`save_adapter`] writes.
+//! `PeftModel.from_pretrained(base, dir)` loads what [`save_adapter`] writes; [`merge_lora`]
+//! folds an adapter into the base weights and [`export_hf`] writes the merged model as a
+//! Hugging Face folder (`logo-trainer export-hf`).
 
 use std::path::Path;
 
@@ -13,7 +15,7 @@ use logo_formats::peft::{
     peft_key, strip_peft_prefix, AdapterConfig, TargetModules, ADAPTER_CONFIG_FILE,
     ADAPTER_WEIGHTS_FILE,
 };
-use tch::{nn, Kind, Tensor};
+use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
 use crate::lora::LoraConfig;
@@ -206,5 +208,57 @@ pub fn merge_lora(model: &mut Llama) -> Result<()> {
         }
     }
     model.detach_lora();
+    Ok(())
+}
+
+/// Writes `model` (HF folder or GGUF) as a Hugging Face Llama folder: `config.json` and
+/// `model.safetensors` (f32, HF tensor names). With `adapter` (a PEFT LoRA folder, ours or any
+/// on the same base), the adapter is merged into the base weights first (W + B·A·scaling).
+/// Tokenizer files are not written. Errors: [`TrainerError::Io`], model or adapter loading.
+pub fn export_hf(model_path: &Path, adapter: Option<&Path>, out: &Path) -> Result<()> {
+    let model = match adapter {
+        None => Llama::load(model_path, None, Device::Cpu, Kind::Float)?,
+        Some(dir) => {
+            let lora = read_adapter_config(dir)?;
+            let mut model = Llama::load(model_path, Some(&lora), Device::Cpu, Kind::Float)?;
+            load_adapter(&model, dir)?;
+            merge_lora(&mut model)?;
+            model
+        }
+    };
+    let c = model.config();
+    std::fs::create_dir_all(out).map_err(|e| TrainerError::io(out, e))?;
+    let mut config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"],
+        "model_type": "llama",
+        "vocab_size": c.vocab_size,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.intermediate_size,
+        "num_hidden_layers": c.num_hidden_layers,
+        "num_attention_heads": c.num_attention_heads,
+        "num_key_value_heads": c.num_key_value_heads,
+        "head_dim": c.head_dim,
+        "rms_norm_eps": c.rms_norm_eps,
+        "rope_theta": c.rope_theta,
+        "tie_word_embeddings": c.tie_word_embeddings,
+        "max_position_embeddings": c.max_position_embeddings,
+        "hidden_act": "silu",
+        "torch_dtype": "float32",
+    });
+    if c.rope_scaling.is_some() {
+        return Err(TrainerError::Config {
+            key: "export-hf".into(),
+            message: "models with rope_scaling are not exported yet".into(),
+        });
+    }
+    if let Some(pad) = c.pad_token_id {
+        config["pad_token_id"] = pad.into();
+    }
+    let path = out.join("config.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&config).expect("json"))
+        .map_err(|e| TrainerError::io(&path, e))?;
+    let mut named: Vec<(String, Tensor)> = model.base_var_store().variables().into_iter().collect();
+    named.sort_by(|a, b| a.0.cmp(&b.0));
+    Tensor::write_safetensors(&named, out.join("model.safetensors"))?;
     Ok(())
 }

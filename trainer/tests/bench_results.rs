@@ -11,7 +11,7 @@ fn load(name: &str) -> Option<serde_json::Value> {
     match std::fs::read_to_string(&path) {
         Ok(text) => Some(serde_json::from_str(&text).expect("valid JSON")),
         Err(_) => {
-            logo_schemas::paths::fixture_missing(&format!(
+            logo_env::paths::fixture_missing(&format!(
                 "{} is absent (run bench/memory_vs_m.sh)",
                 path.display()
             ));

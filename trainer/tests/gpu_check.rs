@@ -14,7 +14,7 @@ fn gpu_check_dry_run_writes_json() {
         .output()
         .is_ok_and(|o| o.status.success());
     if !has_torch {
-        return logo_schemas::paths::fixture_missing(&format!(
+        return logo_env::paths::fixture_missing(&format!(
             "{python} cannot import torch (the script finds libtorch through it)"
         ));
     }

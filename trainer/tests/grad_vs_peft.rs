@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use common::numeric::{assert_within, relative};
-use logo_schemas::paths::venv_python_with;
+use logo_env::paths::venv_python_with;
 use logo_trainer::data::{collate, Example};
 use logo_trainer::lora::LoraConfig;
 use logo_trainer::loss::LossConfig;
@@ -148,7 +148,7 @@ fn peft_reference(py: &Path, s: &Setup, dtype: &str) -> HashMap<String, Tensor> 
 fn lora_gradients_equal_peft_reference() {
     let py = match venv_python_with(&["transformers", "peft", "safetensors"]) {
         Ok(py) => py,
-        Err(why) => return logo_schemas::paths::fixture_missing(&why),
+        Err(why) => return logo_env::paths::fixture_missing(&why),
     };
     let s = setup(&py);
     let (model, cfg) = (&s.model, &s.cfg);
@@ -202,7 +202,7 @@ fn bf16_gradients_are_as_close_to_f32_as_pefts() {
     use logo_trainer::train_loop::backward_joint;
     let py = match venv_python_with(&["transformers", "peft", "safetensors"]) {
         Ok(py) => py,
-        Err(why) => return logo_schemas::paths::fixture_missing(&why),
+        Err(why) => return logo_env::paths::fixture_missing(&why),
     };
     let s = setup(&py);
     let peft32 = peft_reference(&py, &s, "float32");

@@ -27,9 +27,9 @@ print(json.dumps((pref + lam * (-lw)).mean().item()))
 
 #[test]
 fn loss_equals_pytorch_for_m_1_2_3() {
-    let py = match logo_schemas::paths::venv_python_with(&["torch"]) {
+    let py = match logo_env::paths::venv_python_with(&["torch"]) {
         Ok(py) => py,
-        Err(why) => return logo_schemas::paths::fixture_missing(&why),
+        Err(why) => return logo_env::paths::fixture_missing(&why),
     };
     tch::manual_seed(0);
     for m in 1..=3i64 {

@@ -18,7 +18,7 @@ mod numeric;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
-use logo_schemas::paths::venv_python_with;
+use logo_env::paths::venv_python_with;
 use logo_trainer::lora::LoraConfig;
 use logo_trainer::model::Llama;
 use logo_trainer::peft::{load_adapter, merge_lora, save_adapter};
@@ -30,7 +30,7 @@ use tch::{Device, Kind, Tensor};
 /// the test is skipped.
 fn reference_python(test: &str) -> Option<PathBuf> {
     venv_python_with(&["transformers", "peft", "safetensors"])
-        .map_err(|why| logo_schemas::paths::fixture_missing(&format!("{test}: {why}")))
+        .map_err(|why| logo_env::paths::fixture_missing(&format!("{test}: {why}")))
         .ok()
 }
 
@@ -432,9 +432,9 @@ fn candle_logits(gguf: &Path, prompt: &[u32], lens: &[usize]) -> Vec<Vec<f32>> {
 
 #[test]
 fn gguf_logits_match_candle_quantized_llama() {
-    let gguf = logo_schemas::paths::default_model_path();
+    let gguf = logo_env::paths::default_model_path();
     if !gguf.is_file() {
-        return logo_schemas::paths::fixture_missing(&format!("{} is absent", gguf.display()));
+        return logo_env::paths::fixture_missing(&format!("{} is absent", gguf.display()));
     }
     let model = Llama::load(&gguf, None, Device::Cpu, Kind::Float).unwrap();
     let cfg = model.config();

@@ -382,7 +382,7 @@ fn exported_merged_model_equals_base_with_adapter() {
     let base = dir.path().join("model");
     let model = tiny_lora_model(&base);
     save_adapter(&model, &dir.path().join("adapter"), "tiny").unwrap();
-    logo_trainer::bench::export_hf(
+    logo_trainer::peft::export_hf(
         &base,
         Some(&dir.path().join("adapter")),
         &dir.path().join("merged"),

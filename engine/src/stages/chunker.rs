@@ -21,7 +21,7 @@ use tokenizers::Tokenizer;
 
 use crate::config::ChunkerConfig;
 use crate::error::{EngineError, Result};
-use crate::stage::{emit, map_rows, Reject, Stage, StageContext};
+use crate::stage::{emit, map_rows, Reject, RowOutcome, Stage, StageContext};
 
 /// The chunker stage.
 pub struct ChunkerStage {
@@ -99,6 +99,10 @@ impl Stage for ChunkerStage {
         "chunker"
     }
 
+    fn input_schema(&self) -> SchemaRef {
+        logo_schemas::documents_schema()
+    }
+
     fn output_schema(&self) -> SchemaRef {
         chunks_schema()
     }
@@ -109,7 +113,7 @@ impl Stage for ChunkerStage {
         // A document with several questions is one row per question: tokenise it once.
         let mut first_row: HashMap<&str, usize> = HashMap::new();
         for (i, d) in rows.iter().enumerate() {
-            first_row.entry(d.document_id.as_str()).or_insert(i);
+            first_row.entry(d.key.document_id.as_str()).or_insert(i);
         }
         let cache: HashMap<String, std::result::Result<Chunks, String>> = first_row
             .into_par_iter()
@@ -122,40 +126,40 @@ impl Stage for ChunkerStage {
                 (id.to_string(), chunks)
             })
             .collect();
-        let out = map_rows(rows, ctx, |d| {
+        let out = map_rows(rows, "chunker", ctx, |d| {
             let reject = |field: &str, reason: String| Reject {
                 stage: "chunker".into(),
-                file: d.source_file.clone(),
-                row: d.source_row,
+                file: d.key.source_file.clone(),
+                row: d.key.source_row,
                 field: Some(field.into()),
                 reason,
             };
-            let Some(question) = d.question.as_deref() else {
-                return Err(reject(
+            let Some(question) = d.key.question.as_deref() else {
+                return RowOutcome::Reject(reject(
                     "question",
                     "missing (question generation did not run)".into(),
                 ));
             };
             match this.tokenizer.encode(question, false) {
                 Ok(e) if !e.get_ids().is_empty() => {}
-                Ok(_) => return Err(reject("question", "cannot be tokenised: no tokens".into())),
-                Err(e) => return Err(reject("question", format!("cannot be tokenised: {e}"))),
+                Ok(_) => {
+                    let why = "cannot be tokenised: no tokens".into();
+                    return RowOutcome::Reject(reject("question", why));
+                }
+                Err(e) => {
+                    let why = format!("cannot be tokenised: {e}");
+                    return RowOutcome::Reject(reject("question", why));
+                }
             }
-            let chunks = cache[&d.document_id]
-                .clone()
-                .map_err(|m| reject("context", m))?;
-            Ok(Some(ChunkedRecord {
-                sample_id: d.sample_id,
-                document_id: d.document_id,
-                question_index: d.question_index,
-                source_file: d.source_file,
-                source_row: d.source_row,
-                question: d.question,
-                answer: d.answer,
-                question_origin: d.question_origin,
+            let chunks = match cache[&d.key.document_id].clone() {
+                Ok(chunks) => chunks,
+                Err(m) => return RowOutcome::Reject(reject("context", m)),
+            };
+            RowOutcome::Keep(ChunkedRecord {
+                key: d.key,
                 chunk_input_ids: chunks.input_ids,
                 chunk_text: chunks.text,
-            }))
+            })
         })?;
         emit(&out)
     }

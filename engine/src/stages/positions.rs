@@ -41,7 +41,7 @@ use rand::Rng;
 use crate::config::{PositionScheme, PositionsConfig};
 use crate::error::Result;
 use crate::seed::rng_for;
-use crate::stage::{emit, map_rows, Stage, StageContext};
+use crate::stage::{emit, map_rows, RowOutcome, Stage, StageContext};
 
 /// Reason counted when prompt + longest response does not fit in K.
 pub const SKIP_TOO_LONG: &str = "prompt + response longer than target_length";
@@ -185,6 +185,10 @@ impl Stage for PositionsStage {
         "positions"
     }
 
+    fn input_schema(&self) -> SchemaRef {
+        logo_schemas::generations_schema()
+    }
+
     fn output_schema(&self) -> SchemaRef {
         training_schema()
     }
@@ -192,7 +196,7 @@ impl Stage for PositionsStage {
     fn process(&mut self, batch: RecordBatch, ctx: &StageContext) -> Result<Vec<RecordBatch>> {
         let rows = GeneratedRecord::from_batch(&batch)?;
         let this = &*self;
-        let out = map_rows(rows, ctx, |g| {
+        let out = map_rows(rows, "positions", ctx, |g| {
             let reserve = g
                 .rejected_input_ids
                 .iter()
@@ -200,20 +204,13 @@ impl Stage for PositionsStage {
                 .chain([g.chosen_input_ids.len()])
                 .max()
                 .unwrap_or(0);
-            let Some((ids, strategy)) = this.synthesize(&g.sample_id, &g.prompt_segments, reserve)
+            let Some((ids, strategy)) =
+                this.synthesize(&g.key.sample_id, &g.prompt_segments, reserve)
             else {
-                ctx.stats.skip("positions", SKIP_TOO_LONG);
-                return Ok(None);
+                return RowOutcome::Skip(SKIP_TOO_LONG);
             };
-            Ok(Some(TrainingSample {
-                sample_id: g.sample_id,
-                document_id: g.document_id,
-                question_index: g.question_index,
-                source_file: g.source_file,
-                source_row: g.source_row,
-                question: g.question,
-                answer: g.answer,
-                question_origin: g.question_origin,
+            RowOutcome::Keep(TrainingSample {
+                key: g.key,
                 context_chunk_ids: g.context_chunk_ids,
                 context_chunk_scores: g.context_chunk_scores,
                 prompt_input_ids: g.prompt_input_ids,
@@ -236,7 +233,7 @@ impl Stage for PositionsStage {
                 prompt_position_ids: ids,
                 position_strategy: strategy.as_str().into(),
                 target_length: this.cfg.target_length as u32,
-            }))
+            })
         })?;
         emit(&out)
     }

@@ -31,7 +31,7 @@ use crate::config::PipelineConfig;
 use crate::error::{EngineError, Result};
 use crate::model::{encode_text, GenerateOptions, UserPart};
 use crate::seed::{derive_seed, rng_for};
-use crate::stage::{emit, Reject, Stage, StageContext};
+use crate::stage::{emit, Reject, RowOutcome, Stage, StageContext};
 use crate::template::PromptTemplate;
 
 const STAGE: &str = "questions";
@@ -127,25 +127,25 @@ impl QuestionsStage {
         Ok(ids[start..start + self.passage_tokens].to_vec())
     }
 
-    /// Fills the question of one raw row; `Ok(Ok(None))` when unparseable (counted),
-    /// `Ok(Err)` for a bad row.
+    /// Fills the question of one raw row: [`RowOutcome::Skip`] when the reply cannot be
+    /// parsed, [`RowOutcome::Reject`] for an empty document. Errors: model failures.
     fn ask(
         &self,
         mut row: DocumentRecord,
         ctx: &StageContext,
-    ) -> Result<std::result::Result<Option<DocumentRecord>, Reject>> {
-        let passage = self.passage(&row.sample_id, &row.context)?;
+    ) -> Result<RowOutcome<DocumentRecord>> {
+        let passage = self.passage(&row.key.sample_id, &row.context)?;
         if passage.is_empty() {
-            return Ok(Err(Reject {
+            return Ok(RowOutcome::Reject(Reject {
                 stage: STAGE.into(),
-                file: row.source_file.clone(),
-                row: row.source_row,
+                file: row.key.source_file.clone(),
+                row: row.key.source_row,
                 field: Some("context".into()),
-                reason: format!("sample {}: empty document", row.sample_id),
+                reason: format!("sample {}: empty document", row.key.sample_id),
             }));
         }
         let opts = GenerateOptions {
-            seed: derive_seed(self.seed, &[STAGE, &row.sample_id]),
+            seed: derive_seed(self.seed, &[STAGE, &row.key.sample_id]),
             ..GenerateOptions::greedy(self.max_new_tokens)
         };
         // First ask: the reply starts with "Question:" and should hold "Answer:" too.
@@ -165,19 +165,18 @@ impl QuestionsStage {
         };
         match parsed {
             Some((question, answer)) => {
-                row.question = Some(question);
-                row.answer = Some(answer);
-                row.question_origin = "generated".into();
-                Ok(Ok(Some(row)))
+                row.key.question = Some(question);
+                row.key.answer = Some(answer);
+                row.key.question_origin = "generated".into();
+                Ok(RowOutcome::Keep(row))
             }
             None => {
                 tracing::debug!(
                     "questions: sample {}: unparseable reply {:?}",
-                    row.sample_id,
+                    row.key.sample_id,
                     reply
                 );
-                ctx.stats.skip(STAGE, "unparseable question");
-                Ok(Ok(None))
+                Ok(RowOutcome::Skip("unparseable question"))
             }
         }
     }
@@ -251,6 +250,10 @@ impl Stage for QuestionsStage {
         STAGE
     }
 
+    fn input_schema(&self) -> SchemaRef {
+        logo_schemas::documents_schema()
+    }
+
     fn output_schema(&self) -> SchemaRef {
         self.schema.clone()
     }
@@ -262,20 +265,16 @@ impl Stage for QuestionsStage {
             return Ok(vec![batch]);
         }
         let rows = DocumentRecord::from_batch(&batch)?;
-        if rows.iter().all(|r| r.question.is_some()) {
+        if rows.iter().all(|r| r.key.question.is_some()) {
             return Ok(vec![batch]);
         }
         let mut out = Vec::with_capacity(rows.len());
         for row in rows {
-            if row.question.is_some() {
+            if row.key.question.is_some() {
                 out.push(row);
                 continue;
             }
-            match self.ask(row, ctx)? {
-                Ok(Some(r)) => out.push(r),
-                Ok(None) => {}
-                Err(reject) => ctx.rejects.push(reject)?,
-            }
+            out.extend(self.ask(row, ctx)?.settle(STAGE, ctx)?);
         }
         emit(&out)
     }
@@ -285,6 +284,7 @@ impl Stage for QuestionsStage {
 mod tests {
     use super::*;
     use crate::model::tests::{in_process, shared_policy, shared_policy_and_tokenizer};
+    use logo_schemas::SampleKey;
     use std::sync::PoisonError;
 
     fn chatml(tok: &Tokenizer) -> PromptTemplate {
@@ -305,19 +305,21 @@ mod tests {
 
     fn doc(id: &str, question: Option<&str>) -> DocumentRecord {
         DocumentRecord {
-            sample_id: format!("{id}#q0"),
-            document_id: id.into(),
-            question_index: 0,
-            source_file: "docs.jsonl".into(),
-            source_row: 1,
+            key: SampleKey {
+                sample_id: format!("{id}#q0"),
+                document_id: id.into(),
+                question_index: 0,
+                source_file: "docs.jsonl".into(),
+                source_row: 1,
+                question: question.map(Into::into),
+                answer: None,
+                question_origin: "source".into(),
+            },
             context: "The Great Wall of China is a series of fortifications built across the \
                       historical northern borders of ancient Chinese states. Its best-known \
                       parts were built by the Ming dynasty between 1368 and 1644. The wall is \
                       more than 21,000 kilometres long."
                 .into(),
-            question: question.map(Into::into),
-            answer: None,
-            question_origin: "source".into(),
         }
     }
 
@@ -382,9 +384,9 @@ mod tests {
         // famous fortification was the Great Wall of China."
         assert_eq!(rows.len(), 2, "skipped: {:?}", stats.snapshot().skipped);
         let r = &rows[1];
-        assert_eq!(r.question_origin, "generated");
-        assert!(r.question.as_deref().unwrap().ends_with('?'), "{r:?}");
-        assert!(!r.answer.as_deref().unwrap().is_empty());
+        assert_eq!(r.key.question_origin, "generated");
+        assert!(r.key.question.as_deref().unwrap().ends_with('?'), "{r:?}");
+        assert!(!r.key.answer.as_deref().unwrap().is_empty());
         assert_eq!(r.context, given.context);
         assert!(stats.snapshot().skipped.is_empty());
         assert!(stats.snapshot().tokens["questions"] > 0);
@@ -424,8 +426,9 @@ mod tests {
         assert_eq!(p, stage.passage("a:2#q0", &text).unwrap());
         assert!(all.windows(48).any(|w| w == p.as_slice()));
         // Too long a passage for the model's window is a config error.
-        let mut cfg = config(true);
-        cfg.questions.passage_tokens = 8100; // + 40 answer + 128 > 8192 (dense f32 backend)
+        let mut raw = config(true).into_raw();
+        raw.questions.passage_tokens = 8100; // + 40 answer + 128 > 8192 (dense f32 backend)
+        let cfg = PipelineConfig::try_from(raw).unwrap();
         let e = QuestionsStage::try_new(&cfg, in_process(&policy), tok.clone(), chatml(&tok))
             .unwrap_err();
         assert!(

@@ -31,7 +31,7 @@ use rand::Rng;
 use crate::config::SamplerConfig;
 use crate::error::Result;
 use crate::seed::rng_for;
-use crate::stage::{emit, map_rows, Stage, StageContext};
+use crate::stage::{emit, map_rows, RowOutcome, Stage, StageContext};
 
 /// Reason counted when no chunk scores above δ.
 pub const SKIP_NO_RELEVANT: &str = "no relevant chunk (no s_i > threshold)";
@@ -139,6 +139,10 @@ impl Stage for SamplerStage {
         "sampler"
     }
 
+    fn input_schema(&self) -> SchemaRef {
+        logo_schemas::scored_schema()
+    }
+
     fn output_schema(&self) -> SchemaRef {
         sampled_schema()
     }
@@ -146,21 +150,11 @@ impl Stage for SamplerStage {
     fn process(&mut self, batch: RecordBatch, ctx: &StageContext) -> Result<Vec<RecordBatch>> {
         let rows = ScoredRecord::from_batch(&batch)?;
         let this = &*self;
-        let out = map_rows(rows, ctx, |r| {
-            match this.select(&r.sample_id, &r.chunk_scores) {
-                Err(reason) => {
-                    ctx.stats.skip("sampler", reason);
-                    Ok(None)
-                }
-                Ok(sel) => Ok(Some(SampledRecord {
-                    sample_id: r.sample_id,
-                    document_id: r.document_id,
-                    question_index: r.question_index,
-                    source_file: r.source_file,
-                    source_row: r.source_row,
-                    question: r.question,
-                    answer: r.answer,
-                    question_origin: r.question_origin,
+        let out = map_rows(rows, "sampler", ctx, |r| {
+            match this.select(&r.key.sample_id, &r.chunk_scores) {
+                Err(reason) => RowOutcome::Skip(reason),
+                Ok(sel) => RowOutcome::Keep(SampledRecord {
+                    key: r.key,
                     chunk_input_ids: r.chunk_input_ids,
                     chunk_text: r.chunk_text,
                     chunk_scores: r.chunk_scores,
@@ -168,7 +162,7 @@ impl Stage for SamplerStage {
                     chosen_chunk_ids: sel.chosen,
                     rejected_chunk_ids: sel.rejected,
                     rejected_strategy: sel.strategy.into_iter().map(String::from).collect(),
-                })),
+                }),
             }
         })?;
         emit(&out)

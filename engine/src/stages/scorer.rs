@@ -24,7 +24,7 @@ use rayon::prelude::*;
 use crate::config::ScorerConfig;
 use crate::entities::{self, overlap, EntityExtractor};
 use crate::error::Result;
-use crate::stage::{emit, map_rows, Reject, Stage, StageContext};
+use crate::stage::{emit, map_rows, Reject, RowOutcome, Stage, StageContext};
 
 /// The scorer stage: adds `chunk_scores` (s_i, paper 3.2.2) to chunked rows.
 pub struct ScorerStage {
@@ -85,7 +85,7 @@ fn to_score(n: usize) -> i32 {
 
 /// Why `row` cannot be scored, if it cannot.
 fn question_problem(row: &ChunkedRecord) -> Option<&'static str> {
-    match row.question.as_deref() {
+    match row.key.question.as_deref() {
         None => Some("missing (null): the chunker should have rejected this row; bug upstream"),
         Some(q) if q.trim().is_empty() => {
             Some("blank: the chunker should have rejected this row; bug upstream")
@@ -97,6 +97,10 @@ fn question_problem(row: &ChunkedRecord) -> Option<&'static str> {
 impl Stage for ScorerStage {
     fn name(&self) -> &'static str {
         "scorer"
+    }
+
+    fn input_schema(&self) -> SchemaRef {
+        logo_schemas::chunks_schema()
     }
 
     fn output_schema(&self) -> SchemaRef {
@@ -124,8 +128,8 @@ impl Stage for ScorerStage {
                 if question_problem(row).is_some() {
                     return None;
                 }
-                let question = row.question.as_deref()?;
-                let query = this.query_entities(question, row.answer.as_deref());
+                let question = row.key.question.as_deref()?;
+                let query = this.query_entities(question, row.key.answer.as_deref());
                 let scores = row
                     .chunk_text
                     .iter()
@@ -137,31 +141,24 @@ impl Stage for ScorerStage {
         drop(chunk_entities);
 
         let pairs: Vec<(ChunkedRecord, Option<Vec<i32>>)> = rows.into_iter().zip(scores).collect();
-        let out = map_rows(pairs, ctx, |(row, scores)| {
+        let out = map_rows(pairs, "scorer", ctx, |(row, scores)| {
             let Some(chunk_scores) = scores else {
-                return Err(Reject {
+                return RowOutcome::Reject(Reject {
                     stage: "scorer".into(),
-                    file: row.source_file.clone(),
-                    row: row.source_row,
+                    file: row.key.source_file.clone(),
+                    row: row.key.source_row,
                     field: Some("question".into()),
                     reason: question_problem(&row)
                         .unwrap_or("cannot be scored")
                         .to_string(),
                 });
             };
-            Ok(Some(ScoredRecord {
-                sample_id: row.sample_id,
-                document_id: row.document_id,
-                question_index: row.question_index,
-                source_file: row.source_file,
-                source_row: row.source_row,
-                question: row.question,
-                answer: row.answer,
-                question_origin: row.question_origin,
+            RowOutcome::Keep(ScoredRecord {
+                key: row.key,
                 chunk_input_ids: row.chunk_input_ids,
                 chunk_text: row.chunk_text,
                 chunk_scores,
-            }))
+            })
         })?;
         emit(&out)
     }
@@ -172,6 +169,7 @@ mod tests {
     use super::*;
     use crate::config::ScorerBackend;
     use crate::stage::{Rejects, RunStats};
+    use logo_schemas::SampleKey;
 
     fn lexical(use_answer: bool) -> ScorerStage {
         ScorerStage::try_new(&ScorerConfig {
@@ -188,14 +186,16 @@ mod tests {
         chunks: &[&str],
     ) -> ChunkedRecord {
         ChunkedRecord {
-            sample_id: format!("{id}#q0"),
-            document_id: id.into(),
-            question_index: 0,
-            source_file: "docs.jsonl".into(),
-            source_row: 7,
-            question: question.map(Into::into),
-            answer: answer.map(Into::into),
-            question_origin: "source".into(),
+            key: SampleKey {
+                sample_id: format!("{id}#q0"),
+                document_id: id.into(),
+                question_index: 0,
+                source_file: "docs.jsonl".into(),
+                source_row: 7,
+                question: question.map(Into::into),
+                answer: answer.map(Into::into),
+                question_origin: "source".into(),
+            },
             chunk_input_ids: chunks
                 .iter()
                 .enumerate()
@@ -280,14 +280,14 @@ mod tests {
         assert_eq!(stage.output_schema(), scored_schema());
         let scored = ScoredRecord::from_batch(&out[0]).unwrap();
         assert_eq!(scored.len(), 2);
-        assert_eq!(scored[0].sample_id, "d:1#q0");
+        assert_eq!(scored[0].key.sample_id, "d:1#q0");
         assert_eq!(scored[0].chunk_scores, [3, 0, 1]);
         assert_eq!(scored[0].chunk_text, input[0].chunk_text);
         assert_eq!(scored[0].chunk_input_ids, input[0].chunk_input_ids);
         // {cold, weather} (how/was/the are stop words): chunk 1 has both; chunk 0 neither.
-        assert_eq!(scored[1].sample_id, "d:2#q0");
+        assert_eq!(scored[1].key.sample_id, "d:2#q0");
         assert_eq!(scored[1].chunk_scores, [0, 2]);
-        assert_eq!(scored[1].answer.as_deref(), Some("Cold."));
+        assert_eq!(scored[1].key.answer.as_deref(), Some("Cold."));
         assert_eq!(rejects.counts().get("scorer"), Some(&1));
     }
 

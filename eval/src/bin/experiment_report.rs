@@ -263,15 +263,12 @@ fn report(cli: &Cli) -> Result<()> {
 }
 
 fn main() -> ExitCode {
-    logo_schemas::cli::reset_sigpipe();
+    logo_env::cli::reset_sigpipe();
     let cli = Cli::parse();
     match report(&cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!(
-                "logo-experiment-report: {}",
-                logo_schemas::cli::error_chain(&e)
-            );
+            eprintln!("logo-experiment-report: {}", logo_env::cli::error_chain(&e));
             ExitCode::FAILURE
         }
     }

@@ -19,7 +19,7 @@ pub fn embedded(test: &str) -> Option<ModelConfig> {
             ..cfg
         })
     } else {
-        logo_schemas::paths::fixture_missing(&format!(
+        logo_env::paths::fixture_missing(&format!(
             "{test}: the embedded model {} (run scripts/just setup)",
             cfg.path.display()
         ));
@@ -36,7 +36,7 @@ pub fn shared_data(test: &str, rel: &str) -> Option<PathBuf> {
     if p.exists() {
         Some(p)
     } else {
-        logo_schemas::paths::fixture_missing(&format!("{test}: {} not found", p.display()));
+        logo_env::paths::fixture_missing(&format!("{test}: {} not found", p.display()));
         None
     }
 }

@@ -316,7 +316,7 @@ mod tests {
             Ok(lib) => lib,
             Err(e) => {
                 // The CPU wheel has no libnccl: not a fixture of this machine's kind.
-                return logo_schemas::paths::not_applicable(&e.to_string());
+                return logo_env::paths::not_applicable(&e.to_string());
             }
         };
         let v = lib.version().unwrap();

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use arrow::datatypes::Schema;
-use logo_schemas::{Record, TrainingSample, SCHEMA_VERSION_KEY};
+use logo_schemas::{Record, SampleKey, TrainingSample, SCHEMA_VERSION_KEY};
 use logo_trainer::lora::LoraConfig;
 use logo_trainer::loss::LossConfig;
 use logo_trainer::optim::AdamWConfig;
@@ -96,14 +96,16 @@ pub fn sample(i: u32) -> TrainingSample {
         .map(|t| t + if t >= 6 { 900 } else { 0 })
         .collect();
     TrainingSample {
-        sample_id: format!("doc:{i}#q0"),
-        document_id: format!("doc:{i}"),
-        question_index: 0,
-        source_file: "synthetic".into(),
-        source_row: i as u64 + 1,
-        question: Some("q".into()),
-        answer: None,
-        question_origin: "source".into(),
+        key: SampleKey {
+            sample_id: format!("doc:{i}#q0"),
+            document_id: format!("doc:{i}"),
+            question_index: 0,
+            source_file: "synthetic".into(),
+            source_row: i as u64 + 1,
+            question: Some("q".into()),
+            answer: None,
+            question_origin: "source".into(),
+        },
         context_chunk_ids: vec![0, 1],
         context_chunk_scores: vec![7, 0],
         prompt_input_ids: prompt,
@@ -208,7 +210,7 @@ pub fn tiny_examples() -> Vec<logo_trainer::data::Example> {
         .map(|i| {
             let s = sample(i);
             logo_trainer::data::Example {
-                sample_id: s.sample_id.clone(),
+                sample_id: s.key.sample_id.clone(),
                 prompt_ids: v(&s.prompt_input_ids),
                 prompt_positions: v(&s.prompt_position_ids),
                 chosen_ids: v(&s.chosen_input_ids),
