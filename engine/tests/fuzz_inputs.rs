@@ -2,26 +2,14 @@
 //! out-of-memory inputs), read through the engine's source as a run would, with the live heap
 //! capped at 1 GiB: each ends in rejects naming the file, never a panic or an abort, and needs
 //! under 64 MiB of heap (the out-of-memory input once made the `parquet` crate ask for 5.7 GB:
-//! a dictionary page declaring 1.4 billion values, see `logo_formats::parquet_pages`). New findings in that folder are covered by dropping
-//! them in.
-
-use std::path::{Path, PathBuf};
+//! a dictionary page declaring 1.4 billion values, see `logo_formats::parquet_pages`). New
+//! findings in that folder are covered by dropping them in.
 
 use logo_engine::source::{plan_units, Source};
 use logo_engine::stage::{Rejects, RunStats};
 
 #[global_allocator]
 static HEAP: logo_env::heap::Capped = logo_env::heap::Capped::new(1 << 30);
-
-fn findings() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz/parquet_source");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-}
 
 /// (documents read, rejects) of one input as a `.parquet` source file; [`HEAP`]'s peak starts
 /// anew.
@@ -44,7 +32,7 @@ fn every_committed_fuzz_finding_is_rejected_within_a_small_heap() {
     // The panics the reader catches would print (and, under RUST_BACKTRACE, symbolise a
     // backtrace: hundreds of MB of debug info on this heap): keep them quiet.
     std::panic::set_hook(Box::new(|_| {}));
-    let files = findings();
+    let files = logo_env::paths::fuzz_findings("parquet_source");
     assert!(files.len() >= 3, "{files:?}");
     for f in files {
         let bytes = std::fs::read(&f).unwrap();

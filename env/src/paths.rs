@@ -114,3 +114,18 @@ pub fn require_fixture<T>(value: Option<T>, what: &str) -> Option<T> {
 pub fn not_applicable(why: &str) {
     record_skip(why);
 }
+
+/// The inputs a fuzz target's runs committed under `tests/fuzz/<target>/` (crashes, time-outs,
+/// out-of-memory inputs), sorted by name: the regression inputs the readers' tests replay.
+/// Panics when the folder cannot be listed (a test fixture of this repository).
+pub fn fuzz_findings(target: &str) -> Vec<PathBuf> {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../tests/fuzz")
+        .join(target);
+    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+        .map(|e| e.expect("directory entry").path())
+        .collect();
+    files.sort();
+    files
+}

@@ -356,30 +356,24 @@ impl<'c> Trainer<'c> {
     fn backward(&self, examples: &[Example], seed: i64) -> Result<LossOutput> {
         let (c, scale) = (&self.cfg, 1.0 / self.cfg.grad_accum as f64);
         let (model, device) = (&self.model, self.device);
-        match self.mode {
-            GradientMode::SharedPrompt => backward_shared_prompt(
-                model,
-                examples,
-                &c.loss,
-                device,
-                c.checkpointing,
-                seed,
-                scale,
-            ),
-            GradientMode::Decoupled => backward_decoupled(
-                model,
-                examples,
-                &c.loss,
-                device,
-                c.checkpointing,
-                seed,
-                scale,
-            ),
+        // The two per-sample gradients take the same arguments.
+        let per_sample = match self.mode {
+            GradientMode::SharedPrompt => backward_shared_prompt,
+            GradientMode::Decoupled => backward_decoupled,
             GradientMode::Joint => {
                 let batch = collate(examples, device)?;
-                backward_joint(model, &batch, &c.loss, c.checkpointing, seed, scale)
+                return backward_joint(model, &batch, &c.loss, c.checkpointing, seed, scale);
             }
-        }
+        };
+        per_sample(
+            model,
+            examples,
+            &c.loss,
+            device,
+            c.checkpointing,
+            seed,
+            scale,
+        )
     }
 
     /// The step's metrics: this rank's means over its micro-batches, then the means over the

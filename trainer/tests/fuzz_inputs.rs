@@ -4,29 +4,17 @@
 //! 64 MiB of heap. The out-of-memory input once made the `parquet` crate ask for 5.7 GB
 //! (a dictionary page declaring 1.4 billion values).
 
-use std::path::{Path, PathBuf};
-
 use logo_trainer::data::{read_row_group, TrainingData};
 
 #[global_allocator]
 static HEAP: logo_env::heap::Capped = logo_env::heap::Capped::new(1 << 30);
-
-fn findings() -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fuzz/parquet_source");
-    let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    files.sort();
-    files
-}
 
 #[test]
 fn every_committed_fuzz_finding_is_an_input_error_within_a_small_heap() {
     // Caught panics would print and, under RUST_BACKTRACE, symbolise a backtrace (hundreds of
     // MB of debug info on this heap): keep them quiet.
     std::panic::set_hook(Box::new(|_| {}));
-    let files = findings();
+    let files = logo_env::paths::fuzz_findings("parquet_source");
     assert!(files.len() >= 3, "{files:?}");
     let mut oom_seen = false;
     for f in files {
