@@ -15,8 +15,8 @@
 //! supported here; the policy uses `quantized_llama` for them.
 //!
 //! Hugging Face folders ([`DenseLlama::from_hf_folder`]): `config.json` (transformers'
-//! `LlamaConfig`/`MistralConfig`, read by candle's `LlamaConfig`, Llama 3 `rope_scaling`
-//! included) and `model.safetensors` or the shards of `model.safetensors.index.json`, in the
+//! `LlamaConfig`/`MistralConfig`, parsed by [`logo_formats::hf_config`] as the trainer parses
+//! it, Llama 3 `rope_scaling` included) and `model.safetensors` or the shards of `model.safetensors.index.json`, in the
 //! HF layout already; bf16/f16 weights are converted to f32.
 
 use std::collections::HashMap;
@@ -32,6 +32,7 @@ use candle_transformers::models::llama;
 use logo_formats::gguf::{
     hf_name, permuted_heads, HeadCounts, HF_EMBED, HF_LM_HEAD, ROPE_FREQS, TOKEN_EMBD,
 };
+use logo_formats::hf_config::{AttentionBias, LlamaConfig, RopeScaling};
 
 use crate::adapter::{unpermute_rows, LoraDeltas};
 use crate::error::{EngineError, Result};
@@ -45,14 +46,13 @@ pub fn supported(content: &gguf_file::Content) -> bool {
     !content.tensor_infos.contains_key(ROPE_FREQS)
 }
 
-/// The `config.json` of a Hugging Face model folder, as far as this backend reads it
-/// (transformers' `LlamaConfig`/`MistralConfig` fields; candle's [`llama::LlamaConfig`]).
+/// The `config.json` of a Hugging Face model folder, as far as this backend runs it: the
+/// shared [`LlamaConfig`] (parsed and validated in [`logo_formats::hf_config`], as the trainer
+/// reads it), turned into candle's [`llama::Config`].
 #[derive(Debug, Clone)]
 pub struct HfModelConfig {
-    /// `model_type`: `llama` (also when absent, as the trainer reads it) or `mistral`.
-    pub model_type: String,
-    /// The fields candle's Llama is built from.
-    pub llama: llama::LlamaConfig,
+    /// The validated `config.json`.
+    pub hf: LlamaConfig,
     /// Positions the model attends over exactly, tokens: `max_position_embeddings`, or
     /// Mistral's `sliding_window` when smaller (this backend attends over the full cache, which
     /// equals the sliding window only within it).
@@ -61,55 +61,81 @@ pub struct HfModelConfig {
 
 impl HfModelConfig {
     /// Reads `dir/config.json`. Errors ([`EngineError::Io`], [`EngineError::Model`] naming the
-    /// file and field): an unreadable or malformed file; an architecture other than Llama or
-    /// Mistral (Qwen2's q/k/v biases, for one, are not in candle's Llama: serve such a model
-    /// with `generator.backend: openai`); a `head_dim` other than `hidden_size /
-    /// num_attention_heads`; a `rope_scaling` other than Llama 3's.
+    /// file and field): as [`LlamaConfig::from_json_file`]; then what candle's Llama lacks:
+    /// an architecture other than Llama or Mistral (Qwen2's q/k/v biases: serve such a model
+    /// with `generator.backend: openai`), attention or MLP biases, a `head_dim` other than
+    /// `hidden_size / num_attention_heads`, a rope scaling other than Llama 3's.
     pub fn read(dir: &Path) -> Result<HfModelConfig> {
         let path = dir.join("config.json");
-        let raw = read_json(&path)?;
-        let model_type = raw
-            .get("model_type")
-            .and_then(|v| v.as_str())
-            .unwrap_or("llama")
-            .to_string();
-        if !matches!(model_type.as_str(), "llama" | "mistral") {
-            return Err(err(
+        let hf = LlamaConfig::from_json_file(&path)?;
+        let unsupported = |what: String| {
+            Err(err(
                 &path,
                 format!(
-                    "model_type: the in-process backend runs llama and mistral models, got \
-                     {model_type:?}; serve it (vLLM, SGLang, llama-server) and use \
-                     generator.backend: openai"
+                    "{what}, which candle's Llama (the in-process backend) does not run; serve \
+                     the model (vLLM, SGLang, llama-server) and use generator.backend: openai"
                 ),
+            ))
+        };
+        if !matches!(hf.model_type.as_str(), "llama" | "mistral") {
+            return unsupported(format!("model_type {:?}", hf.model_type));
+        }
+        if hf.attention_bias != AttentionBias::None || hf.mlp_bias {
+            return unsupported("attention_bias or mlp_bias true".to_string());
+        }
+        let implied = hf.hidden_size / hf.num_attention_heads;
+        if hf.head_dim != implied {
+            return unsupported(format!(
+                "head_dim {} differs from hidden_size / num_attention_heads = {implied}",
+                hf.head_dim
             ));
         }
-        let llama: llama::LlamaConfig = serde_json::from_value(raw.clone())
-            .map_err(|e| err(&path, format!("as a Llama config: {e}")))?;
-        if let Some(h) = raw.get("head_dim").and_then(|v| v.as_u64()) {
-            let implied = llama.hidden_size / llama.num_attention_heads.max(1);
-            if h as usize != implied {
-                return Err(err(
-                    &path,
-                    format!(
-                        "head_dim {h} differs from hidden_size / num_attention_heads = \
-                         {implied}, which candle's Llama assumes"
-                    ),
-                ));
-            }
+        if let Some(RopeScaling::Linear { factor }) = hf.rope_scaling {
+            return unsupported(format!("rope_scaling linear (factor {factor})"));
         }
-        let window = raw
-            .get("sliding_window")
-            .and_then(|v| v.as_u64())
-            .map(|w| w as usize);
-        let max_positions = match window {
-            Some(w) if w < llama.max_position_embeddings => w,
-            _ => llama.max_position_embeddings,
+        let max_positions = match hf.sliding_window {
+            Some(w) if w < hf.max_position_embeddings => w,
+            _ => hf.max_position_embeddings,
         };
-        Ok(HfModelConfig {
-            model_type,
-            llama,
-            max_positions,
-        })
+        Ok(HfModelConfig { hf, max_positions })
+    }
+
+    /// Candle's config for a model of `vocab_size` rows whose LM head is tied when
+    /// `tie_word_embeddings`, attending over [`max_positions`](Self::max_positions).
+    fn candle_config(&self, vocab_size: usize, tie_word_embeddings: bool) -> llama::Config {
+        let hf = &self.hf;
+        let rope_scaling = match hf.rope_scaling {
+            Some(RopeScaling::Llama3 {
+                factor,
+                low_freq_factor,
+                high_freq_factor,
+                original_max_position_embeddings,
+            }) => Some(llama::Llama3RopeConfig {
+                factor: factor as f32,
+                low_freq_factor: low_freq_factor as f32,
+                high_freq_factor: high_freq_factor as f32,
+                original_max_position_embeddings,
+                rope_type: llama::Llama3RopeType::Llama3,
+            }),
+            // `read` refuses linear scaling.
+            _ => None,
+        };
+        llama::Config {
+            hidden_size: hf.hidden_size,
+            intermediate_size: hf.intermediate_size,
+            vocab_size,
+            num_hidden_layers: hf.num_hidden_layers,
+            num_attention_heads: hf.num_attention_heads,
+            num_key_value_heads: hf.num_key_value_heads,
+            use_flash_attn: false,
+            rms_norm_eps: hf.rms_norm_eps,
+            rope_theta: hf.rope_theta as f32,
+            bos_token_id: None,
+            eos_token_id: None,
+            rope_scaling,
+            max_position_embeddings: self.max_positions,
+            tie_word_embeddings,
+        }
     }
 }
 
@@ -299,11 +325,11 @@ impl DenseLlama {
             return Err(err(dir, format!("missing tensor {HF_EMBED}")));
         }
         fold_adapter(&mut tensors, adapter, dir)?;
-        let mut config = hf.llama.into_config(false);
-        config.max_position_embeddings = hf.max_positions;
-        config.vocab_size = tensors[HF_EMBED].dims()[0];
         // The LM head is tied when the folder has none (and no adapter gave it one).
-        config.tie_word_embeddings = !tensors.contains_key(HF_LM_HEAD);
+        let config = hf.candle_config(
+            tensors[HF_EMBED].dims()[0],
+            !tensors.contains_key(HF_LM_HEAD),
+        );
         build(tensors, config, dir)
     }
 
@@ -331,5 +357,84 @@ impl DenseLlama {
     /// `[1, V]` f32 of the last position.
     pub fn forward(&self, input: &Tensor, pos: usize, cache: &mut llama::Cache) -> Result<Tensor> {
         Ok(self.model.forward(input, pos, cache)?)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#""vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2"#;
+
+    fn read(extra: &str) -> Result<HfModelConfig> {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("config.json"), format!("{{{BASE}{extra}}}")).unwrap();
+        HfModelConfig::read(dir.path())
+    }
+
+    #[test]
+    fn candle_config_carries_every_field() {
+        let c = read(
+            r#", "rms_norm_eps": 1e-5, "max_position_embeddings": 512,
+            "rope_scaling": {"rope_type": "llama3", "rope_theta": 50.0, "factor": 8.0,
+            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+            "original_max_position_embeddings": 64}"#,
+        )
+        .unwrap();
+        let k = c.candle_config(100, true);
+        assert_eq!(
+            (
+                k.hidden_size,
+                k.intermediate_size,
+                k.vocab_size,
+                k.num_hidden_layers
+            ),
+            (64, 128, 100, 2)
+        );
+        assert_eq!((k.num_attention_heads, k.num_key_value_heads), (4, 2));
+        assert_eq!((k.rms_norm_eps, k.rope_theta), (1e-5, 50.0));
+        assert_eq!(
+            (k.max_position_embeddings, k.tie_word_embeddings),
+            (512, true)
+        );
+        let r = k.rope_scaling.unwrap();
+        assert_eq!(
+            (r.factor, r.low_freq_factor, r.high_freq_factor),
+            (8.0, 1.0, 4.0)
+        );
+        assert_eq!(r.original_max_position_embeddings, 64);
+    }
+
+    #[test]
+    fn mistral_window_bounds_positions() {
+        let c = read(
+            r#", "model_type": "mistral", "sliding_window": 256,
+            "max_position_embeddings": 1024"#,
+        )
+        .unwrap();
+        assert_eq!(c.max_positions, 256);
+        let c = read(r#", "model_type": "mistral", "max_position_embeddings": 1024"#).unwrap();
+        assert_eq!(c.max_positions, 1024);
+    }
+
+    #[test]
+    fn refuses_what_candle_lacks_naming_it() {
+        for (extra, what) in [
+            (r#", "model_type": "qwen2""#, "model_type \"qwen2\""),
+            (r#", "attention_bias": true"#, "attention_bias"),
+            (r#", "head_dim": 32"#, "head_dim 32"),
+            (
+                r#", "rope_scaling": {"type": "linear", "factor": 2.0}"#,
+                "rope_scaling linear",
+            ),
+            (r#", "num_key_value_heads": 3"#, "num_key_value_heads"),
+        ] {
+            let e = read(extra).err().unwrap().to_string();
+            assert!(
+                e.contains("config.json") && e.contains(what),
+                "{extra}: {e}"
+            );
+        }
     }
 }

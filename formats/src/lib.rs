@@ -1,6 +1,7 @@
 //! The external file formats that more than one logo crate reads or writes, each in one
 //! module: [`peft`] (PEFT LoRA adapter folders, `adapter_config.json` +
-//! `adapter_model.safetensors`) and [`gguf`] (the names of a Llama's tensors in llama.cpp's
+//! `adapter_model.safetensors`), [`hf_config`] (a Llama-family model's Hugging Face
+//! `config.json`), [`gguf`] (the names of a Llama's tensors in llama.cpp's
 //! GGUF and in Hugging Face checkpoints, and the q/k row permutation between them) and
 //! [`parquet_pages`] (the page headers of a Parquet file, checked before the `parquet` crate
 //! trusts the sizes they declare; the engine's source and the trainer's data reader both read
@@ -20,6 +21,7 @@
 
 pub mod error;
 pub mod gguf;
+pub mod hf_config;
 pub mod parquet_pages;
 pub mod peft;
 

@@ -166,6 +166,7 @@ pub fn config_from_content(path: &Path, content: &Content) -> Result<LlamaConfig
         mlp_bias: false,
         max_position_embeddings: int("context_length")?.unwrap_or(2048),
         pad_token_id,
+        sliding_window: None,
     };
     cfg.check().map_err(|m| TrainerError::model(path, m))?;
     Ok(cfg)

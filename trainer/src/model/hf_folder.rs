@@ -102,6 +102,12 @@ fn read_safetensors_tensor(name: &str, loc: &TensorLocation) -> Result<Tensor> {
     Ok(Tensor::f_from_data_size(&bytes, &loc.entry.shape, kind)?)
 }
 
+/// The validated `dir/config.json` ([`LlamaConfig::from_json_file`], shared with the engine).
+/// Errors: [`TrainerError::Model`] naming the file and key.
+pub(super) fn read_config(dir: &Path) -> Result<LlamaConfig> {
+    LlamaConfig::from_json_file(&dir.join("config.json")).map_err(TrainerError::from)
+}
+
 /// Loads a HF folder: `config.json`, then the shards named by
 /// `model.safetensors.index.json` (or every `*.safetensors` in the folder).
 pub(super) fn load_hf_folder(
@@ -110,7 +116,7 @@ pub(super) fn load_hf_folder(
     device: Device,
     kind: Kind,
 ) -> Result<Llama> {
-    let cfg = LlamaConfig::from_json_file(&dir.join("config.json"))?;
+    let cfg = read_config(dir)?;
     let index = dir.join("model.safetensors.index.json");
     let files: Vec<PathBuf> = if index.is_file() {
         #[derive(Deserialize)]

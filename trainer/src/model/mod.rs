@@ -33,17 +33,16 @@ use crate::error::{Result, TrainerError};
 use crate::lora::{LoraConfig, LoraEmbedding, LoraLinear};
 
 mod checkpoint;
-mod config;
 pub mod gguf;
 mod hf_folder;
 mod kv;
 mod layers;
 
-pub use config::{AttentionBias, LlamaConfig, RopeScaling};
 use hf_folder::load_hf_folder;
 pub use kv::KvCache;
 use layers::{frozen, DecoderLayer, Prefix, RmsNorm, Rotary};
 pub(crate) use layers::{Embedding, Linear};
+pub use logo_formats::hf_config::{AttentionBias, LlamaConfig, RopeScaling};
 
 /// Follows a dotted HF module path (`model.layers.0.self_attn`) from `root`.
 pub(crate) fn sub_path<'a>(root: nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
@@ -184,7 +183,7 @@ impl Llama {
     /// GGUF metadata), without loading weights. Errors: as [`Llama::load`].
     pub fn config_of(path: &Path) -> Result<LlamaConfig> {
         if path.is_dir() {
-            LlamaConfig::from_json_file(&path.join("config.json"))
+            hf_folder::read_config(path)
         } else {
             crate::model::gguf::read_config(path)
         }
@@ -204,6 +203,12 @@ impl Llama {
         fetch: &mut FetchWeight,
     ) -> Result<Self> {
         cfg.check().map_err(|m| TrainerError::model(origin, m))?;
+        if let Some(window) = cfg.sliding_window {
+            return Err(TrainerError::model(
+                origin,
+                format!("sliding_window {window}: sliding-window attention is not supported"),
+            ));
+        }
         if !matches!(
             kind,
             Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
@@ -644,40 +649,6 @@ pub(crate) fn module_matches(module: &str, target: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_v4_and_v5_rope_configs() {
-        let v4 = r#"{"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "num_key_value_heads": 2,
-            "rope_theta": 500000.0, "rope_scaling": {"type": "linear", "factor": 2.0}}"#;
-        let c: LlamaConfig = serde_json::from_str(v4).unwrap();
-        assert_eq!(c.head_dim, 16);
-        assert_eq!(c.rope_theta, 500000.0);
-        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
-        let v5 = r#"{"vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
-            "num_hidden_layers": 2, "num_attention_heads": 4, "model_type": "qwen2",
-            "rope_parameters": {"rope_type": "llama3", "rope_theta": 10.0, "factor": 8.0,
-            "low_freq_factor": 1.0, "high_freq_factor": 4.0,
-            "original_max_position_embeddings": 64}}"#;
-        let c: LlamaConfig = serde_json::from_str(v5).unwrap();
-        assert_eq!(c.num_key_value_heads, 4);
-        assert_eq!(c.rope_theta, 10.0);
-        assert_eq!(c.attention_bias, AttentionBias::Qkv);
-        assert!(matches!(c.rope_scaling, Some(RopeScaling::Llama3 { .. })));
-    }
-
-    #[test]
-    fn rejects_bad_configs() {
-        let bad_heads = r#"{"vocab_size": 8, "hidden_size": 64, "intermediate_size": 8,
-            "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 3}"#;
-        let e = serde_json::from_str::<LlamaConfig>(bad_heads).unwrap_err();
-        assert!(e.to_string().contains("num_key_value_heads"), "{e}");
-        let yarn = r#"{"vocab_size": 8, "hidden_size": 64, "intermediate_size": 8,
-            "num_hidden_layers": 1, "num_attention_heads": 4,
-            "rope_scaling": {"rope_type": "yarn", "factor": 4.0}}"#;
-        let e = serde_json::from_str::<LlamaConfig>(yarn).unwrap_err();
-        assert!(e.to_string().contains("yarn"), "{e}");
-    }
 
     #[test]
     fn default_inv_freq_matches_formula() {

@@ -1,11 +1,21 @@
-//! Hyper-parameters of a Llama-family model: HF `config.json` (v4 and v5 forms) and the
-//! rotary scaling types (HF `configuration_llama.py`, `modeling_rope_utils.py`).
+//! Hugging Face `config.json` of a Llama-family decoder (Llama, Mistral, Qwen2; the v4 form
+//! `rope_theta` + `rope_scaling` and the v5 form `rope_parameters`), parsed and validated once
+//! for every crate: the trainer builds its libtorch model from [`LlamaConfig`], the engine's
+//! dense candle backend and `logo-eval` build candle's `llama::Config` from it (refusing what
+//! candle's Llama lacks). The trainer also fills it from GGUF metadata.
+//!
+//! Why here: the file is an external format read by two crates with different tensor
+//! libraries; only serde and arithmetic are needed.
+//!
+//! Sources: HF `models/llama/configuration_llama.py`, `models/mistral/configuration_mistral.py`,
+//! `models/qwen2/configuration_qwen2.py`, `modeling_rope_utils.py`.
 
 use std::path::Path;
 
 use serde::Deserialize;
 
-use crate::error::{Result, TrainerError};
+use crate::FormatError;
+
 /// Rotary-embedding scaling of the inverse frequencies (HF `rope_scaling` / `rope_parameters`,
 /// `modeling_rope_utils.py`). Types HF computes at load time only; "dynamic" and "yarn" are not
 /// supported and fail in [`LlamaConfig`] parsing.
@@ -44,7 +54,12 @@ pub enum AttentionBias {
 
 /// Hyper-parameters of a Llama-family decoder, parsed from HF `config.json` (both the v4 form
 /// `rope_theta` + `rope_scaling` and the v5 form `rope_parameters`) or from GGUF metadata
-/// ([`crate::model::gguf`]). Parsing validates: heads divide, head_dim even, act "silu".
+/// (the trainer's `model::gguf`). Parsing validates: heads divide, head_dim even, act "silu".
+///
+/// Which crate refuses what: parsing refuses what no crate runs (dynamic/yarn rope, an
+/// activation other than SiLU, heads that do not divide); the trainer also refuses a
+/// [`sliding_window`](Self::sliding_window), the engine's candle backend attention biases,
+/// linear rope scaling and a `head_dim` other than H / nh.
 ///
 /// Source: HF `models/llama/configuration_llama.py` (defaults in parentheses).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -84,6 +99,9 @@ pub struct LlamaConfig {
     /// Padding token id (none); only masks the gradient of the embedding LoRA row, like HF's
     /// `nn.Embedding(padding_idx)` under PEFT.
     pub pad_token_id: Option<i64>,
+    /// Sliding-window attention span, tokens (Mistral `sliding_window`; Qwen2's only when
+    /// `use_sliding_window`); none for Llama and when null.
+    pub sliding_window: Option<usize>,
 }
 
 /// `rope_scaling` / `rope_parameters` as written by HF (v4 uses `type` or `rope_type`).
@@ -130,7 +148,7 @@ struct RawLlamaConfig {
 impl TryFrom<RawLlamaConfig> for LlamaConfig {
     type Error = String;
 
-    fn try_from(raw: RawLlamaConfig) -> std::result::Result<Self, String> {
+    fn try_from(raw: RawLlamaConfig) -> Result<Self, String> {
         let model_type = raw.model_type.unwrap_or_else(|| "llama".to_string());
         let attention_bias = match model_type.as_str() {
             "llama" | "mistral" => {
@@ -147,14 +165,11 @@ impl TryFrom<RawLlamaConfig> for LlamaConfig {
                 ))
             }
         };
-        let sliding = match model_type.as_str() {
-            "mistral" => raw.sliding_window.is_some(),
-            "qwen2" => raw.use_sliding_window,
-            _ => false,
+        let sliding_window = match model_type.as_str() {
+            "mistral" => raw.sliding_window,
+            "qwen2" if raw.use_sliding_window => raw.sliding_window,
+            _ => None,
         };
-        if sliding {
-            return Err("sliding-window attention is not supported".to_string());
-        }
         if let Some(act) = &raw.hidden_act {
             if act != "silu" {
                 return Err(format!("hidden_act: expected silu, got {act}"));
@@ -208,6 +223,7 @@ impl TryFrom<RawLlamaConfig> for LlamaConfig {
             mlp_bias: raw.mlp_bias,
             max_position_embeddings: raw.max_position_embeddings.unwrap_or(2048),
             pad_token_id: raw.pad_token_id,
+            sliding_window,
         };
         cfg.check()?;
         Ok(cfg)
@@ -236,18 +252,22 @@ impl LlamaConfig {
             mlp_bias: false,
             max_position_embeddings: 8192,
             pad_token_id: None,
+            sliding_window: None,
         }
     }
 
-    /// Reads and validates a HF `config.json`. Errors: [`TrainerError::Io`] when unreadable,
-    /// [`TrainerError::Model`] naming the key when a value is missing or unsupported.
-    pub fn from_json_file(path: &Path) -> Result<Self> {
-        let text = std::fs::read_to_string(path).map_err(|e| TrainerError::io(path, e))?;
-        serde_json::from_str(&text).map_err(|e| TrainerError::model(path, e.to_string()))
+    /// Reads and validates a HF `config.json` at `path`. Errors: a [`FormatError`] naming the
+    /// file: unreadable, not JSON, or the key whose value is missing or unsupported.
+    pub fn from_json_file(path: &Path) -> Result<Self, FormatError> {
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| FormatError::new(path, format!("reading: {e}")))?;
+        serde_json::from_str(&text).map_err(|e| FormatError::new(path, e.to_string()))
     }
 
-    /// Checks the invariants the model relies on; the message names the key.
-    pub(crate) fn check(&self) -> std::result::Result<(), String> {
+    /// Checks the invariants every model relies on (positive sizes, nkv divides nh, hd even,
+    /// θ > 0, valid rope scaling); the message names the key. Parsing runs it; call it again
+    /// after changing fields by hand.
+    pub fn check(&self) -> Result<(), String> {
         let positive = [
             ("vocab_size", self.vocab_size),
             ("hidden_size", self.hidden_size),
@@ -302,5 +322,116 @@ impl LlamaConfig {
             ));
         }
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const BASE: &str = r#""vocab_size": 128, "hidden_size": 64, "intermediate_size": 128,
+        "num_hidden_layers": 2, "num_attention_heads": 4"#;
+
+    fn parse(extra: &str) -> Result<LlamaConfig, String> {
+        serde_json::from_str(&format!("{{{BASE}{extra}}}")).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn parses_v4_and_v5_rope_configs() {
+        let c = parse(
+            r#", "num_key_value_heads": 2, "rope_theta": 500000.0,
+            "rope_scaling": {"type": "linear", "factor": 2.0}"#,
+        )
+        .unwrap();
+        assert_eq!((c.head_dim, c.num_key_value_heads), (16, 2));
+        assert_eq!(c.rope_theta, 500000.0);
+        assert_eq!(c.rope_scaling, Some(RopeScaling::Linear { factor: 2.0 }));
+        assert_eq!(
+            (c.model_type.as_str(), c.max_position_embeddings),
+            ("llama", 2048)
+        );
+        let c = parse(
+            r#", "model_type": "qwen2", "rope_parameters": {"rope_type": "llama3",
+            "rope_theta": 10.0, "factor": 8.0, "low_freq_factor": 1.0,
+            "high_freq_factor": 4.0, "original_max_position_embeddings": 64}"#,
+        )
+        .unwrap();
+        assert_eq!(c.num_key_value_heads, 4);
+        assert_eq!(c.rope_theta, 10.0);
+        assert_eq!(c.attention_bias, AttentionBias::Qkv);
+        assert_eq!(
+            c.rope_scaling,
+            Some(RopeScaling::Llama3 {
+                factor: 8.0,
+                low_freq_factor: 1.0,
+                high_freq_factor: 4.0,
+                original_max_position_embeddings: 64
+            })
+        );
+    }
+
+    #[test]
+    fn sliding_window_is_mistrals_and_qwens_when_used() {
+        let w = |extra: &str| parse(extra).unwrap().sliding_window;
+        assert_eq!(
+            w(r#", "model_type": "mistral", "sliding_window": 4096"#),
+            Some(4096)
+        );
+        assert_eq!(
+            w(r#", "model_type": "mistral", "sliding_window": null"#),
+            None
+        );
+        assert_eq!(
+            w(r#", "model_type": "qwen2", "sliding_window": 4096"#),
+            None
+        );
+        assert_eq!(
+            w(r#", "model_type": "qwen2", "sliding_window": 32, "use_sliding_window": true"#),
+            Some(32)
+        );
+        assert_eq!(w(r#", "sliding_window": 4096"#), None);
+    }
+
+    #[test]
+    fn rejects_bad_configs_naming_the_key() {
+        for (extra, key) in [
+            (r#", "num_key_value_heads": 3"#, "num_key_value_heads"),
+            (
+                r#", "rope_scaling": {"rope_type": "yarn", "factor": 4.0}"#,
+                "yarn",
+            ),
+            (r#", "hidden_act": "gelu""#, "hidden_act"),
+            (r#", "model_type": "gemma""#, "model_type"),
+            (r#", "head_dim": 15"#, "head_dim"),
+            (r#", "rope_scaling": {"type": "linear"}"#, "factor"),
+            (r#", "rope_theta": 0.0"#, "rope_theta"),
+        ] {
+            let e = parse(extra).unwrap_err();
+            assert!(e.contains(key), "{extra}: {e}");
+        }
+    }
+
+    #[test]
+    fn smollm2_matches_its_config_json() {
+        // HuggingFaceTB/SmolLM2-135M-Instruct/config.json, the keys we read.
+        let c: LlamaConfig = serde_json::from_str(
+            r#"{"architectures": ["LlamaForCausalLM"], "hidden_act": "silu",
+            "hidden_size": 576, "intermediate_size": 1536, "max_position_embeddings": 8192,
+            "model_type": "llama", "num_attention_heads": 9, "num_hidden_layers": 30,
+            "num_key_value_heads": 3, "rms_norm_eps": 1e-05, "rope_scaling": null,
+            "rope_theta": 100000, "tie_word_embeddings": true, "vocab_size": 49152}"#,
+        )
+        .unwrap();
+        assert_eq!(c, LlamaConfig::smollm2_135m());
+    }
+
+    #[test]
+    fn unreadable_file_names_it() {
+        let e = LlamaConfig::from_json_file(Path::new("/nonexistent/config.json")).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("/nonexistent/config.json: reading"),
+            "{e}"
+        );
     }
 }
