@@ -16,8 +16,9 @@
 //!
 //! Hugging Face folders ([`DenseLlama::from_hf_folder`]): `config.json` (transformers'
 //! `LlamaConfig`/`MistralConfig`, parsed by [`logo_formats::hf_config`] as the trainer parses
-//! it, Llama 3 `rope_scaling` included) and `model.safetensors` or the shards of `model.safetensors.index.json`, in the
-//! HF layout already; bf16/f16 weights are converted to f32.
+//! it, Llama 3 `rope_scaling` included) and `model.safetensors` or the shards of
+//! `model.safetensors.index.json`, in the HF layout already; bf16/f16 weights are converted to
+//! f32.
 
 use std::collections::HashMap;
 use std::fs::File;
