@@ -8,11 +8,11 @@
 //! ([`crate::adapter::unpermute_rows`]; llama.cpp `convert_hf_to_gguf.py` permutes them). A
 //! PEFT adapter's deltas (HF layout) are added before the model is built.
 //!
-//! Config: GGUF `llama.*` keys (docs/gguf.md): `embedding_length`, `feed_forward_length`,
-//! `block_count`, `attention.head_count`, `attention.head_count_kv`,
-//! `attention.layer_norm_rms_epsilon`, `rope.freq_base` (default 10000), `context_length`.
-//! Models whose GGUF carries `rope_freqs.weight` (Llama 3.1 frequency scaling) are not
-//! supported here; the policy uses `quantized_llama` for them.
+//! Config: the GGUF's `llama.*` keys mapped to the [`LlamaConfig`] of a `config.json` by
+//! [`logo_formats::gguf_config::llama_config`] (the trainer's map too), then checked and turned
+//! into candle's config by [`HfModelConfig`], as for a Hugging Face folder. Models whose GGUF
+//! carries `rope_freqs.weight` (Llama 3.1 frequency scaling) are not supported here; the
+//! policy uses `quantized_llama` for them.
 //!
 //! Hugging Face folders ([`DenseLlama::from_hf_folder`]): `config.json` (transformers'
 //! `LlamaConfig`/`MistralConfig`, parsed by [`logo_formats::hf_config`] as the trainer parses
@@ -68,10 +68,16 @@ impl HfModelConfig {
     /// `hidden_size / num_attention_heads`, a rope scaling other than Llama 3's.
     pub fn read(dir: &Path) -> Result<HfModelConfig> {
         let path = dir.join("config.json");
-        let hf = LlamaConfig::from_json_file(&path)?;
+        HfModelConfig::new(LlamaConfig::from_json_file(&path)?, &path)
+    }
+
+    /// `hf` (read from `path`: a `config.json`, or a GGUF through
+    /// [`logo_formats::gguf_config`]) as far as candle's Llama runs it. Errors
+    /// ([`EngineError::Model`] naming `path`): as [`read`](Self::read), after the parse.
+    pub fn new(hf: LlamaConfig, path: &Path) -> Result<HfModelConfig> {
         let unsupported = |what: String| {
             Err(err(
-                &path,
+                path,
                 format!(
                     "{what}, which candle's Llama (the in-process backend) does not run; serve \
                      the model (vLLM, SGLang, llama-server) and use generator.backend: openai"
@@ -240,33 +246,24 @@ pub struct DenseLlama {
 }
 
 impl DenseLlama {
-    /// Builds the model from the GGUF `content` (tensors read through `reader`), with the
-    /// `adapter` folded in. Errors ([`EngineError::Model`] naming the file): a missing
-    /// `llama.*` key or tensor, a delta whose shape differs from its tensor, candle errors.
+    /// Builds the model from the GGUF `content` (tensors read through `reader`) whose
+    /// hyper-parameters are `config` ([`logo_formats::gguf_config::llama_config`]), with the
+    /// `adapter` folded in. Errors ([`EngineError::Model`] naming the file): what
+    /// [`HfModelConfig::new`] refuses, a missing tensor, a delta whose shape differs from its
+    /// tensor, candle errors.
     pub fn load(
         content: &gguf_file::Content,
         reader: &mut BufReader<File>,
-        heads: HeadCounts,
+        config: LlamaConfig,
         adapter: Option<&LoraDeltas>,
         path: &Path,
     ) -> Result<DenseLlama> {
         let device = Device::Cpu;
-        let md = |key: &str| content.metadata.get(key);
-        let int = |key: &str| -> Result<usize> {
-            md(key)
-                .and_then(|v| {
-                    v.to_u32()
-                        .ok()
-                        .map(|x| x as usize)
-                        .or(v.to_u64().ok().map(|x| x as usize))
-                })
-                .ok_or_else(|| err(path, format!("missing or non-integer GGUF key {key}")))
+        let heads = HeadCounts {
+            n_head: config.num_attention_heads,
+            n_kv_head: config.num_key_value_heads,
         };
-        let float = |key: &str, default: f64| -> f64 {
-            md(key)
-                .and_then(|v| v.to_f32().ok().map(f64::from))
-                .unwrap_or(default)
-        };
+        let config = HfModelConfig::new(config, path)?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for name in content.tensor_infos.keys() {
             let Some(hf) = hf_name(name) else {
@@ -286,24 +283,8 @@ impl DenseLlama {
             .map(|t| t.dims()[0])
             .ok_or_else(|| err(path, format!("missing tensor {TOKEN_EMBD}")))?;
         fold_adapter(&mut tensors, adapter, path)?;
-        let tie = !tensors.contains_key(HF_LM_HEAD);
-        let hidden = int("llama.embedding_length")?;
-        let config = llama::Config {
-            hidden_size: hidden,
-            intermediate_size: int("llama.feed_forward_length")?,
-            vocab_size,
-            num_hidden_layers: int("llama.block_count")?,
-            num_attention_heads: heads.n_head,
-            num_key_value_heads: heads.n_kv_head,
-            use_flash_attn: false,
-            rms_norm_eps: float("llama.attention.layer_norm_rms_epsilon", 1e-5),
-            rope_theta: float("llama.rope.freq_base", 10_000.0) as f32,
-            bos_token_id: None,
-            eos_token_id: None,
-            rope_scaling: None,
-            max_position_embeddings: int("llama.context_length")?,
-            tie_word_embeddings: tie,
-        };
+        // The LM head is tied when the file has none (and no adapter gave it one).
+        let config = config.candle_config(vocab_size, !tensors.contains_key(HF_LM_HEAD));
         build(tensors, config, path)
     }
 

@@ -521,10 +521,10 @@ fn run_generation(
 
 mod load;
 
+#[cfg(test)]
+use load::convert_weights;
 use load::load_gguf;
 pub use load::{context_length_of, max_positions_of};
-#[cfg(test)]
-use load::{convert_weights, head_counts};
 
 #[cfg(test)]
 #[path = "model_tests.rs"]

@@ -192,7 +192,7 @@ fn dense_backend_equals_quantized_llama_and_reads_past_4096() {
     if let Backend::Dense(_) = quantized.backend {
         let path = default_model_path();
         let (content, mut reader) = read_gguf(&path).unwrap();
-        let heads = head_counts(&content, &path).unwrap();
+        let heads = logo_formats::gguf_config::head_counts(&content).unwrap();
         let m = convert_weights(
             content,
             &mut reader,

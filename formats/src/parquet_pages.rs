@@ -15,11 +15,28 @@
 //! Source: the Parquet format's `parquet.thrift` (`PageHeader`, `DictionaryPageHeader`,
 //! fields 1–8) in the Thrift compact protocol (`thrift/doc/specs/thrift-compact-protocol.md`).
 //! Only the fields checked here are decoded; every other field is skipped by its type.
+//!
+//! [`key_value_metadata`] reads the footer's `FileMetaData.key_value_metadata` as a map (where
+//! logo's writers record the schema version, checked by `logo_schemas::check_schema_version`).
 
+use std::collections::HashMap;
 use std::io::{BufReader, Read, Seek, SeekFrom};
 
 use parquet::basic::Type as PhysicalType;
 use parquet::file::metadata::ParquetMetaData;
+
+/// The footer's key-value metadata (`FileMetaData.key_value_metadata`) as key → value; keys
+/// without a value are left out, and a file without any gives an empty map.
+pub fn key_value_metadata(meta: &ParquetMetaData) -> HashMap<String, String> {
+    meta.file_metadata()
+        .key_value_metadata()
+        .map(|kv| {
+            kv.iter()
+                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
+                .collect()
+        })
+        .unwrap_or_default()
+}
 
 /// Largest accepted ratio of a page's uncompressed to compressed size (zstd and snappy on
 /// real text stay far below it); pages up to [`SMALL_PAGE`] bytes are accepted whatever it.

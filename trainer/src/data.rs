@@ -9,7 +9,6 @@
 //! Logits are needed only at the rows that predict response tokens: the batch carries their
 //! flat indices.
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::path::{Path, PathBuf};
 
@@ -124,16 +123,7 @@ impl TrainingData {
                     .map_err(|e| input(format!("not a readable Parquet file: {e}")))?;
             logo_formats::parquet_pages::check_declared_sizes(&file, len, builder.metadata())
                 .map_err(|m| input(format!("declares sizes it cannot hold: {m}")))?;
-            let kv: HashMap<String, String> = builder
-                .metadata()
-                .file_metadata()
-                .key_value_metadata()
-                .map(|kv| {
-                    kv.iter()
-                        .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
-                        .collect()
-                })
-                .unwrap_or_default();
+            let kv = logo_formats::parquet_pages::key_value_metadata(builder.metadata());
             check_schema_version(&kv).map_err(|e| input(e.to_string()))?;
             check_columns("training", &required, builder.schema())
                 .map_err(|e| input(e.to_string()))?;

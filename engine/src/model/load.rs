@@ -1,6 +1,7 @@
 //! Loading a policy's weights: the GGUF (dequantised into the dense backend, re-quantised to
 //! `q8_0`, or as stored) with its LoRA deltas folded in, and the context lengths a model
-//! declares (GGUF `llama.context_length`, HF `config.json`).
+//! declares (GGUF `llama.context_length`, HF `config.json`). The GGUF's hyper-parameters are
+//! [`logo_formats::gguf_config`]'s, as the trainer reads them.
 
 use std::fs::File;
 use std::io::{BufReader, Cursor};
@@ -11,6 +12,7 @@ use candle_core::Device;
 use candle_transformers::models::quantized_llama::ModelWeights;
 
 use logo_formats::gguf::{hf_name, permuted_heads, HeadCounts, OUTPUT, TOKEN_EMBD};
+use logo_formats::gguf_config;
 
 use crate::adapter::{permute_rows, LoraDeltas};
 use crate::config::{ModelConfig, WeightFormat};
@@ -29,36 +31,24 @@ pub(super) fn load_gguf(
 ) -> Result<(Backend, usize, Option<String>)> {
     let path = &cfg.path;
     let (content, mut reader) = read_gguf(path)?;
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_default();
-    if arch != "llama" {
-        return Err(model_err(
-            path,
-            format!("general.architecture: expected llama, got {arch:?}"),
-        ));
-    }
+    let config = gguf_config::llama_config(&content).map_err(|m| model_err(path, m))?;
     let gguf_name = content
         .metadata
         .get("general.name")
         .and_then(|v| v.to_string().ok())
         .cloned();
-    let vocab_size = content
-        .tensor_infos
-        .get(TOKEN_EMBD)
-        .and_then(|t| t.shape.dims().first().copied()) // (vocab, hidden)
-        .ok_or_else(|| model_err(path, format!("missing tensor {TOKEN_EMBD}")))?;
-    let heads = head_counts(&content, path)?;
+    let vocab_size = config.vocab_size;
+    let heads = HeadCounts {
+        n_head: config.num_attention_heads,
+        n_kv_head: config.num_key_value_heads,
+    };
     let backend = pool.install(|| -> Result<Backend> {
         let target = match cfg.weights {
             WeightFormat::F32 if dense::supported(&content) => {
                 return Ok(Backend::Dense(Box::new(DenseLlama::load(
                     &content,
                     &mut reader,
-                    heads,
+                    config,
                     adapter,
                     path,
                 )?)));
@@ -90,11 +80,7 @@ pub fn max_positions_of(cfg: &ModelConfig) -> Result<usize> {
         return Ok(HfModelConfig::read(&cfg.path)?.max_positions);
     }
     let (content, _) = read_gguf(&cfg.path)?;
-    let context = content
-        .metadata
-        .get("llama.context_length")
-        .and_then(|v| v.to_u32().ok())
-        .map(|v| v as usize);
+    let context = gguf_config::context_length(&content);
     Ok(match (cfg.weights, context) {
         (WeightFormat::F32, Some(n)) if dense::supported(&content) => n,
         _ => MAX_POSITIONS,
@@ -110,36 +96,9 @@ pub fn context_length_of(path: &Path) -> Result<usize> {
         return Ok(HfModelConfig::read(path)?.max_positions);
     }
     let (content, _) = read_gguf(path)?;
-    let arch = content
-        .metadata
-        .get("general.architecture")
-        .and_then(|v| v.to_string().ok())
-        .cloned()
-        .unwrap_or_else(|| "llama".into());
-    let key = format!("{arch}.context_length");
-    content
-        .metadata
-        .get(&key)
-        .and_then(|v| v.to_u32().ok())
-        .map(|v| v as usize)
-        .ok_or_else(|| model_err(path, format!("missing {key}")))
-}
-
-/// The head counts of a Llama GGUF (`llama.attention.head_count`, `head_count_kv`, the
-/// latter defaulting to the former). Errors: [`EngineError::Model`] naming the missing key.
-pub(super) fn head_counts(content: &gguf_file::Content, path: &Path) -> Result<HeadCounts> {
-    let get = |key: &str| {
-        content
-            .metadata
-            .get(key)
-            .and_then(|v| v.to_u32().ok())
-            .map(|v| v as usize)
-    };
-    let n_head = get("llama.attention.head_count")
-        .ok_or_else(|| model_err(path, "missing llama.attention.head_count"))?;
-    Ok(HeadCounts {
-        n_head,
-        n_kv_head: get("llama.attention.head_count_kv").unwrap_or(n_head),
+    gguf_config::context_length(&content).ok_or_else(|| {
+        let arch = gguf_config::architecture(&content);
+        model_err(path, format!("missing {arch}.context_length"))
     })
 }
 

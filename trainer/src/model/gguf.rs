@@ -1,5 +1,6 @@
 //! Loads a llama.cpp GGUF file (e.g. the embedded SmolLM2-135M-Instruct, Q4_1) into the same
-//! [`Llama`] as a HF folder: metadata → [`LlamaConfig`], every tensor dequantised to f32 with
+//! [`Llama`] as a HF folder: metadata → [`LlamaConfig`] ([`logo_formats::gguf_config`], the
+//! engine's map too), every tensor dequantised to f32 with
 //! candle, GGUF names mapped to HF names, and the q/k rows un-permuted.
 //!
 //! Sources: llama.cpp `convert_hf_to_gguf.py` (`LlamaModel.permute`, the tensor name map in
@@ -16,15 +17,13 @@
 use std::fs::File;
 use std::path::Path;
 
-use candle_core::quantized::gguf_file::{Content, Value};
-use logo_formats::gguf::{
-    gguf_name, permuted_heads, unpermuted_rows, HeadCounts, OUTPUT, ROPE_FREQS, TOKEN_EMBD,
-};
+use candle_core::quantized::gguf_file::Content;
+use logo_formats::gguf::{gguf_name, permuted_heads, unpermuted_rows, HeadCounts, ROPE_FREQS};
 use tch::{Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
 use crate::lora::LoraConfig;
-use crate::model::{AttentionBias, Llama, LlamaConfig, RopeScaling};
+use crate::model::{Llama, LlamaConfig};
 
 /// Reads `path`'s header (metadata and tensor table, not the weights).
 fn read_content(path: &Path) -> Result<(File, Content)> {
@@ -34,142 +33,12 @@ fn read_content(path: &Path) -> Result<(File, Content)> {
     Ok((file, content))
 }
 
-/// Any integer metadata value as u64.
-fn as_u64(v: &Value) -> Option<u64> {
-    match *v {
-        Value::U8(x) => Some(x as u64),
-        Value::U16(x) => Some(x as u64),
-        Value::U32(x) => Some(x as u64),
-        Value::U64(x) => Some(x),
-        Value::I8(x) => u64::try_from(x).ok(),
-        Value::I16(x) => u64::try_from(x).ok(),
-        Value::I32(x) => u64::try_from(x).ok(),
-        Value::I64(x) => u64::try_from(x).ok(),
-        _ => None,
-    }
-}
-
-/// Any numeric metadata value as f64.
-fn as_f64(v: &Value) -> Option<f64> {
-    match *v {
-        Value::F32(x) => Some(x as f64),
-        Value::F64(x) => Some(x),
-        _ => as_u64(v).map(|x| x as f64),
-    }
-}
-
-/// [`LlamaConfig`] from GGUF metadata (`general.architecture` must be "llama", which Mistral
-/// GGUFs use too) and the tensor table: V from `token_embd.weight`, tied embeddings when
-/// there is no `output.weight`, hd from `llama.attention.key_length` (else H / nh), eps
-/// default 1e-5, θ default 10000, `llama.rope.scaling.type` "linear" → [`RopeScaling::Linear`].
-///
-/// Errors: [`TrainerError::Model`] naming the missing or unsupported key.
+/// [`LlamaConfig`] from GGUF metadata and the tensor table: the map of
+/// [`logo_formats::gguf_config::llama_config`] (shared with the engine; `general.architecture`
+/// must be "llama", which Mistral GGUFs use too; linear rope scaling read, Llama 3's comes as
+/// `rope_freqs.weight`). Errors: [`TrainerError::Model`] naming the missing or unsupported key.
 pub fn config_from_content(path: &Path, content: &Content) -> Result<LlamaConfig> {
-    let md = &content.metadata;
-    let arch = match md.get("general.architecture") {
-        Some(Value::String(s)) => s.clone(),
-        _ => {
-            return Err(TrainerError::model(
-                path,
-                "missing key general.architecture",
-            ))
-        }
-    };
-    if arch != "llama" {
-        return Err(TrainerError::model(
-            path,
-            format!("general.architecture: expected llama, got {arch}"),
-        ));
-    }
-    let int = |key: &str| -> Result<Option<usize>> {
-        match md.get(&format!("{arch}.{key}")) {
-            None => Ok(None),
-            Some(v) => as_u64(v).map(|x| Some(x as usize)).ok_or_else(|| {
-                TrainerError::model(
-                    path,
-                    format!("{arch}.{key}: expected an integer, got {v:?}"),
-                )
-            }),
-        }
-    };
-    let float = |key: &str| -> Result<Option<f64>> {
-        match md.get(&format!("{arch}.{key}")) {
-            None => Ok(None),
-            Some(v) => as_f64(v).map(Some).ok_or_else(|| {
-                TrainerError::model(path, format!("{arch}.{key}: expected a number, got {v:?}"))
-            }),
-        }
-    };
-    let required = |key: &str| -> Result<usize> {
-        int(key)?.ok_or_else(|| TrainerError::model(path, format!("missing key {arch}.{key}")))
-    };
-    let hidden = required("embedding_length")?;
-    let heads = required("attention.head_count")?;
-    let kv_heads = int("attention.head_count_kv")?.unwrap_or(heads);
-    let head_dim = int("attention.key_length")?.unwrap_or(hidden / heads.max(1));
-    if let Some(rope_dim) = int("rope.dimension_count")? {
-        if rope_dim != head_dim {
-            return Err(TrainerError::model(
-                path,
-                format!(
-                    "{arch}.rope.dimension_count: expected head_dim {head_dim} (partial rotary \
-                     is not supported), got {rope_dim}"
-                ),
-            ));
-        }
-    }
-    let scaling_type = match md.get(&format!("{arch}.rope.scaling.type")) {
-        Some(Value::String(s)) => s.clone(),
-        _ => "none".to_string(),
-    };
-    let factor = float("rope.scaling.factor")?.or(float("rope.scale_linear")?);
-    let rope_scaling = match (scaling_type.as_str(), factor) {
-        ("none", None) => None,
-        ("none" | "linear", Some(f)) if f != 1.0 => Some(RopeScaling::Linear { factor: f }),
-        ("none" | "linear", _) => None,
-        (other, _) => {
-            return Err(TrainerError::model(
-                path,
-                format!("{arch}.rope.scaling.type: expected none or linear, got {other}"),
-            ))
-        }
-    };
-    let embd = content
-        .tensor_infos
-        .get(TOKEN_EMBD)
-        .ok_or_else(|| TrainerError::model(path, format!("missing tensor {TOKEN_EMBD}")))?;
-    let vocab_size = embd.shape.dims()[0];
-    if content.tensor_infos.contains_key("blk.0.attn_q.bias") {
-        return Err(TrainerError::model(
-            path,
-            "attention biases (blk.N.attn_q.bias) are not supported in GGUF",
-        ));
-    }
-    let pad_token_id = md
-        .get("tokenizer.ggml.padding_token_id")
-        .and_then(as_u64)
-        .map(|x| x as i64);
-    let cfg = LlamaConfig {
-        model_type: "llama".to_string(),
-        vocab_size,
-        hidden_size: hidden,
-        intermediate_size: required("feed_forward_length")?,
-        num_hidden_layers: required("block_count")?,
-        num_attention_heads: heads,
-        num_key_value_heads: kv_heads,
-        head_dim,
-        rms_norm_eps: float("attention.layer_norm_rms_epsilon")?.unwrap_or(1e-5),
-        rope_theta: float("rope.freq_base")?.unwrap_or(10000.0),
-        rope_scaling,
-        tie_word_embeddings: !content.tensor_infos.contains_key(OUTPUT),
-        attention_bias: AttentionBias::None,
-        mlp_bias: false,
-        max_position_embeddings: int("context_length")?.unwrap_or(2048),
-        pad_token_id,
-        sliding_window: None,
-    };
-    cfg.check().map_err(|m| TrainerError::model(path, m))?;
-    Ok(cfg)
+    logo_formats::gguf_config::llama_config(content).map_err(|m| TrainerError::model(path, m))
 }
 
 /// Reads only the [`LlamaConfig`] of a GGUF file. Errors: as [`config_from_content`], plus
