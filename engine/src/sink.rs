@@ -31,8 +31,7 @@ use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use arrow::array::RecordBatch;
-use logo_schemas::{check_columns, check_schema_version, training_schema, Record, TrainingSample};
-use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+use logo_schemas::training_schema;
 use parquet::arrow::ArrowWriter;
 use parquet::basic::{Compression, ZstdLevel};
 use parquet::file::metadata::KeyValue;
@@ -43,8 +42,15 @@ use sha2::{Digest, Sha256};
 use crate::config::{PipelineConfig, RawPipelineConfig};
 use crate::error::{EngineError, Result};
 use crate::replay::hex;
-use crate::source::{InputFile, Unit, UnitPlan};
+use crate::source::Unit;
 use crate::stage::{Reject, StatsSnapshot};
+
+mod fingerprint;
+mod read;
+
+pub use fingerprint::Fingerprint;
+use fingerprint::FP_CHARS;
+pub use read::{read_failed, read_fingerprint, read_training_samples, read_units};
 
 /// Name of the manifest in the output folder.
 pub const MANIFEST: &str = "manifest.json";
@@ -56,8 +62,6 @@ pub const REJECTS: &str = "rejects.jsonl";
 pub const RUN_LOG: &str = "runs.jsonl";
 /// Folder of the unit records.
 pub const UNITS_DIR: &str = "units";
-/// Hex digits of the fingerprint in file names.
-const FP_CHARS: usize = 12;
 
 /// One output file in the manifest.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -71,142 +75,6 @@ pub struct ManifestFile {
     /// SHA-256 of the file, 64 lowercase hex digits.
     #[serde(default)]
     pub sha256: String,
-}
-
-/// `fingerprint.json`: what identifies a run, so that a rerun on the same folder resumes it
-/// and a different run refuses to mix with it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Fingerprint {
-    /// SHA-256 over `config`, `inputs` and `model` below (hex).
-    pub id: String,
-    /// SHA-256 of [`Fingerprint::config_json`] (hex).
-    pub config: String,
-    /// SHA-256 over the inputs' paths, hashes and record counts (hex).
-    pub inputs: String,
-    /// SHA-256 of the model files (GGUF, tokenizer, adapter; hex), as
-    /// [`crate::pipeline::model_identity`].
-    pub model: String,
-    /// The configuration that changes the output, as JSON: the run's configuration less
-    /// `sink.output`, `source.batch_size`, `model.threads`, `runtime` (which do not change a
-    /// byte of the parts), plus the engine and schema versions.
-    pub config_json: serde_json::Value,
-    /// The unit plan (inputs with their hashes, units).
-    pub plan: UnitPlan,
-}
-
-impl Fingerprint {
-    /// Fingerprint of a run of `cfg` over `plan` with the model identified by `model`
-    /// (64 hex digits).
-    pub fn new(cfg: &PipelineConfig, plan: &UnitPlan, model: &str) -> Self {
-        let mut c = cfg.raw().clone();
-        c.sink.output = PathBuf::new();
-        c.source.batch_size = 0;
-        c.model.threads = 0;
-        c.runtime = Default::default();
-        let config_json = serde_json::json!({
-            "config": c,
-            "engine_version": env!("CARGO_PKG_VERSION"),
-            "schema_version": logo_schemas::SCHEMA_VERSION,
-            "unit_rows": plan.unit_rows,
-            "limit": plan.limit,
-        });
-        let sha = |b: &[u8]| hex(&Sha256::digest(b));
-        let config = sha(config_json.to_string().as_bytes());
-        let inputs = sha(serde_json::to_string(&plan.files)
-            .expect("serialises")
-            .as_bytes());
-        let id = sha(format!("{config}\n{inputs}\n{model}").as_bytes());
-        Self {
-            id,
-            config,
-            inputs,
-            model: model.to_string(),
-            config_json,
-            plan: plan.clone(),
-        }
-    }
-
-    /// The first hex digits of the id, used in file names.
-    pub fn short(&self) -> &str {
-        &self.id[..FP_CHARS]
-    }
-
-    /// Why `self` (a new run) differs from `old`: the configuration keys, inputs and model
-    /// that changed, in words.
-    pub fn differences(&self, old: &Fingerprint) -> Vec<String> {
-        let mut out = Vec::new();
-        if self.config != old.config {
-            let (mut a, mut b) = (BTreeMap::new(), BTreeMap::new());
-            flatten("", &old.config_json, &mut a);
-            flatten("", &self.config_json, &mut b);
-            let keys: Vec<String> = a
-                .keys()
-                .chain(b.keys())
-                .filter(|k| a.get(*k) != b.get(*k))
-                .cloned()
-                .collect::<std::collections::BTreeSet<_>>()
-                .into_iter()
-                .map(|k| {
-                    format!(
-                        "{k} ({} → {})",
-                        a.get(&k).map_or("absent".into(), |v| v.to_string()),
-                        b.get(&k).map_or("absent".into(), |v| v.to_string())
-                    )
-                })
-                .collect();
-            out.push(format!("configuration differs: {}", keys.join(", ")));
-        }
-        if self.inputs != old.inputs {
-            let mut files = Vec::new();
-            let olds: BTreeMap<&Path, &InputFile> = old
-                .plan
-                .files
-                .iter()
-                .map(|f| (f.path.as_path(), f))
-                .collect();
-            for f in &self.plan.files {
-                match olds.get(f.path.as_path()) {
-                    None => files.push(format!("{} is new", f.path.display())),
-                    Some(o) if o.sha256 != f.sha256 => {
-                        files.push(format!("{} changed", f.path.display()))
-                    }
-                    _ => {}
-                }
-            }
-            for f in &old.plan.files {
-                if !self.plan.files.iter().any(|n| n.path == f.path) {
-                    files.push(format!("{} is gone", f.path.display()));
-                }
-            }
-            out.push(format!("inputs differ: {}", files.join(", ")));
-        }
-        if self.model != old.model {
-            out.push(format!(
-                "model differs (sha256 {} → {})",
-                &old.model[..FP_CHARS.min(old.model.len())],
-                &self.model[..FP_CHARS.min(self.model.len())]
-            ));
-        }
-        out
-    }
-}
-
-fn flatten(prefix: &str, v: &serde_json::Value, out: &mut BTreeMap<String, serde_json::Value>) {
-    match v {
-        serde_json::Value::Object(m) => {
-            for (k, v) in m {
-                let key = if prefix.is_empty() {
-                    k.clone()
-                } else {
-                    format!("{prefix}.{k}")
-                };
-                flatten(&key, v, out);
-            }
-        }
-        other => {
-            out.insert(prefix.to_string(), other.clone());
-        }
-    }
 }
 
 /// `units/{fp}/{unit}.json`: one finished unit.
@@ -603,112 +471,6 @@ fn has_data(dir: &Path) -> bool {
         let name = e.file_name().to_string_lossy().into_owned();
         name == MANIFEST || name == FINGERPRINT || name == UNITS_DIR || name.ends_with(".parquet")
     })
-}
-
-/// `fingerprint.json` of `dir`, if any. Errors: [`EngineError::Input`] when it does not parse.
-pub fn read_fingerprint(dir: &Path) -> Result<Option<Fingerprint>> {
-    let path = dir.join(FINGERPRINT);
-    match std::fs::read_to_string(&path) {
-        Ok(text) => serde_json::from_str(&text)
-            .map(Some)
-            .map_err(|e| EngineError::Input {
-                path,
-                message: e.to_string(),
-            }),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-        Err(e) => Err(EngineError::io(&path, e)),
-    }
-}
-
-/// The unit records `units/{short}/*.json` of `dir`, by unit index.
-/// Errors: [`EngineError::Io`], [`EngineError::Input`] naming a record that does not parse.
-pub fn read_units(dir: &Path, short: &str) -> Result<BTreeMap<u64, UnitRecord>> {
-    let units = dir.join(UNITS_DIR).join(short);
-    let mut out = BTreeMap::new();
-    let Ok(entries) = std::fs::read_dir(&units) else {
-        return Ok(out);
-    };
-    for e in entries {
-        let p = e.map_err(|e| EngineError::io(&units, e))?.path();
-        if p.extension().is_none_or(|x| x != "json") {
-            continue;
-        }
-        let text = std::fs::read_to_string(&p).map_err(|e| EngineError::io(&p, e))?;
-        let r: UnitRecord = serde_json::from_str(&text).map_err(|e| EngineError::Input {
-            path: p.clone(),
-            message: e.to_string(),
-        })?;
-        out.insert(r.unit.index, r);
-    }
-    Ok(out)
-}
-
-/// Units marked failed (`units/{short}/*.failed`) with their message.
-pub fn read_failed(dir: &Path, short: &str) -> BTreeMap<u64, String> {
-    let units = dir.join(UNITS_DIR).join(short);
-    let Ok(entries) = std::fs::read_dir(&units) else {
-        return BTreeMap::new();
-    };
-    entries
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.extension().is_some_and(|x| x == "failed"))
-        .filter_map(|p| {
-            let index = p.file_stem()?.to_str()?.parse().ok()?;
-            Some((index, std::fs::read_to_string(&p).unwrap_or_default()))
-        })
-        .collect()
-}
-
-/// Reads every training sample of an output folder (the files of its manifest, or every
-/// `*.parquet` when there is none), checking each file's schema version and columns.
-/// For tests and small outputs: it holds everything in memory.
-/// Errors: [`EngineError::Input`] naming the file (wrong version, missing column, unreadable).
-pub fn read_training_samples(dir: &Path) -> Result<Vec<TrainingSample>> {
-    let mut files: Vec<PathBuf> = match std::fs::read_to_string(dir.join(MANIFEST)) {
-        Ok(text) => {
-            let m: Manifest = serde_json::from_str(&text).map_err(|e| EngineError::Input {
-                path: dir.join(MANIFEST),
-                message: e.to_string(),
-            })?;
-            m.files.iter().map(|f| dir.join(&f.path)).collect()
-        }
-        Err(_) => std::fs::read_dir(dir)
-            .map_err(|e| EngineError::io(dir, e))?
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "parquet"))
-            .collect(),
-    };
-    files.sort();
-    let mut out = Vec::new();
-    for path in files {
-        out.extend(read_file(&path).map_err(|e| EngineError::Input {
-            path: path.clone(),
-            message: e.to_string(),
-        })?);
-    }
-    Ok(out)
-}
-
-fn read_file(path: &Path) -> Result<Vec<TrainingSample>> {
-    let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
-    let builder = ParquetRecordBatchReaderBuilder::try_new(file)?;
-    let kv: std::collections::HashMap<String, String> = builder
-        .metadata()
-        .file_metadata()
-        .key_value_metadata()
-        .map(|kv| {
-            kv.iter()
-                .filter_map(|e| e.value.clone().map(|v| (e.key.clone(), v)))
-                .collect()
-        })
-        .unwrap_or_default();
-    check_schema_version(&kv)?;
-    check_columns(TrainingSample::TABLE, &training_schema(), builder.schema())?;
-    let mut out = Vec::new();
-    for batch in builder.build()? {
-        out.extend(TrainingSample::from_batch(&batch?)?);
-    }
-    Ok(out)
 }
 
 #[cfg(test)]

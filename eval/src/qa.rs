@@ -15,11 +15,12 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use logo_engine::model::encode_text;
+use logo_engine::model::{encode_text, ChatTemplate};
 use logo_engine::source::Source;
 use logo_engine::stage::{Rejects, RunStats};
 use logo_schemas::{DocumentRecord, Record};
 use serde::{Deserialize, Serialize};
+use tokenizers::Tokenizer;
 
 use crate::error::{EvalError, Result};
 use crate::generate::Generator;
@@ -192,6 +193,100 @@ fn read_questions(file: &Path, cfg: &QaConfig, rejects: &Rejects) -> Result<Vec<
     Ok(out)
 }
 
+/// A question, its prompt (ids) and whether its document was cut to fit.
+type Prompt = (DocumentRecord, Vec<u32>, bool);
+
+/// The prompts of `file`'s questions, in file order: each document tokenised once and cut in
+/// the middle to fit `max_length` with the question and the answer.
+/// Errors: [`EvalError::Config`] when a question alone exceeds `max_length`; tokenizer errors.
+fn prompts(
+    file: &Path,
+    questions: Vec<DocumentRecord>,
+    cfg: &QaConfig,
+    tok: &Tokenizer,
+    template: &ChatTemplate,
+) -> Result<Vec<Prompt>> {
+    let mut doc_ids: HashMap<String, Vec<u32>> = HashMap::new();
+    let mut prompts = Vec::with_capacity(questions.len());
+    for row in questions {
+        let question = row.key.question.clone().unwrap_or_default();
+        let (empty, _) = template.prompt(tok, SYSTEM_PROMPT, &[], &question)?;
+        let budget = cfg
+            .max_length
+            .saturating_sub(cfg.max_new_tokens + empty.len());
+        if budget == 0 {
+            return Err(EvalError::Config {
+                key: "--max-length".into(),
+                message: format!(
+                    "{}: row {}: the question alone takes {} tokens",
+                    file.display(),
+                    row.key.source_row,
+                    empty.len()
+                ),
+            });
+        }
+        let ids = match doc_ids.get(&row.key.document_id) {
+            Some(ids) => ids.clone(),
+            None => {
+                let ids = encode_text(tok, &row.context)?;
+                doc_ids.insert(row.key.document_id.clone(), ids.clone());
+                ids
+            }
+        };
+        let (context, truncated) = middle_truncate(&ids, budget);
+        let (prompt, _) = template.prompt(tok, SYSTEM_PROMPT, &[&context], &question)?;
+        prompts.push((row, prompt, truncated));
+    }
+    Ok(prompts)
+}
+
+/// Answers and scores `prompts` (of file `name`); consecutive questions of one document are
+/// one group, so that they share its prefill.
+fn answer(
+    generator: &mut Generator<'_>,
+    name: &str,
+    prompts: &[Prompt],
+    cfg: &QaConfig,
+    pb: &indicatif::ProgressBar,
+) -> Result<Vec<QaItem>> {
+    let mut scored = Vec::new();
+    let mut start = 0;
+    while start < prompts.len() {
+        let doc = &prompts[start].0.key.document_id;
+        let end = start
+            + prompts[start..]
+                .iter()
+                .take_while(|(r, _, _)| &r.key.document_id == doc)
+                .count();
+        let group: Vec<Vec<u32>> = prompts[start..end]
+            .iter()
+            .map(|(_, p, _)| p.clone())
+            .collect();
+        let answers = generator.generate_group(&group, cfg.max_new_tokens, &cfg.decoding, false)?;
+        for ((row, prompt, truncated), answer) in prompts[start..end].iter().zip(answers) {
+            let question = row.key.question.clone().unwrap_or_default();
+            let references = vec![row.key.answer.clone().unwrap_or_default()];
+            let prediction = answer.text.trim().to_string();
+            let scores = QaScores::best_of(&prediction, &references);
+            pb.set_message(format!("{name}: F1 {:.2}", scores.f1));
+            pb.inc(1);
+            scored.push(QaItem {
+                file: name.to_string(),
+                source_row: row.key.source_row,
+                question_index: row.key.question_index,
+                question,
+                references,
+                prediction,
+                prompt_tokens: prompt.len(),
+                truncated: *truncated,
+                scores,
+            });
+        }
+        start = end;
+    }
+    Ok(scored)
+}
+
 /// Answers and scores the questions of every file of `cfg` with `generator`. The questions of
 /// one document form one group, so the torch generator prefills the document once for all
 /// of them ([`crate::generate`]). Bad rows go to `rejects` and are counted.
@@ -220,75 +315,8 @@ pub fn run_qa(
             || file.display().to_string(),
             |n| n.to_string_lossy().into(),
         );
-        let mut doc_ids: HashMap<String, Vec<u32>> = HashMap::new();
-        // (row, prompt, truncated) per question, in file order.
-        let mut prompts = Vec::with_capacity(questions.len());
-        for row in questions {
-            let question = row.key.question.clone().unwrap_or_default();
-            let (empty, _) = template.prompt(&tok, SYSTEM_PROMPT, &[], &question)?;
-            let budget = cfg
-                .max_length
-                .saturating_sub(cfg.max_new_tokens + empty.len());
-            if budget == 0 {
-                return Err(EvalError::Config {
-                    key: "--max-length".into(),
-                    message: format!(
-                        "{}: row {}: the question alone takes {} tokens",
-                        file.display(),
-                        row.key.source_row,
-                        empty.len()
-                    ),
-                });
-            }
-            let ids = match doc_ids.get(&row.key.document_id) {
-                Some(ids) => ids.clone(),
-                None => {
-                    let ids = encode_text(&tok, &row.context)?;
-                    doc_ids.insert(row.key.document_id.clone(), ids.clone());
-                    ids
-                }
-            };
-            let (context, truncated) = middle_truncate(&ids, budget);
-            let (prompt, _) = template.prompt(&tok, SYSTEM_PROMPT, &[&context], &question)?;
-            prompts.push((row, prompt, truncated));
-        }
-        let mut scored = Vec::new();
-        // Consecutive questions of one document share its prefill.
-        let mut start = 0;
-        while start < prompts.len() {
-            let doc = &prompts[start].0.key.document_id;
-            let end = start
-                + prompts[start..]
-                    .iter()
-                    .take_while(|(r, _, _)| &r.key.document_id == doc)
-                    .count();
-            let group: Vec<Vec<u32>> = prompts[start..end]
-                .iter()
-                .map(|(_, p, _)| p.clone())
-                .collect();
-            let answers =
-                generator.generate_group(&group, cfg.max_new_tokens, &cfg.decoding, false)?;
-            for ((row, prompt, truncated), answer) in prompts[start..end].iter().zip(answers) {
-                let question = row.key.question.clone().unwrap_or_default();
-                let references = vec![row.key.answer.clone().unwrap_or_default()];
-                let prediction = answer.text.trim().to_string();
-                let scores = QaScores::best_of(&prediction, &references);
-                pb.set_message(format!("{name}: F1 {:.2}", scores.f1));
-                pb.inc(1);
-                scored.push(QaItem {
-                    file: name.clone(),
-                    source_row: row.key.source_row,
-                    question_index: row.key.question_index,
-                    question,
-                    references,
-                    prediction,
-                    prompt_tokens: prompt.len(),
-                    truncated: *truncated,
-                    scores,
-                });
-            }
-            start = end;
-        }
+        let prompts = prompts(file, questions, cfg, &tok, &template)?;
+        let scored = answer(generator, &name, &prompts, cfg, &pb)?;
         let means: Vec<QaScores> = scored.iter().map(|i| i.scores).collect();
         files.push(QaFileReport {
             file: name,

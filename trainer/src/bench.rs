@@ -25,14 +25,12 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{collate, Example};
-use crate::decoupled::backward_decoupled;
 use crate::error::{Result, TrainerError};
 use crate::lora::LoraConfig;
 use crate::loss::LossConfig;
 use crate::model::{Llama, LlamaConfig};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::shared_prompt::backward_shared_prompt;
-use crate::train_loop::{backward_joint, parse_device};
+use crate::train_loop::{parse_device, GradientMode};
 
 /// What to measure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -287,37 +285,9 @@ pub fn peak_rss_bytes() -> Option<u64> {
 /// Runs the benchmark. Errors: [`TrainerError::Config`] (device, dtype, random model shape,
 /// `share_prompt` with `decoupled`) before any work; model loading, torch.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
+    check(cfg)?;
     let device = parse_device(&cfg.device)?;
     let kind = parse_dtype(cfg.dtype.as_deref(), device)?;
-    if cfg.share_prompt && cfg.decoupled {
-        return Err(TrainerError::Config {
-            key: "--share-prompt".into(),
-            message: "cannot be combined with --decoupled".into(),
-        });
-    }
-    let bad = |key: &str, message: String| TrainerError::Config {
-        key: key.into(),
-        message,
-    };
-    for (key, v) in [
-        ("--prompt-tokens", cfg.prompt_tokens),
-        ("--response-tokens", cfg.response_tokens),
-        ("--num-negatives", cfg.num_negatives),
-        ("--steps", cfg.steps),
-    ] {
-        if v == 0 {
-            return Err(bad(key, "must be >= 1".into()));
-        }
-    }
-    if cfg.target_length < cfg.prompt_tokens + cfg.response_tokens {
-        return Err(bad(
-            "--target-length",
-            format!(
-                "the virtual context K = {} must hold the prompt and a response ({} + {} tokens)",
-                cfg.target_length, cfg.prompt_tokens, cfg.response_tokens
-            ),
-        ));
-    }
     let random = cfg.random_model.map(|r| r.config()).transpose()?;
     tch::manual_seed(cfg.seed as i64);
     let model = match random {
@@ -332,52 +302,7 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         .sum();
     let example = synthetic_example(model.config().vocab_size, cfg);
     let batch = collate(std::slice::from_ref(&example), device)?;
-    let vars: Vec<(String, Tensor)> = model
-        .lora_var_store()
-        .ok_or_else(|| TrainerError::Internal("bench model has no LoRA".into()))?
-        .variables()
-        .into_iter()
-        .collect();
-    let mut opt = AdamW::new(vars, AdamWConfig::default());
-    let loss_cfg = LossConfig::default();
-    let mut times = Vec::with_capacity(cfg.steps);
-    let mut last_loss = f64::NAN;
-    for i in 0..=cfg.steps {
-        let start = Instant::now();
-        let out = if cfg.share_prompt {
-            backward_shared_prompt(
-                &model,
-                std::slice::from_ref(&example),
-                &loss_cfg,
-                device,
-                cfg.checkpointing,
-                i as i64,
-                1.0,
-            )?
-        } else if cfg.decoupled {
-            backward_decoupled(
-                &model,
-                std::slice::from_ref(&example),
-                &loss_cfg,
-                device,
-                cfg.checkpointing,
-                i as i64,
-                1.0,
-            )?
-        } else {
-            backward_joint(&model, &batch, &loss_cfg, cfg.checkpointing, i as i64, 1.0)?
-        };
-        opt.clip_grad_norm(1.0);
-        opt.step(1e-4);
-        opt.zero_grad();
-        last_loss = out.loss.f_double_value(&[])?;
-        if device.is_cuda() {
-            tch::Cuda::synchronize(device_index(device));
-        }
-        if i > 0 {
-            times.push(start.elapsed().as_secs_f64());
-        }
-    }
+    let (times, last_loss) = time_steps(&model, &example, cfg)?;
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
@@ -413,6 +338,80 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         cuda_max_reserved_bytes: cuda_peak.map(|p| p.1),
         last_loss,
     })
+}
+
+/// The flags, before any model loads. Errors: [`TrainerError::Config`] naming the flag.
+fn check(cfg: &BenchConfig) -> Result<()> {
+    let bad = |key: &str, message: String| TrainerError::Config {
+        key: key.into(),
+        message,
+    };
+    if cfg.share_prompt && cfg.decoupled {
+        return Err(bad(
+            "--share-prompt",
+            "cannot be combined with --decoupled".into(),
+        ));
+    }
+    for (key, v) in [
+        ("--prompt-tokens", cfg.prompt_tokens),
+        ("--response-tokens", cfg.response_tokens),
+        ("--num-negatives", cfg.num_negatives),
+        ("--steps", cfg.steps),
+    ] {
+        if v == 0 {
+            return Err(bad(key, "must be >= 1".into()));
+        }
+    }
+    if cfg.target_length < cfg.prompt_tokens + cfg.response_tokens {
+        return Err(bad(
+            "--target-length",
+            format!(
+                "the virtual context K = {} must hold the prompt and a response ({} + {} tokens)",
+                cfg.target_length, cfg.prompt_tokens, cfg.response_tokens
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// One warm-up and `cfg.steps` timed steps (forward, backward in the mode the flags ask for,
+/// clipping, AdamW) on `example`: the step times, seconds (device synchronised), and the
+/// last loss.
+fn time_steps(model: &Llama, example: &Example, cfg: &BenchConfig) -> Result<(Vec<f64>, f64)> {
+    let mode = if cfg.share_prompt {
+        GradientMode::SharedPrompt
+    } else if cfg.decoupled {
+        GradientMode::Decoupled
+    } else {
+        GradientMode::Joint
+    };
+    let vars: Vec<(String, Tensor)> = model
+        .lora_var_store()
+        .ok_or_else(|| TrainerError::Internal("bench model has no LoRA".into()))?
+        .variables()
+        .into_iter()
+        .collect();
+    let mut opt = AdamW::new(vars, AdamWConfig::default());
+    let loss_cfg = LossConfig::default();
+    let device = model.device();
+    let mut times = Vec::with_capacity(cfg.steps);
+    let mut last_loss = f64::NAN;
+    for i in 0..=cfg.steps {
+        let start = Instant::now();
+        let examples = std::slice::from_ref(example);
+        let out = mode.backward(model, examples, &loss_cfg, cfg.checkpointing, i as i64, 1.0)?;
+        opt.clip_grad_norm(1.0);
+        opt.step(1e-4);
+        opt.zero_grad();
+        last_loss = out.loss.f_double_value(&[])?;
+        if device.is_cuda() {
+            tch::Cuda::synchronize(device_index(device));
+        }
+        if i > 0 {
+            times.push(start.elapsed().as_secs_f64());
+        }
+    }
+    Ok((times, last_loss))
 }
 
 fn device_index(device: Device) -> i64 {

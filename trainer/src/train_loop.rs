@@ -23,7 +23,7 @@ use std::time::Instant;
 
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 use crate::checkpoint::{read_json, save_checkpoint, save_final_adapter, write_json, MetricsLog};
 use crate::data::{collate, Batch, Example, ExampleStream, TrainingData};
@@ -81,6 +81,34 @@ pub fn loss_from_hidden(
     let logps = sequence_logps(&logits, &batch.labels, &batch.sequence, s)?; // [S]
     let (chosen, rejected) = batch.split_chosen_rejected(&logps);
     logo_loss(&chosen, &rejected, cfg)
+}
+
+impl GradientMode {
+    /// Forward, loss (scaled by `scale`, e.g. 1 / grad_accum) and backward of `examples` (one
+    /// micro-batch) in this mode, the LoRA gradients accumulated into `model`'s variables on
+    /// its device; `seed` drives dropout. The three modes give the same gradient.
+    /// Errors: [`TrainerError::Torch`] and what collating the batch refuses.
+    pub fn backward(
+        self,
+        model: &Llama,
+        examples: &[Example],
+        loss: &LossConfig,
+        checkpointing: bool,
+        seed: i64,
+        scale: f64,
+    ) -> Result<LossOutput> {
+        let device = model.device();
+        // The two per-sample gradients take the same arguments.
+        let per_sample = match self {
+            GradientMode::SharedPrompt => backward_shared_prompt,
+            GradientMode::Decoupled => backward_decoupled,
+            GradientMode::Joint => {
+                let batch = collate(examples, device)?;
+                return backward_joint(model, &batch, loss, checkpointing, seed, scale);
+            }
+        };
+        per_sample(model, examples, loss, device, checkpointing, seed, scale)
+    }
 }
 
 /// Forward, loss and backward of one micro-batch with the joint backward; `scale` multiplies
@@ -156,7 +184,6 @@ pub fn train_with(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainS
 pub struct Trainer<'c> {
     cfg: TrainConfig,
     coll: &'c mut dyn Collective,
-    device: Device,
     model: Llama,
     /// The LoRA parameters, sorted by name (the collectives pack gradients in this order).
     lora: Vec<Tensor>,
@@ -233,7 +260,6 @@ impl<'c> Trainer<'c> {
             mode: GradientMode::of(cfg),
             cfg: cfg.clone(),
             coll,
-            device,
             model,
             lora,
             opt,
@@ -355,25 +381,8 @@ impl<'c> Trainer<'c> {
     /// Forward, loss and backward of one micro-batch in the run's [`GradientMode`].
     fn backward(&self, examples: &[Example], seed: i64) -> Result<LossOutput> {
         let (c, scale) = (&self.cfg, 1.0 / self.cfg.grad_accum as f64);
-        let (model, device) = (&self.model, self.device);
-        // The two per-sample gradients take the same arguments.
-        let per_sample = match self.mode {
-            GradientMode::SharedPrompt => backward_shared_prompt,
-            GradientMode::Decoupled => backward_decoupled,
-            GradientMode::Joint => {
-                let batch = collate(examples, device)?;
-                return backward_joint(model, &batch, &c.loss, c.checkpointing, seed, scale);
-            }
-        };
-        per_sample(
-            model,
-            examples,
-            &c.loss,
-            device,
-            c.checkpointing,
-            seed,
-            scale,
-        )
+        self.mode
+            .backward(&self.model, examples, &c.loss, c.checkpointing, seed, scale)
     }
 
     /// The step's metrics: this rank's means over its micro-batches, then the means over the

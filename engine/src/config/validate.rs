@@ -1,99 +1,79 @@
 //! The range checks of a [`RawPipelineConfig`], run once by `PipelineConfig::try_from`: each
 //! error names the key and the allowed values.
 
+use std::fmt::{Debug, Display};
+use std::ops::RangeInclusive;
+
 use super::{BackendKind, RawPipelineConfig};
 use crate::error::{EngineError, Result};
+
+/// `Err(Config)` for `key`.
+fn bad(key: &str, message: String) -> Result<()> {
+    Err(EngineError::Config {
+        key: key.into(),
+        message,
+    })
+}
+
+/// `value` within `range`, else "must be in {range}{unit} (got {value})".
+fn within<T: PartialOrd + Debug + Display>(
+    key: &str,
+    value: T,
+    range: RangeInclusive<T>,
+    unit: &str,
+) -> Result<()> {
+    if range.contains(&value) {
+        return Ok(());
+    }
+    bad(key, format!("must be in {range:?}{unit} (got {value})"))
+}
+
+/// `value` ≥ 1, else "must be >= 1 (got 0)".
+fn positive(key: &str, value: usize) -> Result<()> {
+    if value == 0 {
+        return bad(key, "must be >= 1 (got 0)".into());
+    }
+    Ok(())
+}
 
 impl RawPipelineConfig {
     /// Checks every range; the error names the key and the allowed values. Run by
     /// `PipelineConfig::try_from`, the one place a configuration is validated.
     /// Errors: [`EngineError::Config`].
     pub fn validate(&self) -> Result<()> {
-        fn bad(key: &str, message: String) -> Result<()> {
-            Err(EngineError::Config {
-                key: key.into(),
-                message,
-            })
-        }
+        let (s, g, q) = (&self.sampler, &self.generator, &self.questions);
         if self.source.paths.is_empty() {
             return bad("source.paths", "must list at least one file or glob".into());
         }
-        if self.source.batch_size == 0 {
-            return bad("source.batch_size", "must be >= 1 (got 0)".into());
-        }
-        if !(1..=64).contains(&self.model.threads) {
-            return bad(
-                "model.threads",
-                format!("must be in 1..=64 (got {})", self.model.threads),
-            );
-        }
-        if !(16..=32768).contains(&self.chunker.chunk_size) {
-            return bad(
-                "chunker.chunk_size",
-                format!(
-                    "must be in 16..=32768 tokens (got {})",
-                    self.chunker.chunk_size
-                ),
-            );
-        }
-        if !(1..=1024).contains(&self.sampler.num_chunks) {
-            return bad(
-                "sampler.num_chunks",
-                format!("must be in 1..=1024 (got {})", self.sampler.num_chunks),
-            );
-        }
-        if self.sampler.threshold < 0 {
+        positive("source.batch_size", self.source.batch_size)?;
+        within("model.threads", self.model.threads, 1..=64, "")?;
+        let chunk_size = self.chunker.chunk_size;
+        within("chunker.chunk_size", chunk_size, 16..=32768, " tokens")?;
+        within("sampler.num_chunks", s.num_chunks, 1..=1024, "")?;
+        if s.threshold < 0 {
             return bad(
                 "sampler.threshold",
-                format!("must be >= 0 (got {})", self.sampler.threshold),
+                format!("must be >= 0 (got {})", s.threshold),
             );
         }
-        if !(1..=64).contains(&self.sampler.num_negatives) {
-            return bad(
-                "sampler.num_negatives",
-                format!("must be in 1..=64 (got {})", self.sampler.num_negatives),
-            );
-        }
-        if !(1..=8192).contains(&self.generator.max_new_tokens) {
-            return bad(
-                "generator.max_new_tokens",
-                format!(
-                    "must be in 1..=8192 (got {})",
-                    self.generator.max_new_tokens
-                ),
-            );
-        }
-        if !(0.0..=5.0).contains(&self.generator.temperature) {
-            return bad(
-                "generator.temperature",
-                format!("must be in 0.0..=5.0 (got {})", self.generator.temperature),
-            );
-        }
-        if !(self.generator.top_p > 0.0 && self.generator.top_p <= 1.0) {
+        within("sampler.num_negatives", s.num_negatives, 1..=64, "")?;
+        within("generator.max_new_tokens", g.max_new_tokens, 1..=8192, "")?;
+        within("generator.temperature", g.temperature, 0.0..=5.0, "")?;
+        if !(g.top_p > 0.0 && g.top_p <= 1.0) {
             return bad(
                 "generator.top_p",
-                format!("must be in (0, 1] (got {})", self.generator.top_p),
+                format!("must be in (0, 1] (got {})", g.top_p),
             );
         }
-        if self.generator.max_regenerations > 64 {
-            return bad(
-                "generator.max_regenerations",
-                format!(
-                    "must be in 0..=64 (got {})",
-                    self.generator.max_regenerations
-                ),
-            );
-        }
-        if !(0.0..=5.0).contains(&self.generator.regenerate_temperature) {
-            return bad(
-                "generator.regenerate_temperature",
-                format!(
-                    "must be in 0.0..=5.0 (got {})",
-                    self.generator.regenerate_temperature
-                ),
-            );
-        }
-        match (self.generator.backend, &self.generator.openai) {
+        let (regenerations, regenerate_t) = (g.max_regenerations, g.regenerate_temperature);
+        within("generator.max_regenerations", regenerations, 0..=64, "")?;
+        within(
+            "generator.regenerate_temperature",
+            regenerate_t,
+            0.0..=5.0,
+            "",
+        )?;
+        match (g.backend, &g.openai) {
             (BackendKind::Openai, None) => {
                 return bad(
                     "generator.openai",
@@ -103,37 +83,15 @@ impl RawPipelineConfig {
             (BackendKind::Openai, Some(o)) => o.validate()?,
             (BackendKind::InProcess, _) => {}
         }
-        if self.questions.enabled && !(16..=8192).contains(&self.questions.passage_tokens) {
-            return bad(
-                "questions.passage_tokens",
-                format!(
-                    "must be in 16..=8192 (got {})",
-                    self.questions.passage_tokens
-                ),
-            );
+        if q.enabled {
+            within("questions.passage_tokens", q.passage_tokens, 16..=8192, "")?;
         }
-        if !(1..=1024).contains(&self.questions.max_new_tokens) {
-            return bad(
-                "questions.max_new_tokens",
-                format!(
-                    "must be in 1..=1024 (got {})",
-                    self.questions.max_new_tokens
-                ),
-            );
-        }
-        if !(0.0..=1.0).contains(&self.positions.continuous_ratio) {
-            return bad(
-                "positions.continuous_ratio",
-                format!(
-                    "must be in 0.0..=1.0 (got {})",
-                    self.positions.continuous_ratio
-                ),
-            );
-        }
+        within("questions.max_new_tokens", q.max_new_tokens, 1..=1024, "")?;
+        let ratio = self.positions.continuous_ratio;
+        within("positions.continuous_ratio", ratio, 0.0..=1.0, "")?;
         // The real training sequence must fit in K: N chunks, template and question, and a
         // response of max_new_tokens (+1 for the end-of-turn token).
-        let real =
-            self.sampler.num_chunks * self.chunker.chunk_size + self.generator.max_new_tokens + 1;
+        let real = s.num_chunks * chunk_size + g.max_new_tokens + 1;
         if self.positions.target_length < real || self.positions.target_length > u32::MAX as usize {
             return bad(
                 "positions.target_length",
@@ -143,21 +101,9 @@ impl RawPipelineConfig {
                 ),
             );
         }
-        if self.sink.row_group_size == 0 {
-            return bad("sink.row_group_size", "must be >= 1 (got 0)".into());
-        }
-        if self.sink.unit_rows == 0 {
-            return bad("sink.unit_rows", "must be >= 1 (got 0)".into());
-        }
-        if !(1..=1024).contains(&self.runtime.channel_capacity) {
-            return bad(
-                "runtime.channel_capacity",
-                format!(
-                    "must be in 1..=1024 (got {})",
-                    self.runtime.channel_capacity
-                ),
-            );
-        }
-        Ok(())
+        positive("sink.row_group_size", self.sink.row_group_size)?;
+        positive("sink.unit_rows", self.sink.unit_rows)?;
+        let capacity = self.runtime.channel_capacity;
+        within("runtime.channel_capacity", capacity, 1..=1024, "")
     }
 }

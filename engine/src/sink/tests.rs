@@ -1,8 +1,11 @@
 //! Tests of [`super`] (`sink.rs`).
 
 use super::*;
+use crate::source::UnitPlan;
 use crate::stage::StatsSnapshot;
 use logo_schemas::SampleKey;
+use logo_schemas::{Record, TrainingSample};
+use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 
 fn sample(i: u32) -> TrainingSample {
     TrainingSample {
