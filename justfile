@@ -34,8 +34,8 @@ main-server limit="8" steps="8" parallel="2": build
     scripts/main-server.sh {{limit}} {{steps}} {{parallel}}
 
 # Base vs the main job's adapter: NIAH heatmap, L-Eval QA, sliding-window perplexity → out/eval/.
-eval adapter="out/adapter" questions="4": build
-    {{bin}}/logo-eval --adapter {{adapter}} --compare --out out/eval --qa ../shared/data/leval/multidoc_qa.jsonl,../shared/data/leval/scientific_qa.jsonl --qa-questions {{questions}} --max-length 4096 --ppl-lengths 1024,2048,4096,8192,12288 --ppl-tokens 12288
+eval adapter="out/adapter" questions="4" out="out/eval": build
+    {{bin}}/logo-eval --adapter {{adapter}} --compare --out {{out}} --qa ../shared/data/leval/multidoc_qa.jsonl,../shared/data/leval/scientific_qa.jsonl --qa-questions {{questions}} --max-length 4096 --ppl-lengths 1024,2048,4096,8192,12288 --ppl-tokens 12288
 
 # L-Eval long-document QA from ../shared/data/leval (real questions and references).
 leval limit="4": build
@@ -53,9 +53,11 @@ test: build
 kernel-check *args="avx2 avx512": build
     scripts/kernel-check.sh {{args}}
 
-# Benchmarks; JSON goes to bench/results/.
-bench: build
-    cargo bench -p logo-engine
+# Regenerate the committed results in bench/results/ (all, or the NAMEs given: shared_prompt,
+# trainer_step, engine_stages, generation, eval_embedded, …; see bench/results.sh), each JSON
+# with its command, git commit and machine. Hours on 2 cores; measure on an idle machine.
+results *names: build
+    bench/results.sh {{names}}
 
 # The bundle holds the stripped release trainer and the non-torch libraries it links.
 # Pack the trainer into out/gpu-check/ for a GPU machine with torch 2.11 and no Rust.

@@ -78,10 +78,9 @@ out["summary"] = {
     "niah_long_seconds_per_cell": R["niah_long_torch"]["seconds_per_cell"],
     "niah_long_length": R["niah_long_torch"]["lengths"],
 }
-out["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-out["machine"] = {"cpus": os.cpu_count(), "uname": " ".join(os.uname()),
-                  "model": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "")}
-out["script"] = os.environ["BENCH_CMD"]
+sys.path.insert(0, "bench")
+from provenance import stamp
+out = stamp(out, os.environ["BENCH_CMD"])
 json.dump(out, open("bench/results/eval_speed.json", "w"), indent=2)
 print(json.dumps(out["summary"], indent=2))
 PY

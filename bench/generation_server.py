@@ -11,7 +11,6 @@ Needs: the release logo-engine ($CARGO_TARGET_DIR or $LOGO_CACHE/target), llama-
 import argparse
 import json
 import os
-import platform
 import re
 import socket
 import subprocess
@@ -22,6 +21,8 @@ import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import stamp  # noqa: E402
 CACHE = Path(os.environ.get("LOGO_CACHE", Path.home() / ".cache/logo"))
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR", CACHE / "target"))
 ENGINE = TARGET / "release/logo-engine"
@@ -150,24 +151,16 @@ def main():
             server.wait()
             log.close()
 
-    commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True,
-                            text=True).stdout.strip()
-    cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo")
-                if l.startswith("model name")), platform.processor())
-    result = {
+    result = stamp({
         "what": "main job (pipeline.yaml, embedded essays, questions generated) samples per "
                 "hour: in-process candle policy vs llama-server serving the same GGUF",
-        "command": " ".join([sys.argv[0]] + sys.argv[1:]),
-        "git_commit": commit,
-        "machine": {"cpus": os.cpu_count(), "cpu": cpu, "platform": platform.platform(),
-                    "memory_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)},
         "limit_documents": args.limit,
         "llama_server": str(SERVER),
         "note": "the in-process run holds the GGUF dequantised to f32 (model.weights: f32); "
                 "llama-server runs the Q4_1 weights as stored, so responses (and skips) differ; "
                 "server_*_tokens_per_second are llama-server's own /metrics counters over the run",
         "runs": runs,
-    }
+    }, ["bench/generation_server.py"] + sys.argv[1:])
     out = ROOT / "bench/results/generation_server.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")

@@ -41,8 +41,10 @@ for m in $MS; do
     for mode in shared shared_ckpt decoupled decoupled_ckpt; do run "$mode" "$m"; done
 done
 mkdir -p bench/results
-python3 - "$work" bench/results/shared_prompt_cpu.json <<'PY'
-import glob, json, os, platform, sys, time
+python3 - "$work" bench/results/shared_prompt_cpu.json "bench/shared_prompt.sh $*" <<'PY'
+import glob, json, os, sys
+sys.path.insert(0, "bench")
+from provenance import stamp
 w = sys.argv[1]
 key = lambda p: os.path.basename(p).rsplit(".", 1)[0].replace("-", "_m")
 runs = {key(p): json.load(open(p)) for p in sorted(glob.glob(f"{w}/*.json"))}
@@ -55,11 +57,8 @@ ms = sorted({int(k.rsplit("_m", 1)[1]) for k in runs})
 report = {
     "benchmark": "one LOGO step vs M: shared-prompt vs decoupled gradient, each with and without "
                  "per-layer checkpointing (embedded SmolLM2-135M, CPU, f32, LoRA r=8, 64-token responses)",
-    "machine": {"cpus": os.cpu_count(), "platform": platform.platform(),
-                "processor": next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), ""),
-                "memory_gib": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-                "note": "shared with other jobs: see load_average per run; step times are noisy, peak RSS is not"},
-    "unix_time": int(time.time()),
+    "note": "a machine shared with other jobs makes step times noisy (see load_average per run); "
+            "peak RSS is not",
     "prompt_tokens": next(iter(v["config"]["prompt_tokens"] for v in runs.values() if "config" in v)),
     "num_negatives": ms,
     "peak_rss_gib": gib,
@@ -69,10 +68,12 @@ report = {
     "speedup_shared_ckpt_over_decoupled_ckpt": {f"m{m}": ratio(secs, f"decoupled_ckpt_m{m}", f"shared_ckpt_m{m}") for m in ms},
     "shared_m4_over_m1": {"rss": ratio(gib, "shared_m4", "shared_m1"), "seconds": ratio(secs, "shared_m4", "shared_m1")},
     "shared_ckpt_m4_over_m1": {"rss": ratio(gib, "shared_ckpt_m4", "shared_ckpt_m1"), "seconds": ratio(secs, "shared_ckpt_m4", "shared_ckpt_m1")},
+    "decoupled_m4_over_m1": {"rss": ratio(gib, "decoupled_m4", "decoupled_m1"), "seconds": ratio(secs, "decoupled_m4", "decoupled_m1")},
+    "decoupled_ckpt_m4_over_m1": {"rss": ratio(gib, "decoupled_ckpt_m4", "decoupled_ckpt_m1"), "seconds": ratio(secs, "decoupled_ckpt_m4", "decoupled_ckpt_m1")},
     "runs": runs,
 }
-json.dump(report, open(sys.argv[2], "w"), indent=2)
+json.dump(stamp(report, sys.argv[3]), open(sys.argv[2], "w"), indent=2)
 print(json.dumps({k: report[k] for k in ("peak_rss_gib", "median_step_seconds", "speedup_shared_over_decoupled",
                                           "speedup_shared_ckpt_over_decoupled_ckpt", "shared_m4_over_m1",
-                                          "shared_ckpt_m4_over_m1")}, indent=1))
+                                          "shared_ckpt_m4_over_m1", "decoupled_m4_over_m1")}, indent=1))
 PY

@@ -35,6 +35,8 @@ from pathlib import Path
 import yaml
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import provenance  # noqa: E402
 
 
 def log(msg):
@@ -327,6 +329,7 @@ def main():
         models.append(entry)
 
     report.mkdir(parents=True, exist_ok=True)
+    prov = provenance(["scripts/experiment.py"] + sys.argv[1:])
     shutil.copy(config_path, report / "config.yaml")
     shutil.copy(work / "split.json", report / "split.json")
     shutil.copy(work / "sweep.json", report / "sweep.json")
@@ -339,11 +342,10 @@ def main():
         "split": {k: split[k] for k in ["documents", "questions", "seed"]},
         "data": manifest.get("stats", manifest.get("counters", {})),
         "seconds": round(time.time() - started, 1),
-        "git_commit": subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT,
-                                     capture_output=True, text=True).stdout.strip(),
-        "machine": {"cpus": os.cpu_count(), "uname": " ".join(os.uname())},
+        **prov,
     }
     (work / "runs.json").write_text(json.dumps(runs, indent=2) + "\n")
+    (report / "provenance.json").write_text(json.dumps(prov, indent=2) + "\n")
     run([binary("logo-experiment-report"), "--runs", work / "runs.json", "--out", report])
     log(f"report in {report} ({time.time() - started:.0f} s)")
 

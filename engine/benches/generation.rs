@@ -19,9 +19,11 @@
 //! `bench/llamacpp_generation.py`), llama.cpp is measured on the same GGUF, prompt ids and
 //! thread count, and the candle / llama.cpp ratios are reported.
 //!
-//! Output: `bench/results/generation.json` (run context: crate version, cpus, start time, args,
-//! model; per weight format: load seconds, per-iteration prefill and decode seconds and
+//! Output: `bench/results/generation.json` (provenance from `bench/provenance.py`: command, git
+//! commit, machine; run context: crate version, start time, model; per weight format: load seconds, per-iteration prefill and decode seconds and
 //! tokens/s, medians; llama.cpp's numbers and the ratios when measured).
+
+mod common;
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -330,9 +332,7 @@ fn main() {
         "context": {
             "crate": "logo-engine",
             "version": env!("CARGO_PKG_VERSION"),
-            "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
             "start": rfc3339(start),
-            "args": std::env::args().skip(1).collect::<Vec<_>>(),
             "model": model.display().to_string(),
             "threads": args.threads,
             "prompt_tokens": prompt.len(),
@@ -342,6 +342,7 @@ fn main() {
         "configs": configs,
         "llama_cpp": llama_cpp,
     });
+    let report = common::stamp(report, &common::command("generation"));
     let out_dir = root.join("bench").join("results");
     let out = out_dir.join("generation.json");
     let text = serde_json::to_string_pretty(&report).unwrap_or_default();

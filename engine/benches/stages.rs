@@ -10,6 +10,8 @@
 //! Run: `cargo bench -p logo-engine --bench stages` (needs the embedded model's tokenizer:
 //! `scripts/just setup`). Not a test: nothing here asserts a speed.
 
+mod common;
+
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -156,9 +158,7 @@ fn main() {
     let report = json!({
         "benchmark": "engine_stages",
         "engine_version": env!("CARGO_PKG_VERSION"),
-        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1),
         "rayon_threads": rayon::current_num_threads(),
-        "unix_time": std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs(),
         "data": data.display().to_string(),
         "documents": n_docs,
         "questions": n_rows,
@@ -178,6 +178,7 @@ fn main() {
                        "position_ids_per_s": synthesized as f64 / positions_s, "target_length": 65536},
         "spacy": spacy,
     });
+    let report = common::stamp(report, &common::command("stages"));
     let out = Path::new(env!("CARGO_MANIFEST_DIR")).join("../bench/results");
     std::fs::create_dir_all(&out).unwrap();
     let path = out.join("engine_stages.json");
