@@ -347,6 +347,35 @@ impl NiahConfig {
     }
 }
 
+/// (prompt, needle value positions, answer ids, argmax) of one case, for Eq. 5.
+type Trace = (Vec<u32>, Vec<usize>, Vec<u32>, Vec<Vec<i64>>);
+
+/// The retrieval score (Appendix B, Eq. 5) of the torch generator's `traces`; `None` for the
+/// other generators (they expose no attention) or without traces.
+fn retrieval(generator: &Generator<'_>, traces: &[Trace]) -> Option<RetrievalScore> {
+    let Generator::Torch(t) = generator else {
+        return None;
+    };
+    if traces.is_empty() {
+        return None;
+    }
+    let c = t.model.config();
+    let views: Vec<CopyTrace<'_>> = traces
+        .iter()
+        .map(|(p, k, a, m)| CopyTrace {
+            prompt: p,
+            needle_positions: k,
+            answer: a,
+            argmax: m,
+        })
+        .collect();
+    Some(retrieval_score(
+        &views,
+        c.num_hidden_layers,
+        c.num_attention_heads,
+    ))
+}
+
 /// Runs the grid with `generator`: the prompts of one context length (all depths) form one
 /// group, so the torch generator prefills their common prefix once; with the torch generator
 /// the retrieval score (Eq. 5) is computed over the grid. Errors: tokenizer and model errors,
@@ -378,8 +407,6 @@ pub fn run_niah(
         "needle in a haystack",
     );
     let mut results = Vec::new();
-    // (prompt, needle value positions, answer ids, argmax) per case, for Eq. 5.
-    type Trace = (Vec<u32>, Vec<usize>, Vec<u32>, Vec<Vec<i64>>);
     let mut traces: Vec<Trace> = Vec::new();
     for &context_length in &lengths {
         let cases: Vec<NiahCase> = depths
@@ -412,26 +439,7 @@ pub fn run_niah(
         }
     }
     pb.finish_and_clear();
-    let retrieval = match generator {
-        Generator::Torch(t) if !traces.is_empty() => {
-            let c = t.model.config();
-            let views: Vec<CopyTrace<'_>> = traces
-                .iter()
-                .map(|(p, k, a, m)| CopyTrace {
-                    prompt: p,
-                    needle_positions: k,
-                    answer: a,
-                    argmax: m,
-                })
-                .collect();
-            Some(retrieval_score(
-                &views,
-                c.num_hidden_layers,
-                c.num_attention_heads,
-            ))
-        }
-        _ => None,
-    };
+    let retrieval = retrieval(generator, &traces);
     let mean_recall = results.iter().map(|r| r.recall).sum::<f64>() / results.len().max(1) as f64;
     Ok(NiahReport {
         needles: cfg.needles.clone(),
