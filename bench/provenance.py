@@ -59,6 +59,7 @@ def provenance(command):
     """The provenance keys for a result produced by `command` (a list of words or a string)."""
     if not isinstance(command, str):
         command = shlex.join(command)
+    command = command.strip()
     # Results written earlier in the same `just results` run do not make the code dirty.
     dirty = _git("status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results")
     return {
