@@ -15,6 +15,8 @@ cache="${LOGO_CACHE:-$HOME/.cache/logo}"
 bin="${CARGO_TARGET_DIR:-$cache/target}/release"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# Provenance of the tree the run starts from (commits made while it runs are not its own).
+python3 bench/provenance.py "$command" > "$work/provenance.json"
 t0=$(date +%s)
 scripts/just --no-deps main "$LIMIT" "$STEPS"
 t1=$(date +%s)
@@ -30,13 +32,11 @@ cp -r "$work/eval/." "$dest/"
 [ -s "$dest/rejects.jsonl" ] || rm -f "$dest/rejects.jsonl"
 cp "$work/niah8k/base/niah.json" "$dest/niah_8k_base.json"
 cp "$work/niah8k/niah_base.png" "$dest/niah_8k_base.png"
-python3 - "$dest/provenance.json" "$command" "$((t1 - t0))" "$((t2 - t1))" "$((t3 - t2))" \
-    "$LIMIT" "$STEPS" <<'PY'
+python3 - "$dest/provenance.json" "$work/provenance.json" "$((t1 - t0))" "$((t2 - t1))" \
+    "$((t3 - t2))" "$LIMIT" "$STEPS" <<'PY'
 import json, sys
-sys.path.insert(0, "bench")
-from provenance import stamp
-path, command, main_s, eval_s, niah_s, limit, steps = sys.argv[1:]
-doc = stamp({
+path, start, main_s, eval_s, niah_s, limit, steps = sys.argv[1:]
+doc = {**json.load(open(start)), **{
     "what": "embedded SmolLM2-135M-Instruct vs the adapter of the main job: NIAH, L-Eval QA, "
             "perplexity (report.json); the base model's NIAH out to 8K (niah_8k_base.json)",
     "adapter": f"out/adapter from `scripts/just main {limit} {steps}`",
@@ -47,7 +47,7 @@ doc = stamp({
                                     "--niah-depths 0,50,100", "wall_seconds": int(niah_s)},
     },
     "note": "quality numbers are deterministic (greedy decoding); wall times move with the load",
-}, command)
+}}
 json.dump(doc, open(path, "w"), indent=2)
 print(f"wrote {path}")
 PY
