@@ -30,9 +30,7 @@ use candle_core::{DType, Device, Tensor};
 use candle_nn::VarBuilder;
 use candle_transformers::models::llama;
 
-use logo_formats::gguf::{
-    hf_name, permuted_heads, HeadCounts, HF_EMBED, HF_LM_HEAD, ROPE_FREQS, TOKEN_EMBD,
-};
+use logo_formats::gguf::{hf_name, permuted_heads, HF_EMBED, HF_LM_HEAD, ROPE_FREQS, TOKEN_EMBD};
 use logo_formats::hf_config::{AttentionBias, LlamaConfig, RopeScaling};
 
 use crate::adapter::{unpermute_rows, LoraDeltas};
@@ -259,10 +257,7 @@ impl DenseLlama {
         path: &Path,
     ) -> Result<DenseLlama> {
         let device = Device::Cpu;
-        let heads = HeadCounts {
-            n_head: config.num_attention_heads,
-            n_kv_head: config.num_key_value_heads,
-        };
+        let heads = config.head_counts();
         let config = HfModelConfig::new(config, path)?;
         let mut tensors: HashMap<String, Tensor> = HashMap::new();
         for name in content.tensor_infos.keys() {

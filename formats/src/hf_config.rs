@@ -231,6 +231,15 @@ impl TryFrom<RawLlamaConfig> for LlamaConfig {
 }
 
 impl LlamaConfig {
+    /// The query and key/value head counts, as the GGUF q/k row permutation needs them
+    /// ([`crate::gguf::permuted_heads`]).
+    pub fn head_counts(&self) -> crate::gguf::HeadCounts {
+        crate::gguf::HeadCounts {
+            n_head: self.num_attention_heads,
+            n_kv_head: self.num_key_value_heads,
+        }
+    }
+
     /// SmolLM2-135M(-Instruct): 30 layers, H 576, 9 heads, 3 kv heads, hd 64, MLP 1536,
     /// V 49152, θ 100000, tied embeddings, eps 1e-5, 8192 context (HF
     /// `HuggingFaceTB/SmolLM2-135M-Instruct/config.json`).

@@ -38,10 +38,7 @@ pub(super) fn load_gguf(
         .and_then(|v| v.to_string().ok())
         .cloned();
     let vocab_size = config.vocab_size;
-    let heads = HeadCounts {
-        n_head: config.num_attention_heads,
-        n_kv_head: config.num_key_value_heads,
-    };
+    let heads = config.head_counts();
     let backend = pool.install(|| -> Result<Backend> {
         let target = match cfg.weights {
             WeightFormat::F32 if dense::supported(&content) => {

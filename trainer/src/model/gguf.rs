@@ -18,7 +18,7 @@ use std::fs::File;
 use std::path::Path;
 
 use candle_core::quantized::gguf_file::Content;
-use logo_formats::gguf::{gguf_name, permuted_heads, unpermuted_rows, HeadCounts, ROPE_FREQS};
+use logo_formats::gguf::{gguf_name, permuted_heads, unpermuted_rows, ROPE_FREQS};
 use tch::{Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
@@ -100,10 +100,7 @@ pub fn load(
     } else {
         None
     };
-    let heads = HeadCounts {
-        n_head: cfg.num_attention_heads,
-        n_kv_head: cfg.num_key_value_heads,
-    };
+    let heads = cfg.head_counts();
     let mut fetch = |hf: &str, _shape: &[i64]| -> Result<Option<Tensor>> {
         let Some(name) = gguf_name(hf) else {
             return Ok(None);
