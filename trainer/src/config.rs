@@ -165,86 +165,79 @@ pub fn parse_device(s: &str) -> Result<Device> {
 impl TrainConfig {
     /// Range checks. Errors: [`TrainerError::Config`] naming the option.
     pub fn validate(&self) -> Result<()> {
-        let bad = |key: &str, message: String| {
-            Err(TrainerError::Config {
-                key: key.into(),
-                message,
-            })
-        };
-        if self.batch_size == 0 {
-            return bad("--batch-size", "must be >= 1".into());
-        }
-        if self.grad_accum == 0 {
-            return bad("--grad-accum", "must be >= 1".into());
-        }
-        if !(self.optim.lr > 0.0 && self.optim.lr < 1.0) {
-            return bad("--lr", format!("must be in (0, 1) (got {})", self.optim.lr));
-        }
         // Written so that NaN fails every range check (a NaN compares false).
-        if !(self.loss.beta > 0.0 && self.loss.beta.is_finite()) {
-            return bad(
-                "--beta",
-                format!("must be finite and > 0 (got {})", self.loss.beta),
-            );
-        }
-        if !self.loss.gamma.is_finite() {
-            return bad(
-                "--gamma",
-                format!("must be finite (got {})", self.loss.gamma),
-            );
-        }
-        if !(self.loss.sft_weight >= 0.0 && self.loss.sft_weight.is_finite()) {
-            return bad(
-                "--sft-weight",
-                format!("must be finite and >= 0 (got {})", self.loss.sft_weight),
-            );
-        }
-        if !(self.max_grad_norm >= 0.0 && self.max_grad_norm.is_finite()) {
-            return bad(
-                "--max-grad-norm",
-                format!(
-                    "must be finite and >= 0, 0 = no clipping (got {})",
-                    self.max_grad_norm
-                ),
-            );
-        }
-        let o = &self.optim;
-        if !(o.weight_decay >= 0.0 && o.weight_decay.is_finite()) {
-            return bad(
-                "--weight-decay",
-                format!("must be finite and >= 0 (got {})", o.weight_decay),
-            );
-        }
-        if !((0.0..1.0).contains(&o.beta1) && (0.0..1.0).contains(&o.beta2)) {
-            return bad(
-                "optim.beta1/optim.beta2",
-                format!("must be in [0, 1) (got {}, {})", o.beta1, o.beta2),
-            );
-        }
-        if !(o.eps > 0.0 && o.eps.is_finite()) {
-            return bad(
-                "optim.eps",
-                format!("must be finite and > 0 (got {})", o.eps),
-            );
-        }
-        if self.share_prompt && self.decoupled {
-            return bad(
-                "--share-prompt",
-                "cannot be combined with --decoupled (both bound memory in M; --share-prompt \
-                 also computes the prompt once)"
-                    .into(),
-            );
-        }
-        if self.max_steps == Some(0) {
-            return bad("--max-steps", "must be >= 1".into());
-        }
-        if !(0.0..=1.0).contains(&self.min_lr_ratio) {
-            return bad(
-                "--min-lr-ratio",
-                format!("must be in [0, 1] (got {})", self.min_lr_ratio),
-            );
-        }
+        let (l, o) = (&self.loss, &self.optim);
+        require("--batch-size", self.batch_size >= 1, || {
+            "must be >= 1".into()
+        })?;
+        require("--grad-accum", self.grad_accum >= 1, || {
+            "must be >= 1".into()
+        })?;
+        require("--lr", o.lr > 0.0 && o.lr < 1.0, || {
+            format!("must be in (0, 1) (got {})", o.lr)
+        })?;
+        require("--beta", l.beta > 0.0 && l.beta.is_finite(), || {
+            format!("must be finite and > 0 (got {})", l.beta)
+        })?;
+        require("--gamma", l.gamma.is_finite(), || {
+            format!("must be finite (got {})", l.gamma)
+        })?;
+        require("--sft-weight", non_negative(l.sft_weight), || {
+            format!("must be finite and >= 0 (got {})", l.sft_weight)
+        })?;
+        require("--max-grad-norm", non_negative(self.max_grad_norm), || {
+            format!(
+                "must be finite and >= 0, 0 = no clipping (got {})",
+                self.max_grad_norm
+            )
+        })?;
+        require("--weight-decay", non_negative(o.weight_decay), || {
+            format!("must be finite and >= 0 (got {})", o.weight_decay)
+        })?;
+        let unit = 0.0..1.0;
+        require(
+            "optim.beta1/optim.beta2",
+            unit.contains(&o.beta1) && unit.contains(&o.beta2),
+            || format!("must be in [0, 1) (got {}, {})", o.beta1, o.beta2),
+        )?;
+        require("optim.eps", o.eps > 0.0 && o.eps.is_finite(), || {
+            format!("must be finite and > 0 (got {})", o.eps)
+        })?;
+        require(
+            "--share-prompt",
+            !(self.share_prompt && self.decoupled),
+            || {
+                "cannot be combined with --decoupled (both bound memory in M; --share-prompt also \
+             computes the prompt once)"
+                    .into()
+            },
+        )?;
+        require("--max-steps", self.max_steps != Some(0), || {
+            "must be >= 1".into()
+        })?;
+        require(
+            "--min-lr-ratio",
+            (0.0..=1.0).contains(&self.min_lr_ratio),
+            || format!("must be in [0, 1] (got {})", self.min_lr_ratio),
+        )?;
         self.lora.validate()?;
         Ok(())
     }
+}
+
+/// `Ok` when `ok`, else [`TrainerError::Config`] naming `key` with `message()`.
+fn require(key: &str, ok: bool, message: impl FnOnce() -> String) -> Result<()> {
+    if ok {
+        Ok(())
+    } else {
+        Err(TrainerError::Config {
+            key: key.into(),
+            message: message(),
+        })
+    }
+}
+
+/// Finite and ≥ 0 (false for NaN).
+fn non_negative(v: f64) -> bool {
+    v >= 0.0 && v.is_finite()
 }

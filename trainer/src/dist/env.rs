@@ -175,26 +175,7 @@ impl DistEnv {
                 format!("rank {rank} is not below the world size {world}"),
             ));
         }
-        let master_addr = match (var("MASTER_ADDR"), source) {
-            (Some(a), _) => a,
-            (None, EnvSource::Slurm) => var("SLURM_JOB_NODELIST")
-                .and_then(|l| first_slurm_host(&l))
-                .ok_or_else(|| {
-                    bad(
-                        "MASTER_ADDR",
-                        "not set and SLURM_JOB_NODELIST gives no host; export \
-                         MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1)"
-                            .into(),
-                    )
-                })?,
-            (None, _) if world == 1 => "127.0.0.1".into(),
-            (None, _) => {
-                return Err(bad(
-                    "MASTER_ADDR",
-                    format!("not set for a job of {world} ranks (the host of rank 0)"),
-                ))
-            }
-        };
+        let master_addr = master_addr(var, source, world)?;
         let master_port = match var("MASTER_PORT") {
             None => 29500,
             Some(p) => p
@@ -211,6 +192,38 @@ impl DistEnv {
             source,
             token: JobToken::new(var(TOKEN_VAR).unwrap_or_default()),
         })
+    }
+}
+
+/// Rank 0's host: `MASTER_ADDR`; under SLURM, else the first host of `SLURM_JOB_NODELIST`;
+/// else `127.0.0.1` for a one-rank job. Errors: [`TrainerError::Config`] (`MASTER_ADDR`) for
+/// a multi-rank job without one.
+fn master_addr(
+    var: &dyn Fn(&str) -> Option<String>,
+    source: EnvSource,
+    world: usize,
+) -> Result<String> {
+    let bad = |key: &str, message: String| TrainerError::Config {
+        key: key.into(),
+        message,
+    };
+    match (var("MASTER_ADDR"), source) {
+        (Some(a), _) => Ok(a),
+        (None, EnvSource::Slurm) => var("SLURM_JOB_NODELIST")
+            .and_then(|l| first_slurm_host(&l))
+            .ok_or_else(|| {
+                bad(
+                    "MASTER_ADDR",
+                    "not set and SLURM_JOB_NODELIST gives no host; export \
+                     MASTER_ADDR=$(scontrol show hostnames \"$SLURM_JOB_NODELIST\" | head -n1)"
+                        .into(),
+                )
+            }),
+        (None, _) if world == 1 => Ok("127.0.0.1".into()),
+        (None, _) => Err(bad(
+            "MASTER_ADDR",
+            format!("not set for a job of {world} ranks (the host of rank 0)"),
+        )),
     }
 }
 

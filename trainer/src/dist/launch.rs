@@ -126,23 +126,7 @@ pub fn launch(cfg: &LaunchConfig, exe: &Path, args: &[OsString]) -> Result<()> {
         None if cfg.nnodes == 1 => free_port()?,
         None => 29500,
     };
-    // The job's membership token: the one exported (the same on every node of a multi-node
-    // job), else a fresh one; handed to the workers only through their environment.
-    let token = match std::env::var(super::TOKEN_VAR)
-        .ok()
-        .filter(|t| !t.is_empty())
-    {
-        Some(t) => super::JobToken::new(t),
-        None if cfg.nnodes == 1 => super::JobToken::generate()?,
-        None => {
-            return Err(TrainerError::Config {
-                key: super::TOKEN_VAR.into(),
-                message: "required with --nnodes > 1: export the same secret on every node \
-                          (e.g. LOGO_DIST_TOKEN=$(openssl rand -hex 32))"
-                    .into(),
-            })
-        }
-    };
+    let token = job_token(cfg)?;
     let mut children: Vec<(usize, Child)> = Vec::with_capacity(cfg.nproc_per_node);
     for local in 0..cfg.nproc_per_node {
         let rank = cfg.node_rank * cfg.nproc_per_node + local;
@@ -171,6 +155,33 @@ pub fn launch(cfg: &LaunchConfig, exe: &Path, args: &[OsString]) -> Result<()> {
             }
         }
     }
+    wait_all(children, cfg.grace_seconds)
+}
+
+/// The job's membership token: the one exported in [`super::TOKEN_VAR`] (the same on every
+/// node of a multi-node job), else a fresh one for a one-node job; the workers get it only
+/// through their environment. Errors: [`TrainerError::Config`] when `--nnodes > 1` and the
+/// variable is unset; [`TrainerError::Dist`] when no random token can be made.
+fn job_token(cfg: &LaunchConfig) -> Result<super::JobToken> {
+    match std::env::var(super::TOKEN_VAR)
+        .ok()
+        .filter(|t| !t.is_empty())
+    {
+        Some(t) => Ok(super::JobToken::new(t)),
+        None if cfg.nnodes == 1 => super::JobToken::generate(),
+        None => Err(TrainerError::Config {
+            key: super::TOKEN_VAR.into(),
+            message: "required with --nnodes > 1: export the same secret on every node \
+                      (e.g. LOGO_DIST_TOKEN=$(openssl rand -hex 32))"
+                .into(),
+        }),
+    }
+}
+
+/// Waits for every worker `(rank, child)`. After the first failure the others get
+/// `grace_seconds` to stop on their own (their collectives fail), then are killed.
+/// Errors: [`TrainerError::Dist`] naming the first worker that failed (rank, pid, status).
+fn wait_all(mut children: Vec<(usize, Child)>, grace_seconds: f64) -> Result<()> {
     let mut done: Vec<Option<ExitStatus>> = vec![None; children.len()];
     let mut first_failure: Option<(usize, u32, ExitStatus)> = None;
     let mut kill_at: Option<Instant> = None;
@@ -189,7 +200,7 @@ pub fn launch(cfg: &LaunchConfig, exe: &Path, args: &[OsString]) -> Result<()> {
                     );
                     first_failure = Some((*rank, child.id(), status));
                     kill_at =
-                        Some(Instant::now() + Duration::from_secs_f64(cfg.grace_seconds.max(0.0)));
+                        Some(Instant::now() + Duration::from_secs_f64(grace_seconds.max(0.0)));
                 }
             }
         }

@@ -102,6 +102,29 @@ fn u32_at(bytes: &[u8], i: usize) -> u32 {
     u32::from_le_bytes(bytes[4 * i..4 * i + 4].try_into().expect("4 bytes"))
 }
 
+/// Connects to the first reachable address `addr` resolves to, retrying every 100 ms until
+/// `deadline`. Errors: the last resolution or connection error, as text.
+fn connect_until(addr: &str, deadline: Instant) -> std::result::Result<TcpStream, String> {
+    let mut last_error = String::from("no address");
+    loop {
+        match addr.to_socket_addrs() {
+            Ok(addrs) => {
+                for a in addrs {
+                    match TcpStream::connect_timeout(&a, Duration::from_secs(2)) {
+                        Ok(s) => return Ok(s),
+                        Err(e) => last_error = e.to_string(),
+                    }
+                }
+            }
+            Err(e) => last_error = e.to_string(),
+        }
+        if Instant::now() > deadline {
+            return Err(last_error);
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 impl Tcp {
     /// Forms the group of `env` (rank 0 listens, the others connect, retrying until `timeout`).
     /// Errors: [`TrainerError::Dist`]: rank 0 cannot listen on the port, a rank cannot reach
@@ -117,115 +140,108 @@ impl Tcp {
         let addr = format!("{}:{}", env.master_addr, env.master_port);
         let deadline = Instant::now() + timeout;
         if env.rank == 0 {
-            let listener = TcpListener::bind(&addr).map_err(|e| {
-                dist(format!(
-                    "rank 0 cannot listen on {addr}: {e} (MASTER_ADDR must be an address of \
-                     this machine; choose another MASTER_PORT if it is in use)"
-                ))
-            })?;
-            listener
-                .set_nonblocking(true)
-                .map_err(|e| dist(format!("rank 0: {e}")))?;
-            let mut joined = 1;
-            while joined < env.world_size {
-                match listener.accept() {
-                    Ok((stream, from)) => match tcp.welcome_peer(stream, &env.token)? {
-                        Ok(peer) => {
-                            let r = peer.rank;
-                            tcp.peers[r] = Some(peer);
-                            joined += 1;
-                        }
-                        Err(why) => {
-                            tracing::warn!("rank 0: refused a connection from {from}: {why}");
-                        }
-                    },
-                    Err(e) if e.kind() == ErrorKind::WouldBlock => {
-                        if Instant::now() > deadline {
-                            let missing: Vec<String> = (1..env.world_size)
-                                .filter(|r| tcp.peers[*r].is_none())
-                                .map(|r| r.to_string())
-                                .collect();
-                            return Err(dist(format!(
-                                "rank 0: ranks {} did not connect to {addr} within {:.0} s",
-                                missing.join(", "),
-                                timeout.as_secs_f64()
-                            )));
-                        }
-                        std::thread::sleep(Duration::from_millis(20));
-                    }
-                    Err(e) => return Err(dist(format!("rank 0: accept on {addr}: {e}"))),
-                }
-            }
-            let me = format!("{}\n{}", std::process::id(), hostname());
-            for r in 1..env.world_size {
-                let peer = tcp.peers[r].as_mut().expect("joined");
-                write_frame(&mut peer.stream, WELCOME, me.as_bytes())
-                    .map_err(|e| dist(format!("rank 0: greeting {}: {e}", peer.describe())))?;
-            }
+            tcp.accept_ranks(env, &addr, deadline)?;
         } else {
-            let mut last_error = String::from("no address");
-            let stream = loop {
-                let addrs: Vec<_> = match addr.to_socket_addrs() {
-                    Ok(a) => a.collect(),
-                    Err(e) => {
-                        last_error = e.to_string();
-                        vec![]
-                    }
-                };
-                let mut connected = None;
-                for a in addrs {
-                    match TcpStream::connect_timeout(&a, Duration::from_secs(2)) {
-                        Ok(s) => {
-                            connected = Some(s);
-                            break;
-                        }
-                        Err(e) => last_error = e.to_string(),
-                    }
-                }
-                if let Some(s) = connected {
-                    break s;
-                }
-                if Instant::now() > deadline {
-                    return Err(dist(format!(
-                        "rank {} could not connect to rank 0 at {addr} within {:.0} s: {last_error}",
-                        env.rank,
-                        timeout.as_secs_f64()
-                    )));
-                }
-                std::thread::sleep(Duration::from_millis(100));
-            };
-            let mut stream = stream;
-            let _ = stream.set_nodelay(true);
-            let _ = stream.set_read_timeout(Some(timeout));
-            let _ = stream.set_write_timeout(Some(timeout));
-            let mut hello = Vec::new();
-            let token = env.token.expose().as_bytes();
-            for v in [
-                env.rank as u32,
-                env.world_size as u32,
-                std::process::id(),
-                token.len() as u32,
-            ] {
-                hello.extend(v.to_le_bytes());
-            }
-            hello.extend(token);
-            hello.extend(hostname().as_bytes());
-            write_frame(&mut stream, HELLO, &hello)
-                .map_err(|e| dist(format!("rank {}: hello to rank 0: {e}", env.rank)))?;
-            tcp.peers[0] = Some(Peer {
-                rank: 0,
-                stream,
-                pid: 0,
-                host: env.master_addr.clone(),
-            });
-            let payload = tcp.recv(0, WELCOME, "joining")?;
-            let text = String::from_utf8_lossy(&payload).to_string();
-            let (pid, host) = text.split_once('\n').unwrap_or(("0", "?"));
-            let root = tcp.peers[0].as_mut().expect("set");
-            root.pid = pid.parse().unwrap_or(0);
-            root.host = host.to_string();
+            tcp.join_rank0(env, &addr, deadline)?;
         }
         Ok(tcp)
+    }
+
+    /// Rank 0: listens on `addr`, admits every other rank of the job (strangers are refused
+    /// and logged), then sends each its welcome (rank 0's pid and host).
+    /// Errors: [`TrainerError::Dist`]: cannot listen, `deadline` passed with ranks missing
+    /// (named), or a joining rank's hello contradicts the job (see [`Self::welcome_peer`]).
+    fn accept_ranks(&mut self, env: &DistEnv, addr: &str, deadline: Instant) -> Result<()> {
+        let listener = TcpListener::bind(addr).map_err(|e| {
+            dist(format!(
+                "rank 0 cannot listen on {addr}: {e} (MASTER_ADDR must be an address of \
+                 this machine; choose another MASTER_PORT if it is in use)"
+            ))
+        })?;
+        listener
+            .set_nonblocking(true)
+            .map_err(|e| dist(format!("rank 0: {e}")))?;
+        let mut joined = 1;
+        while joined < env.world_size {
+            match listener.accept() {
+                Ok((stream, from)) => match self.welcome_peer(stream, &env.token)? {
+                    Ok(peer) => {
+                        let r = peer.rank;
+                        self.peers[r] = Some(peer);
+                        joined += 1;
+                    }
+                    Err(why) => {
+                        tracing::warn!("rank 0: refused a connection from {from}: {why}");
+                    }
+                },
+                Err(e) if e.kind() == ErrorKind::WouldBlock => {
+                    if Instant::now() > deadline {
+                        let missing: Vec<String> = (1..env.world_size)
+                            .filter(|r| self.peers[*r].is_none())
+                            .map(|r| r.to_string())
+                            .collect();
+                        return Err(dist(format!(
+                            "rank 0: ranks {} did not connect to {addr} within {:.0} s",
+                            missing.join(", "),
+                            self.timeout.as_secs_f64()
+                        )));
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Err(e) => return Err(dist(format!("rank 0: accept on {addr}: {e}"))),
+            }
+        }
+        let me = format!("{}\n{}", std::process::id(), hostname());
+        for peer in self.peers[1..].iter_mut() {
+            let peer = peer.as_mut().expect("joined");
+            write_frame(&mut peer.stream, WELCOME, me.as_bytes())
+                .map_err(|e| dist(format!("rank 0: greeting {}: {e}", peer.describe())))?;
+        }
+        Ok(())
+    }
+
+    /// A rank other than 0: connects to rank 0 at `addr` (retrying until `deadline`), sends its
+    /// hello (rank, world size, pid, the job token, host) and waits for the welcome.
+    /// Errors: [`TrainerError::Dist`]: rank 0 unreachable by `deadline` (the last socket error
+    /// is given), the hello cannot be sent, or rank 0 closed or answered something else.
+    fn join_rank0(&mut self, env: &DistEnv, addr: &str, deadline: Instant) -> Result<()> {
+        let mut stream = connect_until(addr, deadline).map_err(|last_error| {
+            dist(format!(
+                "rank {} could not connect to rank 0 at {addr} within {:.0} s: {last_error}",
+                env.rank,
+                self.timeout.as_secs_f64()
+            ))
+        })?;
+        let _ = stream.set_nodelay(true);
+        let _ = stream.set_read_timeout(Some(self.timeout));
+        let _ = stream.set_write_timeout(Some(self.timeout));
+        let mut hello = Vec::new();
+        let token = env.token.expose().as_bytes();
+        for v in [
+            env.rank as u32,
+            env.world_size as u32,
+            std::process::id(),
+            token.len() as u32,
+        ] {
+            hello.extend(v.to_le_bytes());
+        }
+        hello.extend(token);
+        hello.extend(hostname().as_bytes());
+        write_frame(&mut stream, HELLO, &hello)
+            .map_err(|e| dist(format!("rank {}: hello to rank 0: {e}", env.rank)))?;
+        self.peers[0] = Some(Peer {
+            rank: 0,
+            stream,
+            pid: 0,
+            host: env.master_addr.clone(),
+        });
+        let payload = self.recv(0, WELCOME, "joining")?;
+        let text = String::from_utf8_lossy(&payload).to_string();
+        let (pid, host) = text.split_once('\n').unwrap_or(("0", "?"));
+        let root = self.peers[0].as_mut().expect("set");
+        root.pid = pid.parse().unwrap_or(0);
+        root.host = host.to_string();
+        Ok(())
     }
 
     /// Rank 0: reads a new connection's hello and checks it. `Ok(Err(why))`: not a rank of

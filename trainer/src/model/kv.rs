@@ -136,26 +136,7 @@ impl Llama {
         positions: &[i64],
         argmax: bool,
     ) -> Result<(Tensor, Option<Tensor>)> {
-        if ids.is_empty() || ids.len() != positions.len() {
-            return Err(TrainerError::Config {
-                key: "input_ids".into(),
-                message: format!(
-                    "extend: {} ids and {} positions (need the same number, ≥ 1)",
-                    ids.len(),
-                    positions.len()
-                ),
-            });
-        }
-        if cache.layers.len() != self.layers.len() {
-            return Err(TrainerError::Config {
-                key: "cache".into(),
-                message: format!(
-                    "a cache of {} layers for a model of {}",
-                    cache.layers.len(),
-                    self.layers.len()
-                ),
-            });
-        }
+        self.check_extend(cache, ids, positions)?;
         let _guard = tch::no_grad_guard();
         let t = ids.len() as i64;
         let past = cache.len;
@@ -190,38 +171,8 @@ impl Llama {
             let k = apply_rotary(&proj(&a.k_proj, nkv)?, &cos, &sin)?;
             let v = proj(&a.v_proj, nkv)?;
             let (k_all, v_all) = cache.append(l, &k, &v)?;
+            let y = cached_attention(&q, &k_all, &v_all, mask.as_ref(), past == 0 && t > 1)?;
             let rep = nh / nkv;
-            let repeat = |x: &Tensor| -> Result<Tensor> {
-                let n = x.size()[2];
-                Ok(x.f_unsqueeze(2)?
-                    .f_expand([1, nkv, rep, n, hd], false)?
-                    .f_reshape([1, nh, n, hd])?)
-            };
-            // Without a mask (decoding, or a first pass), SDPA broadcasts the kv heads itself
-            // (no copy of the cache); with one, repeat them (HF `repeat_kv`), as
-            // [`super::layers`] does.
-            let y = match &mask {
-                None => Tensor::f_scaled_dot_product_attention(
-                    &q,
-                    &k_all,
-                    &v_all,
-                    None::<Tensor>,
-                    0.0,
-                    past == 0 && t > 1,
-                    None,
-                    nh != nkv,
-                )?,
-                Some(m) => Tensor::f_scaled_dot_product_attention(
-                    &q,
-                    &repeat(&k_all)?,
-                    &repeat(&v_all)?,
-                    Some(m),
-                    0.0,
-                    false,
-                    None,
-                    false,
-                )?,
-            }; // [1, nh, T, hd]
             if argmax {
                 // Query head h reads kv head h / (nh / nkv): [1, nkv, rep, hd] · [1, nkv, hd, L].
                 let q_last = q.f_narrow(2, t - 1, 1)?.f_reshape([1, nkv, rep, hd])?;
@@ -241,4 +192,77 @@ impl Llama {
         let heads = argmax.then(|| Tensor::f_stack(&heads, 0)).transpose()?;
         Ok((last, heads))
     }
+
+    /// The input checks of [`Llama::extend`]: as many ids as positions (≥ 1), and a cache of
+    /// this model's layer count. Errors: [`TrainerError::Config`] (keys `input_ids`, `cache`).
+    fn check_extend(&self, cache: &KvCache, ids: &[i64], positions: &[i64]) -> Result<()> {
+        if ids.is_empty() || ids.len() != positions.len() {
+            return Err(TrainerError::Config {
+                key: "input_ids".into(),
+                message: format!(
+                    "extend: {} ids and {} positions (need the same number, ≥ 1)",
+                    ids.len(),
+                    positions.len()
+                ),
+            });
+        }
+        if cache.layers.len() != self.layers.len() {
+            return Err(TrainerError::Config {
+                key: "cache".into(),
+                message: format!(
+                    "a cache of {} layers for a model of {}",
+                    cache.layers.len(),
+                    self.layers.len()
+                ),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Attention of new queries `q` (`[1, nh, T, hd]`) over all cached keys and values
+/// (`[1, nkv, L, hd]`, the new tokens' last), `[1, nh, T, hd]`. `mask` (`[T, L]` bool, true =
+/// attend) when new tokens follow cached ones; `causal` for a first pass without a cache.
+/// Without a mask SDPA broadcasts the kv heads itself (no copy of the cache); with one the
+/// kv heads are repeated (HF `repeat_kv`), as [`super::layers`] does.
+///
+/// Errors: [`TrainerError::Torch`].
+fn cached_attention(
+    q: &Tensor,
+    k_all: &Tensor,
+    v_all: &Tensor,
+    mask: Option<&Tensor>,
+    causal: bool,
+) -> Result<Tensor> {
+    let (nh, nkv, hd) = (q.size()[1], k_all.size()[1], q.size()[3]);
+    Ok(match mask {
+        None => Tensor::f_scaled_dot_product_attention(
+            q,
+            k_all,
+            v_all,
+            None::<Tensor>,
+            0.0,
+            causal,
+            None,
+            nh != nkv,
+        )?,
+        Some(m) => {
+            let repeat = |x: &Tensor| -> Result<Tensor> {
+                let n = x.size()[2];
+                Ok(x.f_unsqueeze(2)?
+                    .f_expand([1, nkv, nh / nkv, n, hd], false)?
+                    .f_reshape([1, nh, n, hd])?)
+            };
+            Tensor::f_scaled_dot_product_attention(
+                q,
+                &repeat(k_all)?,
+                &repeat(v_all)?,
+                Some(m),
+                0.0,
+                false,
+                None,
+                false,
+            )?
+        }
+    })
 }

@@ -30,8 +30,9 @@ use std::path::Path;
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
-use crate::lora::{LoraConfig, LoraEmbedding, LoraLinear};
+use crate::lora::LoraConfig;
 
+mod adapters;
 mod checkpoint;
 pub mod gguf;
 mod hf_folder;
@@ -202,22 +203,7 @@ impl Llama {
         freq_factors: Option<&Tensor>,
         fetch: &mut FetchWeight,
     ) -> Result<Self> {
-        cfg.check().map_err(|m| TrainerError::model(origin, m))?;
-        if let Some(window) = cfg.sliding_window {
-            return Err(TrainerError::model(
-                origin,
-                format!("sliding_window {window}: sliding-window attention is not supported"),
-            ));
-        }
-        if !matches!(
-            kind,
-            Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
-        ) {
-            return Err(TrainerError::Config {
-                key: "dtype".to_string(),
-                message: format!("expected a float kind (f32, bf16, f16, f64), got {kind:?}"),
-            });
-        }
+        check_buildable(&cfg, kind, origin)?;
         let mut base = nn::VarStore::new(device);
         base.set_kind(kind);
         let root = base.root();
@@ -235,26 +221,7 @@ impl Llama {
             frozen(&root.sub("lm_head"), "weight", &[v, h])?
         };
         let rotary = Rotary::new(&cfg, freq_factors, device)?;
-        let mut names: Vec<(String, Tensor)> = base.variables().into_iter().collect();
-        names.sort_by(|a, b| a.0.cmp(&b.0));
-        {
-            let _guard = tch::no_grad_guard();
-            for (name, mut var) in names {
-                let src = fetch(&name, &var.size())?
-                    .ok_or_else(|| TrainerError::model(origin, format!("missing tensor {name}")))?;
-                if src.size() != var.size() {
-                    return Err(TrainerError::model(
-                        origin,
-                        format!(
-                            "tensor {name}: expected shape {:?}, got {:?}",
-                            var.size(),
-                            src.size()
-                        ),
-                    ));
-                }
-                var.f_copy_(&src)?;
-            }
-        }
+        fill_vars(&base, fetch, origin)?;
         let mut llama = Llama {
             cfg,
             device,
@@ -275,129 +242,6 @@ impl Llama {
             llama.attach_lora(lora)?;
         }
         Ok(llama)
-    }
-
-    /// Attaches fresh LoRA adapters (PEFT initialisation: `lora_A` kaiming-uniform(a=√5),
-    /// `lora_B` zero; `lora_embedding_A` zero, `lora_embedding_B` normal) to every module named
-    /// in `cfg.target_modules`, in a new trainable f32 [`nn::VarStore`] on the model's device.
-    /// The model's output is unchanged until the adapters are trained.
-    ///
-    /// Errors: [`TrainerError::Config`] if adapters are already attached, `r` is 0, or a
-    /// target matches no module (supported: `q_proj k_proj v_proj o_proj gate_proj up_proj
-    /// down_proj embed_tokens`).
-    pub fn attach_lora(&mut self, cfg: &LoraConfig) -> Result<()> {
-        if self.lora_vs.is_some() {
-            return Err(TrainerError::Config {
-                key: "lora".to_string(),
-                message: "adapters are already attached".to_string(),
-            });
-        }
-        cfg.validate()?;
-        let vs = nn::VarStore::new(self.device);
-        let mut matched = vec![false; cfg.target_modules.len()];
-        let pad = self.cfg.pad_token_id;
-        for (module, slot) in self.adapter_slots() {
-            let Some(t) = cfg
-                .target_modules
-                .iter()
-                .position(|t| module_matches(&module, t))
-            else {
-                continue;
-            };
-            matched[t] = true;
-            let p = sub_path(vs.root(), &module);
-            match slot {
-                AdapterSlot::Linear(lin) => {
-                    let (out_f, in_f) = lin.weight.size2()?;
-                    lin.lora = Some(LoraLinear::new(p, in_f, out_f, cfg)?);
-                }
-                AdapterSlot::Embedding(emb) => {
-                    let (v, h) = emb.weight.size2()?;
-                    emb.lora = Some(LoraEmbedding::new(p, v, h, pad, cfg)?);
-                }
-            }
-        }
-        if let Some(missing) = cfg
-            .target_modules
-            .iter()
-            .zip(&matched)
-            .find(|(_, m)| !**m)
-            .map(|(t, _)| t)
-        {
-            for (_, slot) in self.adapter_slots() {
-                match slot {
-                    AdapterSlot::Linear(l) => l.lora = None,
-                    AdapterSlot::Embedding(e) => e.lora = None,
-                }
-            }
-            return Err(TrainerError::Config {
-                key: "lora.target_modules".to_string(),
-                message: format!(
-                    "{missing} matches no module; expected names among q_proj, k_proj, v_proj, \
-                     o_proj, gate_proj, up_proj, down_proj, embed_tokens"
-                ),
-            });
-        }
-        self.lora_vs = Some(vs);
-        self.lora_cfg = Some(cfg.clone());
-        Ok(())
-    }
-
-    /// Every adaptable module with its HF path (`model.layers.0.self_attn.q_proj`,
-    /// `model.embed_tokens`), in model order.
-    pub(crate) fn adapter_slots(&mut self) -> Vec<(String, AdapterSlot<'_>)> {
-        let mut slots = vec![(
-            "model.embed_tokens".to_string(),
-            AdapterSlot::Embedding(&mut self.embed_tokens),
-        )];
-        for (i, layer) in self.layers.iter_mut().enumerate() {
-            let a = &mut layer.self_attn;
-            let m = &mut layer.mlp;
-            let attn = format!("model.layers.{i}.self_attn");
-            let mlp = format!("model.layers.{i}.mlp");
-            slots.push((format!("{attn}.q_proj"), AdapterSlot::Linear(&mut a.q_proj)));
-            slots.push((format!("{attn}.k_proj"), AdapterSlot::Linear(&mut a.k_proj)));
-            slots.push((format!("{attn}.v_proj"), AdapterSlot::Linear(&mut a.v_proj)));
-            slots.push((format!("{attn}.o_proj"), AdapterSlot::Linear(&mut a.o_proj)));
-            slots.push((
-                format!("{mlp}.gate_proj"),
-                AdapterSlot::Linear(&mut m.gate_proj),
-            ));
-            slots.push((
-                format!("{mlp}.up_proj"),
-                AdapterSlot::Linear(&mut m.up_proj),
-            ));
-            slots.push((
-                format!("{mlp}.down_proj"),
-                AdapterSlot::Linear(&mut m.down_proj),
-            ));
-        }
-        slots
-    }
-
-    /// Drops the adapters (after [`crate::peft::merge_lora`] folded them in).
-    pub(crate) fn detach_lora(&mut self) {
-        for (_, slot) in self.adapter_slots() {
-            match slot {
-                AdapterSlot::Linear(l) => l.lora = None,
-                AdapterSlot::Embedding(e) => e.lora = None,
-            }
-        }
-        self.lora_vs = None;
-        self.lora_cfg = None;
-    }
-
-    /// Gives `lm_head` its own copy of the embedding, registered as `lm_head.weight` in the
-    /// base store, so that changing the embedding no longer changes the head. No-op when
-    /// already untied.
-    pub(crate) fn untie_lm_head(&mut self) -> Result<()> {
-        if !self.cfg.tie_word_embeddings {
-            return Ok(());
-        }
-        let copy = tch::no_grad(|| self.embed_tokens.weight.f_detach_copy())?;
-        self.lm_head = self.base.root().sub("lm_head").add("weight", copy, false);
-        self.cfg.tie_word_embeddings = false;
-        Ok(())
     }
 
     /// Final hidden states: `input_ids` `[B,T]` i64 and `position_ids` `[B,T]` i64 (any values
@@ -595,32 +439,6 @@ impl Llama {
         &self.cfg
     }
 
-    /// The trainable LoRA parameters (f32, PEFT names without the `base_model.model.`
-    /// prefix), or `None` without adapters. Hand `trainable_variables()` to the optimizer.
-    pub fn lora_var_store(&self) -> Option<&nn::VarStore> {
-        self.lora_vs.as_ref()
-    }
-
-    /// The LoRA parameters sorted by name (PEFT names without the `base_model.model.` prefix;
-    /// f32; `lora_A` `[r, in]`, `lora_B` `[out, r]`, `lora_embedding_A` `[r, vocab]`,
-    /// `lora_embedding_B` `[hidden, r]`), empty without adapters. The store itself is a hash
-    /// map that iterates in a different order in every process; anything that must agree
-    /// across processes or runs (collectives, seeded initialisation, checkpoints) walks this.
-    pub fn lora_parameters(&self) -> Vec<(String, Tensor)> {
-        let mut v: Vec<(String, Tensor)> = self
-            .lora_vs
-            .as_ref()
-            .map(|vs| vs.variables().into_iter().collect())
-            .unwrap_or_default();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v
-    }
-
-    /// The adapter configuration, or `None` without adapters.
-    pub fn lora_config(&self) -> Option<&LoraConfig> {
-        self.lora_cfg.as_ref()
-    }
-
     /// The frozen base weights, named as in HF safetensors.
     pub fn base_var_store(&self) -> &nn::VarStore {
         &self.base
@@ -637,13 +455,52 @@ impl Llama {
     }
 }
 
-/// PEFT's list matching (`check_target_module_exists`): the module's full name equals the
-/// target or ends with `.target`.
-pub(crate) fn module_matches(module: &str, target: &str) -> bool {
-    module == target
-        || module
-            .strip_suffix(target)
-            .is_some_and(|prefix| prefix.ends_with('.'))
+/// What [`Llama::from_weights`] can build: a consistent config ([`LlamaConfig::check`]), no
+/// sliding window, a float `kind`. Errors: [`TrainerError::Model`] naming `origin`;
+/// [`TrainerError::Config`] (`dtype`).
+fn check_buildable(cfg: &LlamaConfig, kind: Kind, origin: &Path) -> Result<()> {
+    cfg.check().map_err(|m| TrainerError::model(origin, m))?;
+    if let Some(window) = cfg.sliding_window {
+        return Err(TrainerError::model(
+            origin,
+            format!("sliding_window {window}: sliding-window attention is not supported"),
+        ));
+    }
+    if !matches!(
+        kind,
+        Kind::Float | Kind::BFloat16 | Kind::Half | Kind::Double
+    ) {
+        return Err(TrainerError::Config {
+            key: "dtype".to_string(),
+            message: format!("expected a float kind (f32, bf16, f16, f64), got {kind:?}"),
+        });
+    }
+    Ok(())
+}
+
+/// Copies every variable of `base` from `fetch(name, shape)`, in name order, without
+/// gradients. Errors: [`TrainerError::Model`] naming `origin` and the tensor (missing, or
+/// another shape); `fetch`'s own errors.
+fn fill_vars(base: &nn::VarStore, fetch: &mut FetchWeight, origin: &Path) -> Result<()> {
+    let mut names: Vec<(String, Tensor)> = base.variables().into_iter().collect();
+    names.sort_by(|a, b| a.0.cmp(&b.0));
+    let _guard = tch::no_grad_guard();
+    for (name, mut var) in names {
+        let src = fetch(&name, &var.size())?
+            .ok_or_else(|| TrainerError::model(origin, format!("missing tensor {name}")))?;
+        if src.size() != var.size() {
+            return Err(TrainerError::model(
+                origin,
+                format!(
+                    "tensor {name}: expected shape {:?}, got {:?}",
+                    var.size(),
+                    src.size()
+                ),
+            ));
+        }
+        var.f_copy_(&src)?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -663,15 +520,5 @@ mod tests {
             (v[0] - 1.0).abs() < 1e-7 && (v[1] - 0.01).abs() < 1e-8,
             "{v:?}"
         );
-    }
-
-    #[test]
-    fn module_matching_is_by_suffix() {
-        assert!(module_matches("model.layers.0.self_attn.q_proj", "q_proj"));
-        assert!(module_matches("model.embed_tokens", "embed_tokens"));
-        assert!(!module_matches(
-            "model.layers.0.self_attn.xq_proj",
-            "q_proj"
-        ));
     }
 }
