@@ -30,85 +30,12 @@ use crate::error::{EngineError, Result};
 use crate::model::Policy;
 use crate::replay::{hex, ReplayCache, Replaying, CACHE_DIR};
 use crate::sink::{Fingerprint, Manifest, Output, UnitRecord};
-use crate::source::{plan_units, Source, SourceItem, Unit};
+use crate::source::{plan_units, Source, SourceItem, Unit, UnitPlan};
 use crate::stage::{check_wiring, Reject, Rejects, RunStats, Stage, StageContext, StatsSnapshot};
 use crate::stages::{
     ChunkerStage, GeneratorStage, PositionsStage, QuestionsStage, SamplerStage, ScorerStage,
 };
 use crate::template::PromptTemplate;
-
-/// Which share of the units a process takes: those whose index ≡ `index` (mod `count`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Shard {
-    /// 0-based shard number, `< count`.
-    pub index: u64,
-    /// Number of shards, ≥ 1.
-    pub count: u64,
-}
-
-impl Default for Shard {
-    fn default() -> Self {
-        Self { index: 0, count: 1 }
-    }
-}
-
-impl std::fmt::Display for Shard {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}/{}", self.index, self.count)
-    }
-}
-
-impl std::str::FromStr for Shard {
-    type Err = String;
-    /// `I/N` with `0 <= I < N`.
-    fn from_str(s: &str) -> std::result::Result<Self, String> {
-        let bad = || format!("expected I/N with 0 <= I < N (e.g. 0/4), got {s:?}");
-        let (i, n) = s.split_once('/').ok_or_else(bad)?;
-        let (index, count): (u64, u64) = (
-            i.trim().parse().map_err(|_| bad())?,
-            n.trim().parse().map_err(|_| bad())?,
-        );
-        if count == 0 || index >= count {
-            return Err(bad());
-        }
-        Ok(Self { index, count })
-    }
-}
-
-impl Shard {
-    /// The shard of a Slurm job array task: `SLURM_ARRAY_TASK_ID` − `SLURM_ARRAY_TASK_MIN`
-    /// (0 when unset) of `SLURM_ARRAY_TASK_COUNT`; `None` outside an array.
-    /// Errors: the variables are set but do not form a shard (named in the message).
-    pub fn from_slurm_env() -> std::result::Result<Option<Self>, String> {
-        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-        let (Some(id), Some(count)) = (var("SLURM_ARRAY_TASK_ID"), var("SLURM_ARRAY_TASK_COUNT"))
-        else {
-            return Ok(None);
-        };
-        let num = |k: &str, v: &str| {
-            v.parse::<u64>()
-                .map_err(|_| format!("{k}={v:?} is not a number"))
-        };
-        let id = num("SLURM_ARRAY_TASK_ID", &id)?;
-        let count = num("SLURM_ARRAY_TASK_COUNT", &count)?;
-        let min = match var("SLURM_ARRAY_TASK_MIN") {
-            Some(m) => num("SLURM_ARRAY_TASK_MIN", &m)?,
-            None => 0,
-        };
-        let index = id.checked_sub(min).ok_or_else(|| {
-            format!("SLURM_ARRAY_TASK_ID={id} is below SLURM_ARRAY_TASK_MIN={min}")
-        })?;
-        format!("{index}/{count}")
-            .parse()
-            .map(Some)
-            .map_err(|e| format!("SLURM_ARRAY_TASK_* variables: {e}"))
-    }
-
-    /// True when unit `index` belongs to this shard.
-    pub fn takes(&self, index: u64) -> bool {
-        index % self.count == self.index
-    }
-}
 
 /// Options of one run that are not part of the pipeline file.
 #[derive(Debug, Clone, Default)]
@@ -229,55 +156,15 @@ fn unix_now() -> u64 {
 pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
     let started = Instant::now();
     let shard = opts.shard;
-    let plan = plan_units(
-        &cfg.source.paths,
-        cfg.sink.unit_rows as u64,
-        opts.limit.map(|l| l as u64),
-    )?;
-    let model_id = model_identity(cfg)?;
-    let fingerprint = Fingerprint::new(cfg, &plan, &model_id);
-    let (tokenizer, template) =
-        PromptTemplate::load(&cfg.model).map_err(|e| EngineError::Config {
-            key: "model".into(),
-            message: e.to_string(),
-        })?;
-    let backend = load_backend(cfg, &tokenizer, &template)?;
-    let output_dir = opts
-        .output
-        .clone()
-        .unwrap_or_else(|| cfg.sink.output.clone());
-    // Refuses another run's output here, before anything is written.
-    let mut output = Output::open(&output_dir, fingerprint, opts.overwrite)?;
-    let replay = Arc::new(ReplayCache::open(
-        &output_dir.join(CACHE_DIR),
-        &format!("generations-{}-of-{}.jsonl", shard.index, shard.count),
-        &model_id,
-    )?);
-    let backend: Arc<dyn GenerationBackend> = Arc::new(Replaying::new(backend, replay.clone()));
-    let stages = build_stages(cfg, backend, tokenizer, template)?;
-
-    let mine: Vec<Unit> = plan
-        .units
-        .iter()
-        .filter(|u| shard.takes(u.index))
-        .copied()
-        .collect();
-    let todo: Vec<Unit> = mine
-        .iter()
-        .filter(|u| !output.is_done(u.index))
-        .copied()
-        .collect();
-    let units_skipped = (mine.len() - todo.len()) as u64;
-    output.log(&serde_json::json!({
-        "event": "start",
-        "unix": unix_now(),
-        "pid": std::process::id(),
-        "shard": shard.to_string(),
-        "fingerprint": output.fingerprint().id,
-        "units_total": plan.units.len(),
-        "units_todo": todo.len(),
-        "units_skipped": units_skipped,
-    }))?;
+    let Opened {
+        plan,
+        output_dir,
+        mut output,
+        replay,
+        stages,
+        todo,
+        units_skipped,
+    } = open(cfg, opts)?;
     let mut source = Source::for_units(
         &plan,
         todo.clone(),
@@ -335,6 +222,85 @@ pub fn run(cfg: &PipelineConfig, opts: &RunOptions) -> Result<RunSummary> {
         replayed: replay.replayed(),
         generated: replay.generated(),
         seconds: timings.snapshot().seconds,
+    })
+}
+
+/// Everything a run opens before its first row flows.
+struct Opened {
+    plan: UnitPlan,
+    output_dir: PathBuf,
+    output: Output,
+    replay: Arc<ReplayCache>,
+    stages: Vec<Box<dyn Stage>>,
+    /// This shard's units not yet committed, in order.
+    todo: Vec<Unit>,
+    /// This shard's units found committed.
+    units_skipped: u64,
+}
+
+/// The part of [`run`] before any row flows: plans the units, fingerprints the run, loads the
+/// tokenizer, template and backend, opens the output (refusing another run's unless
+/// `opts.overwrite`) and the replay cache, builds the stages, and logs the start.
+/// Errors: as [`run`]'s before any work.
+fn open(cfg: &PipelineConfig, opts: &RunOptions) -> Result<Opened> {
+    let shard = opts.shard;
+    let plan = plan_units(
+        &cfg.source.paths,
+        cfg.sink.unit_rows as u64,
+        opts.limit.map(|l| l as u64),
+    )?;
+    let model_id = model_identity(cfg)?;
+    let fingerprint = Fingerprint::new(cfg, &plan, &model_id);
+    let (tokenizer, template) =
+        PromptTemplate::load(&cfg.model).map_err(|e| EngineError::Config {
+            key: "model".into(),
+            message: e.to_string(),
+        })?;
+    let backend = load_backend(cfg, &tokenizer, &template)?;
+    let output_dir = opts
+        .output
+        .clone()
+        .unwrap_or_else(|| cfg.sink.output.clone());
+    // Refuses another run's output here, before anything is written.
+    let output = Output::open(&output_dir, fingerprint, opts.overwrite)?;
+    let replay = Arc::new(ReplayCache::open(
+        &output_dir.join(CACHE_DIR),
+        &format!("generations-{}-of-{}.jsonl", shard.index, shard.count),
+        &model_id,
+    )?);
+    let backend: Arc<dyn GenerationBackend> = Arc::new(Replaying::new(backend, replay.clone()));
+    let stages = build_stages(cfg, backend, tokenizer, template)?;
+
+    let mine: Vec<Unit> = plan
+        .units
+        .iter()
+        .filter(|u| shard.takes(u.index))
+        .copied()
+        .collect();
+    let todo: Vec<Unit> = mine
+        .iter()
+        .filter(|u| !output.is_done(u.index))
+        .copied()
+        .collect();
+    let units_skipped = (mine.len() - todo.len()) as u64;
+    output.log(&serde_json::json!({
+        "event": "start",
+        "unix": unix_now(),
+        "pid": std::process::id(),
+        "shard": shard.to_string(),
+        "fingerprint": output.fingerprint().id,
+        "units_total": plan.units.len(),
+        "units_todo": todo.len(),
+        "units_skipped": units_skipped,
+    }))?;
+    Ok(Opened {
+        plan,
+        output_dir,
+        output,
+        replay,
+        stages,
+        todo,
+        units_skipped,
     })
 }
 
@@ -570,5 +536,7 @@ fn run_stage(
 }
 
 mod report;
+mod shard;
 
 pub use report::{format_status, format_summary};
+pub use shard::Shard;

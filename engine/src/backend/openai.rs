@@ -104,21 +104,6 @@ struct Choice {
     finish_reason: Option<String>,
 }
 
-#[derive(Deserialize)]
-struct ModelsResponse {
-    data: Vec<ModelEntry>,
-}
-
-#[derive(Deserialize)]
-struct ModelEntry {
-    id: String,
-}
-
-#[derive(Deserialize)]
-struct TokenizeResponse {
-    tokens: Vec<u32>,
-}
-
 /// `url` without a trailing `/` and without a trailing `/v1`.
 fn root_of(url: &str) -> String {
     let u = url.trim_end_matches('/');
@@ -190,62 +175,67 @@ impl OpenAi {
         } else {
             Vec::new()
         };
-        // Servers started with the job may still be loading (503) or not listening yet: until
-        // one answers, every endpoint is tried again with backoff for `unavailable_timeout_s`.
-        let started = Instant::now();
-        let mut attempt = 0;
-        loop {
-            let mut unreachable = Vec::new();
-            let mut retry_after = None;
-            for url in &cfg.endpoints {
-                let root = root_of(url);
-                match backend.check_endpoint(&root, &expected) {
-                    Ok(()) => backend.endpoints.push(Endpoint { root }),
-                    Err(Failure::Retry(why, after)) => {
-                        unreachable.push(format!("{root}: {why}"));
-                        retry_after = retry_after.or(after);
-                    }
-                    Err(Failure::Fatal(why)) => return Err(config_err("endpoints", why)),
-                }
-            }
-            if !backend.endpoints.is_empty() {
-                for why in &unreachable {
-                    tracing::warn!("generator.openai: {why}; this endpoint is left out");
-                }
-                break;
-            }
-            if started.elapsed().as_secs_f64() >= cfg.unavailable_timeout_s {
-                return Err(config_err(
-                    "endpoints",
-                    format!(
-                        "no endpoint answered within unavailable_timeout_s = {} s: {}",
-                        cfg.unavailable_timeout_s,
-                        unreachable.join("; ")
-                    ),
-                ));
-            }
-            let wait = backend.backoff(attempt, retry_after);
-            tracing::warn!(
-                "generator.openai: no endpoint answers yet ({}); trying again in {:.1} s",
-                unreachable.join("; "),
-                wait.as_secs_f64()
-            );
-            std::thread::sleep(wait);
-            attempt += 1;
-        }
-        let n = backend.endpoints.len();
-        *backend
-            .health
-            .get_mut()
-            .unwrap_or_else(PoisonError::into_inner) = vec![
-            Health {
-                in_flight: 0,
-                consecutive_failures: 0,
-                out_until: None,
-            };
-            n
-        ];
+        backend.admit_endpoints(&expected)?;
         Ok(backend)
+    }
+
+    /// Posts a completion `payload` until an endpoint answers it: picks an endpoint
+    /// ([`Self::pick`]), retries 429/5xx/timeouts with backoff, and waits for the probe while
+    /// every endpoint is out of the rotation. Returns the answer and the number of retries.
+    ///
+    /// Errors: [`EngineError::Model`]: a fatal answer (4xx other than 429, unreadable), or no
+    /// endpoint answered for `unavailable_timeout_s` (counted from the later of the first
+    /// failure and the last success of any request).
+    async fn post_with_retries(
+        &self,
+        payload: &serde_json::Value,
+    ) -> Result<(CompletionResponse, u32)> {
+        let timeout = Duration::from_secs_f64(self.cfg.unavailable_timeout_s);
+        let mut retries = 0u32;
+        let mut failing_since: Option<Instant> = None;
+        loop {
+            let outcome = match self.pick() {
+                Ok(i) => {
+                    let r = self.attempt(i, payload).await;
+                    self.done(i, !matches!(r, Err(Failure::Retry(..))));
+                    r
+                }
+                Err(back_at) => {
+                    // Every endpoint is out of the rotation: wait for the first probe.
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let last_ok = *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner);
+                    if since.max(last_ok).elapsed() > timeout {
+                        return Err(EngineError::Model(format!(
+                            "generator.openai: no endpoint answered for {} s \
+                             (generator.openai.unavailable_timeout_s); every endpoint is \
+                             out of the rotation",
+                            self.cfg.unavailable_timeout_s
+                        )));
+                    }
+                    let wait = back_at.saturating_duration_since(Instant::now());
+                    tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
+                    continue;
+                }
+            };
+            match outcome {
+                Ok(r) => return Ok((r, retries)),
+                Err(Failure::Fatal(m)) => return Err(EngineError::Model(m)),
+                Err(Failure::Retry(why, after)) => {
+                    let since = *failing_since.get_or_insert_with(Instant::now);
+                    let last_ok = *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner);
+                    if since.max(last_ok).elapsed() > timeout {
+                        return Err(EngineError::Model(format!(
+                            "generator.openai: no endpoint answered for {} s \
+                             (generator.openai.unavailable_timeout_s); last error: {why}",
+                            self.cfg.unavailable_timeout_s
+                        )));
+                    }
+                    tracing::debug!("generator.openai: retrying after {why}");
+                    tokio::time::sleep(self.backoff(retries, after)).await;
+                    retries += 1;
+                }
+            }
+        }
     }
 
     /// Replaces every occurrence of the API key in `text` (a server's error body) and cuts
@@ -304,86 +294,6 @@ impl OpenAi {
             return Err(Failure::Fatal(format!("{msg} ({hint})")));
         }
         Err(Failure::Fatal(msg))
-    }
-
-    /// The start-up checks of one endpoint (3 quick attempts when it does not answer).
-    fn check_endpoint(&self, root: &str, expected: &[u32]) -> std::result::Result<(), Failure> {
-        self.runtime.block_on(async {
-            let mut last = None;
-            for attempt in 0..3u32 {
-                if attempt > 0 {
-                    tokio::time::sleep(Duration::from_millis(500 << attempt)).await;
-                }
-                match self.check_once(root, expected).await {
-                    Err(Failure::Retry(why, _)) => last = Some(why),
-                    other => return other,
-                }
-            }
-            Err(Failure::Retry(last.unwrap_or_default(), None))
-        })
-    }
-
-    async fn check_once(&self, root: &str, expected: &[u32]) -> std::result::Result<(), Failure> {
-        let what = format!("GET {root}/v1/models");
-        let body = self
-            .send(
-                self.request(reqwest::Method::GET, format!("{root}/v1/models")),
-                &what,
-            )
-            .await?;
-        let models: ModelsResponse = serde_json::from_str(&body)
-            .map_err(|e| Failure::Fatal(format!("{what}: not a model list ({e})")))?;
-        if !models.data.iter().any(|m| m.id == self.cfg.model) {
-            let ids: Vec<&str> = models.data.iter().map(|m| m.id.as_str()).collect();
-            return Err(Failure::Fatal(format!(
-                "{root} does not serve generator.openai.model {:?} (it serves {ids:?})",
-                self.cfg.model
-            )));
-        }
-        if !self.cfg.check_tokenizer {
-            return Ok(());
-        }
-        let what = format!("POST {root}/tokenize");
-        let payload = serde_json::json!({
-            "model": self.cfg.model,
-            "content": TOKENIZER_PROBE,
-            "prompt": TOKENIZER_PROBE,
-            "add_special": false,
-            "add_special_tokens": false,
-            "parse_special": false,
-        });
-        let body = self
-            .send(
-                self.request(reqwest::Method::POST, format!("{root}/tokenize"))
-                    .json(&payload),
-                &what,
-            )
-            .await
-            .map_err(|f| match f {
-                Failure::Fatal(m) => Failure::Fatal(format!(
-                    "{m} (cannot compare tokenizers; set generator.openai.check_tokenizer: \
-                     false for a server without /tokenize)"
-                )),
-                retry => retry,
-            })?;
-        let got: TokenizeResponse = serde_json::from_str(&body)
-            .map_err(|e| Failure::Fatal(format!("{what}: no token list ({e})")))?;
-        if got.tokens != expected {
-            let at = got
-                .tokens
-                .iter()
-                .zip(expected)
-                .position(|(a, b)| a != b)
-                .unwrap_or(got.tokens.len().min(expected.len()));
-            return Err(Failure::Fatal(format!(
-                "{root} tokenises differently from logo's tokenizer (model.path / \
-                 model.tokenizer): the probe {TOKENIZER_PROBE:?} gives {} ids there, {} here, \
-                 first difference at id {at}",
-                got.tokens.len(),
-                expected.len()
-            )));
-        }
-        Ok(())
     }
 
     /// The endpoint to use now (least requests in flight among those in the rotation, ties
@@ -507,54 +417,7 @@ impl GenerationBackend for OpenAi {
         if !self.stop_ids.is_empty() {
             payload["stop_token_ids"] = serde_json::json!(self.stop_ids);
         }
-        let timeout = Duration::from_secs_f64(self.cfg.unavailable_timeout_s);
-        let (resp, retries) = self.runtime.block_on(async {
-            let mut retries = 0u32;
-            let mut failing_since: Option<Instant> = None;
-            loop {
-                let outcome = match self.pick() {
-                    Ok(i) => {
-                        let r = self.attempt(i, &payload).await;
-                        self.done(i, !matches!(r, Err(Failure::Retry(..))));
-                        r
-                    }
-                    Err(back_at) => {
-                        // Every endpoint is out of the rotation: wait for the first probe.
-                        let since = *failing_since.get_or_insert_with(Instant::now);
-                        let last_ok = *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner);
-                        if since.max(last_ok).elapsed() > timeout {
-                            return Err(EngineError::Model(format!(
-                                "generator.openai: no endpoint answered for {} s \
-                                 (generator.openai.unavailable_timeout_s); every endpoint is \
-                                 out of the rotation",
-                                self.cfg.unavailable_timeout_s
-                            )));
-                        }
-                        let wait = back_at.saturating_duration_since(Instant::now());
-                        tokio::time::sleep(wait.max(Duration::from_millis(10))).await;
-                        continue;
-                    }
-                };
-                match outcome {
-                    Ok(r) => return Ok((r, retries)),
-                    Err(Failure::Fatal(m)) => return Err(EngineError::Model(m)),
-                    Err(Failure::Retry(why, after)) => {
-                        let since = *failing_since.get_or_insert_with(Instant::now);
-                        let last_ok = *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner);
-                        if since.max(last_ok).elapsed() > timeout {
-                            return Err(EngineError::Model(format!(
-                                "generator.openai: no endpoint answered for {} s \
-                                 (generator.openai.unavailable_timeout_s); last error: {why}",
-                                self.cfg.unavailable_timeout_s
-                            )));
-                        }
-                        tracing::debug!("generator.openai: retrying after {why}");
-                        tokio::time::sleep(self.backoff(retries, after)).await;
-                        retries += 1;
-                    }
-                }
-            }
-        })?;
+        let (resp, retries) = self.runtime.block_on(self.post_with_retries(&payload))?;
         let choice = resp.choices.into_iter().next().ok_or_else(|| {
             EngineError::Model("generator.openai: a completion without choices".into())
         })?;
@@ -597,6 +460,8 @@ impl GenerationBackend for OpenAi {
         })
     }
 }
+
+mod startup;
 
 #[cfg(test)]
 mod tests {

@@ -8,7 +8,7 @@ use std::io::{BufReader, Cursor};
 use std::path::Path;
 
 use candle_core::quantized::{gguf_file, GgmlDType, QTensor};
-use candle_core::Device;
+use candle_core::{Device, Tensor};
 use candle_transformers::models::quantized_llama::ModelWeights;
 
 use logo_formats::gguf::{hf_name, permuted_heads, HeadCounts, OUTPUT, TOKEN_EMBD};
@@ -133,7 +133,6 @@ pub(super) fn convert_weights(
         let qt = content
             .tensor(reader, source, &device)
             .map_err(|e| model_err(path, format!("tensor {source}: {e}")))?;
-        let row = qt.shape().dims().last().copied().unwrap_or(0);
         let hf = hf_name(&name).unwrap_or_default();
         let delta = match adapter.and_then(|a| a.get(&hf)) {
             // Deltas are in the HF layout; GGUF stores q/k rows permuted.
@@ -143,43 +142,7 @@ pub(super) fn convert_weights(
             }),
             None => None,
         };
-        // Adapted tensors are kept f32 under `native`: requantising to 4 bits would blur the
-        // delta.
-        let want = match (target, &delta) {
-            (Some(t), _) => t,
-            (None, Some(_)) => GgmlDType::F32,
-            (None, None) => qt.dtype(),
-        };
-        let want = if row % want.block_size() == 0 {
-            want
-        } else {
-            GgmlDType::F32
-        };
-        let qt = match delta {
-            None if qt.dtype() == want || qt.dtype() == GgmlDType::F32 => qt,
-            None => QTensor::quantize(&qt.dequantize(&device)?, want)
-                .map_err(|e| model_err(path, format!("requantising {name} to {want:?}: {e}")))?,
-            Some(delta) => {
-                let dense = qt.dequantize(&device)?;
-                if dense.dims() != delta.dims() {
-                    return Err(model_err(
-                        path,
-                        format!(
-                            "adapter {}: delta for {name} has shape {:?}, the model's tensor {:?} \
-                             (an adapter for another base model?)",
-                            adapter
-                                .map(|a| a.dir.display().to_string())
-                                .unwrap_or_default(),
-                            delta.dims(),
-                            dense.dims()
-                        ),
-                    ));
-                }
-                QTensor::quantize(&(dense + &delta)?, want).map_err(|e| {
-                    model_err(path, format!("storing adapted {name} as {want:?}: {e}"))
-                })?
-            }
-        };
+        let qt = convert_tensor(qt, &name, delta, target, adapter, path)?;
         tensors.push((name, qt));
     }
     // The model reads only `general.*` and `llama.*` keys; the tokenizer arrays stay behind.
@@ -199,4 +162,57 @@ pub(super) fn convert_weights(
     let converted = gguf_file::Content::read(&mut buf)
         .map_err(|e| model_err(path, format!("reading the converted GGUF: {e}")))?;
     ModelWeights::from_gguf(converted, &mut buf, &device).map_err(|e| model_err(path, e))
+}
+
+/// One tensor of [`convert_weights`]: `qt` stored as `target` (`None`: its own type, f32 when
+/// `delta` is given), its LoRA `delta` (HF layout already permuted to GGUF's) added first; a
+/// tensor whose rows are not whole blocks of the type, and every F32 tensor, stays f32.
+/// Errors: [`EngineError::Model`] naming `path` and the tensor: a delta of another shape (an
+/// adapter for another base model), or candle failing to (re)quantise.
+fn convert_tensor(
+    qt: QTensor,
+    name: &str,
+    delta: Option<Tensor>,
+    target: Option<GgmlDType>,
+    adapter: Option<&LoraDeltas>,
+    path: &Path,
+) -> Result<QTensor> {
+    let device = Device::Cpu;
+    let row = qt.shape().dims().last().copied().unwrap_or(0);
+    // Adapted tensors are kept f32 under `native`: requantising to 4 bits would blur the
+    // delta.
+    let want = match (target, &delta) {
+        (Some(t), _) => t,
+        (None, Some(_)) => GgmlDType::F32,
+        (None, None) => qt.dtype(),
+    };
+    let want = if row % want.block_size() == 0 {
+        want
+    } else {
+        GgmlDType::F32
+    };
+    Ok(match delta {
+        None if qt.dtype() == want || qt.dtype() == GgmlDType::F32 => qt,
+        None => QTensor::quantize(&qt.dequantize(&device)?, want)
+            .map_err(|e| model_err(path, format!("requantising {name} to {want:?}: {e}")))?,
+        Some(delta) => {
+            let dense = qt.dequantize(&device)?;
+            if dense.dims() != delta.dims() {
+                return Err(model_err(
+                    path,
+                    format!(
+                        "adapter {}: delta for {name} has shape {:?}, the model's tensor {:?} \
+                         (an adapter for another base model?)",
+                        adapter
+                            .map(|a| a.dir.display().to_string())
+                            .unwrap_or_default(),
+                        delta.dims(),
+                        dense.dims()
+                    ),
+                ));
+            }
+            QTensor::quantize(&(dense + &delta)?, want)
+                .map_err(|e| model_err(path, format!("storing adapted {name} as {want:?}: {e}")))?
+        }
+    })
 }

@@ -33,6 +33,12 @@
 //! `derive_seed(cfg.seed, ["generator", s, r, "regenerate", a])` after, at temperature
 //! `max(temperature, regenerate_temperature)`; so the output does not depend on batch
 //! boundaries or on the order in which the server answers.
+//!
+//! Why this file is over 600 lines: a stage is one file implementing one trait (the
+//! project's layout), and this one is a single state machine: each row becomes a [`Plan`]
+//! whose response slots are requested, judged (length, duplicates), regenerated and finished
+//! into one output row; splitting the steps of that machine across files would separate
+//! code that reads the same private struct. Its tests are in `generator/tests.rs`.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -109,6 +115,37 @@ struct Slot {
     seed: u64,
     result: Option<Completion>,
     pending: bool,
+}
+
+/// One finished response of a [`Plan`], as the sample stores it.
+struct Response {
+    text: String,
+    /// The response's token ids, the end of turn appended.
+    input_ids: Vec<u32>,
+    /// `stop`, or `reference` for the dataset's answer.
+    finish_reason: String,
+    /// The sampling seed (0 for the reference).
+    seed: u64,
+    /// The model that wrote it (as the backend names it).
+    model: String,
+}
+
+impl Response {
+    /// The response of a completed `slot`; `end` (the end of turn) is appended, as only a
+    /// response the model ended itself is kept.
+    fn generated(slot: Slot, end: u32) -> Response {
+        let c = slot.result.expect("complete");
+        debug_assert_eq!(c.finish_reason, FinishReason::Stop);
+        let mut input_ids = c.token_ids;
+        input_ids.push(end);
+        Response {
+            text: c.text,
+            input_ids,
+            finish_reason: c.finish_reason.as_str().into(),
+            seed: slot.seed,
+            model: c.model,
+        }
+    }
 }
 
 /// One sample of a batch while its responses are generated.
@@ -442,53 +479,45 @@ impl GeneratorStage {
         let end = self.template.end_of_turn();
         let mut slots = plan.slots.into_iter();
         let chosen_slot = slots.next().flatten();
-        let take = |slot: Slot| -> (String, Vec<u32>, String, u64, String) {
-            let c = slot.result.expect("complete");
-            let mut ids = c.token_ids;
-            // Only a response the model ended itself gets the end of turn.
-            debug_assert_eq!(c.finish_reason, FinishReason::Stop);
-            ids.push(end);
-            (
-                c.text,
-                ids,
-                c.finish_reason.as_str().into(),
-                slot.seed,
-                c.model,
-            )
+        let (chosen, chosen_origin) = match (plan.reference, chosen_slot) {
+            (Some(answer), _) => {
+                let mut input_ids = encode_text(&self.tokenizer, &answer)?;
+                input_ids.push(end);
+                let chosen = Response {
+                    text: answer,
+                    input_ids,
+                    finish_reason: "reference".into(),
+                    seed: 0,
+                    model: self.generator.clone(),
+                };
+                (chosen, "reference")
+            }
+            (None, Some(slot)) => (Response::generated(slot, end), "generated"),
+            (None, None) => {
+                return Err(EngineError::Internal(
+                    "generator: neither a reference nor a chosen response".into(),
+                ))
+            }
         };
-        let mut model = self.generator.clone();
-        let (chosen, chosen_input_ids, chosen_origin, chosen_finish_reason, chosen_seed) =
-            match (plan.reference, chosen_slot) {
-                (Some(answer), _) => {
-                    let mut ids = encode_text(&self.tokenizer, &answer)?;
-                    ids.push(end);
-                    (answer, ids, "reference", "reference".to_string(), None)
-                }
-                (None, Some(slot)) => {
-                    let (text, ids, finish, seed, m) = take(slot);
-                    model = m;
-                    (text, ids, "generated", finish, Some(seed))
-                }
-                (None, None) => {
-                    return Err(EngineError::Internal(
-                        "generator: neither a reference nor a chosen response".into(),
-                    ))
-                }
-            };
-        let m = plan.row.rejected_chunk_ids.len();
+        let responses = slots
+            .map(|slot| {
+                let slot = slot.ok_or_else(|| {
+                    EngineError::Internal("generator: a rejected response without a prompt".into())
+                })?;
+                Ok(Response::generated(slot, end))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        // The model that answered last (a server may name a revision); the reference has none.
+        let model = responses.last().map_or(&chosen.model, |r| &r.model).clone();
+        let m = responses.len();
         let (mut rejected, mut rejected_input_ids) = (Vec::with_capacity(m), Vec::with_capacity(m));
         let (mut rejected_finish_reason, mut rejected_seed) =
             (Vec::with_capacity(m), Vec::with_capacity(m));
-        for slot in slots {
-            let slot = slot.ok_or_else(|| {
-                EngineError::Internal("generator: a rejected response without a prompt".into())
-            })?;
-            let (text, ids, finish, seed, m) = take(slot);
-            rejected.push(text);
-            rejected_input_ids.push(ids);
-            rejected_finish_reason.push(finish);
-            rejected_seed.push(seed);
-            model = m;
+        for r in responses {
+            rejected.push(r.text);
+            rejected_input_ids.push(r.input_ids);
+            rejected_finish_reason.push(r.finish_reason);
+            rejected_seed.push(r.seed);
         }
         let row = plan.row;
         let context_chunk_scores = row
@@ -502,8 +531,8 @@ impl GeneratorStage {
             context_chunk_scores,
             prompt_input_ids: plan.prompt_input_ids,
             prompt_segments: plan.prompt_segments,
-            chosen,
-            chosen_input_ids,
+            chosen: chosen.text,
+            chosen_input_ids: chosen.input_ids,
             chosen_origin: chosen_origin.into(),
             rejected,
             rejected_input_ids,
@@ -512,9 +541,9 @@ impl GeneratorStage {
             generator_settings: self.settings.clone(),
             chosen_chunk_ids: row.chosen_chunk_ids,
             rejected_chunk_ids: row.rejected_chunk_ids,
-            chosen_finish_reason,
+            chosen_finish_reason: chosen.finish_reason,
             rejected_finish_reason,
-            chosen_seed,
+            chosen_seed: (chosen_origin == "generated").then_some(chosen.seed),
             rejected_seed,
             generator_model: model,
         }))
