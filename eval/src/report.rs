@@ -50,89 +50,14 @@ impl Report {
     /// Builds the table from `models`: NIAH mean recall and recall per context length; QA F1,
     /// ROUGE-L and EM per file and their mean over files; perplexity per context length.
     pub fn new(models: Vec<ModelReport>) -> Report {
-        let mut table = Vec::new();
-        let mut push = |metric: String, higher: bool, get: &dyn Fn(&ModelReport) -> Option<f64>| {
-            let values: Vec<Option<f64>> = models.iter().map(get).collect();
-            if values.iter().all(Option::is_none) {
-                return;
-            }
-            let delta = match values.as_slice() {
-                [Some(a), Some(b)] => Some(b - a),
-                _ => None,
-            };
-            table.push(TableRow {
-                metric,
-                higher_is_better: higher,
-                values,
-                delta,
-            });
+        let mut rows = Rows {
+            models: &models,
+            rows: Vec::new(),
         };
-        let first = models.first();
-        if let Some(niah) = first.and_then(|m| m.niah.as_ref()) {
-            push("NIAH recall (mean)".into(), true, &|m| {
-                m.niah.as_ref().map(|n| n.mean_recall)
-            });
-            for &l in &niah.context_lengths {
-                push(format!("NIAH recall @ {l}"), true, &|m| {
-                    let n = m.niah.as_ref()?;
-                    let cells: Vec<f64> = n
-                        .results
-                        .iter()
-                        .filter(|r| r.case.context_length == l)
-                        .map(|r| r.recall)
-                        .collect();
-                    (!cells.is_empty()).then(|| cells.iter().sum::<f64>() / cells.len() as f64)
-                });
-            }
-        }
-        if let Some(qa) = first.and_then(|m| m.qa.as_ref()) {
-            let names: Vec<String> = qa.files.iter().map(|f| f.file.clone()).collect();
-            for name in &names {
-                let file = |m: &ModelReport| {
-                    m.qa.as_ref()?
-                        .files
-                        .iter()
-                        .find(|f| &f.file == name)
-                        .map(|f| f.mean)
-                };
-                push(format!("QA F1 {name}"), true, &|m| file(m).map(|s| s.f1));
-                push(format!("QA ROUGE-L {name}"), true, &|m| {
-                    file(m).map(|s| s.rouge_l)
-                });
-                push(format!("QA EM {name}"), true, &|m| {
-                    file(m).map(|s| s.exact_match)
-                });
-            }
-            if names.len() > 1 {
-                push("QA F1 (mean of files)".into(), true, &|m| {
-                    m.qa.as_ref().map(|q| q.mean.f1)
-                });
-                push("QA ROUGE-L (mean of files)".into(), true, &|m| {
-                    m.qa.as_ref().map(|q| q.mean.rouge_l)
-                });
-                push("QA EM (mean of files)".into(), true, &|m| {
-                    m.qa.as_ref().map(|q| q.mean.exact_match)
-                });
-            }
-        }
-        if let Some(ppl) = first.and_then(|m| m.perplexity.as_ref()) {
-            for p in &ppl.points {
-                let l = p.context_length;
-                let mark = if p.beyond_model_limit {
-                    " (beyond limit)"
-                } else {
-                    ""
-                };
-                push(format!("PPL @ {l}{mark}"), false, &|m| {
-                    m.perplexity
-                        .as_ref()?
-                        .points
-                        .iter()
-                        .find(|q| q.context_length == l)
-                        .map(|q| q.perplexity)
-                });
-            }
-        }
+        rows.niah();
+        rows.qa();
+        rows.perplexity();
+        let table = rows.rows;
         Report { models, table }
     }
 
@@ -176,6 +101,110 @@ impl Report {
             out.push('\n');
         }
         out
+    }
+}
+
+/// The rows of [`Report::table`] while they are built: each reads one metric from every model
+/// (the first model decides which rows exist).
+struct Rows<'a> {
+    models: &'a [ModelReport],
+    rows: Vec<TableRow>,
+}
+
+impl Rows<'_> {
+    /// Adds the row `metric` when some model has a value; Δ when there are exactly two.
+    fn push(&mut self, metric: String, higher: bool, get: &dyn Fn(&ModelReport) -> Option<f64>) {
+        let values: Vec<Option<f64>> = self.models.iter().map(get).collect();
+        if values.iter().all(Option::is_none) {
+            return;
+        }
+        let delta = match values.as_slice() {
+            [Some(a), Some(b)] => Some(b - a),
+            _ => None,
+        };
+        self.rows.push(TableRow {
+            metric,
+            higher_is_better: higher,
+            values,
+            delta,
+        });
+    }
+
+    /// NIAH mean recall, then recall per context length (mean over depths).
+    fn niah(&mut self) {
+        if let Some(niah) = self.models.first().and_then(|m| m.niah.as_ref()) {
+            self.push("NIAH recall (mean)".into(), true, &|m| {
+                m.niah.as_ref().map(|n| n.mean_recall)
+            });
+            for &l in &niah.context_lengths {
+                self.push(format!("NIAH recall @ {l}"), true, &|m| {
+                    let n = m.niah.as_ref()?;
+                    let cells: Vec<f64> = n
+                        .results
+                        .iter()
+                        .filter(|r| r.case.context_length == l)
+                        .map(|r| r.recall)
+                        .collect();
+                    (!cells.is_empty()).then(|| cells.iter().sum::<f64>() / cells.len() as f64)
+                });
+            }
+        }
+    }
+
+    /// QA F1, ROUGE-L and EM per file, then their means over files when there are several.
+    fn qa(&mut self) {
+        if let Some(qa) = self.models.first().and_then(|m| m.qa.as_ref()) {
+            let names: Vec<String> = qa.files.iter().map(|f| f.file.clone()).collect();
+            for name in &names {
+                let file = |m: &ModelReport| {
+                    m.qa.as_ref()?
+                        .files
+                        .iter()
+                        .find(|f| &f.file == name)
+                        .map(|f| f.mean)
+                };
+                self.push(format!("QA F1 {name}"), true, &|m| file(m).map(|s| s.f1));
+                self.push(format!("QA ROUGE-L {name}"), true, &|m| {
+                    file(m).map(|s| s.rouge_l)
+                });
+                self.push(format!("QA EM {name}"), true, &|m| {
+                    file(m).map(|s| s.exact_match)
+                });
+            }
+            if names.len() > 1 {
+                self.push("QA F1 (mean of files)".into(), true, &|m| {
+                    m.qa.as_ref().map(|q| q.mean.f1)
+                });
+                self.push("QA ROUGE-L (mean of files)".into(), true, &|m| {
+                    m.qa.as_ref().map(|q| q.mean.rouge_l)
+                });
+                self.push("QA EM (mean of files)".into(), true, &|m| {
+                    m.qa.as_ref().map(|q| q.mean.exact_match)
+                });
+            }
+        }
+    }
+
+    /// Perplexity per context length, marked when beyond the model's limit.
+    fn perplexity(&mut self) {
+        if let Some(ppl) = self.models.first().and_then(|m| m.perplexity.as_ref()) {
+            for p in &ppl.points {
+                let l = p.context_length;
+                let mark = if p.beyond_model_limit {
+                    " (beyond limit)"
+                } else {
+                    ""
+                };
+                self.push(format!("PPL @ {l}{mark}"), false, &|m| {
+                    m.perplexity
+                        .as_ref()?
+                        .points
+                        .iter()
+                        .find(|q| q.context_length == l)
+                        .map(|q| q.perplexity)
+                });
+            }
+        }
     }
 }
 
