@@ -33,6 +33,18 @@ pub fn run(name: &str, args: &[&str]) -> Output {
         .expect("binary starts")
 }
 
+/// Runs `scripts/<name>` of the checkout with `python3` and `args`; returns its output.
+pub fn python_script(name: &str, args: &[&Path]) -> Output {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("../scripts")
+        .join(name);
+    Command::new("python3")
+        .arg(script)
+        .args(args)
+        .output()
+        .expect("python3 runs")
+}
+
 /// `../shared/data` of the checkout, if present.
 pub fn shared_data() -> Option<PathBuf> {
     let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../shared/data");

@@ -2,19 +2,11 @@
 //! `scripts/check-import-cycles.py` passes on the workspace, and fails, naming the circle and
 //! the imports that make it, on a crate where one is planted.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
-
-fn script() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../scripts/check-import-cycles.py")
-}
+use std::path::Path;
+use std::process::Output;
 
 fn check(args: &[&Path]) -> Output {
-    Command::new("python3")
-        .arg(script())
-        .args(args)
-        .output()
-        .expect("python3 runs")
+    logo_tests::python_script("check-import-cycles.py", args)
 }
 
 #[test]
