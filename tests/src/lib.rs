@@ -33,16 +33,22 @@ pub fn run(name: &str, args: &[&str]) -> Output {
         .expect("binary starts")
 }
 
-/// Runs `scripts/<name>` of the checkout with `python3` and `args`; returns its output.
-pub fn python_script(name: &str, args: &[&Path]) -> Output {
+/// Runs `scripts/<name>` of the checkout with `python3` and `args`; returns its exit code and
+/// its stdout followed by its stderr.
+pub fn python_script(name: &str, args: &[&Path]) -> (Option<i32>, String) {
     let script = Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("../scripts")
         .join(name);
-    Command::new("python3")
+    let out = Command::new("python3")
         .arg(script)
         .args(args)
         .output()
-        .expect("python3 runs")
+        .expect("python3 runs");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    (
+        out.status.code(),
+        text + &String::from_utf8_lossy(&out.stderr),
+    )
 }
 
 /// `../shared/data` of the checkout, if present.
