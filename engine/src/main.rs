@@ -76,15 +76,7 @@ enum Command {
 
 fn main() -> ExitCode {
     logo_env::cli::reset_sigpipe();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("LOGO_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
-        )
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .without_time()
-        .init();
+    logo_env::cli::init_logging();
     match run(Cli::parse()) {
         Ok(code) => code,
         Err(e) => {

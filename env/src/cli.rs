@@ -1,5 +1,6 @@
 //! What the three binaries (`logo-engine`, `logo-trainer`, `logo-eval`) share in their
-//! `main`: one way to print an error, and the usual end when the reader of stdout goes away.
+//! `main`: one way to log and to print an error, and the usual end when the reader of stdout
+//! goes away.
 
 use std::error::Error;
 
@@ -13,6 +14,22 @@ pub fn reset_sigpipe() {
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }
+}
+
+/// Sends `tracing` events to stderr, filtered by `LOGO_LOG` (an `EnvFilter` directive such as
+/// `info` or `logo_engine=debug`; default `warn`), one line each without time or module path.
+/// Call once, first thing in `main`, after [`reset_sigpipe`]; a second call panics (the
+/// global subscriber is already set).
+pub fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            EnvFilter::try_from_env("LOGO_LOG").unwrap_or_else(|_| EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .without_time()
+        .init();
 }
 
 /// The error and its causes on one line, `outer: inner: innermost`, for the final message of

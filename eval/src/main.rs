@@ -266,6 +266,7 @@ fn perplexity_task(
 
 fn main() -> ExitCode {
     logo_env::cli::reset_sigpipe();
+    logo_env::cli::init_logging();
     let cli = Cli::parse();
     let plan = match plan(&cli) {
         Ok(p) => p,
