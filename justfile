@@ -70,7 +70,7 @@ gpu-bundle: build
 gpu-check:
     scripts/gpu-check.sh
 
-# The experiment of issue 12 from a config (experiments/tiny.yaml: dry run; cpu.yaml; gpu.yaml):
-# split by document, LOGO data, sweep on validation, SFT/SimPO/LOGO, test, report (resumable).
-experiment config="experiments/tiny.yaml": build
-    python3 scripts/experiment.py {{config}}
+# The LOGO experiment from a config (experiments/tiny.yaml: dry run; cpu.yaml; gpu.yaml), in
+# committed stages: --status, --next [--commit], --all, --report (see scripts/experiment.py).
+experiment config="experiments/tiny.yaml" *flags: build
+    python3 scripts/experiment.py {{config}} {{flags}}

@@ -151,7 +151,9 @@ pub mod col {
     pub const CHOSEN_ORIGIN: &str = "chosen_origin";
     /// List<Utf8>: the M dis-preferred responses y_l^(1..M).
     pub const REJECTED: &str = "rejected";
-    /// List<List<UInt32>>: token ids of each y_l, each ending with the end-of-turn token.
+    /// List<List<UInt32>>: token ids of each y_l, ending with the end-of-turn token when the
+    /// model ended it (`rejected_finish_reason` `stop`); a kept cut response (`length`) ends
+    /// with its last generated token.
     pub const REJECTED_INPUT_IDS: &str = "rejected_input_ids";
     /// Utf8: `continuous` or `sparse` (Appendix D).
     pub const POSITION_STRATEGY: &str = "position_strategy";
@@ -164,7 +166,10 @@ pub mod col {
     /// Utf8: why the preferred response ended: `stop` (the model generated an end-of-turn or
     /// end-of-text token), or `reference` (the source's answer, not generated).
     pub const CHOSEN_FINISH_REASON: &str = "chosen_finish_reason";
-    /// List<Utf8>: per dis-preferred response, why it ended (`stop`).
+    /// List<Utf8>: per dis-preferred response, why it ended: `stop` (the model ended it; its
+    /// ids end with the end of turn), or `length` (cut at `max_new_tokens` and kept, under the
+    /// engine's `generator.on_length.rejected: keep`: its ids are exactly the tokens the model
+    /// wrote, with no end of turn appended).
     pub const REJECTED_FINISH_REASON: &str = "rejected_finish_reason";
     /// UInt64, nullable: sampling seed of the preferred response (null for a reference).
     pub const CHOSEN_SEED: &str = "chosen_seed";

@@ -28,6 +28,11 @@ pub struct TrainConfig {
     pub optim: AdamWConfig,
     /// Optimizer steps; `None`: one pass over the data.
     pub max_steps: Option<usize>,
+    /// Stop after this optimizer step, leaving `checkpoint-{step}/` to resume from, without the
+    /// final adapter and `summary.json`; the learning-rate schedule still runs to `max_steps`.
+    /// For runs cut into parts that each fit a time limit. `None`: run to the end.
+    #[serde(default)]
+    pub stop_after_step: Option<usize>,
     /// Samples per micro-batch on each rank (each is M + 1 sequences).
     pub batch_size: usize,
     /// Micro-batches per optimizer step.
@@ -82,6 +87,7 @@ impl Default for TrainConfig {
             lora: LoraConfig::default(),
             optim: AdamWConfig::default(),
             max_steps: None,
+            stop_after_step: None,
             batch_size: 1,
             grad_accum: 1,
             warmup_steps: 0,
@@ -213,6 +219,9 @@ impl TrainConfig {
             },
         )?;
         require("--max-steps", self.max_steps != Some(0), || {
+            "must be >= 1".into()
+        })?;
+        require("--stop-after-step", self.stop_after_step != Some(0), || {
             "must be >= 1".into()
         })?;
         require(

@@ -170,6 +170,10 @@ struct TrainArgs {
     /// Optimizer steps (default: one pass over the data).
     #[arg(long)]
     max_steps: Option<usize>,
+    /// Stop after this step with a checkpoint to --resume from (no final adapter); the
+    /// learning-rate schedule still runs to --max-steps. For runs cut into timed parts.
+    #[arg(long, value_name = "STEP")]
+    stop_after_step: Option<usize>,
     /// Samples per micro-batch (each sample is M + 1 sequences).
     #[arg(long, default_value_t = defaults().batch_size)]
     batch_size: usize,
@@ -408,6 +412,7 @@ impl TrainArgs {
                 ..AdamWConfig::default()
             },
             max_steps: self.max_steps,
+            stop_after_step: self.stop_after_step,
             batch_size: self.batch_size,
             grad_accum: self.grad_accum,
             warmup_steps: self.warmup_steps,

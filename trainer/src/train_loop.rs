@@ -164,6 +164,9 @@ pub fn train_with(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainS
         let mut trainer = Trainer::new(cfg, &mut *coll)?;
         while !trainer.done() {
             trainer.step()?;
+            if trainer.stop_due() {
+                return trainer.stop();
+            }
             if trainer.checkpoint_due() {
                 trainer.save()?;
             }
@@ -275,6 +278,27 @@ impl<'c> Trainer<'c> {
     /// Whether every step of the run is done.
     pub fn done(&self) -> bool {
         self.step >= self.total_steps
+    }
+
+    /// Whether the run stops after the step just done (`stop_after_step`, before the last
+    /// step).
+    pub fn stop_due(&self) -> bool {
+        self.cfg.stop_after_step == Some(self.step) && self.step < self.total_steps
+    }
+
+    /// Ends a run cut at `stop_after_step`: rank 0 saves `checkpoint-{step}/` (to `--resume`
+    /// from) and nothing else, then every rank waits for the others. The summary's `steps` is
+    /// the step reached. Errors: as [`Trainer::save`], [`TrainerError::Dist`].
+    pub fn stop(self) -> Result<TrainSummary> {
+        self.bar.finish_and_clear();
+        self.save()?;
+        self.coll.barrier()?;
+        Ok(TrainSummary {
+            steps: self.step,
+            metrics: self.run_metrics,
+            adapter: self.cfg.output.clone(),
+            objective: self.cfg.loss.objective,
+        })
     }
 
     /// Whether a checkpoint is due after the step just done (every `save_steps`; the last step

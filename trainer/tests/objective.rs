@@ -16,35 +16,38 @@ use logo_trainer::shared_prompt::backward_shared_prompt;
 use logo_trainer::train_loop::{backward_joint, train, TrainerState};
 use tch::{Device, Kind, Tensor};
 
-/// −(1/|y_w|) Σ_t log softmax(logits of prompt ⧺ chosen)[row of t − 1][y_t], averaged over the
-/// examples: the full `[1, T, V]` logits, positions the prompt's then last + 1, + 2, ….
+/// ℓ(y) = (1/|y|) Σ_t log softmax(logits of prompt ⧺ y)[row of t − 1][y_t] for one response
+/// `y` of `e`: the full `[1, T, V]` logits, positions the prompt's then last + 1, + 2, ….
+fn mean_logp_by_hand(model: &logo_trainer::model::Llama, e: &Example, y: &[i64]) -> Tensor {
+    let p = e.prompt_ids.len();
+    let ids: Vec<i64> = e.prompt_ids.iter().chain(y).copied().collect();
+    let last = *e.prompt_positions.last().unwrap();
+    let pos: Vec<i64> = e
+        .prompt_positions
+        .iter()
+        .copied()
+        .chain((0..y.len() as i64).map(|t| last + 1 + t))
+        .collect();
+    let logits = model
+        .forward(
+            &Tensor::from_slice(&ids).unsqueeze(0),
+            &Tensor::from_slice(&pos).unsqueeze(0),
+        )
+        .unwrap()
+        .squeeze_dim(0)
+        .log_softmax(-1, Kind::Float);
+    let mut sum = Tensor::zeros([], (Kind::Float, Device::Cpu));
+    for (t, &token) in y.iter().enumerate() {
+        sum += logits.get((p + t - 1) as i64).get(token);
+    }
+    sum / y.len() as f64
+}
+
+/// −ℓ(y_w) averaged over the examples (see [`mean_logp_by_hand`]).
 fn chosen_nll_by_hand(model: &logo_trainer::model::Llama, examples: &[Example]) -> Tensor {
     let per: Vec<Tensor> = examples
         .iter()
-        .map(|e| {
-            let p = e.prompt_ids.len();
-            let ids: Vec<i64> = e.prompt_ids.iter().chain(&e.chosen_ids).copied().collect();
-            let last = *e.prompt_positions.last().unwrap();
-            let pos: Vec<i64> = e
-                .prompt_positions
-                .iter()
-                .copied()
-                .chain((0..e.chosen_ids.len() as i64).map(|t| last + 1 + t))
-                .collect();
-            let logits = model
-                .forward(
-                    &Tensor::from_slice(&ids).unsqueeze(0),
-                    &Tensor::from_slice(&pos).unsqueeze(0),
-                )
-                .unwrap()
-                .squeeze_dim(0)
-                .log_softmax(-1, Kind::Float);
-            let mut sum = Tensor::zeros([], (Kind::Float, Device::Cpu));
-            for (t, &y) in e.chosen_ids.iter().enumerate() {
-                sum += logits.get((p + t - 1) as i64).get(y);
-            }
-            -(sum / e.chosen_ids.len() as f64)
-        })
+        .map(|e| -mean_logp_by_hand(model, e, &e.chosen_ids))
         .collect();
     Tensor::stack(&per, 0).mean(Kind::Float)
 }
@@ -250,4 +253,65 @@ fn paper_positions_may_go_back_only_in_paper_rows() {
         e.contains("prompt_position_ids: not strictly increasing"),
         "{e}"
     );
+}
+
+/// A dis-preferred response cut at `max_new_tokens` and kept by the engine
+/// (`rejected_finish_reason` `length`) carries no end-of-turn id: the trainer reads exactly its
+/// ids from Parquet and Eq. 2 uses the mean log-probability over those tokens alone. The LOGO
+/// loss equals the hand value −log σ(β·ℓ_w − (β/M)·Σ_j ℓ_l^(j) − γ) + λ·(−ℓ_w), with each ℓ
+/// from the full logits, on the shared-prompt (training's default) and joint paths; with an
+/// end of turn wrongly appended the value would differ.
+#[test]
+fn a_cut_rejected_response_is_averaged_over_its_own_tokens() {
+    use logo_trainer::data::{read_row_group, TrainingData};
+    let _rng = rng_lock();
+    let dir = tempfile::tempdir().unwrap();
+    let model = tiny_lora_model(&dir.path().join("model"));
+    let eot = 2u32;
+    let mut s = sample(0);
+    s.rejected_input_ids = vec![vec![40, 41, eot], vec![50, 51, 52, 53]];
+    s.rejected_finish_reason = vec!["stop".into(), "length".into()];
+    s.rejected_chunk_ids = vec![vec![1], vec![1, 0]];
+    s.rejected_seed = vec![8, 9];
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    write_parquet(&data.join("a.parquet"), &[s], Some(SCHEMA_VERSION));
+    let examples = read_row_group(&TrainingData::open(&data).unwrap().row_groups()[0]).unwrap();
+    let e = &examples[0];
+    assert_eq!(e.rejected_ids, vec![vec![40, 41, 2], vec![50, 51, 52, 53]]);
+    let cfg = LossConfig::default();
+    let (beta, gamma, lambda) = (cfg.beta, cfg.gamma, cfg.sft_weight);
+    let by_hand = |rejected: &[Vec<i64>]| {
+        let _g = tch::no_grad_guard();
+        let l_w = mean_logp_by_hand(&model, e, &e.chosen_ids).double_value(&[]);
+        let l_l: Vec<f64> = rejected
+            .iter()
+            .map(|y| mean_logp_by_hand(&model, e, y).double_value(&[]))
+            .collect();
+        let z = beta * l_w - beta * l_l.iter().sum::<f64>() / l_l.len() as f64 - gamma;
+        // −log σ(z) = ln(1 + e^(−z))
+        (1.0 + (-z).exp()).ln() + lambda * -l_w
+    };
+    let expect = by_hand(&e.rejected_ids);
+    let mut with_eot = e.rejected_ids.clone();
+    with_eot[1].push(eot as i64);
+    let wrong = by_hand(&with_eot);
+    let dev = Device::Cpu;
+    let shared = backward_shared_prompt(&model, &examples, &cfg, dev, false, 1, 1.0)
+        .unwrap()
+        .loss
+        .double_value(&[]);
+    let batch = collate(&examples, dev).unwrap();
+    let joint = backward_joint(&model, &batch, &cfg, false, 1, 1.0)
+        .unwrap()
+        .loss
+        .double_value(&[]);
+    let bound = rounding_bound(Kind::Float, TINY_GRADIENT_DEPTH);
+    assert_within("shared prompt vs hand", relative(expect, shared), bound);
+    assert_within("joint vs hand", relative(expect, joint), bound);
+    assert!(
+        relative(expect, wrong) > 100.0 * bound,
+        "an appended end of turn must change the loss: {expect} vs {wrong}"
+    );
+    println!("loss {shared:.6} (hand {expect:.6}; with an end of turn appended {wrong:.6})");
 }

@@ -120,6 +120,30 @@ fn resume_repeats_the_uninterrupted_run() {
         e.contains("--resume") && e.contains("is at step 3, and this run ends at step 3"),
         "{e}"
     );
+    // A run cut into parts (stop_after_step 2, then resumed in the same folder) is the
+    // uninterrupted run: the cut part leaves checkpoint-2 and no final adapter or summary.
+    let mut cut = config(&data, &model, &dir.path().join("cut"));
+    cut.stop_after_step = Some(2);
+    let first = train(&cut).unwrap();
+    assert_eq!(first.steps, 2);
+    let out = dir.path().join("cut");
+    assert!(out.join("checkpoint-2/trainer_state.json").is_file());
+    for f in ["adapter_model.safetensors", "summary.json", "checkpoint-3"] {
+        assert!(!out.join(f).exists(), "{f} written by a cut run");
+    }
+    cut.stop_after_step = None;
+    cut.resume = Some(out.join("checkpoint-2"));
+    let rest = train(&cut).unwrap();
+    assert_eq!(rest.metrics.len(), 4);
+    for (a, b) in full.metrics[2..].iter().zip(&rest.metrics) {
+        assert_eq!(a.step, b.step);
+        assert_within(
+            &format!("cut run step {} loss", a.step),
+            relative(a.loss, b.loss),
+            RESUME_BOUND,
+        );
+    }
+    assert!(out.join("adapter_model.safetensors").is_file());
 }
 
 #[test]

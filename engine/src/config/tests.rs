@@ -86,3 +86,39 @@ fn out_of_range_names_key_and_range() {
     let e = parse("sampler: {threshold: -1}\n").unwrap_err().to_string();
     assert_eq!(e, "config key sampler.threshold: must be >= 0 (got -1)");
 }
+
+#[test]
+fn on_length_per_role_with_its_default_and_the_short_form() {
+    let c = parse("").unwrap();
+    assert_eq!(c.generator.on_length.chosen, LengthAction::Regenerate);
+    assert_eq!(c.generator.on_length.rejected, LengthAction::Keep);
+    let c = parse("generator: {on_length: skip}\n").unwrap();
+    assert_eq!(
+        c.generator.on_length,
+        OnLength {
+            chosen: LengthAction::Skip,
+            rejected: LengthAction::Skip
+        }
+    );
+    let c = parse("generator: {on_length: {rejected: regenerate}}\n").unwrap();
+    assert_eq!(
+        c.generator.on_length,
+        OnLength {
+            chosen: LengthAction::Regenerate,
+            rejected: LengthAction::Regenerate
+        }
+    );
+    let e = parse("generator: {on_length: {chosen: keep}}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.starts_with("config key generator.on_length.chosen: keep is for rejected"),
+        "{e}"
+    );
+    let e = parse("generator: {on_length: keep}\n").unwrap_err().to_string();
+    assert!(e.contains("generator.on_length.chosen"), "{e}");
+    let e = parse("generator: {on_length: {rejectd: keep}}\n")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("on_length") && e.contains("expected skip"), "{e}");
+}

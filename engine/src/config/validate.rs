@@ -4,7 +4,7 @@
 use std::fmt::{Debug, Display};
 use std::ops::RangeInclusive;
 
-use super::{BackendKind, RawPipelineConfig};
+use super::{BackendKind, LengthAction, RawPipelineConfig};
 use crate::error::{EngineError, Result};
 
 /// `Err(Config)` for `key`.
@@ -73,6 +73,14 @@ impl RawPipelineConfig {
             0.0..=5.0,
             "",
         )?;
+        if g.on_length.chosen == LengthAction::Keep {
+            return bad(
+                "generator.on_length.chosen",
+                "keep is for rejected responses only: a cut preferred response closed as \
+                 an answer would teach the model to stop mid-sentence (use regenerate or skip)"
+                    .into(),
+            );
+        }
         match (g.backend, &g.openai) {
             (BackendKind::Openai, None) => {
                 return bad(

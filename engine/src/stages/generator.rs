@@ -22,8 +22,11 @@
 //!
 //! Pairs that carry a preference:
 //! - a response that hit `max_new_tokens` (finish reason `length`) is never closed with an
-//!   end-of-turn token it did not write: the sample is skipped (`response hit
-//!   max_new_tokens`), or with `on_length: regenerate` first regenerated;
+//!   end-of-turn token it did not write. Per role (`generator.on_length`, [`OnLength`]): a cut
+//!   chosen response is regenerated (default) or the sample skipped (`response hit
+//!   max_new_tokens`); a cut rejected response is kept as written (default: its ids without an
+//!   end of turn, `rejected_finish_reason` `length`; Eq. 2 only lowers its mean
+//!   log-probability, so a cut one still carries the error pattern), regenerated or skipped;
 //! - a rejected response equal to the chosen one or to an earlier rejected one (case and
 //!   whitespace folded, [`normalise`]) is regenerated; after `max_regenerations` the sample
 //!   is skipped (`rejected equal to another response`).
@@ -49,7 +52,7 @@ use logo_schemas::{GeneratedRecord, Record, SampledRecord};
 use tokenizers::Tokenizer;
 
 use crate::backend::{Completion, FinishReason, GenerationBackend};
-use crate::config::{ChosenSource, OnLength, PipelineConfig};
+use crate::config::{ChosenSource, LengthAction, OnLength, PipelineConfig};
 use crate::error::{EngineError, Result};
 use crate::model::{encode_text, GenerateOptions};
 use crate::seed::derive_seed;
@@ -120,9 +123,11 @@ struct Slot {
 /// One finished response of a [`Plan`], as the sample stores it.
 struct Response {
     text: String,
-    /// The response's token ids, the end of turn appended.
+    /// The response's token ids: the end of turn appended when the model ended it (`stop`),
+    /// nothing appended when it was cut (`length`, kept rejected responses only).
     input_ids: Vec<u32>,
-    /// `stop`, or `reference` for the dataset's answer.
+    /// `stop`, `length` (a kept cut rejected response), or `reference` for the dataset's
+    /// answer.
     finish_reason: String,
     /// The sampling seed (0 for the reference).
     seed: u64,
@@ -131,13 +136,15 @@ struct Response {
 }
 
 impl Response {
-    /// The response of a completed `slot`; `end` (the end of turn) is appended, as only a
-    /// response the model ended itself is kept.
+    /// The response of a completed `slot`: `end` (the end of turn) is appended to a response
+    /// the model ended itself; a cut one (kept only as a rejected response, see
+    /// [`GeneratorStage::judge`]) keeps exactly the ids the model wrote.
     fn generated(slot: Slot, end: u32) -> Response {
         let c = slot.result.expect("complete");
-        debug_assert_eq!(c.finish_reason, FinishReason::Stop);
         let mut input_ids = c.token_ids;
-        input_ids.push(end);
+        if c.finish_reason == FinishReason::Stop {
+            input_ids.push(end);
+        }
         Response {
             text: c.text,
             input_ids,
@@ -422,20 +429,33 @@ impl GeneratorStage {
         }
         let max = self.max_regenerations;
         let mut skip = None;
-        for slot in plan.slots.iter_mut().flatten() {
+        for (r, slot) in plan.slots.iter_mut().enumerate() {
+            let Some(slot) = slot.as_mut() else {
+                continue;
+            };
             let Some(c) = slot.result.as_ref() else {
                 continue;
+            };
+            // Slot 0 is the chosen response; 1..=M the rejected ones.
+            let action = match r {
+                0 => self.on_length.chosen,
+                _ => self.on_length.rejected,
             };
             if c.text.trim().is_empty() {
                 skip = skip.or(Some(SKIP_EMPTY));
             } else if c.finish_reason == FinishReason::Length {
-                if self.on_length == OnLength::Regenerate && slot.attempt < max {
-                    slot.attempt += 1;
-                    slot.pending = true;
-                    slot.result = None;
-                    ctx.stats.count(STAGE, "regenerations after length", 1);
-                } else {
-                    skip = skip.or(Some(SKIP_LENGTH));
+                match action {
+                    // Counted once, in `process`, for the samples that are kept.
+                    LengthAction::Keep => {}
+                    LengthAction::Regenerate if slot.attempt < max => {
+                        slot.attempt += 1;
+                        slot.pending = true;
+                        slot.result = None;
+                        ctx.stats.count(STAGE, "regenerations after length", 1);
+                    }
+                    LengthAction::Regenerate | LengthAction::Skip => {
+                        skip = skip.or(Some(SKIP_LENGTH));
+                    }
                 }
             }
         }
@@ -643,7 +663,13 @@ impl Stage for GeneratorStage {
         }
         let mut out = Vec::with_capacity(plans.len());
         for plan in plans {
-            out.extend(self.finish(plan)?.settle(STAGE, ctx)?);
+            let row = self.finish(plan)?.settle(STAGE, ctx)?;
+            if let Some(r) = &row {
+                let cut = r.rejected_finish_reason.iter().filter(|f| *f == "length");
+                ctx.stats
+                    .count(STAGE, "cut rejected responses kept", cut.count() as u64);
+            }
+            out.extend(row);
         }
         emit(&out)
     }

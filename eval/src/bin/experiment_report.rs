@@ -189,6 +189,9 @@ fn markdown(runs: &Runs, sums: &[ModelSummary], needles: &[String]) -> String {
     if let Some(sweep) = runs.extra.get("sweep") {
         sweep_table(&mut md, sweep);
     }
+    if let Some(stages) = runs.extra.get("stages") {
+        stages_table(&mut md, stages);
+    }
     for key in [
         "split",
         "data",
@@ -298,6 +301,35 @@ fn sweep_table(md: &mut String, sweep: &serde_json::Value) {
                 .and_then(|x| x.as_f64())
                 .unwrap_or(f64::NAN),
             p.get("questions").map_or(String::new(), |x| x.to_string())
+        );
+    }
+}
+
+/// The provenance of a staged run (`scripts/experiment.py`): one row per done stage from its
+/// `stage.json` (`{"STAGE": {"minutes", "git_commit", "cpu"}}`), sorted by stage name.
+fn stages_table(md: &mut String, stages: &serde_json::Value) {
+    let Some(stages) = stages.as_object() else {
+        return;
+    };
+    let _ = writeln!(
+        md,
+        "\nStages ({} done; each folder's `stage.json` has its commands and machine):\n",
+        stages.len()
+    );
+    let _ = writeln!(md, "| stage | minutes | git commit | cpu |");
+    let _ = writeln!(md, "|---|---|---|---|");
+    let field = |v: &serde_json::Value, k: &str| match v.get(k) {
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(x) => x.to_string(),
+        None => String::new(),
+    };
+    for (name, v) in stages {
+        let _ = writeln!(
+            md,
+            "| {name} | {} | `{}` | {} |",
+            field(v, "minutes"),
+            field(v, "git_commit"),
+            field(v, "cpu")
         );
     }
 }

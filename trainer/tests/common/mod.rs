@@ -168,6 +168,7 @@ pub fn config(data: &Path, model: &Path, output: &Path) -> TrainConfig {
             ..AdamWConfig::default()
         },
         max_steps: Some(6),
+        stop_after_step: None,
         batch_size: 2,
         grad_accum: 1,
         warmup_steps: 0,

@@ -329,7 +329,8 @@ fn duplicates_and_cut_responses_are_regenerated_then_skipped() {
     let outcome = s0.finish(plan).unwrap();
     assert_eq!(outcome, RowOutcome::Skip(SKIP_DUPLICATE));
     assert_eq!(outcome.settle(STAGE, &ctx).unwrap(), None);
-    // A cut response: regenerated under on_length: regenerate, skipped under skip.
+    // A cut response: regenerated under on_length: regenerate, skipped under skip (the rule
+    // for both roles when on_length is one value).
     let mut plan = plan_with(vec![
         completion("In Paris.", FinishReason::Length),
         completion("In Lyon.", FinishReason::Stop),
@@ -340,7 +341,7 @@ fn duplicates_and_cut_responses_are_regenerated_then_skipped() {
     let skip = GeneratorStage::try_new(
         &PipelineConfig::from_yaml_str(
             "source: {paths: [d.jsonl]}\nmodel: {path: m.gguf}\n\
-             generator: {max_new_tokens: 48}\nsampler: {num_chunks: 2}\n\
+             generator: {max_new_tokens: 48, on_length: skip}\nsampler: {num_chunks: 2}\n\
              chunker: {chunk_size: 64}\n",
             std::path::Path::new("/"),
         )
@@ -378,6 +379,72 @@ fn duplicates_and_cut_responses_are_regenerated_then_skipped() {
     );
     assert_eq!(
         snap.events.get("generator: regenerations after length"),
+        Some(&1)
+    );
+}
+
+/// The default `on_length: {chosen: regenerate, rejected: keep}`: a cut rejected response is
+/// kept with exactly the ids the model wrote (no end of turn appended) and `length` recorded;
+/// a cut chosen response is regenerated, never kept.
+#[test]
+fn a_cut_rejected_response_is_kept_without_an_end_of_turn() {
+    let Some((policy, tok)) =
+        shared_policy_and_tokenizer("a_cut_rejected_response_is_kept_without_an_end_of_turn")
+    else {
+        return;
+    };
+    let stats = RunStats::default();
+    let rejects = Rejects::in_memory();
+    let ctx = StageContext {
+        rejects: &rejects,
+        stats: &stats,
+    };
+    let cfg = PipelineConfig::from_yaml_str(
+        "source: {paths: [d.jsonl]}\nmodel: {path: m.gguf}\n\
+         generator: {max_new_tokens: 48}\nsampler: {num_chunks: 2}\n\
+         chunker: {chunk_size: 64}\n",
+        std::path::Path::new("/"),
+    )
+    .unwrap();
+    let stage = GeneratorStage::try_new(&cfg, in_process(&policy), tok.clone(), chatml(&tok))
+        .unwrap();
+    let end = stage.template.end_of_turn();
+    let with_ids = |ids: Vec<u32>, text: &str, f: FinishReason| Completion {
+        token_ids: ids,
+        ..completion(text, f)
+    };
+    let mut plan = plan_with(vec![
+        with_ids(vec![11, 12], "In Paris.", FinishReason::Stop),
+        with_ids(vec![21, 22, 23], "In Lyon, which is", FinishReason::Length),
+        with_ids(vec![31], "In Rome.", FinishReason::Stop),
+    ]);
+    stage.judge(&mut plan, &ctx);
+    assert_eq!(plan.skipped, None);
+    assert!(plan.slots.iter().flatten().all(|s| !s.pending));
+    let RowOutcome::Keep(row) = stage.finish(plan).unwrap() else {
+        panic!("a sample with a cut rejected response is kept");
+    };
+    assert_eq!(row.chosen_input_ids, vec![11, 12, end]);
+    assert_eq!(row.chosen_finish_reason, "stop");
+    assert_eq!(row.rejected_input_ids, vec![vec![21, 22, 23], vec![31, end]]);
+    assert_eq!(row.rejected_finish_reason, vec!["length", "stop"]);
+    assert_eq!(row.rejected, vec!["In Lyon, which is", "In Rome."]);
+    // A cut chosen response is regenerated (attempt 1), not kept.
+    let mut plan = plan_with(vec![
+        with_ids(vec![11, 12], "In Paris, the", FinishReason::Length),
+        with_ids(vec![21], "In Lyon.", FinishReason::Stop),
+        with_ids(vec![31], "In Rome.", FinishReason::Stop),
+    ]);
+    stage.judge(&mut plan, &ctx);
+    let pending: Vec<(bool, usize)> = plan
+        .slots
+        .iter()
+        .flatten()
+        .map(|x| (x.pending, x.attempt))
+        .collect();
+    assert_eq!(pending, vec![(true, 1), (false, 0), (false, 0)]);
+    assert_eq!(
+        stats.snapshot().events.get("generator: regenerations after length"),
         Some(&1)
     );
 }
