@@ -150,6 +150,10 @@ pub struct QuestionsConfig {
     /// Generation budget, tokens; default 96.
     #[serde(default = "default_question_tokens")]
     pub max_new_tokens: usize,
+    /// Further attempts after an unparseable reply, each sampled with a derived seed at
+    /// temperature 0.7 (the first is greedy); default 3.
+    #[serde(default = "default_question_retries")]
+    pub max_retries: usize,
 }
 
 fn default_passage_tokens() -> usize {
@@ -158,6 +162,9 @@ fn default_passage_tokens() -> usize {
 fn default_question_tokens() -> usize {
     96
 }
+fn default_question_retries() -> usize {
+    3
+}
 
 impl Default for QuestionsConfig {
     fn default() -> Self {
@@ -165,6 +172,7 @@ impl Default for QuestionsConfig {
             enabled: false,
             passage_tokens: default_passage_tokens(),
             max_new_tokens: default_question_tokens(),
+            max_retries: default_question_retries(),
         }
     }
 }
@@ -325,82 +333,6 @@ pub enum BackendKind {
     /// Any OpenAI-compatible server (vLLM, SGLang, llama.cpp's llama-server, TGI) through
     /// `POST /v1/completions` with the prompt as token ids.
     Openai,
-}
-
-/// What to do with a response that hit `max_new_tokens` (finish reason `length`), per role:
-/// `generator.on_length: {chosen: regenerate, rejected: keep}` (the default). A single value
-/// (`on_length: regenerate`) sets both roles.
-///
-/// Why the roles differ: the chosen response's tokens are pushed up (the SFT term and the
-/// preference term), so a cut one closed with an end of turn would teach the model to stop
-/// mid-sentence; `keep` is refused for it. A dis-preferred response is only pushed down through
-/// its mean log-probability (paper Eq. 2): a cut one, kept as written with no end of turn, is
-/// still a response of the same error pattern, and regenerating it only costs generation time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct OnLength {
-    /// For the preferred response: `regenerate` (default) or `skip`.
-    pub chosen: LengthAction,
-    /// For each dis-preferred response: `keep` (default), `regenerate` or `skip`.
-    pub rejected: LengthAction,
-}
-
-impl Default for OnLength {
-    fn default() -> Self {
-        OnLength {
-            chosen: LengthAction::Regenerate,
-            rejected: LengthAction::Keep,
-        }
-    }
-}
-
-/// One role's rule for a cut response (see [`OnLength`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum LengthAction {
-    /// Skip the sample (counted as `generator: response hit max_new_tokens`).
-    Skip,
-    /// Regenerate with a new derived seed, up to `max_regenerations` times, then skip.
-    Regenerate,
-    /// Keep the cut response as written: its ids without an end of turn, finish reason
-    /// `length` (dis-preferred responses only).
-    Keep,
-}
-
-impl<'de> Deserialize<'de> for OnLength {
-    /// A single [`LengthAction`] for both roles, or a map with the keys `chosen` and
-    /// `rejected` (each optional, defaults as [`OnLength::default`]); unknown keys are errors.
-    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Both(LengthAction),
-            Roles(Roles),
-        }
-        #[derive(Deserialize)]
-        #[serde(deny_unknown_fields)]
-        struct Roles {
-            chosen: Option<LengthAction>,
-            rejected: Option<LengthAction>,
-        }
-        let value = serde_yaml::Value::deserialize(d)?;
-        let raw = Raw::deserialize(value).map_err(|_| {
-            serde::de::Error::custom(
-                "expected skip, regenerate, keep, or a map {chosen: skip|regenerate, \
-                 rejected: skip|regenerate|keep}",
-            )
-        })?;
-        let default = OnLength::default();
-        Ok(match raw {
-            Raw::Both(action) => OnLength {
-                chosen: action,
-                rejected: action,
-            },
-            Raw::Roles(r) => OnLength {
-                chosen: r.chosen.unwrap_or(default.chosen),
-                rejected: r.rejected.unwrap_or(default.rejected),
-            },
-        })
-    }
 }
 
 pub(crate) fn default_true() -> bool {
@@ -645,9 +577,11 @@ fn expand_home(p: &Path) -> PathBuf {
     }
 }
 
+mod on_length;
 mod openai;
 mod validate;
 
+pub use on_length::{LengthAction, OnLength};
 pub use openai::OpenAiConfig;
 
 #[cfg(test)]

@@ -115,10 +115,15 @@ fn on_length_per_role_with_its_default_and_the_short_form() {
         e.starts_with("config key generator.on_length.chosen: keep is for rejected"),
         "{e}"
     );
-    let e = parse("generator: {on_length: keep}\n").unwrap_err().to_string();
+    let e = parse("generator: {on_length: keep}\n")
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("generator.on_length.chosen"), "{e}");
     let e = parse("generator: {on_length: {rejectd: keep}}\n")
         .unwrap_err()
         .to_string();
-    assert!(e.contains("on_length") && e.contains("expected skip"), "{e}");
+    assert!(
+        e.contains("on_length") && e.contains("expected skip"),
+        "{e}"
+    );
 }

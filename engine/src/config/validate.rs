@@ -95,6 +95,7 @@ impl RawPipelineConfig {
             within("questions.passage_tokens", q.passage_tokens, 16..=8192, "")?;
         }
         within("questions.max_new_tokens", q.max_new_tokens, 1..=1024, "")?;
+        within("questions.max_retries", q.max_retries, 0..=16, "")?;
         let ratio = self.positions.continuous_ratio;
         within("positions.continuous_ratio", ratio, 0.0..=1.0, "")?;
         // The real training sequence must fit in K: N chunks, template and question, and a

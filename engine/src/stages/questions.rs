@@ -12,11 +12,15 @@
 //!    `rng_for(cfg.seed, ["questions", sample_id])` (the whole document when shorter);
 //! 2. the model is asked, greedily, for `Question: …\nAnswer: …` (the reply is started with
 //!    `Question:` so that it follows the format);
-//! 3. the reply is parsed ([`parse_question_answer`]). When it holds a question line but no
-//!    `Answer:` (small models often write "The answer is …"), the model is asked again with
+//! 3. the reply is parsed ([`parse_question_answer`]). When it holds no `Answer:` (small
+//!    models often write "The answer is …" or a second question), its first line is taken as
+//!    the question ([`question_line`]: up to the first `?`) and the model is asked again with
 //!    its reply restarted as `Question: {question}\nAnswer:` ([`parse_answer`]);
-//! 4. `question`, `answer` and `question_origin = "generated"` are set. An unparseable reply
-//!    drops the row, counted as `questions: unparseable question`.
+//! 4. a reply that still does not parse is asked again, up to `questions.max_retries` times,
+//!    sampled at temperature 0.7 with `derive_seed(cfg.seed, ["questions", sample_id,
+//!    "retry", a])` (counted as `questions: retries`);
+//! 5. `question`, `answer` and `question_origin = "generated"` are set. When no attempt
+//!    parses, the row is dropped, counted as `questions: unparseable question`.
 
 use std::sync::Arc;
 
@@ -49,6 +53,9 @@ and its short answer. Use exactly this format:\nQuestion: <the question>\nAnswer
 /// What the assistant's reply is started with; the model continues it.
 const REPLY_PREFIX: &str = "Question:";
 
+/// Sampling temperature of a retry after an unparseable reply (the first attempt is greedy).
+const RETRY_TEMPERATURE: f64 = 0.7;
+
 /// Tokens of the prompt besides the passage (template, instructions), rounded up; used to
 /// check `passage_tokens + max_new_tokens` against the model's positions.
 const PROMPT_ALLOWANCE: usize = 128;
@@ -61,6 +68,7 @@ pub struct QuestionsStage {
     enabled: bool,
     passage_tokens: usize,
     max_new_tokens: usize,
+    max_retries: usize,
     seed: u64,
     schema: SchemaRef,
 }
@@ -110,6 +118,7 @@ impl QuestionsStage {
             enabled: q.enabled,
             passage_tokens: q.passage_tokens,
             max_new_tokens: q.max_new_tokens,
+            max_retries: q.max_retries,
             seed: cfg.seed,
             schema: logo_schemas::documents_schema(),
         })
@@ -144,41 +153,57 @@ impl QuestionsStage {
                 reason: format!("sample {}: empty document", row.key.sample_id),
             }));
         }
-        let opts = GenerateOptions {
-            seed: derive_seed(self.seed, &[STAGE, &row.key.sample_id]),
-            ..GenerateOptions::greedy(self.max_new_tokens)
-        };
-        // First ask: the reply starts with "Question:" and should hold "Answer:" too.
-        let reply = self.continue_reply(&passage, REPLY_PREFIX, &opts, ctx)?;
-        let parsed = match parse_question_answer(&reply) {
-            Some(qa) => Some(qa),
-            // Second ask, when the model wrote a question but no "Answer:" line: the reply is
-            // restarted with its question and "Answer:".
-            None => match first_line_question(&reply) {
-                Some(question) => {
-                    let prefix = format!("{REPLY_PREFIX} {question}\nAnswer:");
-                    let reply = self.continue_reply(&passage, &prefix, &opts, ctx)?;
-                    parse_answer(&reply).map(|answer| (question, answer))
+        for attempt in 0..=self.max_retries {
+            let id = &row.key.sample_id;
+            let opts = if attempt == 0 {
+                GenerateOptions {
+                    seed: derive_seed(self.seed, &[STAGE, id]),
+                    ..GenerateOptions::greedy(self.max_new_tokens)
                 }
-                None => None,
-            },
-        };
-        match parsed {
-            Some((question, answer)) => {
+            } else {
+                ctx.stats.count(STAGE, "retries", 1);
+                GenerateOptions {
+                    seed: derive_seed(self.seed, &[STAGE, id, "retry", &attempt.to_string()]),
+                    temperature: RETRY_TEMPERATURE,
+                    top_p: 0.9,
+                    ..GenerateOptions::greedy(self.max_new_tokens)
+                }
+            };
+            if let Some((question, answer)) = self.ask_once(&passage, &opts, ctx)? {
                 row.key.question = Some(question);
                 row.key.answer = Some(answer);
                 row.key.question_origin = "generated".into();
-                Ok(RowOutcome::Keep(row))
-            }
-            None => {
-                tracing::debug!(
-                    "questions: sample {}: unparseable reply {:?}",
-                    row.key.sample_id,
-                    reply
-                );
-                Ok(RowOutcome::Skip("unparseable question"))
+                return Ok(RowOutcome::Keep(row));
             }
         }
+        Ok(RowOutcome::Skip("unparseable question"))
+    }
+
+    /// One attempt: the reply to the question prompt, parsed; when it holds no `Answer:`, its
+    /// question line with the model's answer to it. `None` when neither parses.
+    fn ask_once(
+        &self,
+        passage: &[u32],
+        opts: &GenerateOptions,
+        ctx: &StageContext,
+    ) -> Result<Option<(String, String)>> {
+        // First ask: the reply starts with "Question:" and should hold "Answer:" too.
+        let reply = self.continue_reply(passage, REPLY_PREFIX, opts, ctx)?;
+        if let Some(qa) = parse_question_answer(&reply) {
+            return Ok(Some(qa));
+        }
+        // Second ask: the reply restarted with its question and "Answer:".
+        let Some(question) = question_line(&reply) else {
+            tracing::debug!("questions: no question in the reply {reply:?}");
+            return Ok(None);
+        };
+        let prefix = format!("{REPLY_PREFIX} {question}\nAnswer:");
+        let reply = self.continue_reply(passage, &prefix, opts, ctx)?;
+        let answer = parse_answer(&reply);
+        if answer.is_none() {
+            tracing::debug!("questions: no answer in the reply {reply:?}");
+        }
+        Ok(answer.map(|a| (question, a)))
     }
 
     /// The model's continuation of the question prompt over `passage` whose assistant reply
@@ -233,11 +258,22 @@ pub fn parse_answer(reply: &str) -> Option<String> {
     (!answer.is_empty()).then_some(answer)
 }
 
-/// The question of a reply that has no `Answer:`: its first non-blank line, whitespace
-/// collapsed, when it holds a letter and ends with `?`.
-fn first_line_question(reply: &str) -> Option<String> {
-    let line = collapse(reply.lines().find(|l| !l.trim().is_empty())?);
-    (line.ends_with('?') && line.chars().any(char::is_alphabetic)).then_some(line)
+/// The question of a reply that has no `Answer:`: its first non-blank line up to and
+/// including the first `?`, whitespace collapsed, a leading `Question:` removed; `None` when
+/// that line has no `?` or fewer than 3 words.
+pub fn question_line(reply: &str) -> Option<String> {
+    let line = reply.lines().find(|l| !l.trim().is_empty())?;
+    let line = line.trim().trim_start_matches(':').trim();
+    let line = match line.get(..9) {
+        Some(p) if p.eq_ignore_ascii_case("question:") => &line[9..],
+        _ => line,
+    };
+    let end = line.find('?')?;
+    let question = collapse(&line[..=end]);
+    let words = question
+        .split_whitespace()
+        .filter(|w| w.chars().any(char::is_alphabetic));
+    (words.count() >= 3).then_some(question)
 }
 
 /// Trims and collapses runs of whitespace to one space.
@@ -344,11 +380,87 @@ mod tests {
         // A reply without "Answer:" (seen from SmolLM2-135M): its first line is the question.
         let reply = " What is the Great Wall?\n\nThe answer is: a wall.";
         assert_eq!(parse_question_answer(reply), None);
+        assert_eq!(question_line(reply), Some("What is the Great Wall?".into()));
+        assert_eq!(question_line(" The wall is long."), None);
+        // A question followed by more text on its line, or repeating the prefix.
         assert_eq!(
-            first_line_question(reply),
-            Some("What is the Great Wall?".into())
+            question_line(" When was it built? It was built by the Ming. Who"),
+            Some("When was it built?".into())
         );
-        assert_eq!(first_line_question(" The wall is long."), None);
+        assert_eq!(
+            question_line("\n Question:  How long is  the wall?"),
+            Some("How long is the wall?".into())
+        );
+        assert_eq!(question_line(" Why?"), None, "fewer than 3 words");
+    }
+
+    /// A policy that never writes a parseable reply is asked 1 + max_retries times, each
+    /// retry counted, then the row is skipped; with max_retries 0 it is asked once.
+    #[test]
+    fn an_unparseable_reply_is_retried_then_skipped() {
+        #[derive(Debug)]
+        struct Rambles(std::sync::atomic::AtomicUsize);
+        impl GenerationBackend for Rambles {
+            fn complete(
+                &self,
+                _prompt: &[u32],
+                opts: &GenerateOptions,
+            ) -> Result<crate::backend::Completion> {
+                let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                assert_eq!(opts.temperature > 0.0, n > 0, "the first ask is greedy");
+                Ok(crate::backend::Completion {
+                    token_ids: vec![5],
+                    text: " The wall is long.".into(),
+                    finish_reason: crate::backend::FinishReason::Stop,
+                    model: "stub".into(),
+                    retries: 0,
+                })
+            }
+            fn name(&self) -> &str {
+                "stub"
+            }
+            fn max_positions(&self) -> usize {
+                8192
+            }
+            fn max_in_flight(&self) -> usize {
+                1
+            }
+            fn describe(&self) -> serde_json::Value {
+                serde_json::json!({"backend": "stub"})
+            }
+        }
+        let Some((_, tok)) = shared_policy_and_tokenizer("an_unparseable_reply_is_retried") else {
+            return;
+        };
+        for (retries, asks) in [(3usize, 4usize), (0, 1)] {
+            let backend = Arc::new(Rambles(Default::default()));
+            let cfg = PipelineConfig::from_yaml_str(
+                &format!(
+                    "source: {{paths: [d.jsonl]}}\nmodel: {{path: m.gguf}}\n\
+                     questions: {{enabled: true, passage_tokens: 48, max_retries: {retries}}}\n"
+                ),
+                std::path::Path::new("/"),
+            )
+            .unwrap();
+            let mut stage =
+                QuestionsStage::try_new(&cfg, backend.clone(), tok.clone(), chatml(&tok)).unwrap();
+            let input = DocumentRecord::to_batch(&[doc("a:2", None)]).unwrap();
+            let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
+            let ctx = StageContext {
+                rejects: &rejects,
+                stats: &stats,
+            };
+            let out = stage.process(input, &ctx).unwrap();
+            assert!(out.iter().all(|b| b.num_rows() == 0));
+            assert_eq!(backend.0.load(std::sync::atomic::Ordering::SeqCst), asks);
+            let snap = stats.snapshot();
+            assert_eq!(
+                snap.skipped.get("questions: unparseable question"),
+                Some(&1)
+            );
+            let counted = snap.events.get("questions: retries").copied().unwrap_or(0);
+            assert_eq!(counted, retries as u64);
+        }
     }
 
     #[test]
