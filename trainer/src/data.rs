@@ -16,10 +16,12 @@ use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::UInt32Type;
 use logo_schemas::{check_columns, check_schema_version, col, training_schema};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
-use rand::Rng;
 use tch::{Device, Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
+
+mod stream;
+pub use stream::ExampleStream;
 
 /// Columns the trainer reads.
 const COLUMNS: [&str; 6] = [
@@ -166,18 +168,6 @@ impl TrainingData {
     pub fn num_negatives(&self) -> usize {
         self.num_negatives
     }
-
-    /// The row groups of `rank` out of `world_size`: groups `rank, rank + W, rank + 2W, …` in
-    /// file order (round robin), so the shards are disjoint, together cover every group, and
-    /// depend only on the file listing. Empty when there are fewer groups than ranks.
-    pub fn shard(&self, rank: usize, world_size: usize) -> Vec<RowGroupRef> {
-        self.row_groups
-            .iter()
-            .enumerate()
-            .filter(|(i, _)| i % world_size == rank)
-            .map(|(_, r)| r.clone())
-            .collect()
-    }
 }
 
 /// Reads and checks the rows of one row group. Errors: [`TrainerError::Input`] naming the
@@ -293,126 +283,6 @@ fn examples_from_batch(batch: &RecordBatch) -> std::result::Result<Vec<Example>,
         });
     }
     Ok(out)
-}
-
-/// An endless, seeded stream of examples over some row groups: each epoch visits the row
-/// groups in a seeded order and passes rows through a shuffle buffer of `buffer` rows.
-pub struct ExampleStream {
-    groups: Vec<RowGroupRef>,
-    order: Vec<usize>,
-    next_group: usize,
-    buffer: Vec<Example>,
-    capacity: usize,
-    rng: rand_chacha::ChaCha8Rng,
-    num_negatives: usize,
-    vocab_size: Option<usize>,
-    /// Completed passes over the data.
-    pub epoch: usize,
-}
-
-impl ExampleStream {
-    /// `groups` must be non-empty. `buffer`: shuffle-buffer rows (≥ 1). `num_negatives`: the M
-    /// every example must have.
-    pub fn new(groups: Vec<RowGroupRef>, buffer: usize, seed: u64, num_negatives: usize) -> Self {
-        use rand::SeedableRng;
-        let mut s = Self {
-            order: Vec::new(),
-            groups,
-            next_group: 0,
-            buffer: Vec::new(),
-            capacity: buffer.max(1),
-            rng: rand_chacha::ChaCha8Rng::seed_from_u64(seed),
-            num_negatives,
-            vocab_size: None,
-            epoch: 0,
-        };
-        s.reshuffle_groups();
-        s
-    }
-
-    /// Rejects, as [`TrainerError::Input`] naming the file, sample and column, any token id
-    /// `≥ vocab_size` (the model's `vocab_size`): data tokenized for another model.
-    pub fn with_vocab_size(mut self, vocab_size: usize) -> Self {
-        self.vocab_size = Some(vocab_size);
-        self
-    }
-
-    fn reshuffle_groups(&mut self) {
-        use rand::seq::SliceRandom;
-        self.order = (0..self.groups.len()).collect();
-        self.order.shuffle(&mut self.rng);
-        self.next_group = 0;
-    }
-
-    fn refill(&mut self) -> Result<()> {
-        while self.buffer.len() < self.capacity {
-            if self.next_group == self.order.len() {
-                if !self.buffer.is_empty() {
-                    return Ok(()); // drain the buffer before the next epoch starts
-                }
-                self.epoch += 1;
-                self.reshuffle_groups();
-            }
-            let rg = &self.groups[self.order[self.next_group]];
-            self.next_group += 1;
-            let rows = read_row_group(rg)?;
-            for e in &rows {
-                if let Some(v) = self.vocab_size {
-                    let columns = [
-                        (col::PROMPT_INPUT_IDS, &e.prompt_ids),
-                        (col::CHOSEN_INPUT_IDS, &e.chosen_ids),
-                    ];
-                    let rejected = e.rejected_ids.iter().map(|r| (col::REJECTED_INPUT_IDS, r));
-                    for (column, ids) in columns.into_iter().chain(rejected) {
-                        if let Some(&t) = ids.iter().find(|&&t| t < 0 || t as usize >= v) {
-                            return Err(TrainerError::Input {
-                                path: rg.path.clone(),
-                                message: format!(
-                                    "sample {}: field {column}: token id {t} is outside the \
-                                     model's vocabulary of {v} (data tokenized for another model?)",
-                                    e.sample_id
-                                ),
-                            });
-                        }
-                    }
-                }
-                if e.rejected_ids.len() != self.num_negatives {
-                    return Err(TrainerError::Input {
-                        path: rg.path.clone(),
-                        message: format!(
-                            "sample {}: field rejected_input_ids: {} rejected responses, expected M = {}",
-                            e.sample_id,
-                            e.rejected_ids.len(),
-                            self.num_negatives
-                        ),
-                    });
-                }
-            }
-            self.buffer.extend(rows);
-        }
-        Ok(())
-    }
-
-    /// The next example. Errors: a row group that fails to read or check.
-    pub fn next_example(&mut self) -> Result<Example> {
-        if self.buffer.is_empty() {
-            self.refill()?;
-            if self.buffer.is_empty() {
-                return Err(TrainerError::Internal("data stream has no rows".into()));
-            }
-        }
-        let i = self.rng.random_range(0..self.buffer.len());
-        let e = self.buffer.swap_remove(i);
-        if self.buffer.len() < self.capacity / 2 && self.next_group < self.order.len() {
-            self.refill()?;
-        }
-        Ok(e)
-    }
-
-    /// The next `n` examples.
-    pub fn next_batch(&mut self, n: usize) -> Result<Vec<Example>> {
-        (0..n).map(|_| self.next_example()).collect()
-    }
 }
 
 /// A collated LOGO batch: B samples → S = B·(M+1) right-padded sequences. Sequence

@@ -9,7 +9,8 @@
 //! optimizer step from `seed` and the step, so a resumed run repeats the uninterrupted run's
 //! losses.
 //!
-//! Data parallel ([`train_with`]): each rank reads its shard of the row groups, the LoRA
+//! Data parallel ([`train_with`]): each rank takes its rows of one global data stream
+//! ([`ExampleStream::for_rank`]), the LoRA
 //! gradients are averaged over the ranks before clipping ([`crate::dist::average_gradients`]),
 //! the logged metrics are means over the ranks ([`LossMetrics::to_vec`]), and only rank 0
 //! writes files.
@@ -149,14 +150,15 @@ pub fn train(cfg: &TrainConfig) -> Result<TrainSummary> {
     train_with(cfg, &mut Local)
 }
 
-/// Trains as one rank of `coll`'s data-parallel group: this rank reads row groups `rank, rank
-/// + W, …` ([`TrainingData::shard`]) and takes `batch_size` samples per micro-batch, so a step
-/// sees W·`batch_size`·`grad_accum` samples; the LoRA gradients are averaged over the ranks
+/// Trains as one rank of `coll`'s data-parallel group: this rank takes the examples at
+/// positions `rank, rank + W, …` of the global stream ([`ExampleStream::for_rank`]),
+/// `batch_size` per micro-batch, so a step sees the W·`batch_size`·`grad_accum` samples one
+/// rank with W times the batch would; the LoRA gradients are averaged over the ranks
 /// before clipping, and only rank 0 writes the output folder. Without `max_steps`, one pass
 /// over the data is `⌈rows / (W·batch_size·grad_accum)⌉` steps. When this rank fails it tells
 /// the others ([`Collective::abort`]).
 ///
-/// Errors: as [`train`]; [`TrainerError::Config`] when there are fewer row groups than ranks
+/// Errors: as [`train`]; [`TrainerError::Config`] when there are fewer samples than ranks
 /// or a resumed checkpoint was written by another number of ranks; [`TrainerError::Dist`] when
 /// another rank fails or stops answering.
 pub fn train_with(cfg: &TrainConfig, coll: &mut dyn Collective) -> Result<TrainSummary> {
@@ -208,7 +210,7 @@ impl<'c> Trainer<'c> {
     /// with fresh LoRA adapters (seeded by `cfg.seed`, then broadcast from rank 0) or those of
     /// `cfg.resume` with its optimizer state, and replays the data stream to the resumed step.
     ///
-    /// Errors: [`TrainerError::Config`] (a range, a device, fewer row groups than ranks, a
+    /// Errors: [`TrainerError::Config`] (a range, a device, fewer samples than ranks, a
     /// checkpoint of another world size or already at the last step, no LoRA target);
     /// [`TrainerError::Input`] for the data; model loading and [`TrainerError::Dist`].
     pub fn new(cfg: &TrainConfig, coll: &'c mut dyn Collective) -> Result<Self> {
@@ -216,9 +218,8 @@ impl<'c> Trainer<'c> {
         let (rank, world) = (coll.rank(), coll.world_size());
         let device = parse_device(&cfg.device)?;
         let data = TrainingData::open(&cfg.data)?;
-        let shard = data.shard(rank, world);
-        if shard.is_empty() {
-            return Err(too_few_row_groups(data.row_groups().len(), world));
+        if data.num_rows() < world {
+            return Err(too_few_rows(data.num_rows(), world));
         }
         let per_step = cfg.batch_size * cfg.grad_accum;
         let total_steps = cfg
@@ -248,9 +249,11 @@ impl<'c> Trainer<'c> {
         if let Some(dir) = &cfg.resume {
             opt.load(&dir.join("optimizer.safetensors"))?;
         }
+        let groups = data.row_groups().to_vec();
         let mut stream =
-            ExampleStream::new(shard, cfg.shuffle_buffer, cfg.seed, data.num_negatives())
-                .with_vocab_size(model.config().vocab_size);
+            ExampleStream::new(groups, cfg.shuffle_buffer, cfg.seed, data.num_negatives())
+                .with_vocab_size(model.config().vocab_size)
+                .for_rank(rank, world);
         // Replay the data consumed before the checkpoint, so the run continues where it stopped.
         for _ in 0..step * per_step {
             stream.next_example()?;
@@ -477,13 +480,12 @@ fn resume_step(model: &Llama, dir: &Path, world: usize, total_steps: usize) -> R
     Ok(state.step)
 }
 
-fn too_few_row_groups(row_groups: usize, world: usize) -> TrainerError {
+fn too_few_rows(rows: usize, world: usize) -> TrainerError {
     TrainerError::Config {
         key: "WORLD_SIZE".into(),
         message: format!(
-            "{row_groups} Parquet row groups cannot feed {world} ranks (each rank reads whole \
-             row groups): use fewer ranks, or write smaller row groups (`sink.row_group_size` \
-             in the engine's pipeline YAML)"
+            "{rows} training samples cannot feed {world} ranks (each rank needs at least one): \
+             use fewer ranks or more data"
         ),
     }
 }

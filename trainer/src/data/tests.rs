@@ -37,33 +37,6 @@ fn ex(id: &str, p: &[i64], pos: &[i64], c: &[i64], r: &[&[i64]]) -> Example {
 }
 
 #[test]
-fn shards_are_disjoint_and_cover_every_row_group() {
-    let data = TrainingData {
-        row_groups: (0..7)
-            .map(|i| RowGroupRef {
-                path: PathBuf::from(format!("f{}.parquet", i / 3)),
-                index: i % 3,
-                rows: 10 + i,
-            })
-            .collect(),
-        num_negatives: 2,
-    };
-    // Round robin by hand: W = 3 → rank 0 {0, 3, 6}, rank 1 {1, 4}, rank 2 {2, 5}.
-    let rows = |r: usize, w: usize| -> Vec<usize> {
-        data.shard(r, w).iter().map(|g| g.rows - 10).collect()
-    };
-    assert_eq!(rows(0, 3), vec![0, 3, 6]);
-    assert_eq!(rows(1, 3), vec![1, 4]);
-    assert_eq!(rows(2, 3), vec![2, 5]);
-    for w in 1..=9 {
-        let mut all: Vec<usize> = (0..w).flat_map(|r| rows(r, w)).collect();
-        all.sort();
-        assert_eq!(all, (0..7).collect::<Vec<_>>(), "W = {w}");
-    }
-    assert!(data.shard(8, 9).is_empty());
-}
-
-#[test]
 fn shared_prompt_layout_by_hand() {
     let e = ex("a", &[5, 6, 7], &[0, 10, 11], &[8, 2], &[&[9, 9, 2], &[2]]);
     let b = collate_shared_prompt(&e, Device::Cpu).unwrap();

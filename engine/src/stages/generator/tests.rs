@@ -406,8 +406,8 @@ fn a_cut_rejected_response_is_kept_without_an_end_of_turn() {
         std::path::Path::new("/"),
     )
     .unwrap();
-    let stage = GeneratorStage::try_new(&cfg, in_process(&policy), tok.clone(), chatml(&tok))
-        .unwrap();
+    let stage =
+        GeneratorStage::try_new(&cfg, in_process(&policy), tok.clone(), chatml(&tok)).unwrap();
     let end = stage.template.end_of_turn();
     let with_ids = |ids: Vec<u32>, text: &str, f: FinishReason| Completion {
         token_ids: ids,
@@ -426,7 +426,10 @@ fn a_cut_rejected_response_is_kept_without_an_end_of_turn() {
     };
     assert_eq!(row.chosen_input_ids, vec![11, 12, end]);
     assert_eq!(row.chosen_finish_reason, "stop");
-    assert_eq!(row.rejected_input_ids, vec![vec![21, 22, 23], vec![31, end]]);
+    assert_eq!(
+        row.rejected_input_ids,
+        vec![vec![21, 22, 23], vec![31, end]]
+    );
     assert_eq!(row.rejected_finish_reason, vec!["length", "stop"]);
     assert_eq!(row.rejected, vec!["In Lyon, which is", "In Rome."]);
     // A cut chosen response is regenerated (attempt 1), not kept.
@@ -444,7 +447,10 @@ fn a_cut_rejected_response_is_kept_without_an_end_of_turn() {
         .collect();
     assert_eq!(pending, vec![(true, 1), (false, 0), (false, 0)]);
     assert_eq!(
-        stats.snapshot().events.get("generator: regenerations after length"),
+        stats
+            .snapshot()
+            .events
+            .get("generator: regenerations after length"),
         Some(&1)
     );
 }
