@@ -4,12 +4,13 @@
 //! the torch venv, and the CI policy for a test whose fixture is missing), [`cli`] (one way to
 //! print an error chain, the usual end when stdout's reader goes away), [`guard`] (a reader
 //! library's panic on malformed input turned into an error), [`heap`] (a heap cap for the tests
-//! that read hostile inputs). A leaf crate: it depends on
-//! nothing of logo, so the engine (which never links libtorch), the trainer and the evaluator
-//! all use it.
+//! that read hostile inputs), [`slurm`] (a one-node Slurm cluster for the launcher tests). A
+//! leaf crate: it depends on nothing of logo, so the engine (which never links libtorch), the
+//! trainer and the evaluator all use it.
 #![deny(missing_docs)]
 
 pub mod cli;
 pub mod guard;
 pub mod heap;
 pub mod paths;
+pub mod slurm;

@@ -289,6 +289,156 @@ fn nproc_per_node_2_equals_one_process_with_twice_the_batch() {
     }
 }
 
+/// torch 2.11's real `torchrun --no-python --nproc-per-node 2` (from the venv) starting two
+/// `logo-trainer` ranks with `--batch-size 1` trains the adapter of one process with
+/// `--batch-size 2`, bit for bit with the shared prompt (the mean of per-sample gradients
+/// either way). Its agent holds `MASTER_PORT`; the ranks meet on `MASTER_PORT + 1`.
+#[test]
+fn torchrun_2_ranks_equal_one_process_with_twice_the_batch() {
+    let py = logo_env::paths::venv_python_with(&["torch"]).ok();
+    let torchrun = py
+        .map(|p| p.with_file_name("torchrun"))
+        .filter(|t| t.is_file());
+    let Some(torchrun) = logo_env::paths::require_fixture(torchrun, "the venv's torchrun") else {
+        return;
+    };
+    let dir = tempfile::tempdir().unwrap();
+    two_shard_setup(dir.path());
+    let one = trainer(dir.path(), "one", 2).output().unwrap();
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let free_port = || {
+        std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port()
+            .to_string()
+    };
+    // The static launch (--master-port) and the elastic one (c10d rendezvous, as multi-node
+    // jobs start), each a separate run.
+    let (port, endpoint) = (free_port(), format!("127.0.0.1:{}", free_port()));
+    let launches: [(&str, Vec<&str>); 2] = [
+        ("static", vec!["--master-port", &port]),
+        (
+            "c10d",
+            vec![
+                "--nnodes",
+                "1",
+                "--rdzv-backend",
+                "c10d",
+                "--rdzv-endpoint",
+                &endpoint,
+            ],
+        ),
+    ];
+    for (name, launch) in launches {
+        torchrun_run(&torchrun, dir.path(), name, &launch);
+        compare_runs(dir.path(), "one", name);
+    }
+}
+
+/// `srun -n 2 logo-trainer … --batch-size 1` on a real one-node Slurm cluster (Debian's
+/// slurm-wlm, started by `scripts/slurm-cluster.sh`): the ranks find each other from
+/// `SLURM_PROCID`/`SLURM_NTASKS` and the node list, and train the adapter of one process with
+/// `--batch-size 2`, bit for bit with the shared prompt.
+#[test]
+fn srun_2_ranks_equal_one_process_with_twice_the_batch() {
+    let dir = tempfile::tempdir().unwrap();
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let Some(cluster) = logo_env::slurm::Cluster::start(&repo, &dir.path().join("slurm")) else {
+        return;
+    };
+    two_shard_setup(dir.path());
+    let one = trainer(dir.path(), "one", 2).output().unwrap();
+    assert!(
+        one.status.success(),
+        "{}",
+        String::from_utf8_lossy(&one.stderr)
+    );
+    let reference = trainer(dir.path(), "srun", 1);
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let out = cluster
+        .command("srun")
+        .args(["-n", "2", "--cpus-per-task", "1"])
+        .arg(env!("CARGO_BIN_EXE_logo-trainer"))
+        .args(reference.get_args())
+        .args(["--dist-backend", "tcp"])
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("LOGO_FAULT")
+        .env_remove(logo_trainer::dist::PORT_VAR)
+        .env("MASTER_PORT", port.to_string())
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "srun: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    compare_runs(dir.path(), "one", "srun");
+}
+
+/// `torchrun LAUNCH --no-python --nproc-per-node 2 logo-trainer …` (batch 1 per rank) into
+/// `dir/out`.
+fn torchrun_run(torchrun: &Path, dir: &Path, out: &str, launch: &[&str]) {
+    // torchrun runs the program given after its own options; the trainer's arguments follow.
+    let reference = trainer(dir, out, 1);
+    let args: Vec<String> = reference
+        .get_args()
+        .map(|a| a.to_string_lossy().into_owned())
+        .collect();
+    let out = Command::new(torchrun)
+        .args(launch)
+        .args(["--no-python", "--nproc-per-node", "2"])
+        .arg(env!("CARGO_BIN_EXE_logo-trainer"))
+        .args(&args)
+        .args(["--dist-backend", "tcp"])
+        .env_remove("RANK")
+        .env_remove("WORLD_SIZE")
+        .env_remove("SLURM_PROCID")
+        .env_remove("LOGO_FAULT")
+        .env_remove(logo_trainer::dist::PORT_VAR)
+        .env("OMP_NUM_THREADS", "1")
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "torchrun {launch:?}: {}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Runs `a` and `b` (folders of `dir`) logged the same 3 steps and wrote the same adapter, bit
+/// for bit.
+fn compare_runs(dir: &Path, a: &str, b: &str) {
+    let metrics = |run: &str| {
+        logo_trainer::train_loop::read_metrics(&dir.join(run).join("metrics.jsonl")).unwrap()
+    };
+    let (m1, m2) = (metrics(a), metrics(b));
+    assert_eq!((m1.len(), m2.len()), (3, 3));
+    for (x, y) in m1.iter().zip(&m2) {
+        assert_eq!(
+            (x.tokens, x.loss, x.grad_norm),
+            (y.tokens, y.loss, y.grad_norm)
+        );
+    }
+    let adapter = |run: &str| read_adapter(&dir.join(run).join("adapter_model.safetensors"));
+    let worst = worst_relative(&adapter(a), &adapter(b));
+    println!("{b} (2 ranks) vs {a} (1 process, 2x batch): adapter {worst:.2e}");
+    assert_eq!(worst, 0.0, "{b} vs {a}");
+}
+
 /// A rank that exits in the middle of training (`LOGO_FAULT=1:1`, test only) ends the job
 /// within seconds, with a non-zero status and a message naming it.
 #[test]

@@ -3,6 +3,13 @@
 //! Sources: PyTorch `torch.distributed.run` (torchrun sets `RANK`, `WORLD_SIZE`, `LOCAL_RANK`,
 //! `LOCAL_WORLD_SIZE`, `MASTER_ADDR`, `MASTER_PORT` for each worker) and SLURM `srun`
 //! (`SLURM_PROCID`, `SLURM_NTASKS`, `SLURM_LOCALID`, `SLURM_JOB_NODELIST`).
+//!
+//! Under torchrun, rank 0 cannot listen on `MASTER_PORT`: torchrun's agent on the master node
+//! already serves its own TCPStore there and tells its workers so with
+//! `TORCHELASTIC_USE_AGENT_STORE=True`. logo's ranks then meet on the next port,
+//! `MASTER_PORT + 1` ([`TORCHRUN_PORT_OFFSET`]), which every worker of the job derives from the
+//! same variables; `LOGO_DIST_PORT` ([`PORT_VAR`]) names another port instead (set it on every
+//! node). Nothing else of torchrun's store is used.
 
 use crate::error::{Result, TrainerError};
 
@@ -16,6 +23,13 @@ pub enum EnvSource {
     /// `SLURM_PROCID`/`SLURM_NTASKS`.
     Slurm,
 }
+
+/// Environment variable naming the port rank 0 listens on, overriding `MASTER_PORT` (and the
+/// torchrun rule, see the module doc).
+pub const PORT_VAR: &str = "LOGO_DIST_PORT";
+
+/// Under torchrun's agent store, logo's port is `MASTER_PORT` + this.
+pub const TORCHRUN_PORT_OFFSET: u16 = 1;
 
 /// Environment variable holding the job's membership token: `logo-trainer --nproc-per-node`
 /// generates one per job and hands it to its workers; export the same value on every node of
@@ -82,7 +96,8 @@ pub struct DistEnv {
     pub local_rank: usize,
     /// Host of rank 0, where it listens.
     pub master_addr: String,
-    /// Port rank 0 listens on; default 29500 (torchrun's).
+    /// Port rank 0 listens on: `LOGO_DIST_PORT`, else `MASTER_PORT` (+ 1 under torchrun's
+    /// agent store, see the module doc), else 29500.
     pub master_port: u16,
     /// Where the values came from.
     pub source: EnvSource,
@@ -176,13 +191,7 @@ impl DistEnv {
             ));
         }
         let master_addr = master_addr(var, source, world)?;
-        let master_port = match var("MASTER_PORT") {
-            None => 29500,
-            Some(p) => p
-                .trim()
-                .parse::<u16>()
-                .map_err(|_| bad("MASTER_PORT", format!("expected a port number, got {p:?}")))?,
-        };
+        let master_port = master_port(var)?;
         Ok(DistEnv {
             rank,
             world_size: world,
@@ -193,6 +202,40 @@ impl DistEnv {
             token: JobToken::new(var(TOKEN_VAR).unwrap_or_default()),
         })
     }
+}
+
+/// The port rank 0 listens on: `LOGO_DIST_PORT`; else `MASTER_PORT`, plus
+/// [`TORCHRUN_PORT_OFFSET`] when torchrun's agent serves its store there
+/// (`TORCHELASTIC_USE_AGENT_STORE=True`); else 29500. Errors: [`TrainerError::Config`] naming
+/// the variable that is not a port, or a `MASTER_PORT` with no port after it.
+fn master_port(var: &dyn Fn(&str) -> Option<String>) -> Result<u16> {
+    let port = |key: &str| -> Result<Option<u16>> {
+        var(key)
+            .map(|p| {
+                p.trim().parse::<u16>().map_err(|_| TrainerError::Config {
+                    key: key.into(),
+                    message: format!("expected a port number, got {p:?}"),
+                })
+            })
+            .transpose()
+    };
+    if let Some(p) = port(PORT_VAR)? {
+        return Ok(p);
+    }
+    let Some(p) = port("MASTER_PORT")? else {
+        return Ok(29500);
+    };
+    let agent_store = var("TORCHELASTIC_USE_AGENT_STORE").is_some_and(|v| v == "True");
+    if !agent_store {
+        return Ok(p);
+    }
+    p.checked_add(TORCHRUN_PORT_OFFSET)
+        .ok_or_else(|| TrainerError::Config {
+            key: "MASTER_PORT".into(),
+            message: format!(
+                "{p} is torchrun's store and no port follows it; set {PORT_VAR} to a free port"
+            ),
+        })
 }
 
 /// Rank 0's host: `MASTER_ADDR`; under SLURM, else the first host of `SLURM_JOB_NODELIST`;
@@ -300,6 +343,41 @@ mod tests {
             (5, 8, 1, 29500, EnvSource::Slurm)
         );
         assert_eq!(s.master_addr, "gpu07");
+    }
+
+    #[test]
+    fn torchrun_agent_store_moves_logo_to_the_next_port() {
+        let base = [
+            ("RANK", "1"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "127.0.0.1"),
+            ("MASTER_PORT", "29612"),
+        ];
+        let port = |extra: &[(&str, &str)]| {
+            let mut v = base.to_vec();
+            v.extend_from_slice(extra);
+            env(&v).map(|e| e.master_port)
+        };
+        assert_eq!(port(&[]).unwrap(), 29612);
+        let agent = ("TORCHELASTIC_USE_AGENT_STORE", "True");
+        assert_eq!(port(&[agent]).unwrap(), 29613);
+        assert_eq!(
+            port(&[("TORCHELASTIC_USE_AGENT_STORE", "False")]).unwrap(),
+            29612
+        );
+        assert_eq!(port(&[agent, (PORT_VAR, "4000")]).unwrap(), 4000);
+        let e = env(&[
+            ("RANK", "0"),
+            ("WORLD_SIZE", "2"),
+            ("MASTER_ADDR", "h"),
+            ("MASTER_PORT", "65535"),
+            agent,
+        ])
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("MASTER_PORT") && e.contains(PORT_VAR), "{e}");
+        let e = port(&[(PORT_VAR, "x")]).unwrap_err().to_string();
+        assert!(e.starts_with("config key LOGO_DIST_PORT: expected"), "{e}");
     }
 
     #[test]

@@ -1,7 +1,7 @@
 //! Data parallelism: collectives over ranks, the launch environment, and gradient averaging.
 //!
-//! Every rank holds a full copy of the frozen model and of the LoRA adapters, reads its own
-//! shard of the Parquet row groups ([`crate::data::TrainingData::shard`]), computes the
+//! Every rank holds a full copy of the frozen model and of the LoRA adapters, takes its own
+//! rows of one global data stream ([`crate::data::ExampleStream::for_rank`]), computes the
 //! gradient of its micro-batches, and then the ranks average the LoRA gradients with an
 //! all-reduce ([`average_gradients`]): `g = (1/W) Σ_r g_r`. As the loss is a mean over the
 //! batch, W ranks with batch b take exactly the step of one rank with batch W·b (tested in
@@ -34,7 +34,9 @@ mod nccl;
 mod tcp;
 mod threads;
 
-pub use env::{first_slurm_host, DistEnv, EnvSource, JobToken, TOKEN_VAR};
+pub use env::{
+    first_slurm_host, DistEnv, EnvSource, JobToken, PORT_VAR, TOKEN_VAR, TORCHRUN_PORT_OFFSET,
+};
 pub use nccl::{find_nccl_library, Nccl, NcclLibrary};
 pub use tcp::Tcp;
 pub use threads::Threads;

@@ -10,10 +10,15 @@
 //! `torch.distributed`'s store. Every all-reduce first passes a TCP barrier, so that a rank
 //! that has died is reported by name (NCCL itself would wait for it forever); then the LoRA
 //! gradients, packed into one f32 CUDA buffer, are summed in place on the legacy default
-//! stream after a device synchronisation, and the device is synchronised again.
+//! stream after a device synchronisation. The wait for the sum never blocks for ever: the
+//! stream is polled (`cudaStreamQuery`) together with the communicator's asynchronous error
+//! (`ncclCommGetAsyncError`, e.g. a peer that died mid-collective), and after
+//! `LOGO_DIST_TIMEOUT_S` ([`super::dist_timeout`]) or on an error the communicator is aborted
+//! (`ncclCommAbort`) and the error names this rank ([`wait_for_collective`]).
 
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::PathBuf;
+use std::time::{Duration, Instant};
 
 use tch::{Device, Tensor};
 
@@ -42,7 +47,16 @@ type AllReduce = unsafe extern "C" fn(
 ) -> NcclResult;
 type CommFree = unsafe extern "C" fn(*mut c_void) -> NcclResult;
 type ErrorString = unsafe extern "C" fn(NcclResult) -> *const c_char;
+type GetAsyncError = unsafe extern "C" fn(*mut c_void, *mut NcclResult) -> NcclResult;
 type CudaSetDevice = unsafe extern "C" fn(c_int) -> c_int;
+type CudaStreamQuery = unsafe extern "C" fn(*mut c_void) -> c_int;
+
+/// `ncclSuccess`, `ncclInProgress` (nccl.h).
+const NCCL_SUCCESS: NcclResult = 0;
+const NCCL_IN_PROGRESS: NcclResult = 7;
+/// `cudaSuccess`, `cudaErrorNotReady` (cuda_runtime_api.h).
+const CUDA_SUCCESS: c_int = 0;
+const CUDA_ERROR_NOT_READY: c_int = 600;
 
 const NCCL_FLOAT32: c_int = 7;
 const NCCL_SUM: c_int = 0;
@@ -57,6 +71,7 @@ pub struct NcclLibrary {
     all_reduce: AllReduce,
     comm_destroy: CommFree,
     comm_abort: CommFree,
+    comm_get_async_error: GetAsyncError,
     error_string: ErrorString,
     _lib: libloading::Library,
 }
@@ -120,6 +135,7 @@ impl NcclLibrary {
                 all_reduce: *lib.get::<AllReduce>(b"ncclAllReduce\0")?,
                 comm_destroy: *lib.get::<CommFree>(b"ncclCommDestroy\0")?,
                 comm_abort: *lib.get::<CommFree>(b"ncclCommAbort\0")?,
+                comm_get_async_error: *lib.get::<GetAsyncError>(b"ncclCommGetAsyncError\0")?,
                 error_string: *lib.get::<ErrorString>(b"ncclGetErrorString\0")?,
                 _lib: lib,
             })
@@ -139,13 +155,78 @@ impl NcclLibrary {
         if code == 0 {
             return Ok(());
         }
-        // SAFETY: ncclGetErrorString returns a static C string.
-        let msg = unsafe { CStr::from_ptr((self.error_string)(code)) }
-            .to_string_lossy()
-            .to_string();
         Err(TrainerError::Dist(format!(
-            "{op} failed: {msg} (NCCL error {code})"
+            "{op} failed: {}",
+            self.describe(code)
         )))
+    }
+
+    /// `"{ncclGetErrorString(code)} (NCCL error {code})"`.
+    fn describe(&self, code: NcclResult) -> String {
+        // SAFETY: ncclGetErrorString returns a static C string.
+        let msg = unsafe { CStr::from_ptr((self.error_string)(code)) }.to_string_lossy();
+        format!("{msg} (NCCL error {code})")
+    }
+}
+
+/// What one look at a collective in flight saw.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Poll {
+    /// The stream finished the collective.
+    Done,
+    /// Still running, no error reported.
+    Pending,
+    /// An error: the CUDA stream's or the communicator's asynchronous one.
+    Failed(String),
+}
+
+/// One poll from the library's return codes: `stream` from `cudaStreamQuery`, `async_error`
+/// from `ncclCommGetAsyncError` (asked only while the stream is not done), `describe` names an
+/// NCCL code. `cudaSuccess` → [`Poll::Done`]; `cudaErrorNotReady` with `ncclSuccess` or
+/// `ncclInProgress` → [`Poll::Pending`]; any other code → [`Poll::Failed`].
+pub fn classify(
+    stream: c_int,
+    async_error: impl FnOnce() -> NcclResult,
+    describe: impl Fn(NcclResult) -> String,
+) -> Poll {
+    match stream {
+        CUDA_SUCCESS => Poll::Done,
+        CUDA_ERROR_NOT_READY => match async_error() {
+            NCCL_SUCCESS | NCCL_IN_PROGRESS => Poll::Pending,
+            code => Poll::Failed(format!("communicator error: {}", describe(code))),
+        },
+        code => Poll::Failed(format!("CUDA error {code} on the collective's stream")),
+    }
+}
+
+/// Waits for a collective by calling `poll` every `interval` until [`Poll::Done`]. Errors:
+/// [`TrainerError::Dist`] naming `rank` and `op` on [`Poll::Failed`], or when `timeout`
+/// (`LOGO_DIST_TIMEOUT_S`) passes first: a peer that died or hangs inside the collective. The
+/// caller then aborts the communicator.
+pub fn wait_for_collective(
+    mut poll: impl FnMut() -> Poll,
+    timeout: Duration,
+    interval: Duration,
+    rank: usize,
+    op: &str,
+) -> Result<()> {
+    let started = Instant::now();
+    loop {
+        match poll() {
+            Poll::Done => return Ok(()),
+            Poll::Failed(why) => {
+                return Err(TrainerError::Dist(format!(
+                    "rank {rank}: {op} failed: {why}; communicator aborted"
+                )))
+            }
+            Poll::Pending if started.elapsed() >= timeout => {
+                return Err(TrainerError::Dist(format!(
+                    "rank {rank}: {op} did not complete within {timeout:?} (LOGO_DIST_TIMEOUT_S): \
+                     a peer died or hangs inside the collective; communicator aborted"
+                )))
+            }
+            Poll::Pending => std::thread::sleep(interval),
+        }
     }
 }
 
@@ -155,29 +236,32 @@ pub struct Nccl {
     lib: NcclLibrary,
     comm: *mut c_void,
     device: usize,
+    stream_query: CudaStreamQuery,
 }
 
 // SAFETY: the communicator is used by one thread at a time (`&mut self`); NCCL communicators
 // may be used from any thread.
 unsafe impl Send for Nccl {}
 
-fn set_cuda_device(index: usize) -> Result<()> {
+/// Makes CUDA device `index` current; returns the runtime's `cudaStreamQuery`.
+fn set_cuda_device(index: usize) -> Result<CudaStreamQuery> {
     let mut errors = Vec::new();
     for name in ["libcudart.so.13", "libcudart.so.12", "libcudart.so"] {
         // SAFETY: the CUDA runtime libtorch_cuda already loaded (same soname, same instance);
-        // cudaSetDevice(int) -> cudaError_t.
+        // cudaSetDevice(int) -> cudaError_t, cudaStreamQuery(cudaStream_t) -> cudaError_t.
         let result = unsafe {
             libloading::Library::new(name).and_then(|lib| {
                 let f = *lib.get::<CudaSetDevice>(b"cudaSetDevice\0")?;
-                Ok((f(index as c_int), lib))
+                let query = *lib.get::<CudaStreamQuery>(b"cudaStreamQuery\0")?;
+                Ok((f(index as c_int), query, lib))
             })
         };
         match result {
-            Ok((0, lib)) => {
+            Ok((0, query, lib)) => {
                 std::mem::forget(lib); // keep the runtime loaded for the process
-                return Ok(());
+                return Ok(query);
             }
-            Ok((code, _)) => {
+            Ok((code, _, _)) => {
                 return Err(TrainerError::Dist(format!(
                     "cudaSetDevice({index}) failed with CUDA error {code}"
                 )))
@@ -204,7 +288,7 @@ impl Nccl {
                 return Err(e);
             }
         };
-        set_cuda_device(device)?;
+        let stream_query = set_cuda_device(device)?;
         let mut id = UniqueId { internal: [0; 128] };
         let mut bytes = vec![0u8; 128];
         if tcp.rank() == 0 {
@@ -230,6 +314,7 @@ impl Nccl {
             lib,
             comm,
             device,
+            stream_query,
         })
     }
 }
@@ -277,7 +362,35 @@ impl Collective for Nccl {
             )
         };
         self.lib.check(code, "ncclAllReduce")?;
-        tch::Cuda::synchronize(self.device as i64);
+        let (lib, comm, query) = (&self.lib, self.comm, self.stream_query);
+        let poll = || {
+            // SAFETY: the legacy default stream (null) of the current device; the
+            // communicator is ours and alive.
+            let stream = unsafe { query(std::ptr::null_mut()) };
+            let async_error = || {
+                let mut code = NCCL_SUCCESS;
+                // SAFETY: writes one ncclResult_t for our live communicator.
+                let called = unsafe { (lib.comm_get_async_error)(comm, &mut code) };
+                if called == NCCL_SUCCESS {
+                    code
+                } else {
+                    called
+                }
+            };
+            classify(stream, async_error, |c| lib.describe(c))
+        };
+        let rank = self.tcp.rank();
+        let waited = wait_for_collective(
+            poll,
+            super::dist_timeout(),
+            Duration::from_millis(1),
+            rank,
+            "ncclAllReduce",
+        );
+        if let Err(e) = waited {
+            self.abort(&e.to_string());
+            return Err(e);
+        }
         unpack_f32(&flat, tensors)
     }
 
@@ -323,6 +436,85 @@ mod tests {
         // NCCL_VERSION_CODE = major·10000 + minor·100 + patch since 2.9.
         assert!((20900..30000).contains(&v), "version code {v}");
         eprintln!("NCCL {v} from {}", lib.path);
+    }
+
+    /// The library's return codes, stubbed: a finished stream is done whatever NCCL says; a
+    /// running one is pending while NCCL reports success or in-progress, and failed (with the
+    /// error's text) on anything else, e.g. ncclRemoteError (6) from a peer that died; any
+    /// other CUDA code fails.
+    #[test]
+    fn return_codes_classify_a_collective_in_flight() {
+        let describe = |c: NcclResult| format!("stub error {c}");
+        let never = || -> NcclResult { panic!("async error asked of a finished stream") };
+        assert_eq!(classify(CUDA_SUCCESS, never, describe), Poll::Done);
+        assert_eq!(classify(600, || 0, describe), Poll::Pending);
+        assert_eq!(classify(600, || 7, describe), Poll::Pending);
+        assert_eq!(
+            classify(600, || 6, describe),
+            Poll::Failed("communicator error: stub error 6".into())
+        );
+        assert_eq!(
+            classify(700, || 0, describe),
+            Poll::Failed("CUDA error 700 on the collective's stream".into())
+        );
+    }
+
+    /// A collective that never finishes ends after the timeout with an error naming the rank;
+    /// an asynchronous error ends the wait at once; a collective that finishes is waited for
+    /// exactly until it does.
+    #[test]
+    fn the_wait_times_out_fails_or_finishes() {
+        let tick = Duration::from_millis(1);
+        let started = Instant::now();
+        let e = wait_for_collective(|| Poll::Pending, Duration::from_millis(50), tick, 3, "op")
+            .unwrap_err()
+            .to_string();
+        let waited = started.elapsed();
+        assert!(waited >= Duration::from_millis(50), "{waited:?}");
+        assert!(
+            e.contains("rank 3: op did not complete within 50ms (LOGO_DIST_TIMEOUT_S)")
+                && e.contains("communicator aborted"),
+            "{e}"
+        );
+        let mut polls = 0;
+        let e = wait_for_collective(
+            || {
+                polls += 1;
+                if polls < 3 {
+                    Poll::Pending
+                } else {
+                    Poll::Failed("communicator error: stub error 6".into())
+                }
+            },
+            Duration::from_secs(60),
+            tick,
+            1,
+            "ncclAllReduce",
+        )
+        .unwrap_err()
+        .to_string();
+        assert_eq!(polls, 3);
+        assert!(
+            e.contains("rank 1: ncclAllReduce failed: communicator error: stub error 6"),
+            "{e}"
+        );
+        let mut polls = 0;
+        wait_for_collective(
+            || {
+                polls += 1;
+                if polls < 5 {
+                    Poll::Pending
+                } else {
+                    Poll::Done
+                }
+            },
+            Duration::from_secs(60),
+            tick,
+            0,
+            "op",
+        )
+        .unwrap();
+        assert_eq!(polls, 5);
     }
 
     #[test]
