@@ -64,9 +64,11 @@ results *names: build
 gpu-bundle: build
     scripts/gpu-bundle.sh
 
-# On a GPU machine with torch 2.11, after gpu-bundle (carry out/gpu-check); builds nothing,
-# under 8 minutes; JSON in $OUT or bench/results/gpu/. GPU_CHECK_DRY_RUN=1 tries it on CPU.
-# GPU check: tokens/s, MFU, peak CUDA memory of a random ~1B Llama, 8K tokens, K = 64K, M = 1-8.
+# On a GPU machine with torch 2.11, after gpu-bundle (carry out/gpu-check and scripts/; there,
+# run scripts/gpu-check.sh itself: just needs the registry); builds nothing, under 8 minutes;
+# one archive $OUT/gpu-check.tgz (default OUT=bench/results/gpu) and a table on stdout.
+# GPU_CHECK_DRY_RUN=1 tries it on CPU. Random 1B (M = 1, 8; four gradient modes) and 8B-shaped
+# Llamas at 8K tokens, K = 64K: tokens/s, MFU, peak CUDA memory.
 gpu-check:
     scripts/gpu-check.sh
 

@@ -8,12 +8,16 @@
 //! 2022, App. B): a forward pass costs 2·N FLOPs per token for the N weights of the decoder
 //! layers, plus 4·L·d_attn FLOPs per (query, key) pair for attention scores and values (a
 //! causal sequence of T tokens has T²/2 pairs), plus 2·V·H per row whose logits are computed
-//! (only the rows that predict a response token); the backward pass through a frozen base
-//! computes activation gradients only, about as many FLOPs as the forward (the base's weight
-//! gradients, the other half of a full backward, are skipped; LoRA's are negligible). So a LoRA
-//! step ≈ 2× the forward. These are model FLOPs: the decoupled gradient's second forward and
-//! checkpointing's recomputation are not counted (MFU as in PaLM); with `share_prompt` the
-//! prompt is counted once, since it is computed once.
+//! (only the rows that predict a response token). The backward pass through a frozen base's
+//! weight matrices (and the frozen head) computes activation gradients only, as many FLOPs as
+//! their forward (the weight gradients, the other half of a full backward, are skipped; LoRA's
+//! are negligible); attention has no weights, and its backward computes the gradients of both
+//! operands of each of its two matrix products, 2× its forward. So a LoRA step ≈ 2× the
+//! forward of the matrices and head + 3× the forward of attention. These are model FLOPs: the
+//! decoupled gradient's second forward and checkpointing's recomputation are not counted (MFU
+//! as in PaLM); with `share_prompt` the prompt is counted once, since it is computed once.
+//! Tokens per second count each real token of the sample once (the prompt and every response:
+//! P + Σ|y|), whatever the gradient mode computes.
 //!
 //! On CUDA the report also gives the peak memory of PyTorch's caching allocator
 //! (`torch.cuda.max_memory_allocated`, through the shim in `csrc/cuda_memory.cpp`).
@@ -157,11 +161,11 @@ pub struct BenchReport {
     pub dtype: String,
     /// Base-model weights.
     pub model_parameters: usize,
-    /// Real tokens per step: (M + 1)·P + responses (the decoupled gradient runs each
-    /// forward twice; tokens are counted once).
+    /// Real tokens per step, each once: P + Σ|y| (the prompt and the M + 1 responses).
     pub tokens_per_step: usize,
     /// Tokens the step's forward runs: with `share_prompt` P + Σ|y| (the prompt once),
-    /// otherwise `tokens_per_step`.
+    /// otherwise (M + 1)·P + Σ|y| (the decoupled gradient runs each forward twice; counted
+    /// once here).
     pub computed_tokens_per_step: usize,
     /// Seconds of each measured step.
     pub step_seconds: Vec<f64>,
@@ -214,7 +218,7 @@ pub fn synthetic_example(vocab: usize, cfg: &BenchConfig) -> Example {
 
 /// Estimated model FLOPs of one LoRA LOGO step on `example` (module doc): the M + 1 sequences
 /// `prompt ⧺ response` each in full, or with `share_prompt` the prompt once and each response
-/// attending to it.
+/// attending to it; 2× the forward of weights and head, 3× the forward of attention.
 pub fn step_flops(model: &LlamaConfig, example: &Example, share_prompt: bool) -> f64 {
     let (h, i) = (model.hidden_size as f64, model.intermediate_size as f64);
     let d_q = (model.num_attention_heads * model.head_dim) as f64;
@@ -231,21 +235,16 @@ pub fn step_flops(model: &LlamaConfig, example: &Example, share_prompt: bool) ->
         .collect();
     let scored: f64 = responses.iter().sum();
     let logits = 2.0 * model.vocab_size as f64 * h * scored;
-    let forward = if share_prompt {
-        let prompt = per_token * p + per_pair * p * p / 2.0;
-        let resp: f64 = responses
-            .iter()
-            .map(|&r| per_token * r + per_pair * r * (p + r / 2.0))
-            .sum();
-        prompt + resp + logits
+    // (weights, attention) forward FLOPs.
+    let (weights, attention) = if share_prompt {
+        let pairs: f64 = responses.iter().map(|&r| r * (p + r / 2.0)).sum();
+        (per_token * (p + scored), per_pair * (p * p / 2.0 + pairs))
     } else {
-        let seqs: f64 = responses
-            .iter()
-            .map(|&r| per_token * (p + r) + per_pair * (p + r) * (p + r) / 2.0)
-            .sum();
-        seqs + logits
+        let tokens: f64 = responses.iter().map(|&r| p + r).sum();
+        let pairs: f64 = responses.iter().map(|&r| (p + r) * (p + r) / 2.0).sum();
+        (per_token * tokens, per_pair * pairs)
     };
-    2.0 * forward
+    2.0 * (weights + logits) + 3.0 * attention
 }
 
 /// Peak bytes allocated and reserved by PyTorch's CUDA caching allocator on CUDA device
@@ -307,10 +306,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
     let flops = step_flops(model.config(), &example, cfg.share_prompt);
+    let real_tokens = example.prompt_ids.len()
+        + example.chosen_ids.len()
+        + example.rejected_ids.iter().map(Vec::len).sum::<usize>();
     let computed_tokens = if cfg.share_prompt {
-        example.prompt_ids.len()
-            + example.chosen_ids.len()
-            + example.rejected_ids.iter().map(Vec::len).sum::<usize>()
+        real_tokens
     } else {
         batch.tokens
     };
@@ -325,11 +325,11 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
         threads: tch::get_num_threads(),
         dtype: format!("{kind:?}"),
         model_parameters: params,
-        tokens_per_step: batch.tokens,
+        tokens_per_step: real_tokens,
         computed_tokens_per_step: computed_tokens,
         step_seconds: times,
         median_step_seconds: median,
-        tokens_per_second: batch.tokens as f64 / median,
+        tokens_per_second: real_tokens as f64 / median,
         flops_per_step: flops,
         achieved_tflops: achieved,
         mfu: cfg.peak_tflops.map(|p| achieved / p),
@@ -427,10 +427,12 @@ mod tests {
 
     /// Model FLOPs by hand on a toy: H 4, I 8, L 1, nh 2, nkv 1 (hd 2), V 10; P 3, responses of
     /// 2 and 1 tokens. Layer weights 2·4·4 + 2·4·2 + 3·4·8 = 144, so 288 FLOPs per token;
-    /// 4·1·4 = 16 per attention pair; logits 2·10·4·3 = 240.
-    /// Joint: (288·5 + 16·25/2) + (288·4 + 16·16/2) + 240 = 3160, step 2× = 6320.
-    /// Shared: prompt 288·3 + 16·9/2 = 936; responses 288·2 + 16·2·(3 + 1) = 704 and
-    /// 288 + 16·1·3.5 = 344; + 240 = 2224, step 4448.
+    /// 4·1·4 = 16 per attention pair; logits 2·10·4·3 = 240. A step is 2× (weights + logits)
+    /// plus 3× attention.
+    /// Joint: weights 288·(5 + 4) = 2592, attention 16·25/2 + 16·16/2 = 328:
+    /// 2·(2592 + 240) + 3·328 = 6648.
+    /// Shared: weights 288·(3 + 2 + 1) = 1728, attention 16·9/2 + 16·2·(3 + 1) + 16·1·3.5 = 256:
+    /// 2·(1728 + 240) + 3·256 = 4704.
     #[test]
     fn step_flops_by_hand() {
         let cfg = RandomModel {
@@ -450,8 +452,8 @@ mod tests {
             chosen_ids: vec![4, 5],
             rejected_ids: vec![vec![6]],
         };
-        assert_eq!(step_flops(&cfg, &example, false), 6320.0);
-        assert_eq!(step_flops(&cfg, &example, true), 4448.0);
+        assert_eq!(step_flops(&cfg, &example, false), 6648.0);
+        assert_eq!(step_flops(&cfg, &example, true), 4704.0);
     }
 
     /// The ~1B preset has 0.85B weights (embedding and head 2·32000·2048, 16 layers of

@@ -11,6 +11,45 @@ use crate::lora::LoraConfig;
 use crate::loss::LossConfig;
 use crate::optim::AdamWConfig;
 
+/// Per-layer activation checkpointing of a run: decided from the memory (`auto`), or forced.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Checkpointing {
+    /// On CUDA when the estimated activations exceed 80 % of the free device memory
+    /// ([`crate::memory::needs_checkpointing`]); off on CPU.
+    #[default]
+    Auto,
+    /// Always.
+    On,
+    /// Never.
+    Off,
+}
+
+impl<'de> Deserialize<'de> for Checkpointing {
+    /// `"auto"`, `"on"`, `"off"`, or a boolean (`trainer_state.json` of earlier runs:
+    /// true = on, false = off).
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Name(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Bool(true) => Ok(Checkpointing::On),
+            Raw::Bool(false) => Ok(Checkpointing::Off),
+            Raw::Name(n) => match n.as_str() {
+                "auto" => Ok(Checkpointing::Auto),
+                "on" => Ok(Checkpointing::On),
+                "off" => Ok(Checkpointing::Off),
+                _ => Err(serde::de::Error::custom(format!(
+                    "checkpointing: expected auto, on or off, got {n:?}"
+                ))),
+            },
+        }
+    }
+}
+
 /// Everything a run needs.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct TrainConfig {
@@ -62,9 +101,10 @@ pub struct TrainConfig {
     pub decoupled: bool,
     /// Per-layer activation checkpointing ([`Llama::backward_checkpointed`]): keep only layer
     /// inputs, recompute each layer in the backward (~1.3× compute, activation memory of one
-    /// layer).
+    /// layer). `auto` (default): on CUDA when the estimated activations exceed 80 % of the
+    /// free device memory ([`crate::memory`]), off on CPU.
     #[serde(default)]
-    pub checkpointing: bool,
+    pub checkpointing: Checkpointing,
     /// Run each sample's prompt once for its M + 1 responses ([`crate::shared_prompt`]): one
     /// prompt forward and backward per sample instead of M + 1, activation memory almost flat
     /// in M. Excludes `decoupled`.
@@ -100,7 +140,7 @@ impl Default for TrainConfig {
             resume: None,
             progress: true,
             decoupled: false,
-            checkpointing: false,
+            checkpointing: Checkpointing::Auto,
             share_prompt: true,
         }
     }

@@ -23,6 +23,7 @@ pub mod dist;
 pub mod error;
 pub mod lora;
 pub mod loss;
+pub mod memory;
 pub mod model;
 pub mod optim;
 pub mod peft;

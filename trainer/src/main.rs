@@ -217,9 +217,12 @@ struct TrainArgs {
     /// the compute (see trainer/src/decoupled.rs).
     #[arg(long)]
     decoupled: bool,
-    /// Per-layer activation checkpointing: keep only layer inputs, recompute in the backward.
-    #[arg(long)]
-    checkpointing: bool,
+    /// Per-layer activation checkpointing (keep only layer inputs, recompute in the backward):
+    /// auto (on CUDA when the estimated activations exceed 80 % of the free memory; off on
+    /// CPU), on (also `--checkpointing` alone) or off.
+    #[arg(long, value_enum, num_args = 0..=1, default_value_t = defaults().checkpointing,
+          default_missing_value = "on")]
+    checkpointing: logo_trainer::config::Checkpointing,
     /// Run each sample's prompt once for its M + 1 responses: one prompt forward/backward per
     /// sample instead of M + 1, memory almost flat in M (trainer/src/shared_prompt.rs). The
     /// default unless --decoupled or --no-share-prompt.

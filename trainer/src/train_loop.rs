@@ -27,7 +27,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use crate::checkpoint::{read_json, save_checkpoint, save_final_adapter, write_json, MetricsLog};
-use crate::data::{collate, Batch, Example, ExampleStream, TrainingData};
+use crate::config::Checkpointing;
+use crate::data::{collate, read_row_group, Batch, Example, ExampleStream, TrainingData};
 use crate::decoupled::backward_decoupled;
 use crate::dist::{average_gradients, broadcast_parameters, inject_fault, Collective, Local};
 use crate::error::{Result, TrainerError};
@@ -195,6 +196,9 @@ pub struct Trainer<'c> {
     opt: AdamW,
     stream: ExampleStream,
     mode: GradientMode,
+    /// Per-layer activation checkpointing, `cfg.checkpointing` resolved
+    /// ([`resolve_checkpointing`]).
+    checkpointing: bool,
     /// Optimizer steps done (resumed ones included).
     step: usize,
     total_steps: usize,
@@ -232,6 +236,7 @@ impl<'c> Trainer<'c> {
             Kind::Float
         };
         let model = Llama::load(&cfg.model, Some(&cfg.lora), device, kind)?;
+        let checkpointing = resolve_checkpointing(cfg, &data, &model, rank)?;
         let step = match &cfg.resume {
             Some(dir) => resume_step(&model, dir, world, total_steps)?,
             None => 0,
@@ -264,6 +269,7 @@ impl<'c> Trainer<'c> {
         let bar = progress_bar(total_steps, step, cfg.progress && rank == 0);
         Ok(Trainer {
             mode: GradientMode::of(cfg),
+            checkpointing,
             cfg: cfg.clone(),
             coll,
             model,
@@ -408,8 +414,14 @@ impl<'c> Trainer<'c> {
     /// Forward, loss and backward of one micro-batch in the run's [`GradientMode`].
     fn backward(&self, examples: &[Example], seed: i64) -> Result<LossOutput> {
         let (c, scale) = (&self.cfg, 1.0 / self.cfg.grad_accum as f64);
-        self.mode
-            .backward(&self.model, examples, &c.loss, c.checkpointing, seed, scale)
+        self.mode.backward(
+            &self.model,
+            examples,
+            &c.loss,
+            self.checkpointing,
+            seed,
+            scale,
+        )
     }
 
     /// The step's metrics: this rank's means over its micro-batches, then the means over the
@@ -449,6 +461,59 @@ impl<'c> Trainer<'c> {
         self.run_metrics.push(m);
         Ok(())
     }
+}
+
+/// `cfg.checkpointing` decided: `on`/`off` as given; `auto` off on CPU, and on CUDA on when the
+/// activations of a micro-batch of the first row group's longest sample
+/// ([`crate::memory::activation_bytes`] of the tokens the gradient mode computes) exceed 80 % of
+/// the device's free memory, said on rank 0. Errors: reading the first row group.
+fn resolve_checkpointing(
+    cfg: &TrainConfig,
+    data: &TrainingData,
+    model: &Llama,
+    rank: usize,
+) -> Result<bool> {
+    let device = model.device();
+    match cfg.checkpointing {
+        Checkpointing::On => return Ok(true),
+        Checkpointing::Off => return Ok(false),
+        Checkpointing::Auto if !device.is_cuda() => return Ok(false),
+        Checkpointing::Auto => {}
+    }
+    let Some((free, _)) = crate::memory::cuda_free_memory() else {
+        return Ok(false);
+    };
+    let first = data.row_groups().iter().find(|g| g.rows > 0);
+    let examples = first.map(read_row_group).transpose()?.unwrap_or_default();
+    let mode = GradientMode::of(cfg);
+    let tokens = examples
+        .iter()
+        .map(|e| {
+            let (p, chosen) = (e.prompt_ids.len(), e.chosen_ids.len());
+            let rejected = e.rejected_ids.iter().map(Vec::len);
+            match mode {
+                GradientMode::SharedPrompt => p + chosen + rejected.sum::<usize>(),
+                GradientMode::Decoupled => p + rejected.chain([chosen]).max().unwrap_or(0),
+                GradientMode::Joint => e.tokens(),
+            }
+        })
+        .max()
+        .unwrap_or(0)
+        * cfg.batch_size;
+    let bytes = if device.is_cuda() { 2 } else { 4 };
+    let estimate = crate::memory::activation_bytes(model.config(), tokens, bytes);
+    let on = crate::memory::needs_checkpointing(estimate, free);
+    if rank == 0 {
+        let gib = |b: u64| b as f64 / (1u64 << 30) as f64;
+        println!(
+            "checkpointing {} (auto): estimated activations {:.1} GiB for {tokens} tokens vs \
+             {:.1} GiB free on the device (threshold 80 %)",
+            if on { "on" } else { "off" },
+            gib(estimate),
+            gib(free)
+        );
+    }
+    Ok(on)
 }
 
 /// Loads the adapter of checkpoint `dir` into `model` and returns its step. Errors:

@@ -181,7 +181,7 @@ pub fn config(data: &Path, model: &Path, output: &Path) -> TrainConfig {
         resume: None,
         progress: false,
         decoupled: false,
-        checkpointing: false,
+        checkpointing: logo_trainer::config::Checkpointing::Off,
         share_prompt: false,
     }
 }
