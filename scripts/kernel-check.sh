@@ -2,7 +2,7 @@
 # Reruns the trainer's numeric test binaries (lib, train, dist, grad_vs_peft, loss_vs_torch,
 # model_vs_hf) under each of
 # libtorch's CPU kernel sets, as cargo runs them (test binaries in parallel threads), so that a
-# bound that holds on one CPU only cannot land (issue 9). Every numeric check prints
+# bound that holds on one CPU only cannot land. Every numeric check prints
 # `numeric <label>: observed <o> bound <b>` (trainer/tests/common/numeric.rs); this script
 # collects them and, with --json, writes the worst observation per check and kernel.
 #

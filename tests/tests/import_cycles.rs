@@ -1,4 +1,4 @@
-//! No module of any crate imports another that imports it back (issue 13):
+//! No module of any crate imports another that imports it back:
 //! `scripts/check-import-cycles.py` passes on the workspace, and fails, naming the circle and
 //! the imports that make it, on a crate where one is planted.
 

@@ -1,4 +1,4 @@
-//! Library functions stay under ~80 lines and files under ~600, or say why (issue 13 item 7):
+//! Library functions stay under ~80 lines and files under ~600, or say why:
 //! `scripts/check-sizes.py` passes on the workspace, and fails on a crate with a long function
 //! or file that gives no reason, naming each.
 

@@ -310,8 +310,8 @@ fn checkpointed_gradient_equals_plain_gradient() {
 /// The shared-prompt gradient (prompt once, responses against its cached keys and values)
 /// equals the joint backward over the M + 1 full sequences, with and without checkpointing:
 /// to the f32 reduction bound with an f32 model, and to the f64 twin's bound with an f64
-/// model, which separates rounding from a real difference (issue 9: the f32 bound of 1e-5
-/// failed at 1.03e-5 under one CPU's kernels).
+/// model, which separates rounding from a real difference (a fixed f32 bound of 1e-5 once
+/// failed at 1.03e-5 under another CPU's kernels).
 #[test]
 fn shared_prompt_gradient_equals_joint_gradient() {
     use logo_trainer::data::collate;

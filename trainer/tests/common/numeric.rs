@@ -1,6 +1,6 @@
 //! Tolerances of the numeric tests, derived from the dtype's rounding error instead of picked
-//! from one machine's observation (issue 9: a bound of 1e-5 held on one CPU and failed at
-//! 1.03e-5 on the next).
+//! from one machine's observation (a bound of 1e-5 once held on one CPU and failed at 1.03e-5
+//! on the next).
 //!
 //! libtorch chooses its CPU kernels by CPU (`ATEN_CPU_CAPABILITY` = `avx2` or `avx512` on the
 //! machines this project runs on), and the kernels sum in different orders. Two evaluations of
@@ -47,7 +47,7 @@ pub fn rounding_bound(kind: Kind, depth: usize) -> f64 {
 /// intermediate and attention reductions forward and backward (2 · 2 · (32 + 64 + 17) = 452),
 /// and the softmax over the vocabulary (64): 618. With f32 that bounds a relative gradient
 /// difference by 7.4e-5; observed up to 9.0e-6 (decoupled vs joint, avx512 kernels) and
-/// 1.03e-5 before (issue 9).
+/// 1.03e-5 on another CPU's kernels.
 pub const TINY_GRADIENT_DEPTH: usize = 102 + 452 + 64;
 
 /// The f64 twin's bound: what is left in f32 when the base model is f64 is a fixed handful of
