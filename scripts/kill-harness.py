@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Kill -9 harness of `logo-engine run` (a crash loses at most the unit in flight): a
-reference run, then TRIALS runs each killed with SIGKILL at a random moment and run again to completion on the same output. Each
-trial must end with the reference's dataset: the same parts (names and SHA-256 of the bytes),
+reference run, then TRIALS runs each killed with SIGKILL at a random moment and run again to
+completion on the same output. Each trial must end with the reference's dataset: the same parts (names and SHA-256 of the bytes),
 the same rejects.jsonl, the same sample ids, none lost, none duplicated. Records how many
 generations the rerun replayed from the cache and how many it computed again.
 
