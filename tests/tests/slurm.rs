@@ -97,6 +97,16 @@ fn array_line(yaml: &Path, out: &Path, log: &Path) -> Vec<String> {
     ]
 }
 
+/// `logo-engine status`'s `all` row says 8 units done, 0 pending, 0 failed.
+fn assert_all_done(status: &str) {
+    let all = status
+        .lines()
+        .find(|l| l.trim_start().starts_with("all"))
+        .unwrap();
+    let cols: Vec<&str> = all.split_whitespace().collect();
+    assert_eq!(&cols[1..4], ["8", "0", "0"], "{status}");
+}
+
 fn status(out: &Path) -> String {
     let o = run("logo-engine", &["status", out.to_str().unwrap()]);
     assert!(o.status.success(), "{}", describe(&o));
@@ -139,12 +149,7 @@ fn a_job_array_equals_one_process_and_survives_scancel() {
     assert_eq!(parts(&shared), reference, "array parts vs one process");
     let s = status(&shared);
     assert!(s.contains("0/2") && s.contains("1/2"), "{s}");
-    let all = s
-        .lines()
-        .find(|l| l.trim_start().starts_with("all"))
-        .unwrap();
-    let cols: Vec<&str> = all.split_whitespace().collect();
-    assert_eq!(&cols[1..4], ["8", "0", "0"], "{s}");
+    assert_all_done(&s);
 
     // Task 1 killed after its first unit, the same line submitted again.
     let killed = dir.path().join("killed");
@@ -173,11 +178,6 @@ fn a_job_array_equals_one_process_and_survives_scancel() {
         "killed and resubmitted vs one process"
     );
     let s = status(&killed);
-    let all = s
-        .lines()
-        .find(|l| l.trim_start().starts_with("all"))
-        .unwrap();
-    let cols: Vec<&str> = all.split_whitespace().collect();
-    assert_eq!(&cols[1..4], ["8", "0", "0"], "{s}");
+    assert_all_done(&s);
     println!("units done when task 1 was cancelled: {after_kill} of 8\n{s}");
 }

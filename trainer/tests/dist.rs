@@ -359,49 +359,34 @@ fn srun_2_ranks_equal_one_process_with_twice_the_batch() {
         "{}",
         String::from_utf8_lossy(&one.stderr)
     );
-    let reference = trainer(dir.path(), "srun", 1);
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
         .unwrap()
         .port();
-    let out = cluster
-        .command("srun")
-        .args(["-n", "2", "--cpus-per-task", "1"])
-        .arg(env!("CARGO_BIN_EXE_logo-trainer"))
-        .args(reference.get_args())
-        .args(["--dist-backend", "tcp"])
-        .env_remove("RANK")
-        .env_remove("WORLD_SIZE")
-        .env_remove("LOGO_FAULT")
-        .env_remove(logo_trainer::dist::PORT_VAR)
-        .env("MASTER_PORT", port.to_string())
-        .env("OMP_NUM_THREADS", "1")
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "srun: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let mut srun = cluster.command("srun");
+    srun.args(["-n", "2", "--cpus-per-task", "1"])
+        .env("MASTER_PORT", port.to_string());
+    run_launched(srun, dir.path(), "srun");
     compare_runs(dir.path(), "one", "srun");
 }
 
 /// `torchrun LAUNCH --no-python --nproc-per-node 2 logo-trainer …` (batch 1 per rank) into
 /// `dir/out`.
 fn torchrun_run(torchrun: &Path, dir: &Path, out: &str, launch: &[&str]) {
-    // torchrun runs the program given after its own options; the trainer's arguments follow.
+    let mut c = Command::new(torchrun);
+    c.args(launch)
+        .args(["--no-python", "--nproc-per-node", "2"]);
+    run_launched(c, dir, out);
+}
+
+/// `launcher` (torchrun, srun, with its own options) starting `logo-trainer` with [`trainer`]'s
+/// arguments (batch 1 per rank, output `dir/out`) over TCP; asserts it succeeded.
+fn run_launched(mut launcher: Command, dir: &Path, out: &str) {
     let reference = trainer(dir, out, 1);
-    let args: Vec<String> = reference
-        .get_args()
-        .map(|a| a.to_string_lossy().into_owned())
-        .collect();
-    let out = Command::new(torchrun)
-        .args(launch)
-        .args(["--no-python", "--nproc-per-node", "2"])
+    let output = launcher
         .arg(env!("CARGO_BIN_EXE_logo-trainer"))
-        .args(&args)
+        .args(reference.get_args())
         .args(["--dist-backend", "tcp"])
         .env_remove("RANK")
         .env_remove("WORLD_SIZE")
@@ -412,10 +397,11 @@ fn torchrun_run(torchrun: &Path, dir: &Path, out: &str, launch: &[&str]) {
         .output()
         .unwrap();
     assert!(
-        out.status.success(),
-        "torchrun {launch:?}: {}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
+        output.status.success(),
+        "{:?}: {}\n{}",
+        launcher.get_program(),
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
     );
 }
 
