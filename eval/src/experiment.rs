@@ -124,7 +124,7 @@ fn read<T: for<'de> Deserialize<'de>>(path: &Path) -> Result<T> {
 /// Reads one QA metric off a score row.
 type QaMetric = fn(&crate::metrics::QaScores) -> f64;
 /// Reads one training metric off a step.
-type StepField = fn(&logo_trainer::train_loop::StepMetrics) -> f64;
+type StepField = fn(&logo_trainer::loss::StepMetrics) -> f64;
 
 /// Summarises one model. Errors: unreadable or malformed JSON, naming the file.
 pub fn summarise(m: &RunModel) -> Result<ModelSummary> {
@@ -281,14 +281,14 @@ fn draw_bars(
 /// Training curves (PNG, 1000×520): the total loss and the chosen response's NLL (`sft_loss`)
 /// per step, one colour per adapter. Errors: [`EvalError::Plot`].
 pub fn training_curves(
-    runs: &[(String, Vec<logo_trainer::train_loop::StepMetrics>)],
+    runs: &[(String, Vec<logo_trainer::loss::StepMetrics>)],
     path: &Path,
 ) -> Result<()> {
     draw_training(runs, path).map_err(|e| plot_err(path, e))
 }
 
 fn draw_training(
-    runs: &[(String, Vec<logo_trainer::train_loop::StepMetrics>)],
+    runs: &[(String, Vec<logo_trainer::loss::StepMetrics>)],
     path: &Path,
 ) -> DrawResult {
     let root = BitMapBackend::new(path, (1000, 520)).into_drawing_area();

@@ -23,7 +23,7 @@ use cli::{config_err, plan, policy_config, Cli, Plan};
 /// The trainer's libtorch model in f32 on `device` (`--device`), with the PEFT adapter when
 /// given.
 fn load_torch(model: &Path, adapter: Option<&Path>, device: &str) -> Result<Llama> {
-    let device = logo_trainer::train_loop::parse_device(device)
+    let device = logo_trainer::config::parse_device(device)
         .map_err(|e| config_err("--device", e.to_string()))?;
     Ok(match adapter {
         None => Llama::load(model, None, device, Kind::Float)?,

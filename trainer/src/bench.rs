@@ -15,7 +15,7 @@
 //! operands of each of its two matrix products, 2× its forward. So a LoRA step ≈ 2× the
 //! forward of the matrices and head + 3× the forward of attention. These are model FLOPs: the
 //! decoupled gradient's second forward and checkpointing's recomputation are not counted (MFU
-//! as in PaLM); with `share_prompt` the prompt is counted once, since it is computed once.
+//! as in PaLM); with `gradient: shared_prompt` the prompt is counted once, since it is computed once.
 //! Tokens per second count each real token of the sample once (the prompt and every response:
 //! P + Σ|y|), whatever the gradient mode computes.
 //!
@@ -28,13 +28,13 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::config::{parse_device, GradientMode};
 use crate::data::{collate, Example};
 use crate::error::{Result, TrainerError};
 use crate::lora::LoraConfig;
 use crate::loss::LossConfig;
 use crate::model::{Llama, LlamaConfig};
 use crate::optim::{AdamW, AdamWConfig};
-use crate::train_loop::{parse_device, GradientMode};
 
 /// What to measure.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -60,14 +60,12 @@ pub struct BenchConfig {
     pub peak_tflops: Option<f64>,
     /// Seed of the synthetic sample.
     pub seed: u64,
-    /// Use the decoupled (memory flat in M) gradient ([`crate::decoupled`]).
-    pub decoupled: bool,
-    /// Per-layer activation checkpointing.
+    /// How the gradient is computed ([`GradientMode`]; `logo-trainer bench` defaults to
+    /// `joint`, training to `shared_prompt`).
+    pub gradient: GradientMode,
+    /// Per-layer activation checkpointing; default off.
     #[serde(default)]
     pub checkpointing: bool,
-    /// Compute the prompt once for the M + 1 responses ([`crate::shared_prompt`]).
-    #[serde(default)]
-    pub share_prompt: bool,
     /// Use a random-weight model of this shape instead of `model`.
     #[serde(default)]
     pub random_model: Option<RandomModel>,
@@ -126,14 +124,14 @@ impl RandomModel {
             "tie_word_embeddings": false,
         });
         serde_json::from_value(json).map_err(|e| TrainerError::Config {
-            key: "--random-model".into(),
+            key: "random_model".into(),
             message: e.to_string(),
         })
     }
 }
 
 /// Resolves `bf16`, `f16`, `f32` (`None`: bf16 on CUDA, f32 on CPU). Errors:
-/// [`TrainerError::Config`] (`--dtype`).
+/// [`TrainerError::Config`] (`dtype`).
 pub fn parse_dtype(dtype: Option<&str>, device: Device) -> Result<Kind> {
     match dtype {
         None if device.is_cuda() => Ok(Kind::BFloat16),
@@ -142,7 +140,7 @@ pub fn parse_dtype(dtype: Option<&str>, device: Device) -> Result<Kind> {
         Some("f16") => Ok(Kind::Half),
         Some("f32") => Ok(Kind::Float),
         Some(other) => Err(TrainerError::Config {
-            key: "--dtype".into(),
+            key: "dtype".into(),
             message: format!("unknown dtype {other} (allowed: bf16, f16, f32)"),
         }),
     }
@@ -163,7 +161,7 @@ pub struct BenchReport {
     pub model_parameters: usize,
     /// Real tokens per step, each once: P + Σ|y| (the prompt and the M + 1 responses).
     pub tokens_per_step: usize,
-    /// Tokens the step's forward runs: with `share_prompt` P + Σ|y| (the prompt once),
+    /// Tokens the step's forward runs: with the shared-prompt gradient P + Σ|y| (the prompt once),
     /// otherwise (M + 1)·P + Σ|y| (the decoupled gradient runs each forward twice; counted
     /// once here).
     pub computed_tokens_per_step: usize,
@@ -281,8 +279,8 @@ pub fn peak_rss_bytes() -> Option<u64> {
     Some(kb * 1024)
 }
 
-/// Runs the benchmark. Errors: [`TrainerError::Config`] (device, dtype, random model shape,
-/// `share_prompt` with `decoupled`) before any work; model loading, torch.
+/// Runs the benchmark. Errors: [`TrainerError::Config`] (device, dtype, random model shape, a
+/// size of 0) before any work; model loading, torch.
 pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     check(cfg)?;
     let device = parse_device(&cfg.device)?;
@@ -305,15 +303,12 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     let mut sorted = times.clone();
     sorted.sort_by(f64::total_cmp);
     let median = sorted[sorted.len() / 2];
-    let flops = step_flops(model.config(), &example, cfg.share_prompt);
+    let shared = cfg.gradient == GradientMode::SharedPrompt;
+    let flops = step_flops(model.config(), &example, shared);
     let real_tokens = example.prompt_ids.len()
         + example.chosen_ids.len()
         + example.rejected_ids.iter().map(Vec::len).sum::<usize>();
-    let computed_tokens = if cfg.share_prompt {
-        real_tokens
-    } else {
-        batch.tokens
-    };
+    let computed_tokens = if shared { real_tokens } else { batch.tokens };
     let cuda_peak = match device {
         Device::Cuda(i) => cuda_peak_memory(i),
         _ => None,
@@ -340,23 +335,17 @@ pub fn run(cfg: &BenchConfig) -> Result<BenchReport> {
     })
 }
 
-/// The flags, before any model loads. Errors: [`TrainerError::Config`] naming the flag.
+/// The sizes, before any model loads. Errors: [`TrainerError::Config`] naming the key.
 fn check(cfg: &BenchConfig) -> Result<()> {
     let bad = |key: &str, message: String| TrainerError::Config {
         key: key.into(),
         message,
     };
-    if cfg.share_prompt && cfg.decoupled {
-        return Err(bad(
-            "--share-prompt",
-            "cannot be combined with --decoupled".into(),
-        ));
-    }
     for (key, v) in [
-        ("--prompt-tokens", cfg.prompt_tokens),
-        ("--response-tokens", cfg.response_tokens),
-        ("--num-negatives", cfg.num_negatives),
-        ("--steps", cfg.steps),
+        ("prompt_tokens", cfg.prompt_tokens),
+        ("response_tokens", cfg.response_tokens),
+        ("num_negatives", cfg.num_negatives),
+        ("steps", cfg.steps),
     ] {
         if v == 0 {
             return Err(bad(key, "must be >= 1".into()));
@@ -364,7 +353,7 @@ fn check(cfg: &BenchConfig) -> Result<()> {
     }
     if cfg.target_length < cfg.prompt_tokens + cfg.response_tokens {
         return Err(bad(
-            "--target-length",
+            "target_length",
             format!(
                 "the virtual context K = {} must hold the prompt and a response ({} + {} tokens)",
                 cfg.target_length, cfg.prompt_tokens, cfg.response_tokens
@@ -378,13 +367,7 @@ fn check(cfg: &BenchConfig) -> Result<()> {
 /// clipping, AdamW) on `example`: the step times, seconds (device synchronised), and the
 /// last loss.
 fn time_steps(model: &Llama, example: &Example, cfg: &BenchConfig) -> Result<(Vec<f64>, f64)> {
-    let mode = if cfg.share_prompt {
-        GradientMode::SharedPrompt
-    } else if cfg.decoupled {
-        GradientMode::Decoupled
-    } else {
-        GradientMode::Joint
-    };
+    let mode = cfg.gradient;
     let vars: Vec<(String, Tensor)> = model
         .lora_var_store()
         .ok_or_else(|| TrainerError::Internal("bench model has no LoRA".into()))?

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::TrainConfig;
+use crate::config::{deserialize_state_config, RawTrainConfig, TrainConfig};
 use crate::error::{Result, TrainerError};
 use crate::loss::StepMetrics;
 use crate::model::Llama;
@@ -26,8 +26,10 @@ pub struct TrainerState {
     pub step: usize,
     /// Total steps of the run.
     pub total_steps: usize,
-    /// The run's configuration.
-    pub config: TrainConfig,
+    /// The run's configuration (validated when it was written); that of a run before the
+    /// `gradient` key reads with its booleans mapped onto it ([`deserialize_state_config`]).
+    #[serde(deserialize_with = "deserialize_state_config")]
+    pub config: RawTrainConfig,
     /// Ranks of the run (data order depends on it); 1 when absent.
     #[serde(default = "one")]
     pub world_size: usize,
@@ -111,7 +113,7 @@ pub fn save_checkpoint(
         &TrainerState {
             step,
             total_steps,
-            config: cfg.clone(),
+            config: cfg.raw().clone(),
             world_size,
         },
     )?;

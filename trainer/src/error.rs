@@ -9,10 +9,11 @@ pub type Result<T, E = TrainerError> = std::result::Result<T, E>;
 /// Errors of the trainer.
 #[derive(Debug, thiserror::Error)]
 pub enum TrainerError {
-    /// A command-line or config value is out of range; raised before any work.
+    /// A config value is unknown, mistyped or out of range; raised before any work.
     #[error("config key {key}: {message}")]
     Config {
-        /// The option or key (`--beta`, `lora.r`).
+        /// The dotted config key (`loss.beta`, `lora.r`; the binary adds its flag) or the
+        /// environment variable (`WORLD_SIZE`).
         key: String,
         /// What is wrong and what is allowed.
         message: String,

@@ -26,10 +26,11 @@ use tch::{nn, Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
 
-/// LoRA hyper-parameters with PEFT's names (PEFT `LoraConfig`); `#[serde(default)]`, so a
-/// PEFT `adapter_config.json` parses into it (other keys are ignored).
+/// LoRA hyper-parameters with PEFT's names (PEFT `LoraConfig`): the `lora` section of
+/// `train.yaml` (every key optional, defaults below; unknown keys refused). A PEFT
+/// `adapter_config.json` is read by [`crate::peft::read_adapter_config`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(default)]
+#[serde(default, deny_unknown_fields)]
 pub struct LoraConfig {
     /// Rank r of the update `B·A`, default 8.
     pub r: i64,

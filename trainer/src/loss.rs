@@ -63,8 +63,10 @@ impl Objective {
     }
 }
 
-/// Hyper-parameters of Eq. 2 and 3, and the objective.
+/// Hyper-parameters of Eq. 2 and 3, and the objective: the `loss` section of `train.yaml`
+/// (every key optional, defaults below; unknown keys refused).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct LossConfig {
     /// β: reward scale; default 10 (paper 4.1 for Llama-3-8B; 2.5 Mistral, 3 Llama-2).
     pub beta: f64,
@@ -72,8 +74,8 @@ pub struct LossConfig {
     pub gamma: f64,
     /// λ (`sft_weight`): weight of the SFT regulariser; default 0.1.
     pub sft_weight: f64,
-    /// What is minimised; `logo` when absent (checkpoints written before the option).
-    #[serde(default)]
+    /// What is minimised ([`Objective`]): `logo` (default; also when absent from checkpoints
+    /// written before the key), `sft` or `simpo`.
     pub objective: Objective,
 }
 

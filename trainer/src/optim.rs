@@ -12,8 +12,11 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
 
-/// AdamW hyper-parameters.
+/// AdamW hyper-parameters (Loshchilov and Hutter, "Decoupled Weight Decay Regularization",
+/// Algorithm 2; PyTorch `torch.optim.AdamW`): the `optim` section of `train.yaml` (every key
+/// optional, defaults below; unknown keys refused).
 #[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct AdamWConfig {
     /// Peak learning rate; default 1e-4.
     pub lr: f64,

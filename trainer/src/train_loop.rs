@@ -26,21 +26,19 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use crate::checkpoint::{read_json, save_checkpoint, save_final_adapter, write_json, MetricsLog};
-use crate::config::Checkpointing;
+use crate::checkpoint::{
+    read_json, save_checkpoint, save_final_adapter, write_json, MetricsLog, TrainerState,
+};
+use crate::config::{parse_device, Checkpointing, GradientMode, TrainConfig};
 use crate::data::{collate, read_row_group, Batch, Example, ExampleStream, TrainingData};
 use crate::decoupled::backward_decoupled;
 use crate::dist::{average_gradients, broadcast_parameters, inject_fault, Collective, Local};
 use crate::error::{Result, TrainerError};
-use crate::loss::{logo_loss, sequence_logps, LossConfig, LossMetrics, LossOutput};
+use crate::loss::{logo_loss, sequence_logps, LossConfig, LossMetrics, LossOutput, StepMetrics};
 use crate::model::Llama;
 use crate::optim::{lr_at, AdamW};
 use crate::peft::load_adapter;
 use crate::shared_prompt::backward_shared_prompt;
-
-pub use crate::checkpoint::{latest_checkpoint, read_metrics, TrainerState};
-pub use crate::config::{parse_device, GradientMode, TrainConfig};
-pub use crate::loss::StepMetrics;
 
 /// What [`train`] returns.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -51,7 +49,7 @@ pub struct TrainSummary {
     pub metrics: Vec<StepMetrics>,
     /// The final adapter folder.
     pub adapter: PathBuf,
-    /// What was minimised (`--objective`), so a report can tell runs apart.
+    /// What was minimised (`loss.objective`), so a report can tell runs apart.
     #[serde(default)]
     pub objective: crate::loss::Objective,
 }
@@ -218,7 +216,6 @@ impl<'c> Trainer<'c> {
     /// checkpoint of another world size or already at the last step, no LoRA target);
     /// [`TrainerError::Input`] for the data; model loading and [`TrainerError::Dist`].
     pub fn new(cfg: &TrainConfig, coll: &'c mut dyn Collective) -> Result<Self> {
-        cfg.validate()?;
         let (rank, world) = (coll.rank(), coll.world_size());
         let device = parse_device(&cfg.device)?;
         let data = TrainingData::open(&cfg.data)?;
@@ -268,7 +265,7 @@ impl<'c> Trainer<'c> {
             .transpose()?;
         let bar = progress_bar(total_steps, step, cfg.progress && rank == 0);
         Ok(Trainer {
-            mode: GradientMode::of(cfg),
+            mode: cfg.gradient,
             checkpointing,
             cfg: cfg.clone(),
             coll,
@@ -295,7 +292,7 @@ impl<'c> Trainer<'c> {
         self.cfg.stop_after_step == Some(self.step) && self.step < self.total_steps
     }
 
-    /// Ends a run cut at `stop_after_step`: rank 0 saves `checkpoint-{step}/` (to `--resume`
+    /// Ends a run cut at `stop_after_step`: rank 0 saves `checkpoint-{step}/` (to `resume`
     /// from) and nothing else, then every rank waits for the others. The summary's `steps` is
     /// the step reached. Errors: as [`Trainer::save`], [`TrainerError::Dist`].
     pub fn stop(self) -> Result<TrainSummary> {
@@ -348,7 +345,7 @@ impl<'c> Trainer<'c> {
                 step: self.step + 1,
                 message: format!(
                     "loss {}, gradient norm {grad_norm}; nothing of this step was applied or \
-                     saved (lower --lr or --beta, or resume from an earlier checkpoint)",
+                     saved (lower optim.lr or loss.beta, or resume from an earlier checkpoint)",
                     loss.loss
                 ),
             });
@@ -485,7 +482,7 @@ fn resolve_checkpointing(
     };
     let first = data.row_groups().iter().find(|g| g.rows > 0);
     let examples = first.map(read_row_group).transpose()?.unwrap_or_default();
-    let mode = GradientMode::of(cfg);
+    let mode = cfg.gradient;
     let tokens = examples
         .iter()
         .map(|e| {
@@ -523,7 +520,7 @@ fn resume_step(model: &Llama, dir: &Path, world: usize, total_steps: usize) -> R
     load_adapter(model, dir)?;
     let state: TrainerState = read_json(&dir.join("trainer_state.json"))?;
     let bad = |message: String| TrainerError::Config {
-        key: "--resume".into(),
+        key: "resume".into(),
         message,
     };
     if state.world_size != world {
@@ -536,7 +533,7 @@ fn resume_step(model: &Llama, dir: &Path, world: usize, total_steps: usize) -> R
     }
     if state.step >= total_steps {
         return Err(bad(format!(
-            "{} is at step {}, and this run ends at step {total_steps} (--max-steps): nothing \
+            "{} is at step {}, and this run ends at step {total_steps} (max_steps): nothing \
              to train",
             dir.display(),
             state.step

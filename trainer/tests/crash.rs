@@ -10,7 +10,7 @@ use std::time::{Duration, Instant};
 
 use common::*;
 use logo_schemas::{TrainingSample, SCHEMA_VERSION};
-use logo_trainer::train_loop::{latest_checkpoint, read_metrics};
+use logo_trainer::checkpoint::{latest_checkpoint, read_metrics};
 use tch::Tensor;
 
 const STEPS: usize = 120;

@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use common::numeric::*;
 use common::*;
 use logo_schemas::SCHEMA_VERSION;
+use logo_trainer::config::TrainConfig;
 use logo_trainer::data::collate;
 use logo_trainer::dist::{average_gradients, Collective, Threads};
 use logo_trainer::lora::LoraConfig;
@@ -140,6 +141,7 @@ fn only_rank_zero_writes() {
             cfg.batch_size = 1;
             cfg.max_steps = Some(2);
             cfg.save_steps = 1;
+            let cfg = TrainConfig::try_from(cfg).unwrap();
             std::thread::spawn(move || train_with(&cfg, &mut coll).unwrap())
         })
         .collect();
@@ -219,7 +221,7 @@ fn nproc_per_node_2_equals_one_process_with_twice_the_batch() {
     // 3 steps of the run below.
     for (mode, flags, tolerance) in [
         ("shared", &[][..], 0.0),
-        ("joint", &["--no-share-prompt"][..], training_run_bound(3)),
+        ("joint", &["--gradient", "joint"][..], training_run_bound(3)),
     ] {
         let one = trainer(dir.path(), &format!("{mode}-one"), 2)
             .args(flags)
@@ -244,7 +246,7 @@ fn nproc_per_node_2_equals_one_process_with_twice_the_batch() {
         let stdout = String::from_utf8_lossy(&two.stdout);
         assert_eq!(stdout.matches("step ").count(), 3, "{stdout}");
         let metrics = |run: &str| {
-            logo_trainer::train_loop::read_metrics(
+            logo_trainer::checkpoint::read_metrics(
                 &dir.path().join(format!("{mode}-{run}/metrics.jsonl")),
             )
             .unwrap()
@@ -409,7 +411,7 @@ fn run_launched(mut launcher: Command, dir: &Path, out: &str) {
 /// for bit.
 fn compare_runs(dir: &Path, a: &str, b: &str) {
     let metrics = |run: &str| {
-        logo_trainer::train_loop::read_metrics(&dir.join(run).join("metrics.jsonl")).unwrap()
+        logo_trainer::checkpoint::read_metrics(&dir.join(run).join("metrics.jsonl")).unwrap()
     };
     let (m1, m2) = (metrics(a), metrics(b));
     assert_eq!((m1.len(), m2.len()), (3, 3));

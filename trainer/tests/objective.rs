@@ -9,11 +9,12 @@ mod common;
 use common::numeric::*;
 use common::*;
 use logo_schemas::SCHEMA_VERSION;
+use logo_trainer::checkpoint::TrainerState;
 use logo_trainer::data::{collate, Example};
 use logo_trainer::decoupled::backward_decoupled;
 use logo_trainer::loss::{LossConfig, Objective};
 use logo_trainer::shared_prompt::backward_shared_prompt;
-use logo_trainer::train_loop::{backward_joint, train, TrainerState};
+use logo_trainer::train_loop::backward_joint;
 use tch::{Device, Kind, Tensor};
 
 /// ℓ(y) = (1/|y|) Σ_t log softmax(logits of prompt ⧺ y)[row of t − 1][y_t] for one response

@@ -9,8 +9,9 @@ use std::path::Path;
 use common::numeric::*;
 use common::*;
 use logo_schemas::{Record, TrainingSample, SCHEMA_VERSION, SCHEMA_VERSION_KEY};
+use logo_trainer::checkpoint::read_metrics;
+use logo_trainer::config::GradientMode;
 use logo_trainer::loss::LossConfig;
-use logo_trainer::train_loop::{read_metrics, train};
 use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -117,7 +118,8 @@ fn resume_repeats_the_uninterrupted_run() {
     done.max_steps = Some(3);
     let e = train(&done).unwrap_err().to_string();
     assert!(
-        e.contains("--resume") && e.contains("is at step 3, and this run ends at step 3"),
+        e.contains("config key resume: ")
+            && e.contains("is at step 3, and this run ends at step 3"),
         "{e}"
     );
     // A run cut into parts (stop_after_step 2, then resumed in the same folder) is the
@@ -380,7 +382,11 @@ fn share_prompt_run_repeats_the_joint_run() {
         cfg.lora.lora_dropout = 0.0;
         cfg.max_steps = Some(4);
         cfg.save_steps = 0;
-        cfg.share_prompt = share;
+        cfg.gradient = if share {
+            GradientMode::SharedPrompt
+        } else {
+            GradientMode::Joint
+        };
         train(&cfg).unwrap().metrics
     };
     let joint = run(false, "joint");
@@ -441,19 +447,19 @@ fn exported_merged_model_equals_base_with_adapter() {
 }
 
 /// Hyper-parameters that are NaN, infinite or out of range stop the run before any work,
-/// naming the flag; nothing is written.
+/// naming the config key; nothing is written.
 #[test]
 fn bad_hyperparameters_stop_before_any_work() {
     let dir = tempfile::tempdir().unwrap();
     let out = dir.path().join("out");
-    type Set = fn(&mut logo_trainer::train_loop::TrainConfig);
+    type Set = fn(&mut logo_trainer::config::RawTrainConfig);
     let cases: [(&str, Set); 7] = [
-        ("--beta", |c| c.loss.beta = f64::NAN),
-        ("--beta", |c| c.loss.beta = f64::INFINITY),
-        ("--gamma", |c| c.loss.gamma = f64::INFINITY),
-        ("--sft-weight", |c| c.loss.sft_weight = f64::NAN),
-        ("--max-grad-norm", |c| c.max_grad_norm = -1.0),
-        ("--lr", |c| c.optim.lr = f64::NAN),
+        ("loss.beta", |c| c.loss.beta = f64::NAN),
+        ("loss.beta", |c| c.loss.beta = f64::INFINITY),
+        ("loss.gamma", |c| c.loss.gamma = f64::INFINITY),
+        ("loss.sft_weight", |c| c.loss.sft_weight = f64::NAN),
+        ("max_grad_norm", |c| c.max_grad_norm = -1.0),
+        ("optim.lr", |c| c.optim.lr = f64::NAN),
         ("lora.lora_alpha", |c| c.lora.lora_alpha = f64::INFINITY),
     ];
     for (key, set) in cases {

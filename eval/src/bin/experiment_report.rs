@@ -14,7 +14,8 @@ use logo_eval::experiment::{
 use logo_eval::niah::NiahReport;
 use logo_eval::perplexity::PerplexityReport;
 use logo_eval::{EvalError, Result};
-use logo_trainer::train_loop::{read_metrics, StepMetrics};
+use logo_trainer::checkpoint::read_metrics;
+use logo_trainer::loss::StepMetrics;
 
 /// Writes the report of an experiment (`runs.json` of scripts/experiment.py) into --out.
 #[derive(Debug, Parser)]

@@ -33,7 +33,8 @@ pub struct LaunchConfig {
 }
 
 impl LaunchConfig {
-    /// Checks the values. Errors: [`TrainerError::Config`] naming the flag.
+    /// Checks the values. Errors: [`TrainerError::Config`] naming the key (`node_rank`; the
+    /// binary names its flag).
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, message: String| {
             Err(TrainerError::Config {
@@ -42,21 +43,21 @@ impl LaunchConfig {
             })
         };
         if self.nproc_per_node == 0 {
-            return bad("--nproc-per-node", "must be >= 1".into());
+            return bad("nproc_per_node", "must be >= 1".into());
         }
         if self.nnodes == 0 {
-            return bad("--nnodes", "must be >= 1".into());
+            return bad("nnodes", "must be >= 1".into());
         }
         if self.node_rank >= self.nnodes {
             return bad(
-                "--node-rank",
-                format!("{} is not below --nnodes {}", self.node_rank, self.nnodes),
+                "node_rank",
+                format!("{} is not below nnodes {}", self.node_rank, self.nnodes),
             );
         }
         if self.nnodes > 1 && self.master_addr.is_none() {
             return bad(
-                "--master-addr",
-                "required with --nnodes > 1 (the host of node 0)".into(),
+                "master_addr",
+                "required with nnodes > 1 (the host of node 0)".into(),
             );
         }
         Ok(())
@@ -270,7 +271,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("--node-rank: 2 is not below --nnodes 2"));
+            .contains("config key node_rank: 2 is not below nnodes 2"));
         let cfg = LaunchConfig {
             node_rank: 0,
             master_addr: None,
@@ -280,7 +281,7 @@ mod tests {
             .validate()
             .unwrap_err()
             .to_string()
-            .contains("--master-addr"));
+            .contains("config key master_addr: "));
     }
 
     #[test]

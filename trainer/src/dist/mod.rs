@@ -214,7 +214,7 @@ pub fn connect(env: &DistEnv, backend: &str, device: Device) -> Result<Box<dyn C
         "nccl" => {
             if !device.is_cuda() {
                 return Err(TrainerError::Config {
-                    key: "--dist-backend".into(),
+                    key: "dist_backend".into(),
                     message: "nccl needs a CUDA device (use tcp on CPU)".into(),
                 });
             }
@@ -223,7 +223,7 @@ pub fn connect(env: &DistEnv, backend: &str, device: Device) -> Result<Box<dyn C
         "tcp" => false,
         other => {
             return Err(TrainerError::Config {
-                key: "--dist-backend".into(),
+                key: "dist_backend".into(),
                 message: format!("unknown backend {other} (allowed: auto, tcp, nccl)"),
             })
         }

@@ -9,10 +9,11 @@ use std::sync::Arc;
 
 use arrow::datatypes::Schema;
 use logo_schemas::{Record, SampleKey, TrainingSample, SCHEMA_VERSION_KEY};
+use logo_trainer::config::{GradientMode, RawTrainConfig, TrainConfig};
 use logo_trainer::lora::LoraConfig;
 use logo_trainer::loss::LossConfig;
 use logo_trainer::optim::AdamWConfig;
-use logo_trainer::train_loop::TrainConfig;
+use logo_trainer::train_loop::TrainSummary;
 use parquet::arrow::ArrowWriter;
 use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
@@ -148,8 +149,8 @@ pub fn write_parquet(path: &Path, rows: &[TrainingSample], version: Option<&str>
     w.close().unwrap();
 }
 
-pub fn config(data: &Path, model: &Path, output: &Path) -> TrainConfig {
-    TrainConfig {
+pub fn config(data: &Path, model: &Path, output: &Path) -> RawTrainConfig {
+    RawTrainConfig {
         data: data.into(),
         model: model.into(),
         output: output.into(),
@@ -180,10 +181,15 @@ pub fn config(data: &Path, model: &Path, output: &Path) -> TrainConfig {
         device: "cpu".into(),
         resume: None,
         progress: false,
-        decoupled: false,
+        gradient: GradientMode::Joint,
         checkpointing: logo_trainer::config::Checkpointing::Off,
-        share_prompt: false,
     }
+}
+
+/// [`logo_trainer::train_loop::train`] on `cfg`, validated first (`TrainConfig::try_from`, the
+/// binary's one check): a range error comes back as training's would.
+pub fn train(cfg: &RawTrainConfig) -> logo_trainer::Result<TrainSummary> {
+    logo_trainer::train_loop::train(&TrainConfig::try_from(cfg.clone())?)
 }
 
 /// The tiny model with LoRA r = 4, no dropout, and every adapter tensor random (so every
