@@ -14,8 +14,11 @@ session:
 
   data-leval-KofS    `logo-engine run --shard K/S` over the train documents' questions
   data-essays        essays with questions the policy writes (when `engine.essays` > 0)
-  train-NAME-PofQ    part P of Q of one adapter (`logo-trainer --stop-after-step`, then
-                     `--resume` from the previous part's committed checkpoint)
+  train-NAME-PofQ    part P of Q of one adapter (`logo-trainer --config train.yaml
+                     --stop-after-step`, then `--resume` from the previous part's committed
+                     checkpoint); train.yaml, in the stage's folder, is `train.common` with the
+                     sweep point (or baseline) laid over it, in the trainer's own keys
+                     (trainer/train.yaml lists them)
   val-logo_sweepI    validation QA of sweep point I (the sweep picks on validation only)
   test-MODEL-TASK    test-split evaluation of base / logo / sft / simpo: QA per file, NIAH
                      per needle set, sliding-window perplexity
@@ -39,6 +42,7 @@ $LOGO_CACHE/target/release), built by `scripts/just build`.
 """
 
 import argparse
+import copy
 import json
 import os
 import random
@@ -333,14 +337,25 @@ class Experiment:
         return max(range(len(scores)), key=lambda i: (scores[i], -i)), scores
 
     def baseline_point(self, objective):
+        """A baseline's trainer settings: the chosen sweep point's learning rate and steps
+        (SimPO also its β and γ), then `train.<objective>` (e.g. `simpo: {loss: {sft_weight:
+        0}}`)."""
         tr = self.cfg["train"]
         best, _ = self.chosen()
         chosen = tr["sweep"][best]
-        point = {k: chosen[k] for k in ["lr", "max_steps"] if k in chosen}
+        keys = ["optim.lr", "max_steps"]
         if objective == "simpo":
-            point.update({k: chosen[k] for k in ["beta", "gamma"] if k in chosen})
-            point.update(tr.get("simpo", {}))
-        return point
+            keys += ["loss.beta", "loss.gamma"]
+        point = {}
+        for key in keys:
+            *sections, leaf = key.split(".")
+            src, dst = chosen, point
+            for sec in sections:
+                src = src.get(sec, {})
+                dst = dst.setdefault(sec, {})
+            if leaf in src:
+                dst[leaf] = src[leaf]
+        return deep_merge(point, copy.deepcopy(tr.get(objective, {})))
 
     def adapter_of(self, label):
         if label == "base":
@@ -497,19 +512,23 @@ class Experiment:
                 (folder / f"{name}-{part.name}").symlink_to(part)
         return folder
 
+    def trainer_settings(self, objective, point, total):
+        """What one adapter's training stages write to `train.yaml` (logo-trainer's keys):
+        seed (the experiment's), no intermediate checkpoints, no progress bar, then
+        `train.common`, the sweep point, the objective and `max_steps`."""
+        settings = {"seed": self.cfg.get("seed", 42), "save_steps": 0, "progress": False}
+        deep_merge(settings, copy.deepcopy(self.cfg["train"].get("common", {})))
+        deep_merge(settings, copy.deepcopy(point))
+        return deep_merge(settings, {"loss": {"objective": objective}, "max_steps": total})
+
     def run_train(self, tmp, objective, point, stop, total, prev):
-        tr = self.cfg["train"]
         out = tmp / "adapter"
         out.mkdir()
-        args = [binary("logo-trainer"), "--data", self.data_folder(), "--output", out,
-                "--objective", objective, "--device", tr.get("device", "auto"), "--quiet",
-                "--seed", self.cfg.get("seed", 42)]
-        flags = {"save_steps": 0, **tr.get("common", {}), **point, "max_steps": total}
-        for k, v in flags.items():
-            if v is True:
-                args.append("--" + k.replace("_", "-"))
-            elif v is not False:
-                args += ["--" + k.replace("_", "-"), v]
+        conf = tmp / "train.yaml"
+        conf.write_text(yaml.safe_dump(self.trainer_settings(objective, point, total),
+                                       sort_keys=False))
+        args = [binary("logo-trainer"), "--config", conf, "--data", self.data_folder(),
+                "--output", out]
         if prev:
             before = self.stage_dir(prev) / "adapter"
             shutil.copy(before / "metrics.jsonl", out / "metrics.jsonl")
