@@ -33,7 +33,9 @@ use crate::data::{collate, Example};
 use crate::error::{Result, TrainerError};
 use crate::lora::LoraConfig;
 use crate::loss::LossConfig;
-use crate::model::{Llama, LlamaConfig};
+use logo_formats::hf_config::LlamaConfig;
+
+use crate::model::Llama;
 use crate::optim::{AdamW, AdamWConfig};
 
 /// What to measure.
@@ -215,7 +217,7 @@ pub fn synthetic_example(vocab: usize, cfg: &BenchConfig) -> Example {
 }
 
 /// Estimated model FLOPs of one LoRA LOGO step on `example` (module doc): the M + 1 sequences
-/// `prompt ⧺ response` each in full, or with `share_prompt` the prompt once and each response
+/// `prompt ⧺ response` each in full, or with `share_prompt` (the shared-prompt gradient) the prompt once and each response
 /// attending to it; 2× the forward of weights and head, 3× the forward of attention.
 pub fn step_flops(model: &LlamaConfig, example: &Example, share_prompt: bool) -> f64 {
     let (h, i) = (model.hidden_size as f64, model.intermediate_size as f64);

@@ -8,7 +8,8 @@
 //! as a Hugging Face folder), [`loss`] (Eq. 2/3), [`data`] (Parquet streaming and batching),
 //! [`decoupled`] and [`shared_prompt`] (the LOGO gradient with memory flat in M; the second
 //! computes each sample's prompt once), [`optim`] (AdamW with a saveable state), [`config`]
-//! (a run's options and their defaults), [`train_loop`] (the [`train_loop::Trainer`]),
+//! (a run's settings: `train.yaml` → [`config::RawTrainConfig`] → the validated
+//! [`config::TrainConfig`]), [`train_loop`] (the [`train_loop::Trainer`]),
 //! [`checkpoint`] (crash-safe checkpoints, metrics, resume), [`dist`] (data parallelism over
 //! processes and GPUs: collectives, launcher), [`plot`] (loss and margin PNG), [`bench`]
 //! (timed training steps).

@@ -13,7 +13,7 @@
 
 use std::ffi::c_int;
 
-use crate::model::LlamaConfig;
+use logo_formats::hf_config::LlamaConfig;
 
 /// Share of the free device memory the estimated activations may take before `auto` turns
 /// checkpointing on.

@@ -438,7 +438,7 @@ fn gguf_logits_match_candle_quantized_llama() {
     }
     let model = Llama::load(&gguf, None, Device::Cpu, Kind::Float).unwrap();
     let cfg = model.config();
-    let expected = logo_trainer::model::LlamaConfig::smollm2_135m();
+    let expected = logo_formats::hf_config::LlamaConfig::smollm2_135m();
     assert_eq!(
         (
             cfg.num_hidden_layers,

@@ -359,7 +359,7 @@ fn shared_prompt_gradient_equals_joint_gradient() {
     }
 }
 
-/// A whole run with `share_prompt` logs the joint run's losses (no dropout, so both runs see
+/// A whole run with `gradient: shared_prompt` logs the joint run's losses (no dropout, so both runs see
 /// the same model at every step).
 #[test]
 fn share_prompt_run_repeats_the_joint_run() {

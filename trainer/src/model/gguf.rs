@@ -23,7 +23,9 @@ use tch::{Kind, Tensor};
 
 use crate::error::{Result, TrainerError};
 use crate::lora::LoraConfig;
-use crate::model::{Llama, LlamaConfig};
+use logo_formats::hf_config::LlamaConfig;
+
+use crate::model::Llama;
 
 /// Reads `path`'s header (metadata and tensor table, not the weights).
 fn read_content(path: &Path) -> Result<(File, Content)> {

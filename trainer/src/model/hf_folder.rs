@@ -10,7 +10,9 @@ use std::path::{Path, PathBuf};
 use serde::Deserialize;
 use tch::{Device, Kind, Tensor};
 
-use super::{Llama, LlamaConfig};
+use logo_formats::hf_config::LlamaConfig;
+
+use super::Llama;
 use crate::error::{Result, TrainerError};
 use crate::lora::LoraConfig;
 /// One tensor's entry in a safetensors header.

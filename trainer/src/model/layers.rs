@@ -8,7 +8,7 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::error::Result;
 use crate::lora::{LoraEmbedding, LoraLinear};
 
-use super::{AttentionBias, LlamaConfig, RopeScaling};
+use logo_formats::hf_config::{AttentionBias, LlamaConfig, RopeScaling};
 
 /// Registers a frozen (non-trainable) zero tensor of the store's kind under `p.name`.
 pub(super) fn frozen(p: &nn::Path, name: &str, dims: &[i64]) -> Result<Tensor> {

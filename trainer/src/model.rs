@@ -43,7 +43,7 @@ use hf_folder::load_hf_folder;
 pub use kv::KvCache;
 use layers::{frozen, DecoderLayer, Prefix, RmsNorm, Rotary};
 pub(crate) use layers::{Embedding, Linear};
-pub use logo_formats::hf_config::{AttentionBias, LlamaConfig, RopeScaling};
+use logo_formats::hf_config::LlamaConfig;
 
 /// Follows a dotted HF module path (`model.layers.0.self_attn`) from `root`.
 pub(crate) fn sub_path<'a>(root: nn::Path<'a>, dotted: &str) -> nn::Path<'a> {
