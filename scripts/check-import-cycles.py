@@ -21,7 +21,7 @@ import re
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CRATES = ["engine/src", "trainer/src", "eval/src", "schemas/src", "formats/src", "env/src", "tests/src", "datasets/src"]
+CRATES = ["policy/src", "engine/src", "trainer/src", "eval/src", "schemas/src", "formats/src", "env/src", "tests/src", "datasets/src"]
 
 IDENT = r"[A-Za-z_][A-Za-z0-9_]*"
 

@@ -17,7 +17,7 @@ import re
 import sys
 
 ROOT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..")
-CRATES = ["engine/src", "trainer/src", "eval/src", "schemas/src", "formats/src", "env/src",
+CRATES = ["policy/src", "engine/src", "trainer/src", "eval/src", "schemas/src", "formats/src", "env/src",
           "tests/src", "datasets/src"]
 MAX_FN, MAX_FILE = 80, 600
 FN = re.compile(r"^(\s*)(pub(\([^)]*\))? )?(const )?(async )?(unsafe )?(extern \"C\" )?fn (\w+)")

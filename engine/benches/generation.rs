@@ -1,4 +1,4 @@
-//! Generation throughput of the policy model ([`logo_engine::model::Policy`]) on the embedded
+//! Generation throughput of the policy model ([`logo_policy::model::Policy`]) on the embedded
 //! SmolLM2-135M-Instruct GGUF: prefill tokens/s on a ~512-token chat prompt and decode tokens/s
 //! over 64 generated tokens, for each in-memory weight format (`q8_0`, `f32` by default).
 //!
@@ -12,7 +12,7 @@
 //! Options: `--iters N` (default 3, after one warm-up), `--prompt-tokens N` (512),
 //! `--decode-tokens N` (64), `--weights LIST` (`q8_0,f32`), `--threads N` (1; candle reads its
 //! thread count once per process, so one value per run). The model is
-//! [`logo_engine::model::default_model_path`]; when it is absent the bench prints a message and
+//! [`logo_policy::model::default_model_path`]; when it is absent the bench prints a message and
 //! exits 0.
 //!
 //! With `LOGO_BENCH_PYTHON` pointing at a python that has `llama-cpp-cffi` (see
@@ -29,10 +29,10 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use logo_engine::config::WeightFormat;
-use logo_engine::model::{
-    default_model_config, encode_text, GenerateOptions, Policy, DEFAULT_MODEL_FILE,
-};
+use logo_env::paths::DEFAULT_MODEL_FILE;
+use logo_policy::config::WeightFormat;
+use logo_policy::model::{default_model_config, GenerateOptions, Policy};
+use logo_policy::tokenizer::encode_text;
 use serde_json::{json, Value};
 
 /// Parsed command line.
@@ -265,7 +265,7 @@ fn main() {
             std::process::exit(2);
         }
     };
-    let model = logo_engine::model::default_model_path();
+    let model = logo_env::paths::default_model_path();
     if !model.exists() {
         eprintln!(
             "generation bench: skipped, {DEFAULT_MODEL_FILE} not found at {} (set LOGO_CACHE)",

@@ -19,10 +19,12 @@ use arrow::array::RecordBatch;
 use logo_engine::config::{
     ChunkerConfig, PipelineConfig, PositionsConfig, SamplerConfig, ScorerBackend, ScorerConfig,
 };
-use logo_engine::model::{default_model_config, load_tokenizer};
 use logo_engine::source::Source;
-use logo_engine::stage::{Rejects, RunStats, Stage, StageContext};
+use logo_engine::stage::{RunStats, Stage, StageContext};
 use logo_engine::stages::{ChunkerStage, PositionsStage, SamplerStage, ScorerStage};
+use logo_formats::rejects::Rejects;
+use logo_policy::model::default_model_config;
+use logo_policy::tokenizer::load_tokenizer;
 use logo_schemas::{Record, SampledRecord, ScoredRecord};
 use serde_json::json;
 

@@ -1,6 +1,6 @@
 //! The engine's error type. Bad input is not a bug: only [`EngineError::Internal`] says
 //! "bug in logo". Row-level problems never surface here; they go to `rejects.jsonl`
-//! (see [`crate::stage::Rejects`]).
+//! (see [`logo_formats::rejects::Rejects`]).
 
 use std::path::{Path, PathBuf};
 
@@ -58,6 +58,10 @@ pub enum EngineError {
     /// A batch did not match its table.
     #[error(transparent)]
     Schema(#[from] logo_schemas::SchemaError),
+    /// A file of an external format ([`logo_formats`]: `rejects.jsonl`, input documents) could
+    /// not be read or written; displays as `{path}: {message}`.
+    #[error(transparent)]
+    Format(#[from] logo_formats::FormatError),
     /// The model could not be loaded or run.
     #[error("model: {0}")]
     Model(String),
@@ -85,9 +89,17 @@ impl From<candle_core::Error> for EngineError {
     }
 }
 
-/// A PEFT adapter or GGUF naming error ([`logo_formats`]) is a model error: `{path}: {message}`.
-impl From<logo_formats::FormatError> for EngineError {
-    fn from(e: logo_formats::FormatError) -> Self {
-        EngineError::Model(e.to_string())
+/// The policy's errors keep their kind: a bad `generator.openai` key stays a config error, a
+/// model that does not load a model error.
+impl From<logo_policy::PolicyError> for EngineError {
+    fn from(e: logo_policy::PolicyError) -> Self {
+        use logo_policy::PolicyError as P;
+        match e {
+            P::Config { key, message } => EngineError::Config { key, message },
+            P::Io { path, source } => EngineError::Io { path, source },
+            P::Model(m) => EngineError::Model(m),
+            P::Tokenizer(m) => EngineError::Tokenizer(m),
+            P::Internal(m) => EngineError::Internal(m),
+        }
     }
 }

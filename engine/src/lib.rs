@@ -9,28 +9,20 @@
 //! source → questions (optional) → chunker → scorer → sampler → generator → positions → Parquet sink
 //! ```
 //!
-//! Every table that crosses a stage boundary has its schema in `logo_schemas`. Configuration is
+//! Every table that crosses a stage boundary has its schema in `logo_schemas`; the policy model
+//! that writes questions and responses (loading, tokenizer, chat template, generation backends)
+//! is `logo_policy`. Configuration is
 //! [`config::PipelineConfig`] (`pipeline.yaml`); the run is [`pipeline::run`].
 #![deny(missing_docs)]
 
-pub mod adapter;
-pub mod backend;
 pub mod config;
-pub mod dense;
-pub mod entities;
 pub mod error;
-pub mod gguf;
-pub mod model;
 pub mod pipeline;
-pub mod replay;
-pub mod seed;
 pub mod sink;
 pub mod source;
 #[cfg(feature = "sql")]
 pub mod sql;
 pub mod stage;
 pub mod stages;
-pub mod template;
-pub mod tokenizer;
 
 pub use error::{EngineError, Result};

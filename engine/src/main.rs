@@ -136,8 +136,8 @@ fn run(cli: Cli) -> anyhow::Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Tokenizer { model, output } => {
-            let model = model.unwrap_or_else(logo_engine::model::default_model_path);
-            let files = logo_engine::model::export_hf_tokenizer(&model, &output)?;
+            let model = model.unwrap_or_else(logo_env::paths::default_model_path);
+            let files = logo_policy::tokenizer::export_hf_tokenizer(&model, &output)?;
             for f in files {
                 println!("{}", f.display());
             }

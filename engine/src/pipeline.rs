@@ -7,7 +7,7 @@
 //! batches with the unit's rejects and counters, so the sink commits one Parquet part per unit
 //! ([`crate::sink::Output`]). A rerun on the same output skips the committed units; a shard
 //! (`--shard I/N`, or Slurm's array variables) takes the units whose index ≡ I (mod N).
-//! Generations go through the replay cache ([`crate::replay`]), so a rerun after a crash
+//! Generations go through the replay cache ([`crate::pipeline::replay`]), so a rerun after a crash
 //! generates only what had not finished.
 //!
 //! A batch that fails a stage fatally (model error, bug) stops the run: the error flows down
@@ -24,18 +24,21 @@ use crossbeam_channel::{bounded, Receiver, Sender};
 use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{self, GenerationBackend};
-use crate::config::{BackendKind, PipelineConfig};
+use logo_policy::backend::{self, GenerationBackend};
+use logo_policy::config::BackendKind;
+
+use crate::config::PipelineConfig;
 use crate::error::{EngineError, Result};
-use crate::model::Policy;
-use crate::replay::{hex, ReplayCache, Replaying, CACHE_DIR};
 use crate::sink::{Fingerprint, Manifest, Output, UnitRecord};
 use crate::source::{plan_units, Source, SourceItem, Unit, UnitPlan};
-use crate::stage::{check_wiring, Reject, Rejects, RunStats, Stage, StageContext, StatsSnapshot};
+use crate::stage::{check_wiring, RunStats, Stage, StageContext, StatsSnapshot};
 use crate::stages::{
     ChunkerStage, GeneratorStage, PositionsStage, QuestionsStage, SamplerStage, ScorerStage,
 };
-use crate::template::PromptTemplate;
+use logo_formats::rejects::{Reject, Rejects};
+use logo_policy::model::Policy;
+use logo_policy::template::PromptTemplate;
+use replay::{ReplayCache, Replaying, CACHE_DIR};
 
 /// Options of one run that are not part of the pipeline file.
 #[derive(Debug, Clone, Default)]
@@ -137,7 +140,7 @@ pub fn model_identity(cfg: &PipelineConfig) -> Result<String> {
     if let (BackendKind::Openai, Some(o)) = (cfg.generator.backend, &cfg.generator.openai) {
         h.update(format!("served={}", o.model).as_bytes());
     }
-    Ok(hex(&h.finalize()))
+    Ok(format!("{:x}", h.finalize()))
 }
 
 fn unix_now() -> u64 {
@@ -321,7 +324,14 @@ fn load_backend(
         )?))),
         BackendKind::Openai => None,
     };
-    backend::from_config(cfg, policy, tokenizer, template.stop_ids())
+    Ok(backend::from_config(
+        cfg.generator.backend,
+        cfg.generator.openai.as_ref(),
+        &cfg.model,
+        policy,
+        tokenizer,
+        template.stop_ids(),
+    )?)
 }
 
 /// The stages in order (questions only when enabled), their wiring checked
@@ -535,6 +545,7 @@ fn run_stage(
     bar.finish();
 }
 
+pub mod replay;
 mod report;
 mod shard;
 

@@ -15,17 +15,19 @@
 
 use std::fs::File;
 use std::io::{BufRead, BufReader, Read};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use arrow::array::RecordBatch;
-use logo_schemas::{DocumentRecord, Record, SampleKey};
+use logo_formats::documents::{open, questions_of, Format, RowResult};
+use logo_schemas::{DocumentRecord, Record};
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::PipelineConfig;
 use crate::error::{EngineError, Result};
-use crate::stage::{Reject, Rejects, RunStats};
+use crate::stage::RunStats;
+use logo_formats::rejects::{Reject, Rejects};
 
 const STAGE: &str = "source";
 
@@ -199,7 +201,7 @@ pub fn plan_units(paths: &[PathBuf], unit_rows: u64, limit: Option<u64>) -> Resu
         }
         files.push(InputFile {
             path,
-            sha256: crate::replay::hex(&reader.hash.finalize()),
+            sha256: format!("{:x}", reader.hash.finalize()),
             records,
         });
     }
@@ -368,7 +370,8 @@ impl Source {
             self.documents += 1;
             docs_in_batch += 1;
             let file = path.display().to_string();
-            let result = parsed.and_then(|raw| self.explode(&file, &path, row, raw));
+            let result =
+                parsed.and_then(|raw| questions_of(&file, &path, row, raw, self.questions_enabled));
             match result {
                 Ok(mut docs) => rows.append(&mut docs),
                 Err((field, reason)) => {
@@ -379,7 +382,7 @@ impl Source {
                         field,
                         reason,
                     }) {
-                        return Some(Err(e));
+                        return Some(Err(e.into()));
                     }
                 }
             }
@@ -447,85 +450,123 @@ impl Source {
         }
         Ok(())
     }
-
-    /// One document → one row per question, or the reason it is rejected.
-    fn explode(
-        &self,
-        file: &str,
-        path: &Path,
-        row: u64,
-        raw: RawDocument,
-    ) -> std::result::Result<Vec<DocumentRecord>, RowError> {
-        let field = |f: &str, m: &str| (Some(f.to_string()), m.to_string());
-        let context = raw
-            .context
-            .ok_or_else(|| field("context", "missing field (expected `context` or `input`)"))?;
-        if context.trim().is_empty() {
-            return Err(field("context", "empty document"));
-        }
-        let questions = raw.questions.unwrap_or_default();
-        let answers = raw.answers;
-        if let Some(a) = &answers {
-            if !questions.is_empty() && a.len() != questions.len() {
-                return Err(field(
-                    "answers",
-                    &format!(
-                        "{} answers for {} questions (must pair one to one)",
-                        a.len(),
-                        questions.len()
-                    ),
-                ));
-            }
-        }
-        let stem = path
-            .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        let document_id = format!("{stem}:{row}");
-        let make = |index: u32, question: Option<String>, answer: Option<String>, origin: &str| {
-            DocumentRecord {
-                key: SampleKey {
-                    sample_id: format!("{document_id}#q{index}"),
-                    document_id: document_id.clone(),
-                    question_index: index,
-                    source_file: file.to_string(),
-                    source_row: row,
-                    question,
-                    answer,
-                    question_origin: origin.to_string(),
-                },
-                context: context.clone(),
-            }
-        };
-        if questions.is_empty() {
-            if !self.questions_enabled {
-                return Err(field(
-                    "question",
-                    "missing field (expected `question` or `instructions`) and question generation is off",
-                ));
-            }
-            let answer = answers.and_then(|a| a.into_iter().next().flatten());
-            return Ok(vec![make(0, None, answer, "generated")]);
-        }
-        let mut out = Vec::with_capacity(questions.len());
-        for (i, q) in questions.into_iter().enumerate() {
-            let q = match q {
-                Some(q) if !q.trim().is_empty() => q,
-                Some(_) => return Err(field("question", &format!("question {i} is empty"))),
-                None => return Err(field("question", &format!("question {i} is not a string"))),
-            };
-            let answer = answers.as_ref().and_then(|a| a[i].clone());
-            out.push(make(i as u32, Some(q), answer, "source"));
-        }
-        Ok(out)
-    }
 }
 
-mod readers;
-
 #[cfg(test)]
-use readers::{escape_control_chars, parse_json_line};
-use readers::{open, Format, RawDocument, RowError, RowResult};
+mod tests {
+    //! Tests of [`super`] (`source.rs`).
 
-#[cfg(test)]
-mod tests;
+    use super::*;
+    use logo_formats::documents::{escape_control_chars, parse_json_line};
+
+    /// The `parquet_source` fuzz target's crash (a column chunk at a negative offset, on which the
+    /// parquet crate asserts while reading its pages): refused before any decoding by the page
+    /// header check, one reject for the file, no crash.
+    #[test]
+    fn a_parquet_file_the_reader_panics_on_is_a_reject() {
+        let bytes = include_bytes!(
+            "../../tests/fuzz/parquet_source/crash-45f57ec5dcdb2a5992227f84dd158a0a8cd64fbf"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("d.parquet");
+        std::fs::write(&path, bytes).unwrap();
+        let plan = plan_units(std::slice::from_ref(&path), 4, None).unwrap();
+        let mut src = Source::for_units(&plan, plan.units.clone(), 3, true);
+        let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
+        while let Some(b) = src.next_batch(&rejects, &stats) {
+            b.unwrap();
+        }
+        assert_eq!(src.documents(), 0);
+        assert_eq!(rejects.total(), 1);
+    }
+
+    #[test]
+    fn control_characters_are_escaped_only_inside_strings() {
+        let line = "{\"input\": \"a\tb\u{1}c\", \"q\": \"\\\"x\\\"\"}";
+        let fixed = escape_control_chars(line);
+        assert_eq!(
+            fixed,
+            "{\"input\": \"a\\u0009b\\u0001c\", \"q\": \"\\\"x\\\"\"}"
+        );
+        let raw = parse_json_line(line).unwrap();
+        assert_eq!(raw.context.as_deref(), Some("a\tb\u{1}c"));
+    }
+
+    /// Regressions: the last, partial batch of the last file was dropped; a byte order mark
+    /// made row 1 malformed.
+    #[test]
+    fn rows_do_not_depend_on_batch_size_or_limit_boundaries() {
+        let dir = tempfile::tempdir().unwrap();
+        let lines: Vec<String> = (0..7)
+            .map(|i| format!(r#"{{"context": "doc {i}", "instructions": ["q{i}a", "q{i}b"]}}"#))
+            .collect();
+        // a.jsonl starts with a UTF-8 byte order mark: its first row is still a row.
+        std::fs::write(
+            dir.path().join("a.jsonl"),
+            format!("\u{feff}{}", lines[..4].join("\n")),
+        )
+        .unwrap();
+        std::fs::write(dir.path().join("b.jsonl"), lines[4..].join("\n") + "\n").unwrap();
+        let read = |batch_size: usize, limit: Option<usize>| -> Vec<String> {
+            let yaml = format!(
+            "source: {{paths: ['*.jsonl'], batch_size: {batch_size}}}\nmodel: {{path: m.gguf}}\n"
+        );
+            let cfg = PipelineConfig::from_yaml_str(&yaml, dir.path()).unwrap();
+            let mut src = Source::try_new(&cfg, limit).unwrap();
+            let (rejects, stats) = (Rejects::in_memory(), RunStats::default());
+            let mut ids = Vec::new();
+            while let Some(b) = src.next_batch(&rejects, &stats) {
+                ids.extend(
+                    DocumentRecord::from_batch(&b.unwrap())
+                        .unwrap()
+                        .into_iter()
+                        .map(|d| d.key.sample_id),
+                );
+            }
+            ids
+        };
+        let all = read(1, None);
+        assert_eq!(all.len(), 14);
+        assert_eq!(all[0], "a:1#q0");
+        assert_eq!(all[13], "b:3#q1");
+        for bs in [2, 3, 5, 8] {
+            assert_eq!(read(bs, None), all, "batch_size {bs}");
+        }
+        assert_eq!(read(3, Some(5)), all[..10].to_vec());
+    }
+
+    #[test]
+    fn layouts_are_recognised() {
+        let raw = parse_json_line(
+            r#"{"input": "doc", "instructions": ["q1", "q2"], "outputs": ["a1", "a2"]}"#,
+        )
+        .unwrap();
+        assert_eq!(raw.context.as_deref(), Some("doc"));
+        assert_eq!(
+            raw.questions.unwrap(),
+            vec![Some("q1".into()), Some("q2".into())]
+        );
+        assert_eq!(
+            raw.answers.unwrap(),
+            vec![Some("a1".into()), Some("a2".into())]
+        );
+        let raw = parse_json_line(r#"{"context": "doc", "question": "q", "answer": "a"}"#).unwrap();
+        assert_eq!(raw.questions.unwrap(), vec![Some("q".into())]);
+        // LongBench: question in `input`, several references of which the first is kept.
+        let raw = parse_json_line(
+            r#"{"context": "doc", "input": "q", "answers": ["a", "b"], "dataset": "qasper"}"#,
+        )
+        .unwrap();
+        assert_eq!(raw.context.as_deref(), Some("doc"));
+        assert_eq!(raw.questions.unwrap(), vec![Some("q".into())]);
+        assert_eq!(raw.answers.unwrap(), vec![Some("a".into())]);
+        // A raw document in `input` alone stays a document without question.
+        let raw = parse_json_line(r#"{"input": "doc"}"#).unwrap();
+        assert_eq!(raw.context.as_deref(), Some("doc"));
+        assert_eq!(raw.questions, None);
+        let e = parse_json_line(r#"{"context": 3}"#).unwrap_err();
+        assert_eq!(e, (Some("context".into()), "expected a string".into()));
+        let e = parse_json_line("[1]").unwrap_err();
+        assert_eq!(e.1, "malformed JSON: a line must hold an object");
+    }
+}

@@ -6,7 +6,8 @@
 //! findings in that folder are covered by dropping them in.
 
 use logo_engine::source::{plan_units, Source};
-use logo_engine::stage::{Rejects, RunStats};
+use logo_engine::stage::RunStats;
+use logo_formats::rejects::Rejects;
 
 #[global_allocator]
 static HEAP: logo_env::heap::Capped = logo_env::heap::Capped::new(1 << 30);

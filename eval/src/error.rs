@@ -34,9 +34,12 @@ pub enum EvalError {
         /// What is wrong.
         message: String,
     },
-    /// The engine (generation, tokenizer) failed.
+    /// The policy (generation, tokenizer, chat template) failed.
     #[error(transparent)]
-    Engine(#[from] logo_engine::error::EngineError),
+    Policy(#[from] logo_policy::PolicyError),
+    /// `rejects.jsonl` could not be written, or a QA file of documents could not be opened.
+    #[error(transparent)]
+    Format(#[from] logo_formats::FormatError),
     /// The trainer's model (perplexity) failed.
     #[error(transparent)]
     Trainer(#[from] logo_trainer::TrainerError),

@@ -1,32 +1,37 @@
-//! Answer generation for NIAH and QA, by one of two backends (`logo-eval --generator`):
+//! Answer generation for NIAH and QA: a [`GenerationBackend`] of the policy crate, chosen by
+//! `logo-eval --generator`, with the tokenizer and chat template the prompts are built with
+//! ([`Generator`]):
 //!
-//! - **engine** ([`Generator::Engine`]): the engine's [`Policy`] (candle, the adapter folded
+//! - **engine**: [`logo_policy::backend::InProcess`], the candle policy (the adapter folded
 //!   into the weights, greedy or seeded sampling); every prompt is prefilled on its own, and
 //!   prompt + answer must fit the model's trained context (8192 for SmolLM2).
-//! - **torch** ([`Generator::Torch`]): the trainer's libtorch [`Llama`] (the adapter unmerged,
-//!   as trained) with a key/value cache ([`Llama::extend`]), greedy only. The prompts of one
-//!   group (the needle depths of one haystack length, the questions of one document) share
-//!   their prefill: the prompt with the largest total common prefix with the others (the
+//! - **torch**: [`TorchBackend`] (this module), the trainer's libtorch [`Llama`] (the adapter
+//!   unmerged, as trained) with a key/value cache ([`Llama::extend`]), greedy only. The prompts
+//!   of one group (the needle depths of one haystack length, the questions of one document)
+//!   share their prefill: the prompt with the largest total common prefix with the others (the
 //!   *trunk*) is prefilled once, and every prompt forks the trunk's cache at its common prefix
 //!   and reads only the rest. Positions are `0..n` computed from the ids, so prompts may run
-//!   past the trained length (12K, 16K). It can also read out, for every generated token, the
+//!   past the trained length (12K, 16K). It also reads out, for every generated token, the
 //!   key each attention head attends to most (for [`crate::retrieval`]).
-//!
-//! - **server** ([`Generator::Server`]): any OpenAI-compatible server (vLLM, SGLang,
-//!   llama.cpp's `llama-server`) through the engine's [`OpenAi`] backend, the same one the
-//!   data was generated with: prompts as token ids, a group's prompts all in flight at once
-//!   (up to `max_in_flight`), so an 8B model is evaluated on GPUs. The server's own weights
-//!   answer (an adapter is evaluated by serving it, e.g. vLLM `--lora-modules`).
+//! - **server**: [`logo_policy::backend::OpenAi`], any OpenAI-compatible server (vLLM,
+//!   SGLang, llama.cpp's `llama-server`), the backend the data was generated with: prompts as
+//!   token ids, a group's prompts all in flight at once (up to `max_in_flight`), so an 8B
+//!   model is evaluated on GPUs. The server's own weights answer (an adapter is evaluated by
+//!   serving it, e.g. vLLM `--lora-modules`).
 //!
 //! All stop at the chat template's stop tokens (`<|im_end|>`, `<|endoftext|>`), which are
 //! not part of the answer.
 
-use logo_engine::backend::{GenerationBackend, OpenAi};
-use logo_engine::model::{ChatTemplate, Policy};
+use std::sync::{Mutex, MutexGuard, PoisonError};
+
+use logo_policy::backend::{Completion, FinishReason, GenerationBackend};
+use logo_policy::model::GenerateOptions;
+use logo_policy::tokenizer::ChatTemplate;
+use logo_policy::{PolicyError, Result as PolicyResult};
 use logo_trainer::model::{KvCache, Llama};
 use tokenizers::Tokenizer;
 
-use crate::error::{EvalError, Result};
+use crate::error::Result;
 use crate::Decoding;
 
 /// Tokens read per prefill pass of the torch backend (bounds the attention scores of a pass
@@ -46,37 +51,180 @@ pub struct Answer {
     pub argmax: Option<Vec<Vec<i64>>>,
 }
 
-/// The trainer's model (with its adapter, if any), the tokenizer and the chat template.
+/// What NIAH and QA generate with: a backend, and the tokenizer and chat template their prompts
+/// are built with (the base model's, whatever the backend).
 #[derive(Debug)]
-pub struct TorchGenerator<'m> {
-    /// The model; LoRA adapters unmerged.
-    pub model: &'m Llama,
-    /// The base model's tokenizer (from the GGUF).
+pub struct Generator<'a> {
+    /// The `--generator` value written to the reports (`engine`, `torch`, `server`).
+    pub kind: &'static str,
+    /// Who answers.
+    pub backend: &'a dyn GenerationBackend,
+    /// The base model's tokenizer.
     pub tokenizer: Tokenizer,
     /// Its chat template.
     pub template: ChatTemplate,
 }
 
-/// A model served by an OpenAI-compatible server, the tokenizer and the chat template.
-#[derive(Debug)]
-pub struct ServerGenerator {
-    /// The engine's `openai` backend (start-up checks done: model served, tokenizer agrees).
-    pub backend: OpenAi,
-    /// The model's tokenizer (from the GGUF).
-    pub tokenizer: Tokenizer,
-    /// Its chat template.
-    pub template: ChatTemplate,
+impl Generator<'_> {
+    /// Answers every prompt of `prompts` (chat-templated ids), in order, through
+    /// [`GenerationBackend::complete_group`] or, with `capture`,
+    /// [`GenerationBackend::complete_group_with_attention`] (filling [`Answer::argmax`]).
+    ///
+    /// Errors: the backend's ([`PolicyError::Config`] for sampling or `capture` asked of a
+    /// backend that cannot; an empty prompt, an id outside the vocabulary, the position limit).
+    pub fn generate_group(
+        &self,
+        prompts: &[Vec<u32>],
+        max_new_tokens: usize,
+        decoding: &Decoding,
+        capture: bool,
+    ) -> Result<Vec<Answer>> {
+        let opts = decoding.options(max_new_tokens);
+        let answer = |c: Completion, argmax| Answer {
+            token_ids: c.token_ids,
+            text: c.text,
+            argmax,
+        };
+        Ok(if capture {
+            self.backend
+                .complete_group_with_attention(prompts, &opts)?
+                .into_iter()
+                .map(|(c, a)| answer(c, Some(a)))
+                .collect()
+        } else {
+            self.backend
+                .complete_group(prompts, &opts)?
+                .into_iter()
+                .map(|c| answer(c, None))
+                .collect()
+        })
+    }
 }
 
-/// Where answers come from.
+/// The trainer's libtorch model (with its adapter, if any) as a [`GenerationBackend`]: greedy,
+/// a key/value cache shared by the prompts of a group, attention read-out (see the module doc).
 #[derive(Debug)]
-pub enum Generator<'a> {
-    /// The engine's policy (`--generator engine`).
-    Engine(&'a mut Policy),
-    /// The trainer's model with a KV cache (`--generator torch`).
-    Torch(&'a TorchGenerator<'a>),
-    /// An OpenAI-compatible server (`--generator server`).
-    Server(&'a ServerGenerator),
+pub struct TorchBackend {
+    model: Mutex<Llama>,
+    tokenizer: Tokenizer,
+    template: ChatTemplate,
+    name: String,
+}
+
+/// A libtorch or trainer failure as a policy model error.
+fn model_err(e: impl std::fmt::Display) -> PolicyError {
+    PolicyError::Model(e.to_string())
+}
+
+impl TorchBackend {
+    /// `model` (LoRA adapters unmerged) answering with `template`'s stop tokens; `name` is
+    /// reported as the completions' model.
+    pub fn new(model: Llama, tokenizer: Tokenizer, template: ChatTemplate, name: &str) -> Self {
+        Self {
+            model: Mutex::new(model),
+            tokenizer,
+            template,
+            name: name.to_string(),
+        }
+    }
+
+    /// The model (for perplexity, which runs on the same weights).
+    pub fn model(&self) -> MutexGuard<'_, Llama> {
+        self.model.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Greedy only: errors ([`PolicyError::Config`], key `generator`) for a temperature > 0.
+    fn check_greedy(opts: &GenerateOptions) -> PolicyResult<()> {
+        if opts.temperature > 0.0 {
+            return Err(PolicyError::Config {
+                key: "generator".into(),
+                message: "the torch generator is greedy only (temperature 0); use the engine \
+                          generator to sample"
+                    .into(),
+            });
+        }
+        Ok(())
+    }
+
+    fn completion(&self, a: Answer, max_new_tokens: usize) -> (Completion, Option<Vec<Vec<i64>>>) {
+        let finish_reason = if a.token_ids.len() < max_new_tokens {
+            FinishReason::Stop
+        } else {
+            FinishReason::Length
+        };
+        (
+            Completion {
+                token_ids: a.token_ids,
+                text: a.text,
+                finish_reason,
+                model: self.name.clone(),
+                retries: 0,
+            },
+            a.argmax,
+        )
+    }
+}
+
+impl GenerationBackend for TorchBackend {
+    /// A group of one. Errors: as [`GenerationBackend::complete_group`].
+    fn complete(&self, prompt_ids: &[u32], opts: &GenerateOptions) -> PolicyResult<Completion> {
+        let mut group = self.complete_group(&[prompt_ids.to_vec()], opts)?;
+        Ok(group.remove(0))
+    }
+
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// No limit of its own: positions are computed from the ids (memory is the limit).
+    fn max_positions(&self) -> usize {
+        usize::MAX
+    }
+
+    fn max_in_flight(&self) -> usize {
+        1
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        serde_json::json!({"backend": "torch"})
+    }
+
+    /// The shared-prefill group (module doc). Errors: [`PolicyError::Config`] for sampling or
+    /// an empty prompt; [`PolicyError::Model`] for the model's failures.
+    fn complete_group(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+    ) -> PolicyResult<Vec<Completion>> {
+        Self::check_greedy(opts)?;
+        Ok(self
+            .generate_group(prompts, opts.max_new_tokens, false)?
+            .into_iter()
+            .map(|a| self.completion(a, opts.max_new_tokens).0)
+            .collect())
+    }
+
+    fn attention_heads(&self) -> Option<(usize, usize)> {
+        let c = self.model().config().clone();
+        Some((c.num_hidden_layers, c.num_attention_heads))
+    }
+
+    /// As [`TorchBackend::complete_group`], with the attention read-out.
+    fn complete_group_with_attention(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+    ) -> PolicyResult<Vec<(Completion, Vec<Vec<i64>>)>> {
+        Self::check_greedy(opts)?;
+        Ok(self
+            .generate_group(prompts, opts.max_new_tokens, true)?
+            .into_iter()
+            .map(|a| {
+                let (c, argmax) = self.completion(a, opts.max_new_tokens);
+                (c, argmax.unwrap_or_default())
+            })
+            .collect())
+    }
 }
 
 /// Length of the common prefix of `a` and `b`.
@@ -97,147 +245,22 @@ pub fn trunk_of(prompts: &[Vec<u32>]) -> usize {
     best.0
 }
 
-impl Generator<'_> {
-    /// The tokenizer prompts are built with.
-    pub fn tokenizer(&self) -> &Tokenizer {
-        match self {
-            Generator::Engine(p) => p.tokenizer(),
-            Generator::Torch(t) => &t.tokenizer,
-            Generator::Server(s) => &s.tokenizer,
-        }
-    }
-
-    /// The chat template (ChatML). Errors: [`crate::error::EvalError::Engine`] when the
-    /// engine's model has another template ([`Policy::template`]).
-    pub fn template(&self) -> crate::error::Result<ChatTemplate> {
-        Ok(match self {
-            Generator::Engine(p) => p.template()?,
-            Generator::Torch(t) => t.template,
-            Generator::Server(s) => s.template,
-        })
-    }
-
-    /// `engine`, `torch` or `server`.
-    pub fn name(&self) -> &'static str {
-        match self {
-            Generator::Engine(_) => "engine",
-            Generator::Torch(_) => "torch",
-            Generator::Server(_) => "server",
-        }
-    }
-
-    /// Answers every prompt of `prompts` (chat-templated ids), in order. The torch backend
-    /// shares the prefill of their common prefixes (see the module doc) and, with `capture`,
-    /// fills [`Answer::argmax`]; the engine backend generates each prompt alone; the server
-    /// backend sends them all at once (at most `max_in_flight` in flight).
-    ///
-    /// Errors: [`EvalError::Config`] (`--generator`) for sampling or `capture` requested from
-    /// a backend that cannot; engine and trainer errors (an empty prompt, an id outside the
-    /// vocabulary, the engine's position limit).
-    pub fn generate_group(
-        &mut self,
-        prompts: &[Vec<u32>],
-        max_new_tokens: usize,
-        decoding: &Decoding,
-        capture: bool,
-    ) -> Result<Vec<Answer>> {
-        match self {
-            Generator::Engine(policy) => {
-                if capture {
-                    return Err(EvalError::Config {
-                        key: "--generator".into(),
-                        message: "the retrieval score needs attention weights: use --generator \
-                                  torch"
-                            .into(),
-                    });
-                }
-                prompts
-                    .iter()
-                    .map(|p| {
-                        let g = policy.generate(p, &decoding.options(max_new_tokens))?;
-                        Ok(Answer {
-                            token_ids: g.token_ids,
-                            text: g.text,
-                            argmax: None,
-                        })
-                    })
-                    .collect()
-            }
-            Generator::Torch(t) => {
-                if decoding.temperature > 0.0 {
-                    return Err(EvalError::Config {
-                        key: "--generator".into(),
-                        message: "the torch generator is greedy only (--temperature 0); use \
-                                  --generator engine to sample"
-                            .into(),
-                    });
-                }
-                t.generate_group(prompts, max_new_tokens, capture)
-            }
-            Generator::Server(s) => {
-                if capture {
-                    return Err(EvalError::Config {
-                        key: "--generator".into(),
-                        message: "the retrieval score needs attention weights: use --generator \
-                                  torch"
-                            .into(),
-                    });
-                }
-                s.generate_group(prompts, &decoding.options(max_new_tokens))
-            }
-        }
-    }
-}
-
-impl ServerGenerator {
-    /// Answers `prompts` in order, each request on its own thread, at most
-    /// [`GenerationBackend::max_in_flight`] at a time. Errors: the backend's (no endpoint
-    /// answering for `unavailable_timeout_s`, a refused request).
-    pub fn generate_group(
-        &self,
-        prompts: &[Vec<u32>],
-        opts: &logo_engine::model::GenerateOptions,
-    ) -> Result<Vec<Answer>> {
-        let width = self.backend.max_in_flight().max(1);
-        let mut answers = Vec::with_capacity(prompts.len());
-        for batch in prompts.chunks(width) {
-            let done: Vec<_> = std::thread::scope(|scope| {
-                let handles: Vec<_> = batch
-                    .iter()
-                    .map(|p| scope.spawn(move || self.backend.complete(p, opts)))
-                    .collect();
-                handles
-                    .into_iter()
-                    .map(|h| h.join().expect("request thread"))
-                    .collect()
-            });
-            for c in done {
-                let c = c?;
-                answers.push(Answer {
-                    token_ids: c.token_ids,
-                    text: c.text,
-                    argmax: None,
-                });
-            }
-        }
-        Ok(answers)
-    }
-}
-
-impl TorchGenerator<'_> {
-    /// See [`Generator::generate_group`]. Errors: [`EvalError::Config`] for an empty prompt;
-    /// trainer errors.
-    pub fn generate_group(
+impl TorchBackend {
+    /// Greedy answers to `prompts` in order, the trunk's prefill shared (see the module doc);
+    /// with `capture`, [`Answer::argmax`] filled. Errors: [`PolicyError::Config`] for an empty
+    /// prompt; [`PolicyError::Model`] for the model's failures.
+    fn generate_group(
         &self,
         prompts: &[Vec<u32>],
         max_new_tokens: usize,
         capture: bool,
-    ) -> Result<Vec<Answer>> {
+    ) -> PolicyResult<Vec<Answer>> {
+        let model = self.model();
         if prompts.is_empty() {
             return Ok(vec![]);
         }
         if prompts.iter().any(Vec::is_empty) {
-            return Err(EvalError::Config {
+            return Err(PolicyError::Config {
                 key: "prompt".into(),
                 message: "empty prompt".into(),
             });
@@ -249,53 +272,39 @@ impl TorchGenerator<'_> {
             .max()
             .unwrap_or(0);
         // Prefill the part of the trunk any prompt reuses.
-        let mut cache = self.model.new_cache(trunk.len() + max_new_tokens)?;
-        self.read(&mut cache, &trunk[..shared], false)?;
+        let mut cache = model
+            .new_cache(trunk.len() + max_new_tokens)
+            .map_err(model_err)?;
+        read(&model, &mut cache, &trunk[..shared], false)?;
         prompts
             .iter()
             .map(|p| {
                 let s = common_prefix(p, trunk).min(p.len() - 1).min(shared);
-                let mut c = cache.fork(s, p.len() - s + max_new_tokens)?;
-                self.decode(&mut c, &p[s..], max_new_tokens, capture)
+                let mut c = cache
+                    .fork(s, p.len() - s + max_new_tokens)
+                    .map_err(model_err)?;
+                self.decode(&model, &mut c, &p[s..], max_new_tokens, capture)
             })
             .collect()
-    }
-
-    /// Reads `ids` after the cache in passes of [`PREFILL_CHUNK`], positions continuing the
-    /// cache; returns the last pass's hidden state and argmax (`None` for no ids).
-    fn read(
-        &self,
-        cache: &mut KvCache,
-        ids: &[u32],
-        capture: bool,
-    ) -> Result<Option<(tch::Tensor, Option<tch::Tensor>)>> {
-        let mut last = None;
-        for chunk in ids.chunks(PREFILL_CHUNK) {
-            let start = cache.len() as i64;
-            let ids: Vec<i64> = chunk.iter().map(|&t| i64::from(t)).collect();
-            let pos: Vec<i64> = (start..start + ids.len() as i64).collect();
-            last = Some(self.model.extend(cache, &ids, &pos, capture)?);
-        }
-        Ok(last)
     }
 
     /// Reads the rest of a prompt and decodes greedily.
     fn decode(
         &self,
+        model: &Llama,
         cache: &mut KvCache,
         rest: &[u32],
         max_new_tokens: usize,
         capture: bool,
-    ) -> Result<Answer> {
-        let (mut hidden, mut heads) = self
-            .read(cache, rest, capture)?
-            .expect("at least one token to read");
+    ) -> PolicyResult<Answer> {
+        let (mut hidden, mut heads) =
+            read(model, cache, rest, capture)?.expect("at least one token to read");
         let mut out = Vec::new();
         let mut argmax = Vec::new();
         while out.len() < max_new_tokens {
-            let next = self
-                .model
-                .lm_logits(&hidden)?
+            let next = model
+                .lm_logits(&hidden)
+                .map_err(model_err)?
                 .argmax(-1, false)
                 .int64_value(&[0]) as u32;
             if self.template.is_stop(next) {
@@ -303,26 +312,48 @@ impl TorchGenerator<'_> {
             }
             out.push(next);
             if let Some(h) = &heads {
-                argmax.push(Vec::<i64>::try_from(&h.flatten(0, 1))?);
+                argmax.push(Vec::<i64>::try_from(&h.flatten(0, 1)).map_err(model_err)?);
             }
             if out.len() == max_new_tokens {
                 break;
             }
             let pos = cache.len() as i64;
-            (hidden, heads) = self
-                .model
-                .extend(cache, &[i64::from(next)], &[pos], capture)?;
+            (hidden, heads) = model
+                .extend(cache, &[i64::from(next)], &[pos], capture)
+                .map_err(model_err)?;
         }
         let text = self
             .tokenizer
             .decode(&out, false)
-            .map_err(|e| logo_engine::error::EngineError::Tokenizer(e.to_string()))?;
+            .map_err(|e| PolicyError::Tokenizer(e.to_string()))?;
         Ok(Answer {
             token_ids: out,
             text,
             argmax: capture.then_some(argmax),
         })
     }
+}
+
+/// Reads `ids` after the cache in passes of [`PREFILL_CHUNK`], positions continuing the
+/// cache; returns the last pass's hidden state and argmax (`None` for no ids).
+fn read(
+    model: &Llama,
+    cache: &mut KvCache,
+    ids: &[u32],
+    capture: bool,
+) -> PolicyResult<Option<(tch::Tensor, Option<tch::Tensor>)>> {
+    let mut last = None;
+    for chunk in ids.chunks(PREFILL_CHUNK) {
+        let start = cache.len() as i64;
+        let ids: Vec<i64> = chunk.iter().map(|&t| i64::from(t)).collect();
+        let pos: Vec<i64> = (start..start + ids.len() as i64).collect();
+        last = Some(
+            model
+                .extend(cache, &ids, &pos, capture)
+                .map_err(model_err)?,
+        );
+    }
+    Ok(last)
 }
 
 #[cfg(test)]

@@ -4,12 +4,13 @@
 //! ([`perplexity`], [`window`], Fig. 4), for a base model and a PEFT adapter side by side
 //! ([`report`], [`plot`]).
 //!
-//! Generation ([`generate`]) is the engine's [`logo_engine::model::Policy`] (one
-//! implementation with the generator stage; an adapter is folded into its weights by
-//! [`logo_engine::adapter`]) or the trainer's [`logo_trainer::model::Llama`] with a KV cache
-//! (prompts sharing a prefix share its prefill, no 8K limit, attention read-out for the
-//! retrieval score of [`retrieval`]); perplexity uses the trainer's model, which takes any
-//! position ids.
+//! Generation ([`generate`]) goes through the policy crate's
+//! [`logo_policy::backend::GenerationBackend`]: the candle [`logo_policy::model::Policy`] (one
+//! implementation with the engine's generator stage; an adapter is folded into its weights by
+//! [`logo_policy::adapter`]), an OpenAI-compatible server, or the trainer's
+//! [`logo_trainer::model::Llama`] with a KV cache ([`generate::TorchBackend`]: prompts sharing
+//! a prefix share its prefill, no 8K limit, attention read-out for the retrieval score of
+//! [`retrieval`]); perplexity uses the trainer's model, which takes any position ids.
 #![deny(missing_docs)]
 
 pub mod error;
@@ -17,6 +18,7 @@ pub mod experiment;
 pub mod generate;
 pub mod metrics;
 pub mod niah;
+pub mod options;
 pub mod perplexity;
 pub mod plot;
 pub mod progress;
@@ -28,7 +30,7 @@ pub mod window;
 pub use error::{EvalError, Result};
 
 /// How answers are decoded: greedy by default (`temperature` 0), else seeded nucleus sampling
-/// with the engine's sampler ([`logo_engine::model::GenerateOptions`]).
+/// with the engine's sampler ([`logo_policy::model::GenerateOptions`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decoding {
     /// Softmax temperature; 0 = greedy (arg-max).
@@ -51,8 +53,8 @@ impl Default for Decoding {
 
 impl Decoding {
     /// The engine's options for an answer of at most `max_new_tokens` tokens.
-    pub fn options(&self, max_new_tokens: usize) -> logo_engine::model::GenerateOptions {
-        logo_engine::model::GenerateOptions {
+    pub fn options(&self, max_new_tokens: usize) -> logo_policy::model::GenerateOptions {
+        logo_policy::model::GenerateOptions {
             max_new_tokens,
             temperature: self.temperature,
             top_p: self.top_p,

@@ -3,28 +3,31 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::{Arc, Mutex};
 
 use clap::Parser;
-use logo_engine::model::{encode_text, load_tokenizer, max_positions_of, ChatTemplate, Policy};
-use logo_engine::stage::Rejects;
-use logo_eval::generate::{Generator, ServerGenerator, TorchGenerator};
+use logo_eval::generate::{Generator, TorchBackend};
 use logo_eval::niah::{run_niah, NiahConfig, NiahReport};
 use logo_eval::perplexity::{run_perplexity, PerplexityConfig, PerplexityReport};
 use logo_eval::qa::{run_qa, QaConfig, QaReport};
 use logo_eval::report::{ModelReport, Report};
 use logo_eval::{plot, EvalError, Result};
+use logo_formats::rejects::Rejects;
+use logo_policy::backend::{GenerationBackend, InProcess, OpenAi};
+use logo_policy::config::OpenAiConfig;
+use logo_policy::model::{max_positions_of, Policy};
+use logo_policy::tokenizer::{encode_text, load_tokenizer, ChatTemplate};
 use logo_trainer::model::Llama;
 use tch::Kind;
+use tokenizers::Tokenizer;
 
-mod cli;
-
-use cli::{config_err, plan, policy_config, Cli, Plan};
+use logo_eval::options::{config_err, plan, policy_config, EvalOptions as Cli, Plan};
 
 /// The trainer's libtorch model in f32 on `device` (`--device`), with the PEFT adapter when
 /// given.
 fn load_torch(model: &Path, adapter: Option<&Path>, device: &str) -> Result<Llama> {
     let device = logo_trainer::config::parse_device(device)
-        .map_err(|e| config_err("--device", e.to_string()))?;
+        .map_err(|e| config_err("device", e.to_string()))?;
     Ok(match adapter {
         None => Llama::load(model, None, device, Kind::Float)?,
         Some(a) => {
@@ -99,79 +102,83 @@ fn evaluate_model(
     } else {
         None
     };
+    // The prompts are built with the base model's tokenizer and chat template, whichever
+    // backend answers.
+    let base_cfg = policy_config(&plan.model, None, cli.threads);
+    let tokenizer = load_tokenizer(&base_cfg)?;
+    let template = ChatTemplate::from_tokenizer(&tokenizer)?;
+    let torch = torch_model.map(|m| TorchBackend::new(m, tokenizer.clone(), template, "torch"));
     if wants_generation {
         eprintln!("[{label}] loading the {} generator", cli.generator);
-        let model_cfg = policy_config(&plan.model, adapter, cli.threads);
-        let mut policy;
-        let torch_gen;
-        let server_gen;
-        let mut generator = if cli.generator == "server" {
-            server_gen = server_generator(cli, plan, adapter.is_some())?;
-            Generator::Server(&server_gen)
-        } else if cli.generator == "torch" {
-            let tokenizer = load_tokenizer(&model_cfg)?;
-            let template = ChatTemplate::from_tokenizer(&tokenizer)?;
-            torch_gen = TorchGenerator {
-                model: torch_model.as_ref().expect("loaded above"),
-                tokenizer,
-                template,
-            };
-            Generator::Torch(&torch_gen)
-        } else {
-            policy = Policy::load(&model_cfg)?;
-            Generator::Engine(&mut policy)
+        let in_process;
+        let server;
+        let (kind, backend): (&'static str, &dyn GenerationBackend) = match cli.generator.as_str() {
+            "server" => {
+                server = server_backend(cli, plan, adapter.is_some(), &tokenizer, &template)?;
+                ("server", &server)
+            }
+            "torch" => ("torch", torch.as_ref().expect("loaded above")),
+            _ => {
+                let model_cfg = policy_config(&plan.model, adapter, cli.threads);
+                in_process = InProcess::new(Arc::new(Mutex::new(Policy::load(&model_cfg)?)));
+                ("engine", &in_process)
+            }
+        };
+        let generator = Generator {
+            kind,
+            backend,
+            tokenizer: tokenizer.clone(),
+            template,
         };
         if let Some((cfg, haystack)) = &plan.niah {
-            report.niah = Some(niah_task(cli, label, &mut generator, haystack, cfg)?);
+            report.niah = Some(niah_task(cli, label, &generator, haystack, cfg)?);
         }
         if let Some(cfg) = &plan.qa {
-            report.qa = Some(qa_task(cli, label, &mut generator, cfg, rejects)?);
+            report.qa = Some(qa_task(cli, label, &generator, cfg, rejects)?);
         }
     }
     if let Some((cfg, text)) = &plan.ppl {
-        let model = torch_model.as_ref().expect("loaded above");
-        report.perplexity = Some(perplexity_task(cli, plan, label, model, cfg, text)?);
+        let model = torch.as_ref().expect("loaded above").model();
+        report.perplexity = Some(perplexity_task(cli, label, &model, &tokenizer, cfg, text)?);
     }
     Ok(report)
 }
 
 /// The `openai` backend of `--server-url` serving `--server-model` (or
 /// `--server-adapter-model` for the adapter), with the GGUF's tokenizer and template.
-fn server_generator(cli: &Cli, plan: &Plan, adapter: bool) -> Result<ServerGenerator> {
+fn server_backend(
+    cli: &Cli,
+    plan: &Plan,
+    adapter: bool,
+    tokenizer: &Tokenizer,
+    template: &ChatTemplate,
+) -> Result<OpenAi> {
     let served = if adapter {
         cli.server_adapter_model.clone()
     } else {
         cli.server_model.clone()
     };
-    let cfg: logo_engine::config::OpenAiConfig = serde_json::from_value(serde_json::json!({
+    let cfg: OpenAiConfig = serde_json::from_value(serde_json::json!({
         "endpoints": cli.server_url,
         "model": served,
         "api_key_env": cli.server_api_key_env,
         "max_in_flight": cli.server_in_flight,
     }))
-    .map_err(|e| config_err("--server-url", e.to_string()))?;
-    // The served model's tokenizer and template are the GGUF's.
+    .map_err(|e| config_err("server_url", e.to_string()))?;
     let model_cfg = policy_config(&plan.model, None, cli.threads);
-    let tokenizer = load_tokenizer(&model_cfg)?;
-    let template = ChatTemplate::from_tokenizer(&tokenizer)?;
-    let backend = logo_engine::backend::OpenAi::connect(
+    Ok(OpenAi::connect(
         &cfg,
         tokenizer.clone(),
         template.stop_ids(),
         max_positions_of(&model_cfg)?,
-    )?;
-    Ok(ServerGenerator {
-        backend,
-        tokenizer,
-        template,
-    })
+    )?)
 }
 
 /// NIAH: `niah.json` and the heatmap `niah_{label}.png`.
 fn niah_task(
     cli: &Cli,
     label: &str,
-    generator: &mut Generator,
+    generator: &Generator,
     haystack: &str,
     cfg: &NiahConfig,
 ) -> Result<NiahReport> {
@@ -199,7 +206,7 @@ fn niah_task(
 fn qa_task(
     cli: &Cli,
     label: &str,
-    generator: &mut Generator,
+    generator: &Generator,
     cfg: &QaConfig,
     rejects: &Rejects,
 ) -> Result<QaReport> {
@@ -228,24 +235,23 @@ fn qa_task(
 /// `perplexity.json`. Errors: [`EvalError::Config`] when the text is shorter.
 fn perplexity_task(
     cli: &Cli,
-    plan: &Plan,
     label: &str,
     model: &Llama,
+    tok: &Tokenizer,
     cfg: &PerplexityConfig,
     text: &str,
 ) -> Result<PerplexityReport> {
-    eprintln!("[{label}] loading the model for perplexity");
-    let tok = load_tokenizer(&policy_config(&plan.model, None, cli.threads))?;
+    eprintln!("[{label}] perplexity");
     // Tokenise about what is needed (≥ 1 token per 8 characters of English).
     let cut = text
         .char_indices()
         .nth(cfg.max_tokens * 8)
         .map_or(text.len(), |(i, _)| i);
-    let mut tokens = encode_text(&tok, &text[..cut])?;
+    let mut tokens = encode_text(tok, &text[..cut])?;
     tokens.truncate(cfg.max_tokens);
     if tokens.len() < cfg.max_tokens {
         return Err(config_err(
-            "--ppl-tokens",
+            "ppl_tokens",
             format!(
                 "the text has only {} tokens, fewer than {}",
                 tokens.len(),
@@ -264,6 +270,22 @@ fn perplexity_task(
     Ok(r)
 }
 
+/// An option error as the command line spells it: key `niah_lengths` (or `a/b`) becomes
+/// `--niah-lengths` (`--a/--b`); other errors are unchanged.
+fn as_flags(e: EvalError) -> EvalError {
+    match e {
+        EvalError::Config { key, message } => EvalError::Config {
+            key: key
+                .split('/')
+                .map(|k| format!("--{}", k.replace('_', "-")))
+                .collect::<Vec<_>>()
+                .join("/"),
+            message,
+        },
+        e => e,
+    }
+}
+
 fn main() -> ExitCode {
     logo_env::cli::reset_sigpipe();
     logo_env::cli::init_logging();
@@ -271,7 +293,7 @@ fn main() -> ExitCode {
     let plan = match plan(&cli) {
         Ok(p) => p,
         Err(e) => {
-            eprintln!("logo-eval: {}", logo_env::cli::error_chain(&e));
+            eprintln!("logo-eval: {}", logo_env::cli::error_chain(&as_flags(e)));
             return ExitCode::from(2);
         }
     };
@@ -282,7 +304,7 @@ fn main() -> ExitCode {
             ExitCode::SUCCESS
         }
         Err(e) => {
-            eprintln!("logo-eval: {}", logo_env::cli::error_chain(&e));
+            eprintln!("logo-eval: {}", logo_env::cli::error_chain(&as_flags(e)));
             ExitCode::FAILURE
         }
     }

@@ -17,7 +17,7 @@
 
 use std::path::Path;
 
-use logo_engine::model::{encode_text, ChatTemplate};
+use logo_policy::tokenizer::{encode_text, ChatTemplate};
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -99,7 +99,7 @@ impl NeedleSet {
                 Ok(set)
             }
             other => Err(EvalError::Config {
-                key: "--needle".into(),
+                key: "needle".into(),
                 message: format!("expected sandwich, pizza or a .json file, got {other:?}"),
             }),
         }
@@ -209,7 +209,7 @@ pub fn build_prompt(
     let fixed = empty.len() + needle_ids.iter().map(Vec::len).sum::<usize>();
     if fixed + 1 > case.context_length || haystack.is_empty() {
         return Err(EvalError::Config {
-            key: "--niah-lengths".into(),
+            key: "niah_lengths".into(),
             message: format!(
                 "context length {} leaves no room for the haystack: the template, question and \
                  needles take {fixed} tokens",
@@ -322,13 +322,13 @@ impl NiahConfig {
             })
         };
         if self.context_lengths.is_empty() || self.depths.is_empty() {
-            return bad("--niah-lengths/--niah-depths", "must not be empty".into());
+            return bad("niah_lengths/niah_depths", "must not be empty".into());
         }
         if let Some(d) = self.depths.iter().find(|d| !(0.0..=100.0).contains(*d)) {
-            return bad("--niah-depths", format!("{d} is outside 0..=100"));
+            return bad("niah_depths", format!("{d} is outside 0..=100"));
         }
         if self.max_new_tokens == 0 {
-            return bad("--max-new-tokens", "must be >= 1".into());
+            return bad("max_new_tokens", "must be >= 1".into());
         }
         if let Some(l) = self
             .context_lengths
@@ -336,7 +336,7 @@ impl NiahConfig {
             .find(|&&l| l + self.max_new_tokens > max_positions)
         {
             return bad(
-                "--niah-lengths",
+                "niah_lengths",
                 format!(
                     "{l} + {} answer tokens exceeds the model's {max_positions} positions",
                     self.max_new_tokens
@@ -350,16 +350,13 @@ impl NiahConfig {
 /// (prompt, needle value positions, answer ids, argmax) of one case, for Eq. 5.
 type Trace = (Vec<u32>, Vec<usize>, Vec<u32>, Vec<Vec<i64>>);
 
-/// The retrieval score (Appendix B, Eq. 5) of the torch generator's `traces`; `None` for the
-/// other generators (they expose no attention) or without traces.
+/// The retrieval score (Appendix B, Eq. 5) of `traces`; `None` for a backend that exposes no
+/// attention or without traces.
 fn retrieval(generator: &Generator<'_>, traces: &[Trace]) -> Option<RetrievalScore> {
-    let Generator::Torch(t) = generator else {
-        return None;
-    };
+    let (layers, heads) = generator.backend.attention_heads()?;
     if traces.is_empty() {
         return None;
     }
-    let c = t.model.config();
     let views: Vec<CopyTrace<'_>> = traces
         .iter()
         .map(|(p, k, a, m)| CopyTrace {
@@ -369,11 +366,7 @@ fn retrieval(generator: &Generator<'_>, traces: &[Trace]) -> Option<RetrievalSco
             argmax: m,
         })
         .collect();
-    Some(retrieval_score(
-        &views,
-        c.num_hidden_layers,
-        c.num_attention_heads,
-    ))
+    Some(retrieval_score(&views, layers, heads))
 }
 
 /// Runs the grid with `generator`: the prompts of one context length (all depths) form one
@@ -381,14 +374,14 @@ fn retrieval(generator: &Generator<'_>, traces: &[Trace]) -> Option<RetrievalSco
 /// the retrieval score (Eq. 5) is computed over the grid. Errors: tokenizer and model errors,
 /// [`EvalError::Config`] from [`build_prompt`].
 pub fn run_niah(
-    generator: &mut Generator<'_>,
+    generator: &Generator<'_>,
     haystack_text: &str,
     cfg: &NiahConfig,
 ) -> Result<NiahReport> {
     let started = std::time::Instant::now();
-    let tok = generator.tokenizer().clone();
-    let template = generator.template()?;
-    let capture = matches!(generator, Generator::Torch(_));
+    let tok = generator.tokenizer.clone();
+    let template = generator.template;
+    let capture = generator.backend.attention_heads().is_some();
     let longest = cfg.context_lengths.iter().copied().max().unwrap_or(0);
     // Tokenise only what the longest prompt can use (about 3 characters per token at least).
     let cut = haystack_text
@@ -448,7 +441,7 @@ pub fn run_niah(
         results,
         mean_recall,
         retrieval,
-        generator: generator.name().into(),
+        generator: generator.kind.into(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -474,7 +467,7 @@ mod tests {
     fn needle_presets_and_files() {
         assert_eq!(NeedleSet::from_arg("pizza").unwrap().needles.len(), 3);
         let e = NeedleSet::from_arg("salad").unwrap_err().to_string();
-        assert!(e.contains("--needle") && e.contains("salad"), "{e}");
+        assert!(e.contains("needle") && e.contains("salad"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("n.json");
         std::fs::write(

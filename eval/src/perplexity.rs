@@ -47,24 +47,24 @@ impl PerplexityConfig {
             })
         };
         if self.context_lengths.is_empty() || self.context_lengths.iter().any(|&l| l < 4) {
-            return bad("--ppl-lengths", "give one or more lengths >= 4".into());
+            return bad("ppl_lengths", "give one or more lengths >= 4".into());
         }
         if !(self.stride_fraction > 0.0 && self.stride_fraction < 1.0) {
             return bad(
-                "--ppl-stride",
+                "ppl_stride",
                 format!("must be in (0, 1), got {}", self.stride_fraction),
             );
         }
         if !(1..=64).contains(&self.batch) {
             return bad(
-                "--ppl-batch",
+                "ppl_batch",
                 format!("must be in 1..=64, got {}", self.batch),
             );
         }
         let longest = self.context_lengths.iter().max().copied().unwrap_or(0);
         if self.max_tokens < longest {
             return bad(
-                "--ppl-tokens",
+                "ppl_tokens",
                 format!("{} is below the longest length {longest}", self.max_tokens),
             );
         }
@@ -118,7 +118,7 @@ pub fn windows_nll(model: &Llama, windows: &[(&[u32], usize)]) -> Result<Vec<f64
     };
     if windows.iter().any(|(t, _)| t.len() != len) {
         return Err(EvalError::Config {
-            key: "--ppl-batch".into(),
+            key: "ppl_batch".into(),
             message: "windows of one batch must have the same length".into(),
         });
     }
@@ -186,7 +186,7 @@ pub fn run_perplexity(
             plan_windows(tokens.len(), l, stride)
                 .map(|w| (l, stride, w))
                 .map_err(|message| EvalError::Config {
-                    key: "--ppl-lengths".into(),
+                    key: "ppl_lengths".into(),
                     message,
                 })
         })
@@ -262,7 +262,7 @@ mod tests {
         .validate()
         .unwrap_err()
         .to_string();
-        assert!(e.starts_with("--ppl-stride"), "{e}");
+        assert!(e.starts_with("ppl_stride"), "{e}");
         let e = PerplexityConfig {
             max_tokens: 1000,
             ..ok

@@ -3,8 +3,8 @@
 //! any layout the engine's source reads), and score it with token F1, ROUGE-L and exact match
 //! ([`crate::metrics`]), per file and averaged over files.
 //!
-//! Documents are read by the engine's own source ([`logo_engine::source::Source`]): one
-//! reader for training data and evaluation, with its bad-row handling (a malformed row is
+//! Documents are read by the reader the engine's source uses ([`logo_formats::documents`]):
+//! one reader for training data and evaluation, with its bad-row handling (a malformed row is
 //! written to `rejects.jsonl` with file, row and field, and the run goes on).
 //!
 //! Over-long inputs are truncated in the middle, as LongBench does (`pred.py`: keep the first
@@ -15,10 +15,10 @@
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 
-use logo_engine::model::{encode_text, ChatTemplate};
-use logo_engine::source::Source;
-use logo_engine::stage::{Rejects, RunStats};
-use logo_schemas::{DocumentRecord, Record};
+use logo_formats::documents::{self, questions_of};
+use logo_formats::rejects::{Reject, Rejects};
+use logo_policy::tokenizer::{encode_text, ChatTemplate};
+use logo_schemas::DocumentRecord;
 use serde::{Deserialize, Serialize};
 use tokenizers::Tokenizer;
 
@@ -60,17 +60,17 @@ impl QaConfig {
             })
         };
         if self.files.is_empty() {
-            return bad("--qa", "name at least one file".into());
+            return bad("qa", "name at least one file".into());
         }
         if let Some(f) = self.files.iter().find(|f| !f.exists()) {
-            return bad("--qa", format!("{}: no such file", f.display()));
+            return bad("qa", format!("{}: no such file", f.display()));
         }
         if self.questions_per_file == 0 || self.questions_per_document == 0 {
-            return bad("--qa-questions/--qa-per-document", "must be >= 1".into());
+            return bad("qa_questions/qa_per_document", "must be >= 1".into());
         }
         if self.max_length > max_positions {
             return bad(
-                "--max-length",
+                "max_length",
                 format!(
                     "{} exceeds the model's {max_positions} positions",
                     self.max_length
@@ -79,7 +79,7 @@ impl QaConfig {
         }
         if self.max_new_tokens == 0 || self.max_new_tokens * 2 > self.max_length {
             return bad(
-                "--max-new-tokens",
+                "max_new_tokens",
                 format!(
                     "must be in 1..={} (half of --max-length), got {}",
                     self.max_length / 2,
@@ -164,29 +164,51 @@ pub fn middle_truncate(ids: &[u32], budget: usize) -> (Vec<u32>, bool) {
     (out, true)
 }
 
-/// Reads up to `cfg.questions_per_file` questions with references from `file` through the
-/// engine's source (bad rows to `rejects`). Errors: [`EvalError::Engine`] for an unreadable
-/// file.
+/// Reads up to `cfg.questions_per_file` questions with references from `file`, at most
+/// `cfg.questions_per_document` per document, in file order. Bad rows go to `rejects` as the
+/// engine's source records them (stage `source`; a file that cannot be read at all is one
+/// reject with row 0). Errors: [`EvalError::Format`] for a rejects file that cannot be
+/// written.
 fn read_questions(file: &Path, cfg: &QaConfig, rejects: &Rejects) -> Result<Vec<DocumentRecord>> {
-    let mut source = Source::open(&[file.to_path_buf()], 8, false, None)?;
-    let stats = RunStats::default();
+    let name = file.display().to_string();
+    let reject = |row, field, reason| Reject {
+        stage: "source".into(),
+        file: name.clone(),
+        row,
+        field,
+        reason,
+    };
+    let rows = match documents::open(file) {
+        Ok(rows) => rows,
+        Err(e) => {
+            rejects.push(reject(0, None, e.to_string()))?;
+            return Ok(vec![]);
+        }
+    };
     let mut out = Vec::new();
     let mut per_doc: HashMap<String, usize> = HashMap::new();
-    while let Some(batch) = source.next_batch(rejects, &stats) {
-        for row in DocumentRecord::from_batch(&batch?).map_err(logo_engine::EngineError::from)? {
+    for (row, parsed) in rows {
+        let records = match parsed.and_then(|raw| questions_of(&name, file, row, raw, false)) {
+            Ok(records) => records,
+            Err((field, reason)) => {
+                rejects.push(reject(row, field, reason))?;
+                continue;
+            }
+        };
+        for record in records {
             if out.len() >= cfg.questions_per_file {
                 return Ok(out);
             }
-            let (Some(_), Some(answer)) = (&row.key.question, &row.key.answer) else {
+            let (Some(_), Some(answer)) = (&record.key.question, &record.key.answer) else {
                 continue;
             };
             if answer.trim().is_empty() {
                 continue;
             }
-            let n = per_doc.entry(row.key.document_id.clone()).or_default();
+            let n = per_doc.entry(record.key.document_id.clone()).or_default();
             if *n < cfg.questions_per_document {
                 *n += 1;
-                out.push(row);
+                out.push(record);
             }
         }
     }
@@ -216,7 +238,7 @@ fn prompts(
             .saturating_sub(cfg.max_new_tokens + empty.len());
         if budget == 0 {
             return Err(EvalError::Config {
-                key: "--max-length".into(),
+                key: "max_length".into(),
                 message: format!(
                     "{}: row {}: the question alone takes {} tokens",
                     file.display(),
@@ -243,7 +265,7 @@ fn prompts(
 /// Answers and scores `prompts` (of file `name`); consecutive questions of one document are
 /// one group, so that they share its prefill.
 fn answer(
-    generator: &mut Generator<'_>,
+    generator: &Generator<'_>,
     name: &str,
     prompts: &[Prompt],
     cfg: &QaConfig,
@@ -293,14 +315,10 @@ fn answer(
 ///
 /// Errors: [`EvalError::Config`] when a question alone exceeds `max_length`; source, model
 /// and tokenizer errors.
-pub fn run_qa(
-    generator: &mut Generator<'_>,
-    cfg: &QaConfig,
-    rejects: &Rejects,
-) -> Result<QaReport> {
+pub fn run_qa(generator: &Generator<'_>, cfg: &QaConfig, rejects: &Rejects) -> Result<QaReport> {
     let started = std::time::Instant::now();
-    let tok = generator.tokenizer().clone();
-    let template = generator.template()?;
+    let tok = generator.tokenizer.clone();
+    let template = generator.template;
     let before = rejects.total();
     let mut rows = Vec::new();
     for file in &cfg.files {
@@ -344,7 +362,7 @@ pub fn run_qa(
         ),
         rejected_rows: rejects.total() - before,
         items,
-        generator: generator.name().into(),
+        generator: generator.kind.into(),
         seconds: started.elapsed().as_secs_f64(),
     })
 }
@@ -374,7 +392,7 @@ mod tests {
             decoding: crate::Decoding::default(),
         };
         let e = cfg.validate(4096).unwrap_err().to_string();
-        assert!(e.starts_with("--qa: /no/such.jsonl"), "{e}");
+        assert!(e.starts_with("qa: /no/such.jsonl"), "{e}");
         let dir = tempfile::tempdir().unwrap();
         let f = dir.path().join("a.jsonl");
         std::fs::write(&f, "{}\n").unwrap();
@@ -390,7 +408,7 @@ mod tests {
         .validate(4096)
         .unwrap_err()
         .to_string();
-        assert!(e.contains("--max-length: 8192 exceeds"), "{e}");
+        assert!(e.contains("max_length: 8192 exceeds"), "{e}");
         let e = QaConfig {
             max_new_tokens: 0,
             ..ok
@@ -398,6 +416,6 @@ mod tests {
         .validate(4096)
         .unwrap_err()
         .to_string();
-        assert!(e.contains("--max-new-tokens"), "{e}");
+        assert!(e.contains("max_new_tokens"), "{e}");
     }
 }

@@ -145,7 +145,7 @@ pub fn value_positions(
         let text = format!(" {needle}");
         let enc = tok
             .encode(text.as_str(), false)
-            .map_err(|e| logo_engine::error::EngineError::Tokenizer(e.to_string()))?;
+            .map_err(|e| logo_policy::PolicyError::Tokenizer(e.to_string()))?;
         let ids = enc.get_ids();
         if ids.is_empty() || prompt.len() < ids.len() {
             continue;

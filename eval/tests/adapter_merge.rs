@@ -6,8 +6,9 @@ mod common;
 #[path = "../../trainer/tests/common/numeric.rs"]
 mod numeric;
 
-use logo_engine::config::ModelConfig;
-use logo_engine::model::{encode_text, Policy};
+use logo_policy::config::ModelConfig;
+use logo_policy::model::Policy;
+use logo_policy::tokenizer::encode_text;
 use tch::{Device, Kind, Tensor};
 
 fn max_abs_diff(a: &[f32], b: &[f32]) -> f32 {
@@ -107,7 +108,7 @@ fn adapter_for_another_base_is_a_named_error() {
     // The quantised backend names the GGUF tensor.
     let e = Policy::load(&ModelConfig {
         adapter: Some(dir.path().to_path_buf()),
-        weights: logo_engine::config::WeightFormat::Q8_0,
+        weights: logo_policy::config::WeightFormat::Q8_0,
         ..cfg
     })
     .unwrap_err()

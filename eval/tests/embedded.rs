@@ -5,13 +5,15 @@ mod common;
 #[path = "../../trainer/tests/common/numeric.rs"]
 mod numeric;
 
-use logo_engine::model::{encode_text, Policy};
-use logo_engine::stage::Rejects;
+use logo_policy::model::Policy;
+
 use logo_eval::generate::Generator;
 use logo_eval::metrics::QaScores;
 use logo_eval::niah::{build_prompt, load_haystack, run_niah, NeedleSet, NiahCase, NiahConfig};
 use logo_eval::perplexity::{run_perplexity, window_nll, PerplexityConfig};
 use logo_eval::qa::{run_qa, QaConfig};
+use logo_formats::rejects::Rejects;
+use logo_policy::tokenizer::encode_text;
 use tch::{Device, Kind, Tensor};
 
 #[test]
@@ -23,8 +25,8 @@ fn niah_prompt_has_the_exact_length_and_needles_after_sentence_ends() {
     ) else {
         return;
     };
-    let tok = logo_engine::model::load_tokenizer(&cfg).unwrap();
-    let template = logo_engine::model::ChatTemplate::from_tokenizer(&tok).unwrap();
+    let tok = logo_policy::tokenizer::load_tokenizer(&cfg).unwrap();
+    let template = logo_policy::tokenizer::ChatTemplate::from_tokenizer(&tok).unwrap();
     let text = load_haystack(&hay).unwrap();
     assert!(text.len() > 500_000, "49 essays, {} bytes", text.len());
     let haystack = encode_text(&tok, &text[..20_000]).unwrap();
@@ -88,7 +90,7 @@ fn niah_on_the_embedded_model_recalls_the_needle() {
     ) else {
         return;
     };
-    let mut policy = Policy::load(&cfg).unwrap();
+    let policy = Policy::load(&cfg).unwrap();
     let text = load_haystack(&hay).unwrap();
     let niah = NiahConfig {
         context_lengths: vec![512, 1024],
@@ -98,7 +100,14 @@ fn niah_on_the_embedded_model_recalls_the_needle() {
         decoding: logo_eval::Decoding::default(),
     };
     niah.validate(policy.max_positions()).unwrap();
-    let r = run_niah(&mut Generator::Engine(&mut policy), &text, &niah).unwrap();
+    let (backend, tokenizer, template) = common::engine_backend(policy);
+    let generator = Generator {
+        kind: "engine",
+        backend: &backend,
+        tokenizer,
+        template,
+    };
+    let r = run_niah(&generator, &text, &niah).unwrap();
     assert_eq!(r.results.len(), 6);
     for x in &r.results {
         eprintln!(
@@ -131,7 +140,7 @@ fn qa_on_leval_scores_and_truncates_in_the_middle() {
          {\"input\": \"The meeting is on Friday at 3 pm in room 12.\", \"instructions\": [\"Which room is the meeting in?\"], \"outputs\": [\"room 12\"]}\n",
     )
     .unwrap();
-    let mut policy = Policy::load(&cfg).unwrap();
+    let policy = Policy::load(&cfg).unwrap();
     let rejects = Rejects::create(&dir.path().join("rejects.jsonl")).unwrap();
     let qa = QaConfig {
         files: vec![file, mixed],
@@ -142,7 +151,14 @@ fn qa_on_leval_scores_and_truncates_in_the_middle() {
         decoding: logo_eval::Decoding::default(),
     };
     qa.validate(policy.max_positions()).unwrap();
-    let r = run_qa(&mut Generator::Engine(&mut policy), &qa, &rejects).unwrap();
+    let (backend, tokenizer, template) = common::engine_backend(policy);
+    let generator = Generator {
+        kind: "engine",
+        backend: &backend,
+        tokenizer,
+        template,
+    };
+    let r = run_qa(&generator, &qa, &rejects).unwrap();
     assert_eq!(r.files.len(), 2);
     assert_eq!(r.files[0].questions, 2);
     // multidoc_qa documents have ≥ 2,201 words: all cut to fit 1024 tokens.
@@ -181,7 +197,7 @@ fn perplexity_windows_match_one_full_forward() {
     let Some(cfg) = common::embedded("perplexity_windows_match_one_full_forward") else {
         return;
     };
-    let tok = logo_engine::model::load_tokenizer(&cfg).unwrap();
+    let tok = logo_policy::tokenizer::load_tokenizer(&cfg).unwrap();
     let text =
         "It was a bright cold day in April, and the clocks were striking thirteen. ".repeat(40);
     let tokens: Vec<u32> = encode_text(&tok, &text).unwrap()[..600].to_vec();

@@ -10,8 +10,9 @@ mod numeric;
 use std::path::PathBuf;
 use std::process::Command;
 
-use logo_engine::config::ModelConfig;
-use logo_engine::model::{encode_text, Policy};
+use logo_policy::config::ModelConfig;
+use logo_policy::model::Policy;
+use logo_policy::tokenizer::encode_text;
 use tch::Tensor;
 
 #[test]
@@ -26,7 +27,7 @@ fn peft_written_adapter_gives_pefts_logits() {
     let dir = tempfile::tempdir().unwrap();
     let hf = dir.path().join("hf");
     logo_trainer::peft::export_hf(&cfg.path, None, &hf).unwrap();
-    let tok = logo_engine::model::load_tokenizer(&cfg).unwrap();
+    let tok = logo_policy::tokenizer::load_tokenizer(&cfg).unwrap();
     let ids = encode_text(&tok, "Marie Curie was born in Warsaw and later moved to").unwrap();
     let adapter = dir.path().join("adapter");
     let logits_path = dir.path().join("logits.safetensors");

@@ -5,13 +5,15 @@
 
 mod common;
 
-use logo_engine::model::{load_tokenizer, ChatTemplate, Policy};
-use logo_eval::generate::{Generator, TorchGenerator};
+use logo_policy::model::Policy;
+
+use logo_eval::generate::{Generator, TorchBackend};
 use logo_eval::niah::{load_haystack, run_niah, NeedleSet, NiahConfig};
+use logo_policy::tokenizer::{load_tokenizer, ChatTemplate};
 use logo_trainer::model::Llama;
 use tch::{Device, Kind};
 
-fn fixtures(test: &str) -> Option<(logo_engine::config::ModelConfig, std::path::PathBuf)> {
+fn fixtures(test: &str) -> Option<(logo_policy::config::ModelConfig, std::path::PathBuf)> {
     let found = (
         common::embedded(test),
         common::shared_data(test, "haystack"),
@@ -46,17 +48,23 @@ fn torch_generator_answers_as_the_engine_does() {
     tch::set_num_threads(2);
     let text = load_haystack(&hay).unwrap();
     let niah = niah_cfg(NeedleSet::sandwich());
-    let mut policy = Policy::load(&cfg).unwrap();
-    let engine = run_niah(&mut Generator::Engine(&mut policy), &text, &niah).unwrap();
+    let (backend, tokenizer, template) = common::engine_backend(Policy::load(&cfg).unwrap());
+    let engine = Generator {
+        kind: "engine",
+        backend: &backend,
+        tokenizer: tokenizer.clone(),
+        template,
+    };
+    let engine = run_niah(&engine, &text, &niah).unwrap();
     let model = Llama::load(&cfg.path, None, Device::Cpu, Kind::Float).unwrap();
-    let tokenizer = load_tokenizer(&cfg).unwrap();
-    let template = ChatTemplate::from_tokenizer(&tokenizer).unwrap();
-    let tg = TorchGenerator {
-        model: &model,
+    let tg = TorchBackend::new(model, tokenizer.clone(), template, "torch");
+    let torch = Generator {
+        kind: "torch",
+        backend: &tg,
         tokenizer,
         template,
     };
-    let torch = run_niah(&mut Generator::Torch(&tg), &text, &niah).unwrap();
+    let torch = run_niah(&torch, &text, &niah).unwrap();
     for (a, b) in engine.results.iter().zip(&torch.results) {
         eprintln!(
             "depth {}: engine {:?} / torch {:?}",
@@ -94,13 +102,15 @@ fn retrieval_score_of_base_and_adapter() {
     let adapted = Llama::load(&cfg.path, Some(&lora), Device::Cpu, Kind::Float).unwrap();
     logo_trainer::peft::load_adapter(&adapted, dir.path()).unwrap();
     let mut scores = Vec::new();
-    for (label, model) in [("base", &base), ("adapter", &adapted)] {
-        let tg = TorchGenerator {
-            model,
+    for (label, model) in [("base", base), ("adapter", adapted)] {
+        let tg = TorchBackend::new(model, tokenizer.clone(), template, "torch");
+        let generator = Generator {
+            kind: "torch",
+            backend: &tg,
             tokenizer: tokenizer.clone(),
             template,
         };
-        let r = run_niah(&mut Generator::Torch(&tg), &text, &niah).unwrap();
+        let r = run_niah(&generator, &text, &niah).unwrap();
         let s = r
             .retrieval
             .clone()

@@ -21,11 +21,13 @@
 
 #![deny(missing_docs)]
 
+pub mod documents;
 pub mod error;
 pub mod gguf;
 pub mod gguf_config;
 pub mod hf_config;
 pub mod parquet_pages;
 pub mod peft;
+pub mod rejects;
 
 pub use error::FormatError;

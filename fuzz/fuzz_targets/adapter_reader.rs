@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use logo_engine::adapter::LoraDeltas;
+use logo_policy::adapter::LoraDeltas;
 
 fuzz_target!(|data: &[u8]| {
     if data.len() < 2 {

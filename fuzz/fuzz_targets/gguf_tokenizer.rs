@@ -3,7 +3,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use logo_engine::config::ModelConfig;
+use logo_policy::config::ModelConfig;
 
 fuzz_target!(|data: &[u8]| {
     let dir = tempfile::tempdir().unwrap();
@@ -11,9 +11,9 @@ fuzz_target!(|data: &[u8]| {
     std::fs::write(&path, data).unwrap();
     let cfg = ModelConfig {
         path,
-        ..logo_engine::model::default_model_config()
+        ..logo_policy::model::default_model_config()
     };
-    if let Ok(tok) = logo_engine::model::load_tokenizer(&cfg) {
+    if let Ok(tok) = logo_policy::tokenizer::load_tokenizer(&cfg) {
         let _ = tok.encode("Hello 123 <|im_end|>", false);
     }
     #[cfg(feature = "trainer")]

@@ -4,7 +4,8 @@
 
 use libfuzzer_sys::fuzz_target;
 use logo_engine::source::{plan_units, Source};
-use logo_engine::stage::{Rejects, RunStats};
+use logo_formats::rejects::Rejects;
+use logo_engine::stage::RunStats;
 
 fuzz_target!(|data: &[u8]| {
     // libfuzzer-sys's panic hook aborts on every panic, also on one the reader catches

@@ -60,7 +60,7 @@ pub fn shared_data() -> Option<PathBuf> {
 
 /// The embedded default model in the cache, if fetched (`scripts/just setup`).
 pub fn embedded_model() -> Option<PathBuf> {
-    let p = logo_engine::model::default_model_path();
+    let p = logo_env::paths::default_model_path();
     p.is_file().then_some(p)
 }
 

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use logo_engine::sink::{read_training_samples, Manifest, MANIFEST};
-use logo_engine::stage::Reject;
+use logo_formats::rejects::Reject;
 use logo_tests::{describe, embedded_model, or_skip, run, shared_data};
 
 fn write(path: &Path, text: &str) {
@@ -309,11 +309,11 @@ fn exported_tokenizer_loads_in_transformers_with_the_engines_ids() {
         .unwrap();
     assert!(o.status.success(), "{}", describe(&o));
     let got: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
-    let cfg = logo_engine::config::ModelConfig {
+    let cfg = logo_policy::config::ModelConfig {
         path: model,
-        ..logo_engine::model::default_model_config()
+        ..logo_policy::model::default_model_config()
     };
-    let tok = logo_engine::model::load_tokenizer(&cfg).unwrap();
+    let tok = logo_policy::tokenizer::load_tokenizer(&cfg).unwrap();
     let ids = |v: &serde_json::Value| -> Vec<u32> {
         v.as_array()
             .unwrap()
@@ -323,14 +323,14 @@ fn exported_tokenizer_loads_in_transformers_with_the_engines_ids() {
     };
     assert_eq!(
         ids(&got["text"]),
-        logo_engine::model::encode_text(&tok, text).unwrap()
+        logo_policy::tokenizer::encode_text(&tok, text).unwrap()
     );
-    let template = logo_engine::model::ChatTemplate::from_tokenizer(&tok).unwrap();
+    let template = logo_policy::tokenizer::ChatTemplate::from_tokenizer(&tok).unwrap();
     let ours = template
         .chat(
             &tok,
             system,
-            &[logo_engine::model::UserPart::Text(user)],
+            &[logo_policy::tokenizer::UserPart::Text(user)],
             "",
         )
         .unwrap();

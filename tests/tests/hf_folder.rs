@@ -8,10 +8,11 @@
 
 use std::path::{Path, PathBuf};
 
-use logo_engine::config::{ModelConfig, WeightFormat};
-use logo_engine::model::{encode_text, GenerateOptions, Policy};
 use logo_engine::sink::read_training_samples;
-use logo_engine::template::PromptTemplate;
+use logo_policy::config::{ModelConfig, WeightFormat};
+use logo_policy::model::{GenerateOptions, Policy};
+use logo_policy::template::PromptTemplate;
+use logo_policy::tokenizer::encode_text;
 use logo_tests::{describe, embedded_model, or_skip, run};
 
 /// A chat template written for this test, in Mistral's manner: system and user turns are

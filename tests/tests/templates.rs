@@ -8,8 +8,8 @@
 
 use std::path::Path;
 
-use logo_engine::model::{encode_text, UserPart};
-use logo_engine::template::JinjaTemplate;
+use logo_policy::template::JinjaTemplate;
+use logo_policy::tokenizer::{encode_text, UserPart};
 use logo_tests::embedded_model;
 use logo_tests::or_skip;
 
@@ -88,7 +88,7 @@ const STYLES: &[Style] = &[
 /// Writes the fixture folder of `style`.
 fn fixture(base: &Path, gguf: &Path, style: &Style) -> std::path::PathBuf {
     let dir = base.join(style.name);
-    logo_engine::tokenizer::export_hf_tokenizer(gguf, &dir).unwrap();
+    logo_policy::tokenizer::export_hf_tokenizer(gguf, &dir).unwrap();
     let tok_path = dir.join("tokenizer.json");
     let mut tok = tokenizers::Tokenizer::from_file(&tok_path).unwrap();
     let added: Vec<tokenizers::AddedToken> = style

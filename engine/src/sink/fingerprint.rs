@@ -8,7 +8,6 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::config::PipelineConfig;
-use crate::replay::hex;
 use crate::source::{InputFile, UnitPlan};
 
 /// Hex digits of the fingerprint in file names.
@@ -51,7 +50,7 @@ impl Fingerprint {
             "unit_rows": plan.unit_rows,
             "limit": plan.limit,
         });
-        let sha = |b: &[u8]| hex(&Sha256::digest(b));
+        let sha = |b: &[u8]| format!("{:x}", Sha256::digest(b));
         let config = sha(config_json.to_string().as_bytes());
         let inputs = sha(serde_json::to_string(&plan.files)
             .expect("serialises")

@@ -21,7 +21,8 @@ use tokenizers::Tokenizer;
 
 use crate::config::ChunkerConfig;
 use crate::error::{EngineError, Result};
-use crate::stage::{emit, map_rows, Reject, RowOutcome, Stage, StageContext};
+use crate::stage::{emit, map_rows, RowOutcome, Stage, StageContext};
+use logo_formats::rejects::Reject;
 
 /// The chunker stage.
 pub struct ChunkerStage {
@@ -39,7 +40,7 @@ pub struct Chunks {
 }
 
 impl ChunkerStage {
-    /// `tokenizer` must be the policy model's (see `crate::model::load_tokenizer`), with
+    /// `tokenizer` must be the policy model's (see `logo_policy::model::load_tokenizer`), with
     /// special tokens encoded as text. Errors: [`EngineError::Config`] for `chunk_size == 0`.
     pub fn try_new(cfg: &ChunkerConfig, tokenizer: Tokenizer) -> Result<Self> {
         if cfg.chunk_size == 0 {

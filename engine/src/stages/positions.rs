@@ -40,8 +40,8 @@ use rand::Rng;
 
 use crate::config::{PositionScheme, PositionsConfig};
 use crate::error::Result;
-use crate::seed::rng_for;
 use crate::stage::{emit, map_rows, RowOutcome, Stage, StageContext};
+use crate::stages::seed::rng_for;
 
 /// Reason counted when prompt + longest response does not fit in K.
 pub const SKIP_TOO_LONG: &str = "prompt + response longer than target_length";

@@ -30,13 +30,15 @@ use logo_schemas::{DocumentRecord, Record};
 use rand::Rng;
 use tokenizers::Tokenizer;
 
-use crate::backend::GenerationBackend;
 use crate::config::PipelineConfig;
 use crate::error::{EngineError, Result};
-use crate::model::{encode_text, GenerateOptions, UserPart};
-use crate::seed::{derive_seed, rng_for};
-use crate::stage::{emit, Reject, RowOutcome, Stage, StageContext};
-use crate::template::PromptTemplate;
+use crate::stage::{emit, RowOutcome, Stage, StageContext};
+use crate::stages::seed::{derive_seed, rng_for};
+use logo_formats::rejects::Reject;
+use logo_policy::backend::GenerationBackend;
+use logo_policy::model::GenerateOptions;
+use logo_policy::template::PromptTemplate;
+use logo_policy::tokenizer::{encode_text, UserPart};
 
 const STAGE: &str = "questions";
 
@@ -85,7 +87,7 @@ impl std::fmt::Debug for QuestionsStage {
 
 impl QuestionsStage {
     /// Builds the stage from `cfg.questions` (`enabled`, `passage_tokens`, `max_new_tokens`)
-    /// and `cfg.seed`; `tokenizer` is the model's (from [`crate::model::load_tokenizer`], an
+    /// and `cfg.seed`; `tokenizer` is the model's (from [`logo_policy::model::load_tokenizer`], an
     /// owned `Tokenizer` or an `Arc`), used to cut passages.
     ///
     /// Errors: [`EngineError::Config`] (`questions.passage_tokens`) when enabled and
@@ -319,14 +321,15 @@ impl Stage for QuestionsStage {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::{in_process, shared_policy, shared_policy_and_tokenizer};
+    use logo_policy::fixtures::{in_process, shared_policy, shared_policy_and_tokenizer};
     use logo_schemas::SampleKey;
     use std::sync::PoisonError;
 
     fn chatml(tok: &Tokenizer) -> PromptTemplate {
-        PromptTemplate::ChatMl(crate::model::ChatTemplate::from_tokenizer(tok).unwrap())
+        PromptTemplate::ChatMl(logo_policy::tokenizer::ChatTemplate::from_tokenizer(tok).unwrap())
     }
-    use crate::stage::{Rejects, RunStats};
+    use crate::stage::RunStats;
+    use logo_formats::rejects::Rejects;
 
     fn config(enabled: bool) -> PipelineConfig {
         PipelineConfig::from_yaml_str(
@@ -405,13 +408,13 @@ mod tests {
                 &self,
                 _prompt: &[u32],
                 opts: &GenerateOptions,
-            ) -> Result<crate::backend::Completion> {
+            ) -> logo_policy::Result<logo_policy::backend::Completion> {
                 let n = self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
                 assert_eq!(opts.temperature > 0.0, n > 0, "the first ask is greedy");
-                Ok(crate::backend::Completion {
+                Ok(logo_policy::backend::Completion {
                     token_ids: vec![5],
                     text: " The wall is long.".into(),
-                    finish_reason: crate::backend::FinishReason::Stop,
+                    finish_reason: logo_policy::backend::FinishReason::Stop,
                     model: "stub".into(),
                     retries: 0,
                 })

@@ -30,8 +30,8 @@ use rand::Rng;
 
 use crate::config::SamplerConfig;
 use crate::error::Result;
-use crate::seed::rng_for;
 use crate::stage::{emit, map_rows, RowOutcome, Stage, StageContext};
+use crate::stages::seed::rng_for;
 
 /// Reason counted when no chunk scores above δ.
 pub const SKIP_NO_RELEVANT: &str = "no relevant chunk (no s_i > threshold)";

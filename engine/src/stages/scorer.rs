@@ -3,7 +3,7 @@
 //!
 //! `s_i = |E(C_i) ∩ (E(Q) ∪ E(A))|`: the number of distinct entities chunk `i` shares with the
 //! question Q, where E is the configured [`EntityExtractor`] (`scorer.backend`, see
-//! [`crate::entities`] for how each backend relates to the paper's spaCy evaluator) and A is
+//! [`crate::stages::entities`] for how each backend relates to the paper's spaCy evaluator) and A is
 //! the reference answer, counted only when `scorer.use_answer` is true and the row has one.
 //! The sampler then calls a chunk relevant when `s_i > δ`.
 //!
@@ -22,9 +22,10 @@ use logo_schemas::{scored_schema, ChunkedRecord, Record, ScoredRecord};
 use rayon::prelude::*;
 
 use crate::config::ScorerConfig;
-use crate::entities::{self, overlap, EntityExtractor};
 use crate::error::Result;
-use crate::stage::{emit, map_rows, Reject, RowOutcome, Stage, StageContext};
+use crate::stage::{emit, map_rows, RowOutcome, Stage, StageContext};
+use crate::stages::entities::{self, overlap, EntityExtractor};
+use logo_formats::rejects::Reject;
 
 /// The scorer stage: adds `chunk_scores` (s_i, paper 3.2.2) to chunked rows.
 pub struct ScorerStage {
@@ -168,7 +169,8 @@ impl Stage for ScorerStage {
 mod tests {
     use super::*;
     use crate::config::ScorerBackend;
-    use crate::stage::{Rejects, RunStats};
+    use crate::stage::RunStats;
+    use logo_formats::rejects::Rejects;
     use logo_schemas::SampleKey;
 
     fn lexical(use_answer: bool) -> ScorerStage {

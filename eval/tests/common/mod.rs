@@ -3,8 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use logo_engine::config::{ModelConfig, WeightFormat};
-use logo_engine::model::default_model_config;
+use logo_policy::config::{ModelConfig, WeightFormat};
+use logo_policy::model::default_model_config;
 use logo_trainer::lora::LoraConfig;
 use tch::{Kind, Tensor};
 
@@ -61,4 +61,20 @@ pub fn random_adapter(model: &Path, dir: &Path, scale: f64) {
         }
     }
     logo_trainer::peft::save_adapter(&m, dir, "SmolLM2-135M-Instruct").expect("save adapter");
+}
+
+/// `policy` as the `engine` generator of NIAH and QA: the in-process backend, with the policy's
+/// tokenizer and chat template.
+pub fn engine_backend(
+    policy: logo_policy::model::Policy,
+) -> (
+    logo_policy::backend::InProcess,
+    tokenizers::Tokenizer,
+    logo_policy::tokenizer::ChatTemplate,
+) {
+    let tokenizer = policy.tokenizer().clone();
+    let template = logo_policy::tokenizer::ChatTemplate::from_tokenizer(&tokenizer).unwrap();
+    let backend =
+        logo_policy::backend::InProcess::new(std::sync::Arc::new(std::sync::Mutex::new(policy)));
+    (backend, tokenizer, template)
 }

@@ -34,10 +34,10 @@ use logo_formats::gguf::{hf_name, permuted_heads, HF_EMBED, HF_LM_HEAD, ROPE_FRE
 use logo_formats::hf_config::{AttentionBias, LlamaConfig, RopeScaling};
 
 use crate::adapter::{unpermute_rows, LoraDeltas};
-use crate::error::{EngineError, Result};
+use crate::error::{PolicyError, Result};
 
-fn err(path: &Path, what: impl std::fmt::Display) -> EngineError {
-    EngineError::Model(format!("{}: {what}", path.display()))
+fn err(path: &Path, what: impl std::fmt::Display) -> PolicyError {
+    PolicyError::Model(format!("{}: {what}", path.display()))
 }
 
 /// True when the GGUF can run on this backend (no `rope_freqs.weight`).
@@ -59,7 +59,7 @@ pub struct HfModelConfig {
 }
 
 impl HfModelConfig {
-    /// Reads `dir/config.json`. Errors ([`EngineError::Io`], [`EngineError::Model`] naming the
+    /// Reads `dir/config.json`. Errors ([`PolicyError::Io`], [`PolicyError::Model`] naming the
     /// file and field): as [`LlamaConfig::from_json_file`]; then what candle's Llama lacks:
     /// an architecture other than Llama or Mistral (Qwen2's q/k/v biases: serve such a model
     /// with `generator.backend: openai`), attention or MLP biases, a `head_dim` other than
@@ -71,7 +71,7 @@ impl HfModelConfig {
 
     /// `hf` (read from `path`: a `config.json`, or a GGUF through
     /// [`logo_formats::gguf_config`]) as far as candle's Llama runs it. Errors
-    /// ([`EngineError::Model`] naming `path`): as [`read`](Self::read), after the parse.
+    /// ([`PolicyError::Model`] naming `path`): as [`read`](Self::read), after the parse.
     pub fn new(hf: LlamaConfig, path: &Path) -> Result<HfModelConfig> {
         let unsupported = |what: String| {
             Err(err(
@@ -144,15 +144,15 @@ impl HfModelConfig {
     }
 }
 
-/// A JSON file. Errors: [`EngineError::Io`], [`EngineError::Model`] naming it (not JSON).
+/// A JSON file. Errors: [`PolicyError::Io`], [`PolicyError::Model`] naming it (not JSON).
 fn read_json(path: &Path) -> Result<serde_json::Value> {
-    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::io(path, e))?;
     serde_json::from_str(&text).map_err(|e| err(path, format!("not JSON: {e}")))
 }
 
 /// The safetensors files of a Hugging Face folder: those named by
 /// `model.safetensors.index.json`'s `weight_map` (sharded checkpoints), else
-/// `model.safetensors`. Errors: [`EngineError::Io`], [`EngineError::Model`] (neither file).
+/// `model.safetensors`. Errors: [`PolicyError::Io`], [`PolicyError::Model`] (neither file).
 fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
     let index = dir.join("model.safetensors.index.json");
     if index.exists() {
@@ -182,7 +182,7 @@ fn safetensors_files(dir: &Path) -> Result<Vec<std::path::PathBuf>> {
 
 /// Adds each delta of `adapter` (HF layout) to its tensor of `tensors`. A tied LM head gets
 /// its own copy of the embedding first when the adapter changes either (PEFT leaves a tied
-/// head as it was). Errors ([`EngineError::Model`]): a delta for a tensor the model lacks or
+/// head as it was). Errors ([`PolicyError::Model`]): a delta for a tensor the model lacks or
 /// of another shape (an adapter for another base).
 fn fold_adapter(
     tensors: &mut HashMap<String, Tensor>,
@@ -226,7 +226,7 @@ fn fold_adapter(
     Ok(())
 }
 
-/// Builds candle's Llama from f32 `tensors` (HF names). Errors: [`EngineError::Model`].
+/// Builds candle's Llama from f32 `tensors` (HF names). Errors: [`PolicyError::Model`].
 fn build(
     tensors: HashMap<String, Tensor>,
     config: llama::Config,
@@ -246,7 +246,7 @@ pub struct DenseLlama {
 impl DenseLlama {
     /// Builds the model from the GGUF `content` (tensors read through `reader`) whose
     /// hyper-parameters are `config` ([`logo_formats::gguf_config::llama_config`]), with the
-    /// `adapter` folded in. Errors ([`EngineError::Model`] naming the file): what
+    /// `adapter` folded in. Errors ([`PolicyError::Model`] naming the file): what
     /// [`HfModelConfig::new`] refuses, a missing tensor, a delta whose shape differs from its
     /// tensor, candle errors.
     pub fn load(
@@ -286,7 +286,7 @@ impl DenseLlama {
     /// Builds the model from a Hugging Face folder `dir` ([`HfModelConfig::read`], the
     /// safetensors of [`safetensors_files`], any dtype, converted to f32), with the `adapter`
     /// folded in; the vocabulary is the embedding's rows. The HF layout needs no q/k
-    /// permutation. Errors ([`EngineError::Model`] naming the folder): as
+    /// permutation. Errors ([`PolicyError::Model`] naming the folder): as
     /// [`HfModelConfig::read`], unreadable safetensors, a missing tensor, candle errors.
     pub fn from_hf_folder(dir: &Path, adapter: Option<&LoraDeltas>) -> Result<DenseLlama> {
         let hf = HfModelConfig::read(dir)?;

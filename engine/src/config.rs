@@ -24,6 +24,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use logo_policy::config::{BackendKind, ModelConfig, OpenAiConfig};
+
 use crate::error::{EngineError, Result};
 
 /// The whole pipeline as written in `pipeline.yaml` (not yet range-checked: see
@@ -84,56 +86,6 @@ pub struct SourceConfig {
 
 fn default_source_batch() -> usize {
     8
-}
-
-/// The policy model π_θ used by question generation and the generator.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ModelConfig {
-    /// A GGUF file of a Llama-family model (the embedded default is SmolLM2-135M-Instruct), or
-    /// a Hugging Face folder of a Llama or Mistral model (`config.json`, safetensors,
-    /// `tokenizer.json`, `tokenizer_config.json` with its `chat_template`), run in f32.
-    pub path: PathBuf,
-    /// `tokenizer.json` (or a Hugging Face folder holding one and its chat template) to use
-    /// instead of the model's own: the tokenizer rebuilt from the GGUF metadata, or the
-    /// folder's.
-    #[serde(default)]
-    pub tokenizer: Option<PathBuf>,
-    /// Name written to the output's `generator` column; default: the GGUF's `general.name`.
-    #[serde(default)]
-    pub name: Option<String>,
-    /// A PEFT LoRA adapter folder (`adapter_config.json`, `adapter_model.safetensors`; the
-    /// trainer's output or any plain PEFT LoRA on the same base) folded into the weights at
-    /// load time (see [`crate::adapter`]); default none.
-    #[serde(default)]
-    pub adapter: Option<PathBuf>,
-    /// Weights in memory of a GGUF (a folder is always `f32`): `f32` (default, dequantised:
-    /// LOGO prompts are long and answers short, and f32 prefill measured 2–3× faster than Q8_0
-    /// on CPU), `q8_0` (requantised, fastest decode) or `native` (as stored). See
-    /// `bench/results/generation.json`.
-    #[serde(default)]
-    pub weights: WeightFormat,
-    /// CPU threads for the model's matrix products; default: every core (2 threads measured
-    /// 1.7× faster prefill than 1 on a 2-core machine).
-    #[serde(default = "all_cores")]
-    pub threads: usize,
-}
-
-fn all_cores() -> usize {
-    std::thread::available_parallelism().map_or(1, |n| n.get())
-}
-
-/// How the GGUF weights are held in memory.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum WeightFormat {
-    /// Requantised to Q8_0.
-    Q8_0,
-    /// Dequantised to f32.
-    #[default]
-    F32,
-    /// As stored in the file.
-    Native,
 }
 
 /// Question generation for documents without questions.
@@ -323,21 +275,6 @@ pub struct GeneratorConfig {
     pub openai: Option<OpenAiConfig>,
 }
 
-/// Which [`crate::backend::GenerationBackend`] writes the responses.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum BackendKind {
-    /// The candle policy loaded from `model` (the embedded default).
-    #[default]
-    InProcess,
-    /// Any OpenAI-compatible server (vLLM, SGLang, llama.cpp's llama-server, TGI) through
-    /// `POST /v1/completions` with the prompt as token ids.
-    Openai,
-}
-
-pub(crate) fn default_true() -> bool {
-    true
-}
 fn default_max_regenerations() -> usize {
     3
 }
@@ -564,7 +501,7 @@ impl RawPipelineConfig {
     }
 }
 
-pub use logo_env::paths::cache_dir;
+use logo_env::paths::cache_dir;
 
 /// Expands a leading `~` (home) and `${LOGO_CACHE}` ([`cache_dir`]) in a configured path.
 fn expand_home(p: &Path) -> PathBuf {
@@ -578,11 +515,139 @@ fn expand_home(p: &Path) -> PathBuf {
 }
 
 mod on_length;
-mod openai;
 mod validate;
 
 pub use on_length::{LengthAction, OnLength};
-pub use openai::OpenAiConfig;
 
 #[cfg(test)]
-mod tests;
+mod tests {
+    //! Tests of `pipeline.yaml` parsing and validation.
+
+    use super::*;
+
+    const MIN: &str = "source: {paths: [d.jsonl]}\nmodel: {path: m.gguf}\n";
+
+    fn parse(extra: &str) -> Result<PipelineConfig> {
+        PipelineConfig::from_yaml_str(&format!("{MIN}{extra}"), Path::new("/base"))
+    }
+
+    #[test]
+    fn paper_defaults() {
+        let c = parse("").unwrap();
+        assert_eq!(c.chunker.chunk_size, 512);
+        assert_eq!(c.sampler.num_chunks, 16);
+        assert_eq!(c.sampler.threshold, 6);
+        assert_eq!(c.sampler.num_negatives, 2);
+        assert_eq!(c.positions.target_length, 65536);
+        assert_eq!(c.positions.continuous_ratio, 0.9);
+        assert_eq!(c.seed, 42);
+        assert_eq!(c.source.paths, vec![PathBuf::from("/base/d.jsonl")]);
+        assert_eq!(c.model.adapter, None);
+    }
+
+    #[test]
+    fn adapter_path_is_resolved_like_the_model() {
+        let c = PipelineConfig::from_yaml_str(
+            "source: {paths: [d.jsonl]}\nmodel: {path: m.gguf, adapter: out/adapter}\n",
+            Path::new("/base"),
+        )
+        .unwrap();
+        assert_eq!(c.model.path, PathBuf::from("/base/m.gguf"));
+        assert_eq!(c.model.adapter, Some(PathBuf::from("/base/out/adapter")));
+    }
+
+    #[test]
+    fn unknown_key_is_named_with_allowed_keys() {
+        let e = parse("chunker: {chunk_sise: 10}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("unknown field `chunk_sise`"), "{e}");
+        assert!(e.contains("expected `chunk_size`"), "{e}");
+        let e = parse("sampler: {delta: 3}\n").unwrap_err().to_string();
+        assert!(e.contains("`delta`") && e.contains("`threshold`"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_is_an_error() {
+        let e = parse("sampler: {num_chunks: many}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("num_chunks") && e.contains("invalid type"),
+            "{e}"
+        );
+        let e = parse("scorer: {backend: spacy}\n").unwrap_err().to_string();
+        assert!(
+            e.contains("unknown variant `spacy`") && e.contains("`lexical`"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn out_of_range_names_key_and_range() {
+        let e = parse("sampler: {num_negatives: 0}\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config key sampler.num_negatives: must be in 1..=64 (got 0)"
+        );
+        let e = parse("positions: {continuous_ratio: 1.5}\n")
+            .unwrap_err()
+            .to_string();
+        assert_eq!(
+            e,
+            "config key positions.continuous_ratio: must be in 0.0..=1.0 (got 1.5)"
+        );
+        let e = parse("positions: {target_length: 1000}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("positions.target_length") && e.contains("8321"),
+            "{e}"
+        );
+        let e = parse("sampler: {threshold: -1}\n").unwrap_err().to_string();
+        assert_eq!(e, "config key sampler.threshold: must be >= 0 (got -1)");
+    }
+
+    #[test]
+    fn on_length_per_role_with_its_default_and_the_short_form() {
+        let c = parse("").unwrap();
+        assert_eq!(c.generator.on_length.chosen, LengthAction::Regenerate);
+        assert_eq!(c.generator.on_length.rejected, LengthAction::Keep);
+        let c = parse("generator: {on_length: skip}\n").unwrap();
+        assert_eq!(
+            c.generator.on_length,
+            OnLength {
+                chosen: LengthAction::Skip,
+                rejected: LengthAction::Skip
+            }
+        );
+        let c = parse("generator: {on_length: {rejected: regenerate}}\n").unwrap();
+        assert_eq!(
+            c.generator.on_length,
+            OnLength {
+                chosen: LengthAction::Regenerate,
+                rejected: LengthAction::Regenerate
+            }
+        );
+        let e = parse("generator: {on_length: {chosen: keep}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.starts_with("config key generator.on_length.chosen: keep is for rejected"),
+            "{e}"
+        );
+        let e = parse("generator: {on_length: keep}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("generator.on_length.chosen"), "{e}");
+        let e = parse("generator: {on_length: {rejectd: keep}}\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("on_length") && e.contains("expected skip"),
+            "{e}"
+        );
+    }
+}

@@ -87,7 +87,7 @@ pub fn max_positions_of(cfg: &ModelConfig) -> Result<usize> {
 /// The trained context of the GGUF at `path` (`{general.architecture}.context_length`,
 /// tokens), read from the header without loading weights; the default context of a model
 /// served elsewhere (`generator.backend: openai`).
-/// Errors: as [`read_gguf`]; [`EngineError::Model`] when the key is missing.
+/// Errors: as [`read_gguf`]; [`PolicyError::Model`] when the key is missing.
 pub fn context_length_of(path: &Path) -> Result<usize> {
     if path.is_dir() {
         return Ok(HfModelConfig::read(path)?.max_positions);
@@ -167,7 +167,7 @@ pub(super) fn convert_weights(
 /// One tensor of [`convert_weights`]: `qt` stored as `target` (`None`: its own type, f32 when
 /// `delta` is given), its LoRA `delta` (HF layout already permuted to GGUF's) added first; a
 /// tensor whose rows are not whole blocks of the type, and every F32 tensor, stays f32.
-/// Errors: [`EngineError::Model`] naming `path` and the tensor: a delta of another shape (an
+/// Errors: [`PolicyError::Model`] naming `path` and the tensor: a delta of another shape (an
 /// adapter for another base model), or candle failing to (re)quantise.
 fn convert_tensor(
     qt: QTensor,

@@ -29,9 +29,11 @@ use std::sync::{Arc, Mutex};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
-use crate::backend::{Completion, FinishReason, GenerationBackend};
+use logo_policy::backend::{Completion, FinishReason, GenerationBackend};
+use logo_policy::PolicyError;
+
 use crate::error::{EngineError, Result};
-use crate::model::GenerateOptions;
+use logo_policy::model::GenerateOptions;
 
 /// Folder of the cache inside the output folder.
 pub const CACHE_DIR: &str = "cache";
@@ -64,11 +66,6 @@ impl std::fmt::Debug for ReplayCache {
             .field("generated", &self.generated())
             .finish_non_exhaustive()
     }
-}
-
-/// Lowercase hex of bytes.
-pub fn hex(bytes: &[u8]) -> String {
-    bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl ReplayCache {
@@ -138,7 +135,7 @@ impl ReplayCache {
             "min_new_tokens": opts.min_new_tokens,
             "seed": opts.seed,
         });
-        hex(&Sha256::digest(json.to_string().as_bytes()))
+        format!("{:x}", Sha256::digest(json.to_string().as_bytes()))
     }
 
     /// Entries held (read at open plus written since).
@@ -163,13 +160,13 @@ impl ReplayCache {
 
     /// The cached completion of (`prompt`, `opts`), or `generate()`'s, stored durably before
     /// it is returned (the lock is not held while `generate` runs, so many requests can be in
-    /// flight). Errors: `generate`'s, [`EngineError::Io`] when the entry cannot be written.
+    /// flight). Errors: `generate`'s, [`PolicyError::Io`] when the entry cannot be written.
     pub fn complete(
         &self,
         prompt: &[u32],
         opts: &GenerateOptions,
-        generate: impl FnOnce() -> Result<Completion>,
-    ) -> Result<Completion> {
+        generate: impl FnOnce() -> logo_policy::Result<Completion>,
+    ) -> logo_policy::Result<Completion> {
         let key = self.key(prompt, opts);
         if let Some(g) = self.entries.lock().expect("cache lock").get(&key) {
             self.replayed.fetch_add(1, Ordering::Relaxed);
@@ -193,7 +190,7 @@ impl ReplayCache {
             out.write_all(&line)
                 .and_then(|()| out.flush())
                 .and_then(|()| out.sync_data())
-                .map_err(|e| EngineError::io(&self.path, e))?;
+                .map_err(|e| PolicyError::io(&self.path, e))?;
         }
         self.entries
             .lock()
@@ -220,8 +217,12 @@ impl Replaying {
 }
 
 impl GenerationBackend for Replaying {
-    /// [`ReplayCache::complete`] over `inner`. Errors: `inner`'s, [`EngineError::Io`].
-    fn complete(&self, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<Completion> {
+    /// [`ReplayCache::complete`] over `inner`. Errors: `inner`'s, [`PolicyError::Io`].
+    fn complete(
+        &self,
+        prompt_ids: &[u32],
+        opts: &GenerateOptions,
+    ) -> logo_policy::Result<Completion> {
         self.cache
             .complete(prompt_ids, opts, || self.inner.complete(prompt_ids, opts))
     }

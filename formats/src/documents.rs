@@ -1,7 +1,10 @@
-//! The two input formats, row by row: JSON Lines (one object per line, control characters
-//! inside strings escaped) and Parquet (through the `parquet` crate, its panics on corrupt
-//! files caught by [`logo_env::guard`], its declared sizes checked against the file first).
-//! Each row is parsed into a [`RawDocument`] or a reject reason naming the field.
+//! Input documents, the files the engine's source and `logo-eval`'s QA reader read: JSON Lines
+//! (one object per line, control characters inside strings escaped) and Parquet (through the
+//! `parquet` crate, its panics on corrupt files caught by [`logo_env::guard`], its declared
+//! sizes checked against the file first), with the L-Eval / LongBench field names
+//! (`context` or `input`; `question`, `questions` or `instructions`; `answer`, `answers` or
+//! `outputs`). Each row is parsed into a [`RawDocument`] or a reject reason naming the field
+//! ([`open`]), then split into one [`DocumentRecord`] per question ([`questions_of`]).
 
 use std::fs::File;
 use std::io::{BufRead, BufReader};
@@ -9,11 +12,16 @@ use std::path::Path;
 
 use arrow::array::{Array, AsArray, RecordBatch};
 use arrow::datatypes::DataType;
-use logo_formats::parquet_pages::check_declared_sizes;
 use parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
 use serde_json::Value;
 
-use crate::error::{EngineError, Result};
+use logo_schemas::{DocumentRecord, SampleKey};
+
+use crate::parquet_pages::check_declared_sizes;
+use crate::FormatError;
+
+/// Result of opening a file: a whole file that cannot be read is a [`FormatError`].
+pub type Result<T, E = FormatError> = std::result::Result<T, E>;
 
 const CONTEXT_KEYS: [&str; 2] = ["context", "input"];
 const QUESTION_KEYS: [&str; 3] = ["question", "questions", "instructions"];
@@ -21,13 +29,16 @@ const ANSWER_KEYS: [&str; 3] = ["answer", "answers", "outputs"];
 
 /// An input file's format, by its extension.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(super) enum Format {
+pub enum Format {
+    /// `.jsonl`, `.json`, `.ndjson`: one JSON object per line.
     JsonLines,
+    /// `.parquet`: one row per document, string (or list of string) columns.
     Parquet,
 }
 
 impl Format {
-    pub(super) fn of(path: &Path) -> Option<Format> {
+    /// The format of `path` by its extension; `None` for any other extension.
+    pub fn of(path: &Path) -> Option<Format> {
         match path.extension()?.to_str()? {
             "jsonl" | "json" | "ndjson" => Some(Format::JsonLines),
             "parquet" => Some(Format::Parquet),
@@ -38,35 +49,38 @@ impl Format {
 
 /// One input record before it is split per question, whatever the file format.
 #[derive(Debug, Default)]
-pub(super) struct RawDocument {
-    pub(super) context: Option<String>,
-    pub(super) questions: Option<Vec<Option<String>>>,
-    pub(super) answers: Option<Vec<Option<String>>>,
+pub struct RawDocument {
+    /// `context` or `input`; `None` when absent.
+    pub context: Option<String>,
+    /// `question`, `questions` or `instructions` (one string or a list); `None` when absent.
+    pub questions: Option<Vec<Option<String>>>,
+    /// `answer`, `answers` or `outputs` (one string or a list); `None` when absent.
+    pub answers: Option<Vec<Option<String>>>,
 }
 
 /// Why a row is rejected: (field, reason).
-pub(super) type RowError = (Option<String>, String);
+pub type RowError = (Option<String>, String);
 
 /// (row number, parsed document or reject reason with field).
-pub(super) type RowResult = (u64, std::result::Result<RawDocument, RowError>);
+pub type RowResult = (u64, std::result::Result<RawDocument, RowError>);
 
 /// Zero, one or several strings of a field (`None`: the field is absent or null).
-pub(super) type Strings = std::result::Result<Option<Vec<Option<String>>>, RowError>;
+pub type Strings = std::result::Result<Option<Vec<Option<String>>>, RowError>;
 
-pub(super) fn open(path: &Path) -> Result<Box<dyn Iterator<Item = RowResult> + Send>> {
+/// The rows of `path` in file order, each with its 1-based row (line) number, parsed or with
+/// the reason it is rejected. Errors: [`FormatError`] for an unknown extension, a file that
+/// cannot be opened, or a Parquet file whose footer or page headers are unreadable.
+pub fn open(path: &Path) -> Result<Box<dyn Iterator<Item = RowResult> + Send>> {
     match Format::of(path) {
         Some(Format::JsonLines) => {
-            let f = File::open(path).map_err(|e| EngineError::io(path, e))?;
+            let f = File::open(path).map_err(|e| FormatError::new(path, e.to_string()))?;
             Ok(Box::new(JsonLines {
                 lines: BufReader::new(f).split(b'\n'),
                 row: 0,
             }))
         }
         Some(Format::Parquet) => parquet_rows(path),
-        None => Err(EngineError::Input {
-            path: path.to_path_buf(),
-            message: "unknown format".into(),
-        }),
+        None => Err(FormatError::new(path, "unknown format")),
     }
 }
 
@@ -105,7 +119,9 @@ impl Iterator for JsonLines {
     }
 }
 
-pub(super) fn parse_json_line(text: &str) -> std::result::Result<RawDocument, RowError> {
+/// One JSON Lines row (control characters escaped first by the caller where needed) as a
+/// [`RawDocument`], or the field and reason it is rejected.
+pub fn parse_json_line(text: &str) -> std::result::Result<RawDocument, RowError> {
     let value: Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(e) if e.to_string().contains("control character") => {
@@ -162,7 +178,7 @@ pub(super) fn parse_json_line(text: &str) -> std::result::Result<RawDocument, Ro
 
 /// Escapes raw control characters (U+0000–U+001F) inside JSON strings as `\u00XX`, leaving
 /// the rest of the line as it is.
-pub(super) fn escape_control_chars(text: &str) -> String {
+pub fn escape_control_chars(text: &str) -> String {
     let mut out = String::with_capacity(text.len() + 16);
     let (mut in_string, mut escaped) = (false, false);
     for c in text.chars() {
@@ -186,18 +202,20 @@ pub(super) fn escape_control_chars(text: &str) -> String {
 }
 
 fn parquet_rows(path: &Path) -> Result<Box<dyn Iterator<Item = RowResult> + Send>> {
-    let f = File::open(path).map_err(|e| EngineError::io(path, e))?;
-    let input_err = |m: String| EngineError::Input {
-        path: path.to_path_buf(),
-        message: m,
-    };
+    let f = File::open(path).map_err(|e| FormatError::new(path, e.to_string()))?;
+    let input_err = |m: String| FormatError::new(path, m);
     // The parquet crate panics on some corrupt footers and pages (see logo_env::guard), and
     // allocates the sizes page headers declare: those are checked first (logo_formats).
     let mut reader = logo_env::guard::catch_panic(|| {
-        let clone = f.try_clone().map_err(|e| EngineError::io(path, e))?;
+        let clone = f
+            .try_clone()
+            .map_err(|e| FormatError::new(path, e.to_string()))?;
         let builder = ParquetRecordBatchReaderBuilder::try_new(clone)
             .map_err(|e| input_err(format!("not a readable Parquet file: {e}")))?;
-        let len = f.metadata().map_err(|e| EngineError::io(path, e))?.len();
+        let len = f
+            .metadata()
+            .map_err(|e| FormatError::new(path, e.to_string()))?
+            .len();
         check_declared_sizes(&f, len, builder.metadata())
             .map_err(|m| input_err(format!("declares sizes it cannot hold: {m}")))?;
         builder
@@ -301,4 +319,80 @@ fn parquet_row(batch: &RecordBatch, i: usize) -> std::result::Result<RawDocument
         questions: strings(&QUESTION_KEYS)?,
         answers: strings(&ANSWER_KEYS)?,
     })
+}
+
+/// One document → one [`DocumentRecord`] per question (`document_id` `{file stem}:{row}`,
+/// `sample_id` `{document_id}#q{index}`), or the field and reason it is rejected: no or an
+/// empty context, answers not pairing one to one with questions, an empty or non-string
+/// question, or no question while `questions_enabled` is false (with it, one record without a
+/// question, `question_origin` `generated`). `file` is written to `source_file`.
+pub fn questions_of(
+    file: &str,
+    path: &Path,
+    row: u64,
+    raw: RawDocument,
+    questions_enabled: bool,
+) -> std::result::Result<Vec<DocumentRecord>, RowError> {
+    let field = |f: &str, m: &str| (Some(f.to_string()), m.to_string());
+    let context = raw
+        .context
+        .ok_or_else(|| field("context", "missing field (expected `context` or `input`)"))?;
+    if context.trim().is_empty() {
+        return Err(field("context", "empty document"));
+    }
+    let questions = raw.questions.unwrap_or_default();
+    let answers = raw.answers;
+    if let Some(a) = &answers {
+        if !questions.is_empty() && a.len() != questions.len() {
+            return Err(field(
+                "answers",
+                &format!(
+                    "{} answers for {} questions (must pair one to one)",
+                    a.len(),
+                    questions.len()
+                ),
+            ));
+        }
+    }
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let document_id = format!("{stem}:{row}");
+    let make = |index: u32, question: Option<String>, answer: Option<String>, origin: &str| {
+        DocumentRecord {
+            key: SampleKey {
+                sample_id: format!("{document_id}#q{index}"),
+                document_id: document_id.clone(),
+                question_index: index,
+                source_file: file.to_string(),
+                source_row: row,
+                question,
+                answer,
+                question_origin: origin.to_string(),
+            },
+            context: context.clone(),
+        }
+    };
+    if questions.is_empty() {
+        if !questions_enabled {
+            return Err(field(
+                "question",
+                "missing field (expected `question` or `instructions`) and question generation is off",
+            ));
+        }
+        let answer = answers.and_then(|a| a.into_iter().next().flatten());
+        return Ok(vec![make(0, None, answer, "generated")]);
+    }
+    let mut out = Vec::with_capacity(questions.len());
+    for (i, q) in questions.into_iter().enumerate() {
+        let q = match q {
+            Some(q) if !q.trim().is_empty() => q,
+            Some(_) => return Err(field("question", &format!("question {i} is empty"))),
+            None => return Err(field("question", &format!("question {i} is not a string"))),
+        };
+        let answer = answers.as_ref().and_then(|a| a[i].clone());
+        out.push(make(i as u32, Some(q), answer, "source"));
+    }
+    Ok(out)
 }

@@ -32,7 +32,7 @@ use candle_core::{Device, Tensor};
 use logo_formats::gguf::{gguf_name, permuted_rows, unpermuted_rows, HF_EMBED, HF_LM_HEAD};
 use logo_formats::peft::{split_key, AdapterConfig, LoraFactor, ADAPTER_WEIGHTS_FILE};
 
-use crate::error::{EngineError, Result};
+use crate::error::{PolicyError, Result};
 
 /// A PEFT LoRA adapter turned into dense weight deltas in GGUF layout.
 #[derive(Debug)]
@@ -45,8 +45,8 @@ pub struct LoraDeltas {
     pub deltas: HashMap<String, Tensor>,
 }
 
-fn adapter_err(path: &Path, what: impl std::fmt::Display) -> EngineError {
-    EngineError::Model(format!("{}: {what}", path.display()))
+fn adapter_err(path: &Path, what: impl std::fmt::Display) -> PolicyError {
+    PolicyError::Model(format!("{}: {what}", path.display()))
 }
 
 /// The HF weight a PEFT module name (prefix `base_model.model.` removed) adapts, and whether
@@ -66,7 +66,7 @@ fn hf_target(module: &str) -> Option<(String, bool)> {
 fn select_rows(w: &Tensor, rows: Option<Vec<usize>>, n_head: usize) -> Result<Tensor> {
     let (out, _) = w.dims2()?;
     let rows = rows.ok_or_else(|| {
-        EngineError::Model(format!(
+        PolicyError::Model(format!(
             "{out} rows are not {n_head} heads of an even size (q/k row permutation)"
         ))
     })?;
@@ -76,7 +76,7 @@ fn select_rows(w: &Tensor, rows: Option<Vec<usize>>, n_head: usize) -> Result<Te
 }
 
 /// Applies llama.cpp's q/k row permutation (HF → GGUF, [`logo_formats::gguf::permuted_rows`])
-/// to `w` `[out,in]` for `n_head` heads. Errors ([`EngineError::Model`]): `out` is not a
+/// to `w` `[out,in]` for `n_head` heads. Errors ([`PolicyError::Model`]): `out` is not a
 /// multiple of `2·n_head`.
 pub fn permute_rows(w: &Tensor, n_head: usize) -> Result<Tensor> {
     select_rows(w, permuted_rows(w.dims2()?.0, n_head), n_head)
@@ -93,7 +93,7 @@ impl LoraDeltas {
     /// `dir/adapter_model.safetensors` and computes every delta (see the module doc) on the
     /// CPU in f32, in the HF layout.
     ///
-    /// Errors ([`EngineError::Model`] naming the file and, where it applies, the tensor):
+    /// Errors ([`PolicyError::Model`] naming the file and, where it applies, the tensor):
     /// unreadable or malformed files; not a plain LoRA (`peft_type` other than LORA, DoRA,
     /// rsLoRA, `fan_in_fan_out`, `bias` other than none, `modules_to_save`, rank or alpha
     /// patterns); a module a Llama GGUF does not have; a factor missing or of a shape that

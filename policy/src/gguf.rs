@@ -8,15 +8,15 @@ use std::path::Path;
 
 use candle_core::quantized::gguf_file;
 
-use crate::error::{EngineError, Result};
+use crate::error::{PolicyError, Result};
 
 /// Opens a GGUF and reads its header; the reader is left positioned for tensor reads.
-/// Errors: [`EngineError::Io`] (unreadable file), [`EngineError::Model`] naming the file (not a
+/// Errors: [`PolicyError::Io`] (unreadable file), [`PolicyError::Model`] naming the file (not a
 /// GGUF, a truncated or malformed header).
 pub fn read_gguf(path: &Path) -> Result<(gguf_file::Content, BufReader<File>)> {
-    let file = File::open(path).map_err(|e| EngineError::io(path, e))?;
+    let file = File::open(path).map_err(|e| PolicyError::io(path, e))?;
     let mut reader = BufReader::new(file);
     let content = gguf_file::Content::read(&mut reader)
-        .map_err(|e| EngineError::Model(format!("{}: reading GGUF: {e}", path.display())))?;
+        .map_err(|e| PolicyError::Model(format!("{}: reading GGUF: {e}", path.display())))?;
     Ok((content, reader))
 }

@@ -31,8 +31,9 @@ use tokenizers::Tokenizer;
 
 use super::{Completion, FinishReason, GenerationBackend};
 use crate::config::OpenAiConfig;
-use crate::error::{EngineError, Result};
-use crate::model::{encode_text, GenerateOptions};
+use crate::error::{PolicyError, Result};
+use crate::model::GenerateOptions;
+use crate::tokenizer::encode_text;
 
 /// The string whose ids logo and the server must agree on at start-up: words, digits (split
 /// one by one by some tokenizers), punctuation, non-ASCII letters and whitespace runs, no
@@ -120,7 +121,7 @@ impl OpenAi {
     /// SGLang; servers that stop on the model's end-of-generation tokens ignore it), and
     /// `max_positions` is the served model's context (tokens).
     ///
-    /// Errors: [`EngineError::Config`] naming the endpoint: the API key variable is unset, the
+    /// Errors: [`PolicyError::Config`] naming the endpoint: the API key variable is unset, the
     /// key is rejected (401/403), the model is not served, the tokenizers disagree, or no
     /// endpoint answers.
     pub fn connect(
@@ -129,7 +130,7 @@ impl OpenAi {
         stop_ids: Vec<u32>,
         max_positions: usize,
     ) -> Result<Self> {
-        let config_err = |key: &str, message: String| EngineError::Config {
+        let config_err = |key: &str, message: String| PolicyError::Config {
             key: format!("generator.openai.{key}"),
             message,
         };
@@ -150,13 +151,13 @@ impl OpenAi {
             .thread_name("logo-http")
             .enable_all()
             .build()
-            .map_err(|e| EngineError::Internal(format!("starting the HTTP runtime: {e}")))?;
+            .map_err(|e| PolicyError::Internal(format!("starting the HTTP runtime: {e}")))?;
         let client = reqwest::Client::builder()
             .timeout(Duration::from_secs_f64(cfg.request_timeout_s))
             .connect_timeout(Duration::from_secs(10))
             .pool_max_idle_per_host(cfg.max_in_flight)
             .build()
-            .map_err(|e| EngineError::Internal(format!("building the HTTP client: {e}")))?;
+            .map_err(|e| PolicyError::Internal(format!("building the HTTP client: {e}")))?;
         let mut backend = Self {
             runtime,
             client,
@@ -183,7 +184,7 @@ impl OpenAi {
     /// ([`Self::pick`]), retries 429/5xx/timeouts with backoff, and waits for the probe while
     /// every endpoint is out of the rotation. Returns the answer and the number of retries.
     ///
-    /// Errors: [`EngineError::Model`]: a fatal answer (4xx other than 429, unreadable), or no
+    /// Errors: [`PolicyError::Model`]: a fatal answer (4xx other than 429, unreadable), or no
     /// endpoint answered for `unavailable_timeout_s` (counted from the later of the first
     /// failure and the last success of any request).
     async fn post_with_retries(
@@ -205,7 +206,7 @@ impl OpenAi {
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     let last_ok = *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner);
                     if since.max(last_ok).elapsed() > timeout {
-                        return Err(EngineError::Model(format!(
+                        return Err(PolicyError::Model(format!(
                             "generator.openai: no endpoint answered for {} s \
                              (generator.openai.unavailable_timeout_s); every endpoint is \
                              out of the rotation",
@@ -219,12 +220,12 @@ impl OpenAi {
             };
             match outcome {
                 Ok(r) => return Ok((r, retries)),
-                Err(Failure::Fatal(m)) => return Err(EngineError::Model(m)),
+                Err(Failure::Fatal(m)) => return Err(PolicyError::Model(m)),
                 Err(Failure::Retry(why, after)) => {
                     let since = *failing_since.get_or_insert_with(Instant::now);
                     let last_ok = *self.last_ok.lock().unwrap_or_else(PoisonError::into_inner);
                     if since.max(last_ok).elapsed() > timeout {
-                        return Err(EngineError::Model(format!(
+                        return Err(PolicyError::Model(format!(
                             "generator.openai: no endpoint answered for {} s \
                              (generator.openai.unavailable_timeout_s); last error: {why}",
                             self.cfg.unavailable_timeout_s
@@ -397,12 +398,12 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl GenerationBackend for OpenAi {
     /// Sends the completion request, retrying as the module doc says, and re-encodes the
     /// returned text with logo's tokenizer (as text: a control-token string the model wrote
-    /// stays text). Errors: [`EngineError::Model`] naming the endpoint (refused request,
+    /// stays text). Errors: [`PolicyError::Model`] naming the endpoint (refused request,
     /// unreadable answer, an unknown finish reason, no endpoint answering for
-    /// `unavailable_timeout_s`); [`EngineError::Tokenizer`].
+    /// `unavailable_timeout_s`); [`PolicyError::Tokenizer`].
     fn complete(&self, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<Completion> {
         if prompt_ids.is_empty() {
-            return Err(EngineError::Model("generate: empty prompt".into()));
+            return Err(PolicyError::Model("generate: empty prompt".into()));
         }
         let mut payload = serde_json::json!({
             "model": self.cfg.model,
@@ -419,13 +420,13 @@ impl GenerationBackend for OpenAi {
         }
         let (resp, retries) = self.runtime.block_on(self.post_with_retries(&payload))?;
         let choice = resp.choices.into_iter().next().ok_or_else(|| {
-            EngineError::Model("generator.openai: a completion without choices".into())
+            PolicyError::Model("generator.openai: a completion without choices".into())
         })?;
         let finish_reason = match choice.finish_reason.as_deref() {
             Some("stop") | Some("eos_token") | Some("stop_sequence") => FinishReason::Stop,
             Some("length") => FinishReason::Length,
             other => {
-                return Err(EngineError::Model(format!(
+                return Err(PolicyError::Model(format!(
                     "generator.openai: unknown finish_reason {other:?}"
                 )))
             }
@@ -458,6 +459,32 @@ impl GenerationBackend for OpenAi {
             "endpoints": self.endpoints.iter().map(|e| e.root.as_str()).collect::<Vec<_>>(),
             "model": self.cfg.model,
         })
+    }
+
+    /// The prompts in groups of `max_in_flight`, each request of a group on its own thread.
+    /// Errors: the first request's that failed.
+    fn complete_group(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+    ) -> Result<Vec<Completion>> {
+        let mut out = Vec::with_capacity(prompts.len());
+        for batch in prompts.chunks(self.max_in_flight().max(1)) {
+            let done: Vec<Result<Completion>> = std::thread::scope(|scope| {
+                let handles: Vec<_> = batch
+                    .iter()
+                    .map(|p| scope.spawn(move || self.complete(p, opts)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join().expect("request thread"))
+                    .collect()
+            });
+            for c in done {
+                out.push(c?);
+            }
+        }
+        Ok(out)
     }
 }
 

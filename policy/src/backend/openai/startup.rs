@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use serde::Deserialize;
 
 use super::{root_of, Endpoint, Failure, Health, OpenAi, TOKENIZER_PROBE};
-use crate::error::{EngineError, Result};
+use crate::error::{PolicyError, Result};
 
 #[derive(Deserialize)]
 struct ModelsResponse {
@@ -32,10 +32,10 @@ impl OpenAi {
     /// all are tried again with backoff until `unavailable_timeout_s`. Then every kept
     /// endpoint starts healthy.
     ///
-    /// Errors: [`EngineError::Config`] (`generator.openai.endpoints`): an endpoint failed a
+    /// Errors: [`PolicyError::Config`] (`generator.openai.endpoints`): an endpoint failed a
     /// check for good, or none answered in time (each one's last failure is given).
     pub(super) fn admit_endpoints(&mut self, expected: &[u32]) -> Result<()> {
-        let config_err = |message: String| EngineError::Config {
+        let config_err = |message: String| PolicyError::Config {
             key: "generator.openai.endpoints".into(),
             message,
         };

@@ -20,7 +20,7 @@ use candle_core::quantized::gguf_file;
 use tokenizers::{AddedToken, Tokenizer};
 
 use crate::config::ModelConfig;
-use crate::error::{EngineError, Result};
+use crate::error::{PolicyError, Result};
 use crate::gguf::read_gguf;
 
 /// The ChatML start-of-turn control token.
@@ -30,8 +30,8 @@ pub const IM_END: &str = "<|im_end|>";
 /// The end-of-text control token (SmolLM2 id 0).
 pub const END_OF_TEXT: &str = "<|endoftext|>";
 
-pub(crate) fn tok_err(what: impl std::fmt::Display) -> EngineError {
-    EngineError::Tokenizer(what.to_string())
+pub(crate) fn tok_err(what: impl std::fmt::Display) -> PolicyError {
+    PolicyError::Tokenizer(what.to_string())
 }
 
 /// Loads the tokenizer of the model: `cfg.tokenizer` (a Hugging Face `tokenizer.json`, or the
@@ -46,8 +46,8 @@ pub(crate) fn tok_err(what: impl std::fmt::Display) -> EngineError {
 /// are only ever inserted by id ([`ChatTemplate`]). No post-processor: `encode(_, true)` adds
 /// nothing.
 ///
-/// Errors: [`EngineError::Io`] (unreadable GGUF), [`EngineError::Model`] (not a GGUF),
-/// [`EngineError::Tokenizer`] (bad `tokenizer.json`, missing or unsupported `tokenizer.ggml.*`).
+/// Errors: [`PolicyError::Io`] (unreadable GGUF), [`PolicyError::Model`] (not a GGUF),
+/// [`PolicyError::Tokenizer`] (bad `tokenizer.json`, missing or unsupported `tokenizer.ggml.*`).
 pub fn load_tokenizer(cfg: &ModelConfig) -> Result<Tokenizer> {
     let folder = |dir: &Path| dir.join("tokenizer.json");
     let file = match &cfg.tokenizer {
@@ -149,7 +149,7 @@ pub(crate) fn tokenizer_from_gguf(
 }
 
 /// Encodes `text` as plain text (no control token is recognised, no special token added).
-/// Errors: [`EngineError::Tokenizer`].
+/// Errors: [`PolicyError::Tokenizer`].
 pub fn encode_text(tok: &Tokenizer, text: &str) -> Result<Vec<u32>> {
     if text.is_empty() {
         return Ok(Vec::new());
@@ -178,8 +178,8 @@ pub enum UserPart<'a> {
 ///
 /// Source: the GGUF tokenizer keys (ggml `docs/gguf.md`); transformers'
 /// `PreTrainedTokenizerFast` reads `tokenizer.json` (the `tokenizers` serialisation).
-/// Errors: [`EngineError::Io`] (unreadable GGUF, unwritable folder), [`EngineError::Model`]
-/// (not a GGUF), [`EngineError::Tokenizer`] (missing or unsupported `tokenizer.ggml.*`).
+/// Errors: [`PolicyError::Io`] (unreadable GGUF, unwritable folder), [`PolicyError::Model`]
+/// (not a GGUF), [`PolicyError::Tokenizer`] (missing or unsupported `tokenizer.ggml.*`).
 pub fn export_hf_tokenizer(
     gguf: &std::path::Path,
     dir: &std::path::Path,
@@ -187,7 +187,7 @@ pub fn export_hf_tokenizer(
     let (content, _) = read_gguf(gguf)?;
     let md = &content.metadata;
     let tok = tokenizer_from_gguf(md).map_err(|e| tok_err(format!("{}: {e}", gguf.display())))?;
-    std::fs::create_dir_all(dir).map_err(|e| EngineError::io(dir, e))?;
+    std::fs::create_dir_all(dir).map_err(|e| PolicyError::io(dir, e))?;
     let tok_path = dir.join("tokenizer.json");
     tok.save(&tok_path, true)
         .map_err(|e| tok_err(format!("{}: {e}", tok_path.display())))?;
@@ -218,7 +218,7 @@ pub fn export_hf_tokenizer(
     }
     let cfg_path = dir.join("tokenizer_config.json");
     let text = serde_json::to_string_pretty(&config).expect("JSON of a JSON value");
-    std::fs::write(&cfg_path, text).map_err(|e| EngineError::io(&cfg_path, e))?;
+    std::fs::write(&cfg_path, text).map_err(|e| PolicyError::io(&cfg_path, e))?;
     Ok(vec![tok_path, cfg_path])
 }
 
@@ -243,7 +243,7 @@ pub struct ChatTemplate {
 
 impl ChatTemplate {
     /// Looks the three control tokens up in `tok`.
-    /// Errors: [`EngineError::Tokenizer`] naming a token the vocabulary lacks.
+    /// Errors: [`PolicyError::Tokenizer`] naming a token the vocabulary lacks.
     pub fn from_tokenizer(tok: &Tokenizer) -> Result<Self> {
         let id = |t: &str| {
             tok.token_to_id(t)
@@ -283,7 +283,7 @@ impl ChatTemplate {
     /// A single-turn chat: system message, one user message made of `parts` (concatenated),
     /// then the assistant header; `assistant_prefix` (may be empty) starts the assistant's
     /// reply, e.g. `"Question:"` to force an answer format. Returns the input ids `[T]`.
-    /// Errors: [`EngineError::Tokenizer`].
+    /// Errors: [`PolicyError::Tokenizer`].
     pub fn chat(
         &self,
         tok: &Tokenizer,
@@ -314,7 +314,7 @@ impl ChatTemplate {
     ///
     /// Returns `(input_ids [T], segments [chunks + 2])`: `segments` are the lengths of the
     /// prefix (everything before the first chunk), each chunk, and the suffix (question through
-    /// the assistant header); they sum to `T`. Errors: [`EngineError::Tokenizer`].
+    /// the assistant header); they sum to `T`. Errors: [`PolicyError::Tokenizer`].
     pub fn prompt(
         &self,
         tok: &Tokenizer,
@@ -345,7 +345,7 @@ impl ChatTemplate {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::model::tests::embedded_config;
+    use crate::fixtures::embedded_config;
 
     fn tokenizer(test: &str) -> Option<Tokenizer> {
         let cfg = embedded_config(test)?;

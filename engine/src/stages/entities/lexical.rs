@@ -108,7 +108,7 @@ impl EntityExtractor for LexicalExtractor {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::entities::overlap;
+    use crate::stages::entities::overlap;
 
     fn lex() -> LexicalExtractor {
         LexicalExtractor::new().unwrap()

@@ -5,7 +5,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::default_true;
-use crate::error::{EngineError, Result};
+use crate::error::{PolicyError, Result};
 
 /// An OpenAI-compatible completions server (or several serving the same model).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -76,10 +76,10 @@ fn default_unavailable_timeout_s() -> f64 {
 
 impl OpenAiConfig {
     /// Checks the endpoints (non-empty, `http://` or `https://`) and every range.
-    /// Errors: [`EngineError::Config`] naming the `generator.openai.*` key.
+    /// Errors: [`PolicyError::Config`] naming the `generator.openai.*` key.
     pub fn validate(&self) -> Result<()> {
         let bad = |key: &str, message: String| {
-            Err(EngineError::Config {
+            Err(PolicyError::Config {
                 key: format!("generator.openai.{key}"),
                 message,
             })

@@ -20,8 +20,8 @@ use std::sync::Arc;
 pub use in_process::InProcess;
 pub use openai::OpenAi;
 
-use crate::config::{BackendKind, PipelineConfig};
-use crate::error::{EngineError, Result};
+use crate::config::{BackendKind, ModelConfig, OpenAiConfig};
+use crate::error::{PolicyError, Result};
 use crate::model::{GenerateOptions, Policy};
 
 /// Why a generation ended (OpenAI `finish_reason`).
@@ -66,9 +66,9 @@ pub trait GenerationBackend: Send + Sync + std::fmt::Debug {
     /// Continues `prompt_ids` `[T]` until a stop token or `opts.max_new_tokens` tokens, with
     /// `opts.temperature`, `opts.top_p` and `opts.seed`. Blocks the calling thread.
     ///
-    /// Errors: [`EngineError::Model`] (bad prompt, model failure, the server refused the
+    /// Errors: [`PolicyError::Model`] (bad prompt, model failure, the server refused the
     /// request or no endpoint answered for `generator.openai.unavailable_timeout_s`),
-    /// [`EngineError::Tokenizer`].
+    /// [`PolicyError::Tokenizer`].
     fn complete(&self, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<Completion>;
 
     /// The model name written to the `generator` column.
@@ -82,41 +82,85 @@ pub trait GenerationBackend: Send + Sync + std::fmt::Debug {
 
     /// A JSON description for `generator_settings` (backend kind, endpoints); never secrets.
     fn describe(&self) -> serde_json::Value;
+
+    /// Continues every prompt of `prompts` (chat-templated ids, each `[T_i]`) with the same
+    /// `opts`; the completions come back in prompt order. The default runs them one after the
+    /// other; a backend that can do better overrides it ([`OpenAi`]: up to
+    /// [`GenerationBackend::max_in_flight`] requests at once; `logo-eval`'s libtorch model:
+    /// prompts that share a prefix share its prefill). Errors: as
+    /// [`GenerationBackend::complete`], the first that occurs.
+    fn complete_group(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+    ) -> Result<Vec<Completion>> {
+        prompts.iter().map(|p| self.complete(p, opts)).collect()
+    }
+
+    /// `(layers, heads)` of the attention read-out of
+    /// [`GenerationBackend::complete_group_with_attention`], or `None` (the default) when the
+    /// backend cannot read attention.
+    fn attention_heads(&self) -> Option<(usize, usize)> {
+        None
+    }
+
+    /// [`GenerationBackend::complete_group`], greedy, also reading out for generated token
+    /// `i` of each prompt `[layers × heads]` (layer-major) indices into prompt ⧺ response of
+    /// the key each head's query attends to most while token `i` is predicted (the retrieval
+    /// score of LOGO Appendix B, Eq. 5, needs them). Errors: [`PolicyError::Config`] (key
+    /// `generator`) from a backend that cannot read attention (the default), else as
+    /// [`GenerationBackend::complete_group`].
+    fn complete_group_with_attention(
+        &self,
+        prompts: &[Vec<u32>],
+        opts: &GenerateOptions,
+    ) -> Result<Vec<(Completion, Vec<Vec<i64>>)>> {
+        let _ = (prompts, opts);
+        Err(PolicyError::Config {
+            key: "generator".into(),
+            message: format!(
+                "the {} backend cannot read attention weights (the retrieval score needs them): \
+                 use logo-eval's torch generator",
+                self.name()
+            ),
+        })
+    }
 }
 
-/// Builds the backend `cfg.generator.backend` names: [`InProcess`] over `policy` (which must
-/// then be `Some`), or [`OpenAi`] after its start-up checks (`GET /v1/models` serves
-/// `generator.openai.model`; `/tokenize` of a probe string agrees with `tokenizer`), sending
-/// `stop_ids` (the chat template's, end of turn first) as `stop_token_ids`.
+/// Builds the backend `kind` names (`generator.backend`): [`InProcess`] over `policy` (which
+/// must then be `Some`), or [`OpenAi`] over `openai` (which must then be `Some`) after its
+/// start-up checks (`GET /v1/models` serves `openai.model`; `/tokenize` of a probe string
+/// agrees with `tokenizer`), sending `stop_ids` (the chat template's, end of turn first) as
+/// `stop_token_ids`. The server's context length is `openai.context_length`, else the one
+/// `model.path` declares.
 ///
-/// Errors: [`EngineError::Config`] (bad `generator.openai`, a missing API key variable, a
-/// server that does not serve the model or tokenises differently, no endpoint answering).
+/// Errors: [`PolicyError::Config`] (bad `generator.openai`, a missing API key variable, a
+/// server that does not serve the model or tokenises differently, no endpoint answering),
+/// [`PolicyError::Internal`] for `in_process` without a policy.
 pub fn from_config(
-    cfg: &PipelineConfig,
+    kind: BackendKind,
+    openai: Option<&OpenAiConfig>,
+    model: &ModelConfig,
     policy: Option<Arc<std::sync::Mutex<Policy>>>,
     tokenizer: &tokenizers::Tokenizer,
     stop_ids: Vec<u32>,
 ) -> Result<Arc<dyn GenerationBackend>> {
-    match cfg.generator.backend {
+    match kind {
         BackendKind::InProcess => {
             let policy = policy.ok_or_else(|| {
-                EngineError::Internal("in_process backend without a policy".into())
+                PolicyError::Internal("in_process backend without a policy".into())
             })?;
             Ok(Arc::new(InProcess::new(policy)))
         }
         BackendKind::Openai => {
-            let o = cfg
-                .generator
-                .openai
-                .as_ref()
-                .ok_or_else(|| EngineError::Config {
-                    key: "generator.openai".into(),
-                    message: "required with generator.backend: openai".into(),
-                })?;
+            let o = openai.ok_or_else(|| PolicyError::Config {
+                key: "generator.openai".into(),
+                message: "required with generator.backend: openai".into(),
+            })?;
             let max_positions = match o.context_length {
                 Some(n) => n,
-                None => crate::model::context_length_of(&cfg.model.path).map_err(|e| {
-                    EngineError::Config {
+                None => crate::model::context_length_of(&model.path).map_err(|e| {
+                    PolicyError::Config {
                         key: "generator.openai.context_length".into(),
                         message: format!(
                             "not given, and not readable from model.path ({e}); set it to the \
