@@ -12,7 +12,7 @@
 //! Options: `--iters N` (default 3, after one warm-up), `--prompt-tokens N` (512),
 //! `--decode-tokens N` (64), `--weights LIST` (`q8_0,f32`), `--threads N` (1; candle reads its
 //! thread count once per process, so one value per run). The model is
-//! [`logo_policy::model::default_model_path`]; when it is absent the bench prints a message and
+//! [`logo_env::paths::default_model_path`]; when it is absent the bench prints a message and
 //! exits 0.
 //!
 //! With `LOGO_BENCH_PYTHON` pointing at a python that has `llama-cpp-cffi` (see

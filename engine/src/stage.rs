@@ -1,4 +1,5 @@
-//! The stage contract and what every stage shares: the rejects file and the run counters.
+//! The stage contract and what every stage shares: its context (the rejects file,
+//! [`logo_formats::rejects`]) and the run counters.
 //!
 //! A stage is one file under `stages/` with one struct implementing [`Stage`]. Its
 //! constructor (`try_new`) validates its configuration and fixes its output schema before any

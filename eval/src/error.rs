@@ -1,4 +1,4 @@
-//! The evaluator's error type: every message names the file, row or flag at fault.
+//! The evaluator's error type: every message names the file, row or option at fault.
 
 use std::path::{Path, PathBuf};
 
@@ -9,10 +9,11 @@ pub type Result<T, E = EvalError> = std::result::Result<T, E>;
 /// in `rejects.jsonl` and counted in the report.
 #[derive(Debug, thiserror::Error)]
 pub enum EvalError {
-    /// A flag is missing, out of range or inconsistent; raised before any work.
+    /// An option is missing, out of range or inconsistent; raised before any work.
     #[error("{key}: {message}")]
     Config {
-        /// The flag (`--niah-lengths`).
+        /// The option (`niah_lengths`, or `a/b` for two); the binary prints it as its flag
+        /// (`--niah-lengths`).
         key: String,
         /// What is wrong and what is allowed.
         message: String,

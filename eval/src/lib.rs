@@ -30,7 +30,7 @@ pub mod window;
 pub use error::{EvalError, Result};
 
 /// How answers are decoded: greedy by default (`temperature` 0), else seeded nucleus sampling
-/// with the engine's sampler ([`logo_policy::model::GenerateOptions`]).
+/// with the policy's sampler ([`logo_policy::model::GenerateOptions`]).
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Decoding {
     /// Softmax temperature; 0 = greedy (arg-max).
@@ -52,7 +52,7 @@ impl Default for Decoding {
 }
 
 impl Decoding {
-    /// The engine's options for an answer of at most `max_new_tokens` tokens.
+    /// The policy's options for an answer of at most `max_new_tokens` tokens.
     pub fn options(&self, max_new_tokens: usize) -> logo_policy::model::GenerateOptions {
         logo_policy::model::GenerateOptions {
             max_new_tokens,

@@ -288,7 +288,8 @@ pub struct NiahReport {
     /// The retrieval score of Appendix B (Eq. 5) over the grid; `--generator torch` only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub retrieval: Option<RetrievalScore>,
-    /// `engine` or `torch` ([`crate::generate`]); empty in reports written before the option.
+    /// `engine`, `torch` or `server` ([`crate::generate`]); empty in reports written before
+    /// the option.
     #[serde(default)]
     pub generator: String,
     /// Wall seconds of the whole grid (prompts built, answers generated and scored).

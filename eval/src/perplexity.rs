@@ -110,7 +110,7 @@ pub fn window_nll(model: &Llama, tokens: &[u32], score_from: usize) -> Result<f6
 }
 
 /// [`window_nll`] of several windows of the same length in one `[B, len]` forward.
-/// Errors: [`EvalError::Config`] (`--ppl-batch`) when the lengths differ; model errors.
+/// Errors: [`EvalError::Config`] (`ppl_batch`) when the lengths differ; model errors.
 pub fn windows_nll(model: &Llama, windows: &[(&[u32], usize)]) -> Result<Vec<f64>> {
     let _guard = tch::no_grad_guard();
     let Some(len) = windows.first().map(|(t, _)| t.len()) else {

@@ -142,7 +142,8 @@ pub struct QaReport {
     pub rejected_rows: u64,
     /// Every scored question.
     pub items: Vec<QaItem>,
-    /// `engine` or `torch` ([`crate::generate`]); empty in reports written before the option.
+    /// `engine`, `torch` or `server` ([`crate::generate`]); empty in reports written before
+    /// the option.
     #[serde(default)]
     pub generator: String,
     /// Wall seconds of the run (prompts, generation, scoring).

@@ -132,7 +132,7 @@ pub fn retrieval_score(
 /// after the previous needle), and its tokens whose character span overlaps a value
 /// (case-insensitive) are kept. Needles not found (cut by truncation) add nothing.
 ///
-/// Errors: [`crate::EvalError::Engine`] when tokenisation fails.
+/// Errors: [`crate::EvalError::Policy`] when tokenisation fails.
 pub fn value_positions(
     tok: &Tokenizer,
     prompt: &[u32],

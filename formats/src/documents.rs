@@ -205,7 +205,8 @@ fn parquet_rows(path: &Path) -> Result<Box<dyn Iterator<Item = RowResult> + Send
     let f = File::open(path).map_err(|e| FormatError::new(path, e.to_string()))?;
     let input_err = |m: String| FormatError::new(path, m);
     // The parquet crate panics on some corrupt footers and pages (see logo_env::guard), and
-    // allocates the sizes page headers declare: those are checked first (logo_formats).
+    // allocates the sizes page headers declare: those are checked first
+    // (`crate::parquet_pages`).
     let mut reader = logo_env::guard::catch_panic(|| {
         let clone = f
             .try_clone()

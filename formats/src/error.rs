@@ -1,6 +1,7 @@
 //! The error of this crate: a file of one of the formats is unreadable, malformed or of an
-//! unsupported kind. Each crate converts it into its own error type (the engine's
-//! `EngineError::Model`, the trainer's `TrainerError::Model`).
+//! unsupported kind. Each crate converts it into its own error type (the policy's
+//! `PolicyError::Model`, the engine's `EngineError::Format`, the evaluator's
+//! `EvalError::Format`, the trainer's `TrainerError::Model`).
 
 use std::fmt;
 use std::path::{Path, PathBuf};

@@ -1,6 +1,6 @@
 //! A Llama's hyper-parameters from a GGUF file's metadata, as the [`LlamaConfig`] a Hugging
 //! Face `config.json` gives ([`crate::hf_config`]): one map from llama.cpp's keys to HF's
-//! fields for the engine's dense backend and the trainer's GGUF loader, so that both read a
+//! fields for the policy's dense backend and the trainer's GGUF loader, so that both read a
 //! GGUF the same way and refuse the same things.
 //!
 //! Source: llama.cpp `gguf-py/gguf/constants.py` (`Keys.General.ARCHITECTURE`, `Keys.LLM.*`,
@@ -26,7 +26,7 @@
 //!
 //! The metadata comes through [`GgufHeader`], so this module holds no reader: with the
 //! `candle` feature it is implemented for candle's `gguf_file::Content`, the reader both the
-//! engine and the trainer use (candle-core is needed only for that impl; nothing here touches
+//! policy and the trainer use (candle-core is needed only for that impl; nothing here touches
 //! a tensor).
 
 use crate::gguf::{HeadCounts, OUTPUT, TOKEN_EMBD};

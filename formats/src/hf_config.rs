@@ -1,8 +1,9 @@
 //! Hugging Face `config.json` of a Llama-family decoder (Llama, Mistral, Qwen2; the v4 form
 //! `rope_theta` + `rope_scaling` and the v5 form `rope_parameters`), parsed and validated once
-//! for every crate: the trainer builds its libtorch model from [`LlamaConfig`], the engine's
-//! dense candle backend and `logo-eval` build candle's `llama::Config` from it (refusing what
-//! candle's Llama lacks). The trainer also fills it from GGUF metadata.
+//! for every crate: the trainer builds its libtorch model from [`LlamaConfig`], the policy's
+//! dense candle backend (`logo-policy`, run by the engine and `logo-eval`) builds candle's
+//! `llama::Config` from it (refusing what candle's Llama lacks). The trainer also fills it
+//! from GGUF metadata.
 //!
 //! Why here: the file is an external format read by two crates with different tensor
 //! libraries; only serde and arithmetic are needed.
@@ -58,7 +59,7 @@ pub enum AttentionBias {
 ///
 /// Which crate refuses what: parsing refuses what no crate runs (dynamic/yarn rope, an
 /// activation other than SiLU, heads that do not divide); the trainer also refuses a
-/// [`sliding_window`](Self::sliding_window), the engine's candle backend attention biases,
+/// [`sliding_window`](Self::sliding_window), the policy's candle backend attention biases,
 /// linear rope scaling and a `head_dim` other than H / nh.
 ///
 /// Source: HF `models/llama/configuration_llama.py` (defaults in parentheses).

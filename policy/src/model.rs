@@ -19,7 +19,7 @@
 //! `models::llama` ([`crate::dense`]), which attends over the model's whole trained context
 //! (8192 for SmolLM2); `q8_0` and `native` run candle's `quantized_llama`, whose rotary table
 //! holds [`MAX_POSITIONS`] = 4096 positions. A prompt plus its generation budget beyond the
-//! limit ([`Policy::max_positions`]) is an [`PolicyError::Model`], never a panic.
+//! limit ([`Policy::max_positions`]) is a [`PolicyError::Model`], never a panic.
 
 use std::path::{Path, PathBuf};
 use std::sync::Once;

@@ -15,7 +15,7 @@
 //! NLL, length-normalised like the preference term. With M = 1 the preference term is exactly
 //! SimPO (Meng et al., 2024, Eq. 6). Defaults (paper 4.1, Llama-3): β = 10, γ = 3, λ = 0.1.
 //!
-//! [`Objective`] picks what is optimised on the same data (one flag, `--objective`):
+//! [`Objective`] picks what is optimised on the same data (key `loss.objective`, `--objective`):
 //! `logo` (the above), `sft` (−ℓ(y_w) alone: the paper's instruction-tuning baseline, Table 1)
 //! and `simpo` (the above with M = 1: only the first rejected response y_l^(1)).
 //!
@@ -53,7 +53,8 @@ pub enum Objective {
 }
 
 impl Objective {
-    /// The name used by `--objective` and in `trainer_state.json` / `summary.json`.
+    /// The name used by `loss.objective` (`--objective`) and in `trainer_state.json` /
+    /// `summary.json`.
     pub fn as_str(self) -> &'static str {
         match self {
             Objective::Logo => "logo",

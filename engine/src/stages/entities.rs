@@ -34,11 +34,11 @@
 //! core, against about 0.1 s for the NER stack) and does not depend on capitalisation.
 //!
 //! ```
-//! use logo_engine::entities::{EntityExtractor, LexicalExtractor};
+//! use logo_engine::stages::entities::{EntityExtractor, LexicalExtractor};
 //! let lex = LexicalExtractor::new().unwrap();
 //! let q = lex.entities("Who runs the Running Club?");
 //! let c = lex.entities("The club's members were running.");
-//! assert_eq!(logo_engine::entities::overlap(&c, &q), 2); // "run", "club"
+//! assert_eq!(logo_engine::stages::entities::overlap(&c, &q), 2); // "run", "club"
 //! ```
 
 use std::collections::HashSet;

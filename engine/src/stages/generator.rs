@@ -41,7 +41,7 @@
 //! project's layout), and this one is a single state machine: each row becomes a [`Plan`]
 //! whose response slots are requested, judged (length, duplicates), regenerated and finished
 //! into one output row; splitting the steps of that machine across files would separate
-//! code that reads the same private struct. Its tests are in `generator/tests.rs`.
+//! code that reads the same private struct. Its tests are the `tests` module at its bottom.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};

@@ -87,8 +87,9 @@ impl std::fmt::Debug for QuestionsStage {
 
 impl QuestionsStage {
     /// Builds the stage from `cfg.questions` (`enabled`, `passage_tokens`, `max_new_tokens`)
-    /// and `cfg.seed`; `tokenizer` is the model's (from [`logo_policy::model::load_tokenizer`], an
-    /// owned `Tokenizer` or an `Arc`), used to cut passages.
+    /// and `cfg.seed`; `tokenizer` is the model's (from
+    /// [`logo_policy::tokenizer::load_tokenizer`], an owned `Tokenizer` or an `Arc`), used to
+    /// cut passages.
     ///
     /// Errors: [`EngineError::Config`] (`questions.passage_tokens`) when enabled and
     /// `passage_tokens + max_new_tokens + 128` exceeds the model's positions

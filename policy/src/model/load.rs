@@ -22,8 +22,9 @@ use crate::gguf::read_gguf;
 
 use super::{model_err, Backend, MAX_POSITIONS};
 
-/// The GGUF half of [`Policy::load`]: the backend `cfg.weights` asks for, the vocabulary
-/// size and the GGUF's `general.name`. Errors: as [`Policy::load`].
+/// The GGUF half of [`Policy::load`](super::Policy::load): the backend `cfg.weights` asks
+/// for, the vocabulary size and the GGUF's `general.name`. Errors: as
+/// [`Policy::load`](super::Policy::load).
 pub(super) fn load_gguf(
     cfg: &ModelConfig,
     adapter: Option<&LoraDeltas>,
@@ -69,9 +70,10 @@ pub(super) fn load_gguf(
     Ok((backend, vocab_size, gguf_name))
 }
 
-/// The longest `prompt + max_new_tokens` a [`Policy`] loaded from `cfg` will accept
-/// ([`Policy::max_positions`]), read from the GGUF header without loading weights, so that
-/// callers can validate lengths before any work. Errors: as [`read_gguf`].
+/// The longest `prompt + max_new_tokens` a [`Policy`](super::Policy) loaded from `cfg` will
+/// accept ([`Policy::max_positions`](super::Policy::max_positions)), read from the GGUF header
+/// without loading weights, so that callers can validate lengths before any work. Errors: as
+/// [`read_gguf`].
 pub fn max_positions_of(cfg: &ModelConfig) -> Result<usize> {
     if cfg.path.is_dir() {
         return Ok(HfModelConfig::read(&cfg.path)?.max_positions);
@@ -87,7 +89,8 @@ pub fn max_positions_of(cfg: &ModelConfig) -> Result<usize> {
 /// The trained context of the GGUF at `path` (`{general.architecture}.context_length`,
 /// tokens), read from the header without loading weights; the default context of a model
 /// served elsewhere (`generator.backend: openai`).
-/// Errors: as [`read_gguf`]; [`PolicyError::Model`] when the key is missing.
+/// Errors: as [`read_gguf`]; [`PolicyError::Model`](crate::PolicyError::Model) when the key
+/// is missing.
 pub fn context_length_of(path: &Path) -> Result<usize> {
     if path.is_dir() {
         return Ok(HfModelConfig::read(path)?.max_positions);
@@ -167,8 +170,9 @@ pub(super) fn convert_weights(
 /// One tensor of [`convert_weights`]: `qt` stored as `target` (`None`: its own type, f32 when
 /// `delta` is given), its LoRA `delta` (HF layout already permuted to GGUF's) added first; a
 /// tensor whose rows are not whole blocks of the type, and every F32 tensor, stays f32.
-/// Errors: [`PolicyError::Model`] naming `path` and the tensor: a delta of another shape (an
-/// adapter for another base model), or candle failing to (re)quantise.
+/// Errors: [`PolicyError::Model`](crate::PolicyError::Model) naming `path` and the tensor: a
+/// delta of another shape (an adapter for another base model), or candle failing to
+/// (re)quantise.
 fn convert_tensor(
     qt: QTensor,
     name: &str,
