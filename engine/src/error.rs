@@ -83,12 +83,6 @@ impl EngineError {
     }
 }
 
-impl From<candle_core::Error> for EngineError {
-    fn from(e: candle_core::Error) -> Self {
-        EngineError::Model(e.to_string())
-    }
-}
-
 /// The policy's errors keep their kind: a bad `generator.openai` key stays a config error, a
 /// model that does not load a model error.
 impl From<logo_policy::PolicyError> for EngineError {

@@ -77,7 +77,7 @@ fn niah_prompt_has_the_exact_length_and_needles_after_sentence_ends() {
         depth_percent: 0.0,
     };
     let e = build_prompt(&tok, &template, &haystack, &NeedleSet::pizza(), case).unwrap_err();
-    assert!(e.to_string().starts_with("--niah-lengths"), "{e}");
+    assert!(e.to_string().starts_with("niah_lengths"), "{e}");
 }
 
 /// At a short length the 135M model must find the needle: recall is asserted.
