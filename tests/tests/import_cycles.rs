@@ -12,7 +12,7 @@ fn check(args: &[&Path]) -> (Option<i32>, String) {
 fn the_workspace_has_no_import_circles() {
     let (code, text) = check(&[]);
     assert_eq!(code, Some(0), "{text}");
-    assert!(text.contains("no import circles in 7 crate(s)"), "{text}");
+    assert!(text.contains("no import circles in 8 crate(s)"), "{text}");
 }
 
 #[test]
