@@ -512,6 +512,8 @@ mod tests {
             rejected_chunk_ids: vec![vec![1]],
             chosen_finish_reason: "stop".into(),
             rejected_finish_reason: vec!["stop".into()],
+            chosen_stop_token_id: Some(2),
+            rejected_stop_token_id: vec![Some(2)],
             chosen_seed: Some(7),
             rejected_seed: vec![8],
             generator_model: "m".into(),

@@ -45,6 +45,9 @@ pub struct Answer {
     pub token_ids: Vec<u32>,
     /// Decoded text.
     pub text: String,
+    /// The stop token that ended it (not in `token_ids`); `None` when `max_new_tokens` did
+    /// (or a server did not say, see [`Completion::stop_token_id`]).
+    pub stop_token_id: Option<u32>,
     /// With `capture` (torch only): for generated token i, `[layers × heads]` (layer-major)
     /// indices into the prompt ⧺ answer of the key each head's query attends to most while
     /// token i is predicted.
@@ -83,6 +86,7 @@ impl Generator<'_> {
         let answer = |c: Completion, argmax| Answer {
             token_ids: c.token_ids,
             text: c.text,
+            stop_token_id: c.stop_token_id,
             argmax,
         };
         Ok(if capture {
@@ -146,17 +150,18 @@ impl TorchBackend {
         Ok(())
     }
 
-    fn completion(&self, a: Answer, max_new_tokens: usize) -> (Completion, Option<Vec<Vec<i64>>>) {
-        let finish_reason = if a.token_ids.len() < max_new_tokens {
-            FinishReason::Stop
-        } else {
-            FinishReason::Length
+    /// `a` as a completion: `stop` with the stop id it ended on, else `length`.
+    fn completion(&self, a: Answer) -> (Completion, Option<Vec<Vec<i64>>>) {
+        let finish_reason = match a.stop_token_id {
+            Some(_) => FinishReason::Stop,
+            None => FinishReason::Length,
         };
         (
             Completion {
                 token_ids: a.token_ids,
                 text: a.text,
                 finish_reason,
+                stop_token_id: a.stop_token_id,
                 model: self.name.clone(),
                 retries: 0,
             },
@@ -200,7 +205,7 @@ impl GenerationBackend for TorchBackend {
         Ok(self
             .generate_group(prompts, opts.max_new_tokens, false)?
             .into_iter()
-            .map(|a| self.completion(a, opts.max_new_tokens).0)
+            .map(|a| self.completion(a).0)
             .collect())
     }
 
@@ -220,7 +225,7 @@ impl GenerationBackend for TorchBackend {
             .generate_group(prompts, opts.max_new_tokens, true)?
             .into_iter()
             .map(|a| {
-                let (c, argmax) = self.completion(a, opts.max_new_tokens);
+                let (c, argmax) = self.completion(a);
                 (c, argmax.unwrap_or_default())
             })
             .collect())
@@ -301,6 +306,7 @@ impl TorchBackend {
             read(model, cache, rest, capture)?.expect("at least one token to read");
         let mut out = Vec::new();
         let mut argmax = Vec::new();
+        let mut stop_token_id = None;
         while out.len() < max_new_tokens {
             let next = model
                 .lm_logits(&hidden)
@@ -308,6 +314,7 @@ impl TorchBackend {
                 .argmax(-1, false)
                 .int64_value(&[0]) as u32;
             if self.template.is_stop(next) {
+                stop_token_id = Some(next);
                 break;
             }
             out.push(next);
@@ -329,6 +336,7 @@ impl TorchBackend {
         Ok(Answer {
             token_ids: out,
             text,
+            stop_token_id,
             argmax: capture.then_some(argmax),
         })
     }

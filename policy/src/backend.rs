@@ -9,8 +9,10 @@
 //!
 //! Both take the prompt as ids that logo tokenised and chat-templated itself, so the model
 //! sees exactly the training prompt's tokens, and both report why a response ended
-//! ([`FinishReason`]): a response that hit `max_new_tokens` must never be closed with an
-//! end-of-turn token it did not generate.
+//! ([`FinishReason`]) and with which stop token ([`Completion::stop_token_id`]): a response
+//! is closed with exactly the stop token the model wrote, never with one it did not generate
+//! (an end of turn after a response cut at `max_new_tokens`, or the template's end of turn
+//! after a response the model ended with its end-of-sequence token).
 
 mod in_process;
 mod openai;
@@ -53,6 +55,13 @@ pub struct Completion {
     pub text: String,
     /// Why it ended.
     pub finish_reason: FinishReason,
+    /// The id of the stop token that ended it (not part of `token_ids`): `Some(id)` for
+    /// [`FinishReason::Stop`] when the backend knows which token the model wrote (always in
+    /// process; for `openai`, where the server reports it: vLLM `stop_reason` or the last of
+    /// `token_ids`, SGLang `matched_stop`, llama-server the last id of `logprobs.content`; see
+    /// [`OpenAi`]); `None` for [`FinishReason::Length`], and for a `stop` the server did not
+    /// identify (a response that must then be treated as cut: no end id is appended to it).
+    pub stop_token_id: Option<u32>,
     /// The model that wrote it: the server's `model` field, or the policy's name in process.
     pub model: String,
     /// Requests retried before this one succeeded (429, 5xx, timeouts, connection errors).

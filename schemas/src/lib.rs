@@ -145,15 +145,17 @@ pub mod col {
     pub const PROMPT_POSITION_IDS: &str = "prompt_position_ids";
     /// Utf8: the preferred response y_w.
     pub const CHOSEN: &str = "chosen";
-    /// List<UInt32>: token ids of y_w, ending with the end-of-turn token.
+    /// List<UInt32>: token ids of y_w, ending with the stop token the model wrote
+    /// ([`CHOSEN_STOP_TOKEN_ID`]; the end of turn for a reference answer).
     pub const CHOSEN_INPUT_IDS: &str = "chosen_input_ids";
     /// Utf8: `generated` or `reference`.
     pub const CHOSEN_ORIGIN: &str = "chosen_origin";
     /// List<Utf8>: the M dis-preferred responses y_l^(1..M).
     pub const REJECTED: &str = "rejected";
-    /// List<List<UInt32>>: token ids of each y_l, ending with the end-of-turn token when the
-    /// model ended it (`rejected_finish_reason` `stop`); a kept cut response (`length`) ends
-    /// with its last generated token.
+    /// List<List<UInt32>>: token ids of each y_l, ending with the stop token the model wrote
+    /// when it ended it and the backend knows which ([`REJECTED_STOP_TOKEN_ID`] not null); a
+    /// kept cut response (`length`), or one whose stop token the server did not identify,
+    /// ends with its last generated token.
     pub const REJECTED_INPUT_IDS: &str = "rejected_input_ids";
     /// Utf8: `continuous` or `sparse` (Appendix D).
     pub const POSITION_STRATEGY: &str = "position_strategy";
@@ -171,6 +173,19 @@ pub mod col {
     /// engine's `generator.on_length.rejected: keep`: its ids are exactly the tokens the model
     /// wrote, with no end of turn appended).
     pub const REJECTED_FINISH_REASON: &str = "rejected_finish_reason";
+    /// UInt32, nullable: the id `chosen_input_ids` ends with: the stop token the model wrote
+    /// (in process: the id it sampled; on a server: the id the server reports, vLLM
+    /// `stop_reason`/`token_ids`, SGLang `matched_stop`, llama-server's token ids), or the
+    /// template's end of turn appended to a reference answer. Null when no stop id ends the
+    /// response (never written by this version: a chosen response without a known stop id is
+    /// regenerated or skipped like a cut one). Absent from files written before it existed
+    /// (the trainer does not read it).
+    pub const CHOSEN_STOP_TOKEN_ID: &str = "chosen_stop_token_id";
+    /// List<UInt32, nullable>: per dis-preferred response, the stop token id its
+    /// `rejected_input_ids` end with (as [`CHOSEN_STOP_TOKEN_ID`]); null for a kept cut
+    /// response (`length`) and for a `stop` whose token the server did not identify (then no
+    /// end id was appended: logo never appends an end the model did not write).
+    pub const REJECTED_STOP_TOKEN_ID: &str = "rejected_stop_token_id";
     /// UInt64, nullable: sampling seed of the preferred response (null for a reference).
     pub const CHOSEN_SEED: &str = "chosen_seed";
     /// List<UInt64>: per dis-preferred response, its sampling seed.
@@ -190,6 +205,15 @@ fn list_of(item: DataType) -> DataType {
 
 fn list(name: &str, item: DataType) -> Field {
     Field::new(name, list_of(item), false)
+}
+
+/// A list whose items may be null (`[M]` values of which some are absent).
+fn list_nullable(name: &str, item: DataType) -> Field {
+    Field::new(
+        name,
+        DataType::List(Arc::new(Field::new("item", item, true))),
+        false,
+    )
 }
 
 fn list_list(name: &str, item: DataType) -> Field {
@@ -281,6 +305,8 @@ fn response_fields() -> Vec<Field> {
         list_list(col::REJECTED_CHUNK_IDS, DataType::UInt32),
         utf8(col::CHOSEN_FINISH_REASON, false),
         list(col::REJECTED_FINISH_REASON, DataType::Utf8),
+        Field::new(col::CHOSEN_STOP_TOKEN_ID, DataType::UInt32, true),
+        list_nullable(col::REJECTED_STOP_TOKEN_ID, DataType::UInt32),
         Field::new(col::CHOSEN_SEED, DataType::UInt64, true),
         list(col::REJECTED_SEED, DataType::UInt64),
         utf8(col::GENERATOR_MODEL, false),
@@ -289,7 +315,7 @@ fn response_fields() -> Vec<Field> {
 
 /// Generations: ids, question, the training prompt with its segment lengths, the chosen
 /// response and the M rejected ones, and lineage: C', the chunks each response was generated
-/// from, and per response its finish reason, seed and the model that wrote it.
+/// from, and per response its finish reason, stop token id, seed and the model that wrote it.
 pub fn generations_schema() -> SchemaRef {
     let mut f = id_fields();
     f.extend(qa_fields());
@@ -415,6 +441,8 @@ mod tests {
             rejected_chunk_ids: vec![vec![1]],
             chosen_finish_reason: "stop".into(),
             rejected_finish_reason: vec!["stop".into()],
+            chosen_stop_token_id: Some(2),
+            rejected_stop_token_id: vec![Some(0)],
             chosen_seed: Some(7),
             rejected_seed: vec![8],
             generator_model: "m".into(),
@@ -426,12 +454,34 @@ mod tests {
 
     #[test]
     fn training_round_trip_keeps_values_and_version() {
-        let rows = vec![sample(), sample()];
+        // A reference chosen (its end of turn) and a rejected response without a stop id (cut).
+        let cut = TrainingSample {
+            chosen_finish_reason: "reference".into(),
+            chosen_stop_token_id: None,
+            rejected_finish_reason: vec!["length".into()],
+            rejected_stop_token_id: vec![None],
+            ..sample()
+        };
+        let rows = vec![sample(), cut];
         let batch = TrainingSample::to_batch(&rows).unwrap();
         assert_eq!(batch.num_rows(), 2);
         assert_eq!(batch.schema().as_ref(), training_schema().as_ref());
         check_schema_version(batch.schema().metadata()).unwrap();
         assert_eq!(TrainingSample::from_batch(&batch).unwrap(), rows);
+        let s = training_schema();
+        let chosen = s.field_with_name(col::CHOSEN_STOP_TOKEN_ID).unwrap();
+        assert_eq!(chosen.data_type(), &DataType::UInt32);
+        assert!(chosen.is_nullable());
+        let DataType::List(item) = s
+            .field_with_name(col::REJECTED_STOP_TOKEN_ID)
+            .unwrap()
+            .data_type()
+            .clone()
+        else {
+            panic!("rejected_stop_token_id is a list");
+        };
+        assert_eq!(item.data_type(), &DataType::UInt32);
+        assert!(item.is_nullable());
     }
 
     #[test]
@@ -465,6 +515,8 @@ mod tests {
             rejected_chunk_ids: vec![vec![1]],
             chosen_finish_reason: "stop".into(),
             rejected_finish_reason: vec!["stop".into()],
+            chosen_stop_token_id: Some(2),
+            rejected_stop_token_id: vec![Some(0)],
             chosen_seed: Some(7),
             rejected_seed: vec![8],
             generator_model: "m".into(),

@@ -212,6 +212,10 @@ pub struct GeneratedRecord {
     pub chosen_finish_reason: String,
     /// See [`col::REJECTED_FINISH_REASON`]: `[M]`.
     pub rejected_finish_reason: Vec<String>,
+    /// See [`col::CHOSEN_STOP_TOKEN_ID`].
+    pub chosen_stop_token_id: Option<u32>,
+    /// See [`col::REJECTED_STOP_TOKEN_ID`]: `[M]`.
+    pub rejected_stop_token_id: Vec<Option<u32>>,
     /// See [`col::CHOSEN_SEED`].
     pub chosen_seed: Option<u64>,
     /// See [`col::REJECTED_SEED`]: `[M]`.
@@ -266,6 +270,10 @@ pub struct TrainingSample {
     pub chosen_finish_reason: String,
     /// See [`col::REJECTED_FINISH_REASON`]: `[M]`.
     pub rejected_finish_reason: Vec<String>,
+    /// See [`col::CHOSEN_STOP_TOKEN_ID`].
+    pub chosen_stop_token_id: Option<u32>,
+    /// See [`col::REJECTED_STOP_TOKEN_ID`]: `[M]`.
+    pub rejected_stop_token_id: Vec<Option<u32>>,
     /// See [`col::CHOSEN_SEED`].
     pub chosen_seed: Option<u64>,
     /// See [`col::REJECTED_SEED`]: `[M]`.

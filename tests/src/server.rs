@@ -279,3 +279,180 @@ impl Drop for Nginx {
         let _ = self.child.wait();
     }
 }
+
+/// One request and its answer as [`RecordingProxy`] passed them on.
+#[derive(Debug, Clone)]
+pub struct Exchange {
+    /// `POST`, `GET`, ...
+    pub method: String,
+    /// The request path, e.g. `/v1/completions`.
+    pub path: String,
+    /// The request body (UTF-8, lossy).
+    pub request: String,
+    /// The answer's status code.
+    pub status: u16,
+    /// The answer's body (UTF-8, lossy; a chunked body de-chunked).
+    pub response: String,
+}
+
+/// A transparent HTTP/1.1 reverse proxy on a free 127.0.0.1 port in front of a server on
+/// 127.0.0.1:`upstream`, recording every exchange (each request goes upstream on a fresh
+/// connection; the answer is passed back unchanged but re-framed with `Content-Length`). Its
+/// threads live as long as the test process.
+#[derive(Debug)]
+pub struct RecordingProxy {
+    /// The port it listens on.
+    pub port: u16,
+    exchanges: std::sync::Arc<std::sync::Mutex<Vec<Exchange>>>,
+}
+
+impl RecordingProxy {
+    /// Starts the proxy. Panics when it cannot bind.
+    pub fn start(upstream: u16) -> Self {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the proxy");
+        let port = listener.local_addr().expect("proxy address").port();
+        let exchanges = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = exchanges.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming().flatten() {
+                let log = log.clone();
+                std::thread::spawn(move || {
+                    let _ = proxy_connection(conn, upstream, &log);
+                });
+            }
+        });
+        Self { port, exchanges }
+    }
+
+    /// The base URL, `http://127.0.0.1:{port}`.
+    pub fn url(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Every exchange so far, in the order the answers came back.
+    pub fn exchanges(&self) -> Vec<Exchange> {
+        self.exchanges.lock().expect("proxy log").clone()
+    }
+}
+
+/// Reads one HTTP/1.1 message: its start line, headers `(name lower-cased, value)` and body
+/// (`Content-Length`, chunked, or, with `to_eof`, everything to the end of the stream).
+/// `Ok(None)` at a clean end of stream.
+#[allow(clippy::type_complexity)]
+fn read_message(
+    r: &mut impl std::io::BufRead,
+    to_eof: bool,
+) -> std::io::Result<Option<(String, Vec<(String, String)>, Vec<u8>)>> {
+    let mut start = String::new();
+    if r.read_line(&mut start)? == 0 {
+        return Ok(None);
+    }
+    let mut headers = Vec::new();
+    loop {
+        let mut line = String::new();
+        r.read_line(&mut line)?;
+        let line = line.trim_end();
+        if line.is_empty() {
+            break;
+        }
+        if let Some((k, v)) = line.split_once(':') {
+            headers.push((k.trim().to_ascii_lowercase(), v.trim().to_string()));
+        }
+    }
+    let header = |k: &str| headers.iter().find(|(n, _)| n == k).map(|(_, v)| v.clone());
+    let mut body = Vec::new();
+    if let Some(n) = header("content-length") {
+        body.resize(n.parse().unwrap_or(0), 0);
+        r.read_exact(&mut body)?;
+    } else if header("transfer-encoding").is_some_and(|v| v.contains("chunked")) {
+        loop {
+            let mut size = String::new();
+            r.read_line(&mut size)?;
+            let n = usize::from_str_radix(size.trim().split(';').next().unwrap_or("0"), 16)
+                .unwrap_or(0);
+            let mut chunk = vec![0; n + 2];
+            r.read_exact(&mut chunk)?;
+            if n == 0 {
+                break;
+            }
+            body.extend_from_slice(&chunk[..n]);
+        }
+    } else if to_eof {
+        r.read_to_end(&mut body)?;
+    }
+    Ok(Some((start.trim_end().to_string(), headers, body)))
+}
+
+/// Serves one client connection of [`RecordingProxy`] until the client closes it.
+fn proxy_connection(
+    conn: TcpStream,
+    upstream: u16,
+    log: &std::sync::Mutex<Vec<Exchange>>,
+) -> std::io::Result<()> {
+    let mut client = std::io::BufReader::new(conn.try_clone()?);
+    let mut out = conn;
+    while let Some((start, headers, body)) = read_message(&mut client, false)? {
+        let mut up = TcpStream::connect(("127.0.0.1", upstream))?;
+        let mut head = format!("{start}\r\n");
+        for (k, v) in headers
+            .iter()
+            .filter(|(k, _)| k != "connection" && k != "content-length")
+        {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!(
+            "content-length: {}\r\nconnection: close\r\n\r\n",
+            body.len()
+        ));
+        up.write_all(head.as_bytes())?;
+        up.write_all(&body)?;
+        let mut reader = std::io::BufReader::new(up);
+        let Some((status_line, rheaders, rbody)) = read_message(&mut reader, true)? else {
+            return Ok(());
+        };
+        let status = status_line
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0);
+        let mut parts = start.split_whitespace();
+        log.lock().expect("proxy log").push(Exchange {
+            method: parts.next().unwrap_or_default().to_string(),
+            path: parts.next().unwrap_or_default().to_string(),
+            request: String::from_utf8_lossy(&body).into_owned(),
+            status,
+            response: String::from_utf8_lossy(&rbody).into_owned(),
+        });
+        let mut head = format!("{status_line}\r\n");
+        for (k, v) in rheaders
+            .iter()
+            .filter(|(k, _)| k != "connection" && k != "content-length" && k != "transfer-encoding")
+        {
+            head.push_str(&format!("{k}: {v}\r\n"));
+        }
+        head.push_str(&format!("content-length: {}\r\n\r\n", rbody.len()));
+        out.write_all(head.as_bytes())?;
+        out.write_all(&rbody)?;
+    }
+    Ok(())
+}
+
+/// A plain HTTP/1.1 `POST path` of the JSON `body` to 127.0.0.1:`port`: the answer's JSON.
+/// Panics when nothing answers or the answer is not JSON.
+pub fn http_post_json(port: u16, path: &str, body: &serde_json::Value) -> serde_json::Value {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(300))).ok();
+    let body = body.to_string();
+    write!(
+        s,
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        body.len()
+    )
+    .expect("send");
+    let mut r = std::io::BufReader::new(s);
+    let (_, _, answer) = read_message(&mut r, true)
+        .expect("read the answer")
+        .expect("an answer");
+    serde_json::from_slice(&answer).expect("a JSON answer")
+}

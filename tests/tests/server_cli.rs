@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 
 use logo_engine::sink::{read_training_samples, Manifest, MANIFEST};
 use logo_schemas::TrainingSample;
-use logo_tests::server::{llama_server_binary, nginx_binary, LlamaServer, Nginx, ALIAS};
+use logo_tests::server::{
+    http_post_json, llama_server_binary, nginx_binary, LlamaServer, Nginx, RecordingProxy, ALIAS,
+};
 use logo_tests::{binary, describe, embedded_model, or_skip, run, shared_data};
 
 /// `<|im_end|>` of SmolLM2, the end of turn every kept response ends with.
@@ -96,6 +98,9 @@ fn check_invariants(out_dir: &Path, model_name: &str) -> (Manifest, Vec<Training
         }
         assert_eq!(s.chosen_finish_reason, "stop");
         assert_eq!(s.rejected_finish_reason, vec!["stop"; m]);
+        // The stop id the backend reported, recorded (issue 23).
+        assert_eq!(s.chosen_stop_token_id, Some(IM_END));
+        assert_eq!(s.rejected_stop_token_id, vec![Some(IM_END); m]);
         assert!(s.chosen_seed.is_some());
         assert_eq!(s.rejected_seed.len(), m);
         assert_eq!(s.rejected_chunk_ids.len(), m);
@@ -504,4 +509,178 @@ fn logo_eval_generates_on_llama_server() {
     }
     let predicted = server.metric("llamacpp:tokens_predicted_total").unwrap();
     assert!(predicted >= 3.0, "{predicted}");
+}
+
+/// A chat template whose assistant turns end with the EOS token (`<|endoftext|>`, id 0 here),
+/// in Mistral's manner (as `tests/tests/hf_folder.rs`): its end of turn is 0, while SmolLM2,
+/// tuned on ChatML, ends its answers with `<|im_end|>` (2), which llama-server stops on (an
+/// end-of-generation token of the GGUF).
+const EOS_TURNS: &str = "{% for message in messages %}\
+{% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' + message['content'] + eos_token + '\\n' }}\
+{% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}\
+{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Issue 23 (item 4): on a real llama-server whose model stops on a token other than the
+/// template's end of turn, every stored response ends with the id the server's own token
+/// output shows. The run goes through a recording proxy; each `/v1/completions` request it
+/// saw is sent again to llama-server's native `/completion` with `return_tokens: true` (same
+/// prompt ids, seed and sampling), whose `tokens` end with the stop token (`stop_type` `eos`);
+/// the stored response with that text ends with exactly that id, recorded in the stop id
+/// columns, and at least one is not the template's end of turn.
+#[test]
+fn responses_end_with_the_stop_token_llama_server_shows() {
+    let Some(bin) = or_skip(
+        llama_server_binary(),
+        "llama-server (scripts/build-llama-server.sh)",
+    ) else {
+        return;
+    };
+    let Some(model) = or_skip(embedded_model(), "the embedded model (scripts/just setup)") else {
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    // The GGUF's tokenizer as a folder, with the EOS_TURNS template.
+    let folder = dir.join("tokenizer");
+    let o = run(
+        "logo-engine",
+        &[
+            "tokenizer",
+            "--model",
+            model.to_str().unwrap(),
+            "--output",
+            folder.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success(), "tokenizer: {}", describe(&o));
+    let tc_path = folder.join("tokenizer_config.json");
+    let mut tc: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(&tc_path).unwrap()).unwrap();
+    tc["chat_template"] = EOS_TURNS.into();
+    tc["eos_token"] = "<|endoftext|>".into();
+    std::fs::write(&tc_path, tc.to_string()).unwrap();
+    std::fs::write(
+        folder.join("generation_config.json"),
+        r#"{"eos_token_id": [0, 2]}"#,
+    )
+    .unwrap();
+    let cfg = logo_policy::config::ModelConfig {
+        path: model.clone(),
+        tokenizer: Some(folder.clone()),
+        name: None,
+        adapter: None,
+        weights: logo_policy::config::WeightFormat::F32,
+        threads: 1,
+    };
+    let (_, template) = logo_policy::template::PromptTemplate::load(&cfg).unwrap();
+    let end_of_turn = template.end_of_turn();
+    assert_eq!(
+        end_of_turn, 0,
+        "the template's end of turn is <|endoftext|>"
+    );
+
+    let server = LlamaServer::start(
+        &bin,
+        &model,
+        &["--parallel", "1", "-c", "4096"],
+        &dir.join("server.log"),
+    );
+    let proxy = RecordingProxy::start(server.port);
+    let docs: Vec<String> = (0..3).map(doc).collect();
+    std::fs::write(dir.join("docs.jsonl"), docs.join("\n") + "\n").unwrap();
+    let yaml = dir.join("p.yaml");
+    std::fs::write(
+        &yaml,
+        format!(
+            "seed: 3\n\
+             source: {{paths: [docs.jsonl]}}\n\
+             model: {{path: {}, tokenizer: {}}}\n\
+             chunker: {{chunk_size: 16}}\n\
+             scorer: {{backend: lexical}}\n\
+             sampler: {{num_chunks: 2, threshold: 1, num_negatives: 1}}\n\
+             generator: {{max_new_tokens: 32, temperature: 0.5, on_length: regenerate, \
+             system_prompt: \"Answer in one short sentence, using only the context.\", {}}}\n\
+             positions: {{target_length: 256}}\n\
+             sink: {{output: out}}\n",
+            model.display(),
+            folder.display(),
+            openai(&proxy.url(), 1, "")
+        ),
+    )
+    .unwrap();
+    let o = run("logo-engine", &["run", yaml.to_str().unwrap(), "--quiet"]);
+    assert_eq!(o.status.code(), Some(0), "{}", describe(&o));
+    let samples = read_training_samples(&dir.join("out")).unwrap();
+    assert!(!samples.is_empty(), "no sample: {}", describe(&o));
+
+    // The server's own token output for every completion logo asked for, by response text.
+    let mut shown: std::collections::HashMap<String, u32> = Default::default();
+    for x in proxy.exchanges() {
+        if x.path != "/v1/completions" {
+            continue;
+        }
+        let req: serde_json::Value = serde_json::from_str(&x.request).unwrap();
+        let resp: serde_json::Value = serde_json::from_str(&x.response).unwrap();
+        let choice = &resp["choices"][0];
+        if choice["finish_reason"] != "stop" {
+            continue;
+        }
+        let native = http_post_json(
+            server.port,
+            "/completion",
+            &serde_json::json!({
+                "prompt": req["prompt"],
+                "n_predict": req["max_tokens"],
+                "temperature": req["temperature"],
+                "top_p": req["top_p"],
+                "seed": req["seed"],
+                "return_tokens": true,
+            }),
+        );
+        assert_eq!(native["content"], choice["text"], "the replay differs");
+        assert_eq!(native["stop_type"], "eos");
+        let last = native["tokens"].as_array().unwrap().last().unwrap();
+        shown.insert(
+            choice["text"].as_str().unwrap().to_string(),
+            last.as_u64().unwrap() as u32,
+        );
+    }
+    let mut not_end_of_turn = 0;
+    for s in &samples {
+        let texts = std::iter::once(&s.chosen).chain(&s.rejected);
+        let ids = std::iter::once(&s.chosen_input_ids).chain(&s.rejected_input_ids);
+        let stops = std::iter::once(&s.chosen_stop_token_id).chain(&s.rejected_stop_token_id);
+        for ((text, ids), stop) in texts.zip(ids).zip(stops) {
+            let server_stop = *shown
+                .get(text)
+                .unwrap_or_else(|| panic!("no completion {text:?} went through the proxy"));
+            assert_eq!(
+                ids.last(),
+                Some(&server_stop),
+                "{}: {text:?}",
+                s.key.sample_id
+            );
+            assert_eq!(*stop, Some(server_stop), "{}", s.key.sample_id);
+            not_end_of_turn += usize::from(server_stop != end_of_turn);
+        }
+    }
+    assert!(
+        not_end_of_turn > 0,
+        "every response stopped on the template's end of turn: the test shows nothing"
+    );
+}
+
+/// A document whose first chunk answers its question (as `tests/tests/hf_folder.rs`).
+fn doc(i: usize) -> String {
+    let names = ["Alice", "Bruno", "Chiara"];
+    let name = names[i % names.len()];
+    serde_json::json!({
+        "context": format!(
+            "{name} Zimmerman hid the golden key number {i} under the old oak tree near Bristol \
+             harbour. The weather in the valley was mild and farmers planted barley, rye and oats \
+             along the river. Traders brought salt and copper from distant ports every spring."
+        ),
+        "questions": [format!("Where did {name} Zimmerman hide the golden key number {i}?")],
+    })
+    .to_string()
 }

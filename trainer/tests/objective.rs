@@ -256,6 +256,32 @@ fn paper_positions_may_go_back_only_in_paper_rows() {
     );
 }
 
+/// Data written before the stop id columns existed (issue 23: `chosen_stop_token_id`,
+/// `rejected_stop_token_id`) reads as the same examples: the trainer reads neither column.
+#[test]
+fn data_without_the_stop_id_columns_reads_the_same() {
+    use logo_schemas::col;
+    use logo_trainer::data::{read_row_group, TrainingData};
+    let dir = tempfile::tempdir().unwrap();
+    let rows = [sample(0), sample(1)];
+    let (new, old) = (dir.path().join("new"), dir.path().join("old"));
+    std::fs::create_dir_all(&new).unwrap();
+    std::fs::create_dir_all(&old).unwrap();
+    write_parquet(&new.join("a.parquet"), &rows, Some(SCHEMA_VERSION));
+    write_parquet_without(
+        &old.join("a.parquet"),
+        &rows,
+        Some(SCHEMA_VERSION),
+        &[col::CHOSEN_STOP_TOKEN_ID, col::REJECTED_STOP_TOKEN_ID],
+    );
+    let read = |d: &std::path::Path| {
+        read_row_group(&TrainingData::open(d).unwrap().row_groups()[0]).unwrap()
+    };
+    let (a, b) = (read(&new), read(&old));
+    assert_eq!(a.len(), 2);
+    assert_eq!(a, b);
+}
+
 /// A dis-preferred response cut at `max_new_tokens` and kept by the engine
 /// (`rejected_finish_reason` `length`) carries no end-of-turn id: the trainer reads exactly its
 /// ids from Parquet and Eq. 2 uses the mean log-probability over those tokens alone. The LOGO
@@ -272,6 +298,7 @@ fn a_cut_rejected_response_is_averaged_over_its_own_tokens() {
     let mut s = sample(0);
     s.rejected_input_ids = vec![vec![40, 41, eot], vec![50, 51, 52, 53]];
     s.rejected_finish_reason = vec!["stop".into(), "length".into()];
+    s.rejected_stop_token_id = vec![Some(eot), None];
     s.rejected_chunk_ids = vec![vec![1], vec![1, 0]];
     s.rejected_seed = vec![8, 9];
     let data = dir.path().join("data");

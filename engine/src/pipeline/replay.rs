@@ -13,8 +13,11 @@
 //! replayed generation is the one the model would write again.
 //!
 //! Storage: JSON Lines, one completed generation per line (`key`, `token_ids`, `text`,
-//! `finish_reason`, `model`), appended, flushed and `fdatasync`ed before the generation is
-//! used, so an entry is either whole on disk or absent. A torn last line (a kill while
+//! `finish_reason`, `stop_token_id`, `model`), appended, flushed and `fdatasync`ed before the
+//! generation is used, so an entry is either whole on disk or absent. `stop_token_id` is a
+//! number, or `null` for `length` and for a stop the server did not identify; a `stop` entry
+//! without the key (written before logo recorded stop ids) is not replayed: its stop token is
+//! unknown, so the request is sent again. A torn last line (a kill while
 //! appending) is ignored when read, and cut off the file this process appends to. Each shard
 //! appends to its own file (`generations-I-of-N.jsonl`) and reads them all. A replayed
 //! completion has `retries` 0 (the retries were counted by the run that paid for them).
@@ -45,7 +48,23 @@ struct Entry {
     text: String,
     /// `"stop"` or `"length"`.
     finish_reason: String,
+    /// The stop token ([`Completion::stop_token_id`]): `Some(id)`, `Some(None)` for an
+    /// explicit `null`, `None` when the key is absent (an entry of an older logo).
+    #[serde(
+        default,
+        deserialize_with = "present",
+        skip_serializing_if = "Option::is_none"
+    )]
+    stop_token_id: Option<Option<u32>>,
     model: String,
+}
+
+/// Deserialises a key that is present (a value or `null`) as `Some`, so that an absent key
+/// (the field's default) stays `None`.
+fn present<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> std::result::Result<Option<Option<u32>>, D::Error> {
+    Option::<u32>::deserialize(d).map(Some)
 }
 
 /// The cache of one run (see the module doc). Shared by the stages that generate.
@@ -90,17 +109,21 @@ impl ReplayCache {
                 let Ok(e) = serde_json::from_slice::<Entry>(&line) else {
                     continue;
                 };
-                let finish_reason = match e.finish_reason.as_str() {
-                    "stop" => FinishReason::Stop,
-                    "length" => FinishReason::Length,
-                    _ => continue,
-                };
+                let (finish_reason, stop_token_id) =
+                    match (e.finish_reason.as_str(), e.stop_token_id) {
+                        ("stop", Some(id)) => (FinishReason::Stop, id),
+                        // Written before stop ids were recorded: which token ended it is unknown.
+                        ("stop", None) => continue,
+                        ("length", _) => (FinishReason::Length, None),
+                        _ => continue,
+                    };
                 entries.insert(
                     e.key,
                     Completion {
                         token_ids: e.token_ids,
                         text: e.text,
                         finish_reason,
+                        stop_token_id,
                         model: e.model,
                         retries: 0,
                     },
@@ -181,6 +204,7 @@ impl ReplayCache {
             token_ids: g.token_ids.clone(),
             text: g.text.clone(),
             finish_reason: g.finish_reason.as_str().to_string(),
+            stop_token_id: Some(g.stop_token_id),
             model: g.model.clone(),
         };
         let mut line = serde_json::to_vec(&entry).expect("entry serialises");
@@ -281,6 +305,7 @@ mod tests {
             token_ids: ids.to_vec(),
             text: format!("{ids:?}"),
             finish_reason: FinishReason::Length,
+            stop_token_id: None,
             model: "served".into(),
             retries: 2,
         }
@@ -351,5 +376,47 @@ mod tests {
         assert_eq!(c.len(), 3);
         c.complete(&[4], &opts, || panic!("replayed from shard 0's file"))
             .unwrap();
+    }
+
+    /// The stop id survives a reopen (a number, or `null` for a stop the server did not
+    /// identify); a `stop` entry of an older logo, without `stop_token_id`, is not replayed
+    /// (its stop token is unknown: issue 23), a `length` one is.
+    #[test]
+    fn the_stop_id_is_replayed_and_old_stop_entries_are_not() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = GenerateOptions::greedy(4);
+        let stopped = |id: Option<u32>| Completion {
+            finish_reason: FinishReason::Stop,
+            stop_token_id: id,
+            retries: 0,
+            ..generation(&[7])
+        };
+        let c = ReplayCache::open(dir.path(), "generations-0-of-1.jsonl", "m").unwrap();
+        c.complete(&[1], &opts, || Ok(stopped(Some(0)))).unwrap();
+        c.complete(&[2], &opts, || Ok(stopped(None))).unwrap();
+        let (old_stop, old_length) = (c.key(&[3], &opts), c.key(&[4], &opts));
+        drop(c);
+        let path = dir.path().join("generations-0-of-1.jsonl");
+        let mut f = OpenOptions::new().append(true).open(&path).unwrap();
+        writeln!(
+            f,
+            r#"{{"key":"{old_stop}","token_ids":[7],"text":"x","finish_reason":"stop","model":"served"}}"#
+        )
+        .unwrap();
+        writeln!(
+            f,
+            r#"{{"key":"{old_length}","token_ids":[7],"text":"x","finish_reason":"length","model":"served"}}"#
+        )
+        .unwrap();
+        drop(f);
+        let c = ReplayCache::open(dir.path(), "generations-0-of-1.jsonl", "m").unwrap();
+        assert_eq!(c.len(), 3);
+        let replayed = |p: &[u32]| c.complete(p, &opts, || panic!("must be replayed")).unwrap();
+        assert_eq!(replayed(&[1]), stopped(Some(0)));
+        assert_eq!(replayed(&[2]), stopped(None));
+        assert_eq!(replayed(&[4]).stop_token_id, None);
+        let again = c.complete(&[3], &opts, || Ok(stopped(Some(2)))).unwrap();
+        assert_eq!(again.stop_token_id, Some(2));
+        assert_eq!(c.generated(), 1);
     }
 }

@@ -227,6 +227,8 @@ impl Stage for PositionsStage {
                 rejected_chunk_ids: g.rejected_chunk_ids,
                 chosen_finish_reason: g.chosen_finish_reason,
                 rejected_finish_reason: g.rejected_finish_reason,
+                chosen_stop_token_id: g.chosen_stop_token_id,
+                rejected_stop_token_id: g.rejected_stop_token_id,
                 chosen_seed: g.chosen_seed,
                 rejected_seed: g.rejected_seed,
                 generator_model: g.generator_model,

@@ -7,8 +7,33 @@
 //! ```text
 //! → {"model", "prompt": [ids], "max_tokens", "temperature", "top_p", "seed", "n": 1,
 //!    "stream": false, "stop_token_ids": [ids]}
-//! ← {"model", "choices": [{"text", "finish_reason": "stop" | "length"}]}
+//!    + llama-server: "n_probs": 1; vLLM: "return_token_ids": true (see below)
+//! ← {"model", "choices": [{"text", "finish_reason": "stop" | "length", ...}], "usage"}
 //! ```
+//!
+//! Which token ended a completion ([`Completion::stop_token_id`], [`reported_stop_token`]):
+//! the OpenAI API does not say, so each server's own report is read, by the kind of server
+//! `GET /v1/models` names (`data[].owned_by`: `llamacpp`, `vllm`, `sglang`):
+//!
+//! - SGLang: `choices[].matched_stop`, the token id for every stop on a token (its
+//!   `stop_token_ids`, the model's EOS ids; `FINISH_MATCHED_TOKEN(matched=last_token_id)` in
+//!   `python/sglang/srt/managers/schedule_batch.py` `Req.check_finished`), a string for a stop
+//!   string (logo sends none);
+//! - vLLM: `choices[].stop_reason`, the token id when a `stop_token_ids` entry (which includes
+//!   `generation_config.json`'s extra EOS ids) ended it, `null` when the tokenizer's primary
+//!   EOS did (`vllm/v1/core/sched/utils.py` `check_stop`); for that case logo asks for
+//!   `return_token_ids` (vLLM ≥ 0.10.2), whose `choices[].token_ids` keep the stop token last
+//!   (`vllm/v1/engine/detokenizer.py` skips it only when decoding text);
+//! - llama-server: neither field exists; it stops on any end-of-generation token of the GGUF
+//!   (`llama_vocab_is_eog`, `tools/server/server-context.cpp` `process_token`), and with
+//!   `n_probs: 1` its `/v1/completions` answer carries `choices[].logprobs.content[]` with the
+//!   `id` of every generated token, the stop token last (`server-task.cpp`
+//!   `to_json_oaicompat`, `probs_vector_to_json`); logo takes the last id when the list holds
+//!   exactly `usage.completion_tokens` entries.
+//!
+//! A server that says `stop` but none of these (TGI, an unknown server, a stop string) leaves
+//! the stop id unknown (`None`, a warning once): logo does not guess one of several possible
+//! stop ids; the engine then treats the response like a cut one (no end id appended).
 //!
 //! Start-up checks ([`OpenAi::connect`]): `GET /v1/models` lists `generator.openai.model`, and
 //! `POST /tokenize` (llama-server and vLLM; `parse_special: false`) of [`TOKENIZER_PROBE`]
@@ -42,11 +67,36 @@ pub const TOKENIZER_PROBE: &str =
     "LOGO tokenizer probe: The quick brown fox jumps over 13 lazy dogs in 2024, naïve café \
      — 東京.\n  Indented line\twith a tab.";
 
+/// The kind of server behind an endpoint (`GET /v1/models` `data[].owned_by` of the served
+/// model), which decides the request fields that make it report the stop token.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ServerKind {
+    /// llama.cpp's `llama-server` (`owned_by: "llamacpp"`): asked for `n_probs: 1`.
+    LlamaCpp,
+    /// vLLM (`owned_by: "vllm"`): asked for `return_token_ids: true`.
+    Vllm,
+    /// SGLang (`owned_by: "sglang"`) or any other server: no extra field.
+    Other,
+}
+
+impl ServerKind {
+    /// The kind `owned_by` names.
+    fn from_owned_by(owned_by: Option<&str>) -> Self {
+        match owned_by {
+            Some("llamacpp") => ServerKind::LlamaCpp,
+            Some("vllm") => ServerKind::Vllm,
+            _ => ServerKind::Other,
+        }
+    }
+}
+
 /// One server.
 #[derive(Debug)]
 struct Endpoint {
     /// Base URL without a trailing `/` or `/v1`.
     root: String,
+    /// What it is (see [`ServerKind`]).
+    kind: ServerKind,
 }
 
 /// Mutable health of one endpoint.
@@ -70,6 +120,8 @@ pub struct OpenAi {
     stop_ids: Vec<u32>,
     cfg: OpenAiConfig,
     max_positions: usize,
+    /// Set once a `stop` without a stop id was warned about.
+    warned_unidentified: std::sync::atomic::AtomicBool,
 }
 
 impl std::fmt::Debug for OpenAi {
@@ -96,13 +148,71 @@ struct CompletionResponse {
     #[serde(default)]
     model: Option<String>,
     choices: Vec<Choice>,
+    #[serde(default)]
+    usage: Option<Usage>,
 }
 
+#[derive(Deserialize)]
+struct Usage {
+    #[serde(default)]
+    completion_tokens: Option<u64>,
+}
+
+/// One `choices[]` entry; the server-specific fields are kept as JSON and read by
+/// [`reported_stop_token`].
 #[derive(Deserialize)]
 struct Choice {
     text: String,
     #[serde(default)]
     finish_reason: Option<String>,
+    /// vLLM: token id, stop string, or null.
+    #[serde(default)]
+    stop_reason: Option<serde_json::Value>,
+    /// SGLang: token id, stop string, or null.
+    #[serde(default)]
+    matched_stop: Option<serde_json::Value>,
+    /// vLLM with `return_token_ids`: the generated ids, stop token included.
+    #[serde(default)]
+    token_ids: Option<serde_json::Value>,
+    /// llama-server with `n_probs`: `{"content": [{"id", ...}]}`.
+    #[serde(default)]
+    logprobs: Option<serde_json::Value>,
+}
+
+/// The id of the token that ended a `stop` completion as the server reports it (see the
+/// module doc for each server's protocol), from the first of: `matched_stop` (SGLang) or
+/// `stop_reason` (vLLM) when it is a token id; the last of `token_ids` (vLLM
+/// `return_token_ids`); the last `id` of `logprobs.content` (llama-server `n_probs`) when it
+/// holds exactly `completion_tokens` entries (so the last entry is the last generated token).
+/// `None` when the server does not say (a stop string in `matched_stop`/`stop_reason`, or no
+/// such field): the caller must not make one up.
+fn reported_stop_token(choice: &Choice, completion_tokens: Option<u64>) -> Option<u32> {
+    use serde_json::Value;
+    let id = |v: &Value| v.as_u64().and_then(|n| u32::try_from(n).ok());
+    for field in [&choice.matched_stop, &choice.stop_reason] {
+        match field {
+            Some(Value::Number(n)) => return n.as_u64().and_then(|n| u32::try_from(n).ok()),
+            Some(Value::String(_)) => return None, // a stop string, not a token
+            _ => {}
+        }
+    }
+    if let Some(last) = choice
+        .token_ids
+        .as_ref()
+        .and_then(Value::as_array)
+        .and_then(|ids| ids.last())
+    {
+        return id(last);
+    }
+    let content = choice
+        .logprobs
+        .as_ref()
+        .and_then(|l| l.get("content"))
+        .and_then(Value::as_array)?;
+    if completion_tokens.is_some_and(|n| n == content.len() as u64) {
+        return content.last().and_then(|t| t.get("id")).and_then(id);
+    }
+    None
 }
 
 /// `url` without a trailing `/` and without a trailing `/v1`.
@@ -170,6 +280,7 @@ impl OpenAi {
             stop_ids,
             cfg: cfg.clone(),
             max_positions,
+            warned_unidentified: std::sync::atomic::AtomicBool::new(false),
         };
         let expected = if cfg.check_tokenizer {
             encode_text(&backend.tokenizer, TOKENIZER_PROBE)?
@@ -359,18 +470,25 @@ impl OpenAi {
         Duration::from_secs_f64(secs)
     }
 
-    /// One completion request against endpoint `i`.
+    /// One completion request against endpoint `i`, with the fields that make its kind of
+    /// server report the stop token (see the module doc).
     async fn attempt(
         &self,
         i: usize,
         payload: &serde_json::Value,
     ) -> std::result::Result<CompletionResponse, Failure> {
-        let root = &self.endpoints[i].root;
+        let Endpoint { root, kind } = &self.endpoints[i];
         let what = format!("POST {root}/v1/completions");
+        let mut payload = payload.clone();
+        match kind {
+            ServerKind::LlamaCpp => payload["n_probs"] = serde_json::json!(1),
+            ServerKind::Vllm => payload["return_token_ids"] = serde_json::json!(true),
+            ServerKind::Other => {}
+        }
         let body = self
             .send(
                 self.request(reqwest::Method::POST, format!("{root}/v1/completions"))
-                    .json(payload),
+                    .json(&payload),
                 &what,
             )
             .await?;
@@ -398,9 +516,11 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 impl GenerationBackend for OpenAi {
     /// Sends the completion request, retrying as the module doc says, and re-encodes the
     /// returned text with logo's tokenizer (as text: a control-token string the model wrote
-    /// stays text). Errors: [`PolicyError::Model`] naming the endpoint (refused request,
-    /// unreadable answer, an unknown finish reason, no endpoint answering for
-    /// `unavailable_timeout_s`); [`PolicyError::Tokenizer`].
+    /// stays text). The stop id is the one the server reports ([`reported_stop_token`]), or
+    /// `None` (warned once) when it does not say. Errors: [`PolicyError::Model`] naming the
+    /// endpoint (refused request, unreadable answer, an unknown finish reason, a reported stop
+    /// id outside logo's vocabulary, no endpoint answering for `unavailable_timeout_s`);
+    /// [`PolicyError::Tokenizer`].
     fn complete(&self, prompt_ids: &[u32], opts: &GenerateOptions) -> Result<Completion> {
         if prompt_ids.is_empty() {
             return Err(PolicyError::Model("generate: empty prompt".into()));
@@ -431,11 +551,36 @@ impl GenerationBackend for OpenAi {
                 )))
             }
         };
+        let stop_token_id = match finish_reason {
+            FinishReason::Length => None,
+            FinishReason::Stop => {
+                let completion_tokens = resp.usage.as_ref().and_then(|u| u.completion_tokens);
+                let id = reported_stop_token(&choice, completion_tokens);
+                let vocab = self.tokenizer.get_vocab_size(true);
+                if let Some(bad) = id.filter(|&t| t as usize >= vocab) {
+                    return Err(PolicyError::Model(format!(
+                        "generator.openai: the server reports stop token {bad}, outside logo's \
+                         vocabulary of {vocab} ids (model.tokenizer differs from the served \
+                         model's)"
+                    )));
+                }
+                if id.is_none() && !self.warned_unidentified.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "generator.openai: the server ended a completion with finish_reason \
+                         stop but did not say which stop token (no matched_stop, stop_reason \
+                         id, token_ids or logprobs ids); such responses get no end id and are \
+                         treated as cut (generator.on_length)"
+                    );
+                }
+                id
+            }
+        };
         let token_ids = encode_text(&self.tokenizer, &choice.text)?;
         Ok(Completion {
             token_ids,
             text: choice.text,
             finish_reason,
+            stop_token_id,
             model: resp.model.unwrap_or_else(|| self.cfg.model.clone()),
             retries,
         })
@@ -493,6 +638,95 @@ mod startup;
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The stop id of the first choice of a recorded `/v1/completions` answer.
+    fn stop_of(json: &str) -> Option<u32> {
+        let r: CompletionResponse = serde_json::from_str(json).unwrap();
+        let n = r.usage.as_ref().and_then(|u| u.completion_tokens);
+        reported_stop_token(&r.choices[0], n)
+    }
+
+    /// vLLM's `CompletionResponseChoice` (`vllm/entrypoints/openai/protocol.py`; the values a
+    /// Qwen2.5 server gives): `stop_reason` is the id of a `stop_token_ids` entry (151645
+    /// `<|im_end|>`); `null` for the primary EOS (151643 `<|endoftext|>`), which
+    /// `return_token_ids` then shows last in `token_ids`; a string for a stop string.
+    #[test]
+    fn vllm_stop_reason_and_token_ids_give_the_stop_id() {
+        let by_stop_token_id = r#"{"id":"cmpl-1","object":"text_completion","created":1,
+            "model":"Qwen/Qwen2.5-0.5B-Instruct","choices":[{"index":0,"text":" Paris.",
+            "logprobs":null,"finish_reason":"stop","stop_reason":151645,
+            "prompt_logprobs":null,"prompt_token_ids":null,"token_ids":[12095,13,151645]}],
+            "usage":{"prompt_tokens":12,"total_tokens":15,"completion_tokens":3}}"#;
+        assert_eq!(stop_of(by_stop_token_id), Some(151645));
+        let by_eos = r#"{"model":"q","choices":[{"index":0,"text":" Paris.","logprobs":null,
+            "finish_reason":"stop","stop_reason":null,"token_ids":[12095,13,151643]}],
+            "usage":{"prompt_tokens":12,"total_tokens":15,"completion_tokens":3}}"#;
+        assert_eq!(stop_of(by_eos), Some(151643));
+        // A vLLM before return_token_ids: an EOS stop it does not name.
+        let old = r#"{"model":"q","choices":[{"index":0,"text":" Paris.","logprobs":null,
+            "finish_reason":"stop","stop_reason":null}]}"#;
+        assert_eq!(stop_of(old), None);
+        let by_string = r#"{"model":"q","choices":[{"index":0,"text":" Paris.",
+            "finish_reason":"stop","stop_reason":"\n\n","token_ids":[12095,13,271]}]}"#;
+        assert_eq!(stop_of(by_string), None);
+    }
+
+    /// SGLang's `CompletionResponseChoice` (`python/sglang/srt/entrypoints/openai/protocol.py`):
+    /// `matched_stop` is the token id for every stop on a token (EOS included), a string for
+    /// a stop string.
+    #[test]
+    fn sglang_matched_stop_gives_the_stop_id() {
+        let by_token = r#"{"id":"5f1","object":"text_completion","created":1,
+            "model":"meta-llama/Llama-3.1-8B-Instruct","choices":[{"index":0,
+            "text":" Paris.","logprobs":null,"finish_reason":"stop","matched_stop":128009}],
+            "usage":{"prompt_tokens":20,"total_tokens":23,"completion_tokens":3,
+            "prompt_tokens_details":null}}"#;
+        assert_eq!(stop_of(by_token), Some(128009));
+        let by_string = r####"{"model":"m","choices":[{"index":0,"text":" Paris.",
+            "finish_reason":"stop","matched_stop":"###"}]}"####;
+        assert_eq!(stop_of(by_string), None);
+        let cut = r#"{"model":"m","choices":[{"index":0,"text":" Paris is",
+            "finish_reason":"length","matched_stop":null}]}"#;
+        assert_eq!(stop_of(cut), None);
+    }
+
+    /// llama-server's `/v1/completions` with `n_probs: 1`, recorded from the embedded
+    /// SmolLM2 GGUF (`top_logprobs` and `bytes` dropped): the last `logprobs.content` id is
+    /// the stop token (2, `<|im_end|>`, empty text), taken only when the list holds
+    /// `usage.completion_tokens` entries.
+    #[test]
+    fn llama_server_logprobs_give_the_stop_id() {
+        let recorded = r#"{"choices": [{"text": "The capital of France is Paris.", "index": 0,
+            "logprobs": {"content": [{"id": 504, "token": "The", "logprob": -0.58},
+            {"id": 3575, "token": " capital", "logprob": -0.005},
+            {"id": 282, "token": " of", "logprob": -0.004},
+            {"id": 4649, "token": " France", "logprob": -0.008},
+            {"id": 314, "token": " is", "logprob": -0.013},
+            {"id": 7042, "token": " Paris", "logprob": -0.036},
+            {"id": 30, "token": ".", "logprob": -0.207},
+            {"id": 2, "token": "", "logprob": -0.380}]}, "finish_reason": "stop"}],
+            "created": 1796693859, "model": "smollm2", "system_fingerprint": "b0-unknown",
+            "object": "text_completion", "usage": {"completion_tokens": 8,
+            "prompt_tokens": 16, "total_tokens": 24,
+            "prompt_tokens_details": {"cached_tokens": 15}}, "id": "chatcmpl-io7m"}"#;
+        assert_eq!(stop_of(recorded), Some(2));
+        // Without n_probs (logprobs null), or a list that is not every generated token.
+        let bare = r#"{"choices": [{"text": "Paris.", "index": 0, "logprobs": null,
+            "finish_reason": "stop"}], "model": "smollm2",
+            "usage": {"completion_tokens": 3}}"#;
+        assert_eq!(stop_of(bare), None);
+        let short = r#"{"choices": [{"text": "Paris.", "index": 0, "logprobs": {"content":
+            [{"id": 7042}, {"id": 30}]}, "finish_reason": "stop"}], "model": "smollm2",
+            "usage": {"completion_tokens": 3}}"#;
+        assert_eq!(stop_of(short), None);
+        assert_eq!(
+            ServerKind::from_owned_by(Some("llamacpp")),
+            ServerKind::LlamaCpp
+        );
+        assert_eq!(ServerKind::from_owned_by(Some("vllm")), ServerKind::Vllm);
+        assert_eq!(ServerKind::from_owned_by(Some("sglang")), ServerKind::Other);
+        assert_eq!(ServerKind::from_owned_by(None), ServerKind::Other);
+    }
 
     #[test]
     fn endpoint_roots_drop_a_trailing_slash_and_v1() {

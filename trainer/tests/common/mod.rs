@@ -123,6 +123,8 @@ pub fn sample(i: u32) -> TrainingSample {
         rejected_chunk_ids: vec![vec![1]],
         chosen_finish_reason: "stop".into(),
         rejected_finish_reason: vec!["stop".into()],
+        chosen_stop_token_id: Some(2),
+        rejected_stop_token_id: vec![Some(2)],
         chosen_seed: Some(7),
         rejected_seed: vec![8],
         generator_model: "m".into(),
@@ -133,7 +135,21 @@ pub fn sample(i: u32) -> TrainingSample {
 }
 
 pub fn write_parquet(path: &Path, rows: &[TrainingSample], version: Option<&str>) {
+    write_parquet_without(path, rows, version, &[]);
+}
+
+/// [`write_parquet`] without the columns `drop` (a file written before they existed).
+pub fn write_parquet_without(
+    path: &Path,
+    rows: &[TrainingSample],
+    version: Option<&str>,
+    drop: &[&str],
+) {
     let batch = TrainingSample::to_batch(rows).unwrap();
+    let keep: Vec<usize> = (0..batch.num_columns())
+        .filter(|&i| !drop.contains(&batch.schema().field(i).name().as_str()))
+        .collect();
+    let batch = batch.project(&keep).unwrap();
     let props = WriterProperties::builder()
         .set_key_value_metadata(
             version.map(|v| vec![KeyValue::new(SCHEMA_VERSION_KEY.into(), v.to_string())]),

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use serde::Deserialize;
 
-use super::{root_of, Endpoint, Failure, Health, OpenAi, TOKENIZER_PROBE};
+use super::{root_of, Endpoint, Failure, Health, OpenAi, ServerKind, TOKENIZER_PROBE};
 use crate::error::{PolicyError, Result};
 
 #[derive(Deserialize)]
@@ -18,6 +18,9 @@ struct ModelsResponse {
 #[derive(Deserialize)]
 struct ModelEntry {
     id: String,
+    /// `llamacpp`, `vllm`, `sglang`, ... (see [`ServerKind`]).
+    #[serde(default)]
+    owned_by: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -49,7 +52,7 @@ impl OpenAi {
             for url in &self.cfg.endpoints {
                 let root = root_of(url);
                 match self.check_endpoint(&root, expected) {
-                    Ok(()) => self.endpoints.push(Endpoint { root }),
+                    Ok(kind) => self.endpoints.push(Endpoint { root, kind }),
                     Err(Failure::Retry(why, after)) => {
                         unreachable.push(format!("{root}: {why}"));
                         retry_after = retry_after.or(after);
@@ -94,12 +97,13 @@ impl OpenAi {
         Ok(())
     }
 
-    /// The start-up checks of one endpoint (3 quick attempts when it does not answer).
+    /// The start-up checks of one endpoint (3 quick attempts when it does not answer); its
+    /// kind when they pass.
     pub(super) fn check_endpoint(
         &self,
         root: &str,
         expected: &[u32],
-    ) -> std::result::Result<(), Failure> {
+    ) -> std::result::Result<ServerKind, Failure> {
         self.runtime.block_on(async {
             let mut last = None;
             for attempt in 0..3u32 {
@@ -115,9 +119,14 @@ impl OpenAi {
         })
     }
 
-    /// One try of the checks: `GET /v1/models` lists the model; `POST /tokenize` of
-    /// [`TOKENIZER_PROBE`] gives `expected` (when `check_tokenizer`).
-    async fn check_once(&self, root: &str, expected: &[u32]) -> std::result::Result<(), Failure> {
+    /// One try of the checks: `GET /v1/models` lists the model (its `owned_by` gives the
+    /// server's kind); `POST /tokenize` of [`TOKENIZER_PROBE`] gives `expected` (when
+    /// `check_tokenizer`).
+    async fn check_once(
+        &self,
+        root: &str,
+        expected: &[u32],
+    ) -> std::result::Result<ServerKind, Failure> {
         let what = format!("GET {root}/v1/models");
         let body = self
             .send(
@@ -127,15 +136,16 @@ impl OpenAi {
             .await?;
         let models: ModelsResponse = serde_json::from_str(&body)
             .map_err(|e| Failure::Fatal(format!("{what}: not a model list ({e})")))?;
-        if !models.data.iter().any(|m| m.id == self.cfg.model) {
+        let Some(served) = models.data.iter().find(|m| m.id == self.cfg.model) else {
             let ids: Vec<&str> = models.data.iter().map(|m| m.id.as_str()).collect();
             return Err(Failure::Fatal(format!(
                 "{root} does not serve generator.openai.model {:?} (it serves {ids:?})",
                 self.cfg.model
             )));
-        }
+        };
+        let kind = ServerKind::from_owned_by(served.owned_by.as_deref());
         if !self.cfg.check_tokenizer {
-            return Ok(());
+            return Ok(kind);
         }
         let what = format!("POST {root}/tokenize");
         let payload = serde_json::json!({
@@ -177,6 +187,6 @@ impl OpenAi {
                 expected.len()
             )));
         }
-        Ok(())
+        Ok(kind)
     }
 }
