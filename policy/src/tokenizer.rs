@@ -23,6 +23,8 @@ use crate::config::ModelConfig;
 use crate::error::{PolicyError, Result};
 use crate::gguf::read_gguf;
 
+mod sentencepiece;
+
 /// The ChatML start-of-turn control token.
 pub const IM_START: &str = "<|im_start|>";
 /// The ChatML end-of-turn control token; ends every response the policy must learn.
@@ -36,18 +38,31 @@ pub(crate) fn tok_err(what: impl std::fmt::Display) -> PolicyError {
 
 /// Loads the tokenizer of the model: `cfg.tokenizer` (a Hugging Face `tokenizer.json`, or the
 /// one inside a folder) when given, else the `tokenizer.json` of a Hugging Face model folder
-/// at `cfg.path`, else rebuilt from the GGUF metadata at `cfg.path` (`tokenizer.ggml.model = gpt2`:
-/// byte-level BPE from `tokenizer.ggml.tokens` + `tokenizer.ggml.merges`, pre-tokenizer
-/// `Sequence[Digits(individual_digits), ByteLevel(add_prefix_space = false, use_regex)]`,
-/// ByteLevel decoder, control tokens (`token_type` 3) added as special tokens).
+/// at `cfg.path`, else rebuilt from the GGUF metadata at `cfg.path`:
+/// - `tokenizer.ggml.model = gpt2`: byte-level BPE from `tokenizer.ggml.tokens` +
+///   `tokenizer.ggml.merges`, pre-tokenizer `Sequence[Digits(individual_digits),
+///   ByteLevel(add_prefix_space = false, use_regex)]`, ByteLevel decoder, control tokens
+///   (`token_type` 3) added as special tokens;
+/// - `tokenizer.ggml.model = llama` (SentencePiece: Llama 2, Mistral, ...): the tokenizer
+///   transformers 5 builds from the same GGUF (`AutoTokenizer.from_pretrained(dir,
+///   gguf_file=...)`): BPE with byte fallback (`<0x..>` tokens), merges from
+///   `tokenizer.ggml.merges` or recovered from `tokenizer.ggml.scores`, `Metaspace` (a `▁` before
+///   the text's first piece, whatever `add_space_prefix` says, as transformers does), control
+///   tokens (type 3) and the BOS/EOS/UNK/PAD tokens as special tokens, user-defined tokens
+///   (type 4) as plain added tokens. Not for `general.architecture` gemma*/phi3, which
+///   transformers builds its own way.
 ///
 /// The returned tokenizer has `encode_special_tokens(true)`: text such as `"<|im_end|>"` inside
 /// a document is encoded as plain text and can never inject a control token; control tokens
-/// are only ever inserted by id ([`ChatTemplate`]). No post-processor: `encode(_, true)` adds
-/// nothing.
+/// are only ever inserted by id ([`ChatTemplate`]) or from a chat template's own text. A
+/// SentencePiece user-defined token (e.g. `<think>`) is not a control token and is matched in
+/// any text, as transformers and llama.cpp match it. No post-processor: `encode(_, true)` adds
+/// nothing (a GGUF's `add_bos_token` is left to the chat template's `bos_token`). Offsets of
+/// an [`tokenizers::Encoding`] are byte offsets into the original text.
 ///
 /// Errors: [`PolicyError::Io`] (unreadable GGUF), [`PolicyError::Model`] (not a GGUF),
-/// [`PolicyError::Tokenizer`] (bad `tokenizer.json`, missing or unsupported `tokenizer.ggml.*`).
+/// [`PolicyError::Tokenizer`] (bad `tokenizer.json`, missing or unsupported `tokenizer.ggml.*`,
+/// naming the key and `model.tokenizer` as the alternative).
 pub fn load_tokenizer(cfg: &ModelConfig) -> Result<Tokenizer> {
     let folder = |dir: &Path| dir.join("tokenizer.json");
     let file = match &cfg.tokenizer {
@@ -70,8 +85,19 @@ pub fn load_tokenizer(cfg: &ModelConfig) -> Result<Tokenizer> {
     Ok(tokenizer)
 }
 
-/// Builds the byte-level BPE tokenizer described by the `tokenizer.ggml.*` keys of a GGUF
-/// (see [`load_tokenizer`]). Errors: a message naming the missing or malformed key.
+/// The strings of a GGUF array value `v` (key `key`, for errors).
+fn gguf_strings(v: &gguf_file::Value, key: &str) -> std::result::Result<Vec<String>, String> {
+    v.to_vec()
+        .map_err(|e| format!("{key}: {e}"))?
+        .iter()
+        .map(|v| v.to_string().cloned().map_err(|e| format!("{key}: {e}")))
+        .collect()
+}
+
+/// Builds the tokenizer described by the `tokenizer.ggml.*` keys of a GGUF (see
+/// [`load_tokenizer`]): `tokenizer.ggml.model = gpt2` (byte-level BPE) or `llama`
+/// (SentencePiece BPE, [`sentencepiece::sentencepiece_tokenizer`]).
+/// Errors: a message naming the missing, malformed or unsupported key.
 pub(crate) fn tokenizer_from_gguf(
     md: &HashMap<String, gguf_file::Value>,
 ) -> std::result::Result<Tokenizer, String> {
@@ -79,29 +105,13 @@ pub(crate) fn tokenizer_from_gguf(
     let kind = get("tokenizer.ggml.model")?
         .to_string()
         .map_err(|e| e.to_string())?;
-    if kind != "gpt2" {
+    if kind != "gpt2" && kind != "llama" {
         return Err(format!(
-            "tokenizer.ggml.model: expected gpt2 (byte-level BPE), got {kind}; \
-             give model.tokenizer (a tokenizer.json) instead"
+            "tokenizer.ggml.model: expected gpt2 (byte-level BPE) or llama (SentencePiece), \
+             got {kind}; give model.tokenizer (a tokenizer.json or a Hugging Face folder) instead"
         ));
     }
-    let strings = |k: &str| -> std::result::Result<Vec<String>, String> {
-        get(k)?
-            .to_vec()
-            .map_err(|e| format!("{k}: {e}"))?
-            .iter()
-            .map(|v| v.to_string().cloned().map_err(|e| format!("{k}: {e}")))
-            .collect()
-    };
-    let tokens = strings("tokenizer.ggml.tokens")?;
-    let merges = strings("tokenizer.ggml.merges")?
-        .into_iter()
-        .map(|m| {
-            m.split_once(' ')
-                .map(|(a, b)| (a.to_string(), b.to_string()))
-                .ok_or_else(|| format!("tokenizer.ggml.merges: expected \"a b\", got {m:?}"))
-        })
-        .collect::<std::result::Result<Vec<_>, _>>()?;
+    let tokens = gguf_strings(get("tokenizer.ggml.tokens")?, "tokenizer.ggml.tokens")?;
     let types: Vec<i32> = match md.get("tokenizer.ggml.token_type") {
         Some(v) => v
             .to_vec()
@@ -121,6 +131,17 @@ pub(crate) fn tokenizer_from_gguf(
             types.len()
         ));
     }
+    if kind == "llama" {
+        return sentencepiece::sentencepiece_tokenizer(md, &tokens, &types);
+    }
+    let merges = gguf_strings(get("tokenizer.ggml.merges")?, "tokenizer.ggml.merges")?
+        .into_iter()
+        .map(|m| {
+            m.split_once(' ')
+                .map(|(a, b)| (a.to_string(), b.to_string()))
+                .ok_or_else(|| format!("tokenizer.ggml.merges: expected \"a b\", got {m:?}"))
+        })
+        .collect::<std::result::Result<Vec<_>, _>>()?;
     let vocab: tokenizers::models::bpe::Vocab = tokens
         .iter()
         .enumerate()
@@ -168,16 +189,48 @@ pub enum UserPart<'a> {
     Ids(&'a [u32]),
 }
 
+/// The post-processor transformers' `TokenizersBackend.update_post_processor` builds:
+/// `[bos:0] $A:0 [eos:0]` and `[bos:0] $A:0 [eos:0] [bos:1] $B:1 [eos:1]` with the given
+/// `(token, id)`s. Errors: [`PolicyError::Tokenizer`] (a template `tokenizers` refuses).
+fn bos_eos_processor(
+    bos: Option<(String, u32)>,
+    eos: Option<(String, u32)>,
+) -> Result<tokenizers::processors::template::TemplateProcessing> {
+    let word = |t: &Option<(String, u32)>, seq: u32, pre: bool| match t {
+        Some((s, _)) if pre => format!("{s}:{seq} "),
+        Some((s, _)) => format!(" {s}:{seq}"),
+        None => String::new(),
+    };
+    let single = format!("{}$A:0{}", word(&bos, 0, true), word(&eos, 0, false));
+    let pair = format!(
+        "{single} {}$B:1{}",
+        word(&bos, 1, true),
+        word(&eos, 1, false)
+    );
+    let specials: Vec<(String, u32)> = bos.into_iter().chain(eos).collect();
+    let mut b = tokenizers::processors::template::TemplateProcessing::builder();
+    b.try_single(single).map_err(tok_err)?;
+    b.try_pair(pair).map_err(tok_err)?;
+    b.special_tokens(specials);
+    b.build().map_err(tok_err)
+}
+
 /// Writes the GGUF's tokenizer as a Hugging Face tokenizer folder, so that a model exported
 /// by `logo-trainer export-hf` from a GGUF base loads with `AutoTokenizer.from_pretrained`:
-/// `tokenizer.json` (the BPE of [`load_tokenizer`], control tokens as special tokens) and
-/// `tokenizer_config.json` (`PreTrainedTokenizerFast`; `bos_token`/`eos_token`/`pad_token`/
-/// `unk_token` from `tokenizer.ggml.{bos,eos,padding,unknown}_token_id`; `chat_template` from
+/// `tokenizer.json` (the byte-level or SentencePiece BPE of [`load_tokenizer`], control tokens
+/// as special tokens; a post-processor adding BOS/EOS when `add_bos_token`/`add_eos_token`
+/// below are true, since transformers takes them from there) and `tokenizer_config.json` (`PreTrainedTokenizerFast`;
+/// `bos_token`/`eos_token`/`pad_token`/`unk_token` from
+/// `tokenizer.ggml.{bos,eos,padding,unknown}_token_id`; `add_bos_token`/`add_eos_token` from
+/// `tokenizer.ggml.add_{bos,eos}_token`, `add_bos_token` true for a SentencePiece GGUF that does
+/// not say, as transformers' `get_gguf_tokenizer` does; `chat_template` from
 /// `tokenizer.chat_template`; `model_max_length` from `llama.context_length`). Keys the GGUF
-/// lacks are left out. Returns the files written.
+/// lacks are left out. transformers then gives the folder the ids it gives the GGUF
+/// (`encode` with and without special tokens). Returns the files written.
 ///
 /// Source: the GGUF tokenizer keys (ggml `docs/gguf.md`); transformers'
-/// `PreTrainedTokenizerFast` reads `tokenizer.json` (the `tokenizers` serialisation).
+/// `PreTrainedTokenizerFast` reads `tokenizer.json` (the `tokenizers` serialisation) and adds
+/// BOS/EOS by `add_bos_token`/`add_eos_token` (`TokenizersBackend.update_post_processor`).
 /// Errors: [`PolicyError::Io`] (unreadable GGUF, unwritable folder), [`PolicyError::Model`]
 /// (not a GGUF), [`PolicyError::Tokenizer`] (missing or unsupported `tokenizer.ggml.*`).
 pub fn export_hf_tokenizer(
@@ -186,16 +239,14 @@ pub fn export_hf_tokenizer(
 ) -> Result<Vec<std::path::PathBuf>> {
     let (content, _) = read_gguf(gguf)?;
     let md = &content.metadata;
-    let tok = tokenizer_from_gguf(md).map_err(|e| tok_err(format!("{}: {e}", gguf.display())))?;
-    std::fs::create_dir_all(dir).map_err(|e| PolicyError::io(dir, e))?;
-    let tok_path = dir.join("tokenizer.json");
-    tok.save(&tok_path, true)
-        .map_err(|e| tok_err(format!("{}: {e}", tok_path.display())))?;
+    let mut tok =
+        tokenizer_from_gguf(md).map_err(|e| tok_err(format!("{}: {e}", gguf.display())))?;
     let mut config = serde_json::json!({
         "tokenizer_class": "PreTrainedTokenizerFast",
         "add_prefix_space": false,
         "clean_up_tokenization_spaces": false,
     });
+    let mut named = HashMap::new();
     for (key, field) in [
         ("tokenizer.ggml.bos_token_id", "bos_token"),
         ("tokenizer.ggml.eos_token_id", "eos_token"),
@@ -203,10 +254,48 @@ pub fn export_hf_tokenizer(
         ("tokenizer.ggml.unknown_token_id", "unk_token"),
     ] {
         let id = md.get(key).and_then(|v| v.to_u32().ok());
-        if let Some(token) = id.and_then(|id| tok.id_to_token(id)) {
-            config[field] = token.into();
+        if let Some((id, token)) = id.and_then(|id| Some((id, tok.id_to_token(id)?))) {
+            config[field] = token.clone().into();
+            named.insert(field, (token, id));
         }
     }
+    let sentencepiece = md
+        .get("tokenizer.ggml.model")
+        .and_then(|v| v.to_string().ok())
+        .is_some_and(|m| m == "llama");
+    let mut adds = Vec::new();
+    for (key, field, token, default) in [
+        (
+            "tokenizer.ggml.add_bos_token",
+            "add_bos_token",
+            "bos_token",
+            sentencepiece,
+        ),
+        (
+            "tokenizer.ggml.add_eos_token",
+            "add_eos_token",
+            "eos_token",
+            false,
+        ),
+    ] {
+        let flag = md.get(key).and_then(|v| v.to_bool().ok());
+        if let Some(flag) = flag.or(default.then_some(true)) {
+            config[field] = flag.into();
+        }
+        let add = flag.unwrap_or(default);
+        adds.push(if add { named.get(token).cloned() } else { None });
+    }
+    // transformers ignores `add_bos_token` of a folder that has a tokenizer.json and keeps its
+    // post-processor: BOS/EOS go there, as `TokenizersBackend.update_post_processor` writes them.
+    if let [bos, eos] = adds.as_slice() {
+        if bos.is_some() || eos.is_some() {
+            tok.with_post_processor(Some(bos_eos_processor(bos.clone(), eos.clone())?));
+        }
+    }
+    std::fs::create_dir_all(dir).map_err(|e| PolicyError::io(dir, e))?;
+    let tok_path = dir.join("tokenizer.json");
+    tok.save(&tok_path, true)
+        .map_err(|e| tok_err(format!("{}: {e}", tok_path.display())))?;
     if let Some(t) = md
         .get("tokenizer.chat_template")
         .and_then(|v| v.to_string().ok())
