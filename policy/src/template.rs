@@ -32,6 +32,8 @@ use crate::tokenizer::{encode_text, load_tokenizer, tok_err, ChatTemplate, UserP
 const MARK_OPEN: char = '\u{F8F0}';
 const MARK_CLOSE: char = '\u{F8F1}';
 
+mod folder;
+
 /// A Jinja chat template with the tokenizer it renders for.
 pub struct JinjaTemplate {
     env: Environment<'static>,
@@ -78,35 +80,41 @@ fn read_json(path: &Path) -> Result<Option<serde_json::Value>> {
 }
 
 impl JinjaTemplate {
-    /// Loads a Hugging Face tokenizer folder: `tokenizer.json`, `tokenizer_config.json`
-    /// (`chat_template`: a string, or a list of `{name, template}` of which `default` is
-    /// taken; `bos_token`, `eos_token`), `special_tokens_map.json` (BOS/EOS when the config
-    /// lacks them) and `generation_config.json` (`eos_token_id`, an id or a list: the stop
-    /// ids). Returns the tokenizer (control tokens encoded as text, as
+    /// Loads a Hugging Face tokenizer folder as transformers 5 saves and reads it:
+    /// `tokenizer.json`; the chat template from `chat_template.jinja` (the template named
+    /// `default`) and `additional_chat_templates/<name>.jinja` (named templates), which when
+    /// present replace `tokenizer_config.json`'s `chat_template` (a string, or a list of
+    /// `{name, template}`); of several templates the one named `default` is taken, as
+    /// `apply_chat_template` takes it (see [`JinjaTemplate::from_hf_folder_named`]);
+    /// `tokenizer_config.json` `bos_token`, `eos_token`, `special_tokens_map.json` (BOS/EOS
+    /// when the config lacks them) and `generation_config.json` (`eos_token_id`, an id or a
+    /// list: the stop ids). Returns the tokenizer (control tokens encoded as text, as
     /// [`crate::tokenizer::load_tokenizer`] returns it) and the template.
     ///
     /// Errors: [`PolicyError::Io`], [`PolicyError::Tokenizer`] naming the file (unreadable
-    /// JSON, no `chat_template`, a template that does not parse or render).
+    /// JSON, no chat template in any of the three places, several templates and none named
+    /// `default`, a template that does not parse or render).
     pub fn from_hf_folder(dir: &Path) -> Result<(Tokenizer, JinjaTemplate)> {
+        Self::from_hf_folder_named(dir, None)
+    }
+
+    /// [`JinjaTemplate::from_hf_folder`] with the template named `name` (a
+    /// `additional_chat_templates/<name>.jinja` file or a `{name, template}` entry, as
+    /// transformers' `apply_chat_template(chat_template=name)` picks it; `default` is
+    /// `chat_template.jinja` or the only template); `None`: `default`.
+    ///
+    /// Errors: as [`JinjaTemplate::from_hf_folder`]; no template named `name` (listing the
+    /// names there are).
+    pub fn from_hf_folder_named(
+        dir: &Path,
+        name: Option<&str>,
+    ) -> Result<(Tokenizer, JinjaTemplate)> {
         let tok_path = dir.join("tokenizer.json");
         let tok = Tokenizer::from_file(&tok_path)
             .map_err(|e| tok_err(format!("{}: {e}", tok_path.display())))?;
         let cfg_path = dir.join("tokenizer_config.json");
         let cfg = read_json(&cfg_path)?.unwrap_or_default();
-        let source = match cfg.get("chat_template") {
-            Some(serde_json::Value::String(s)) => s.clone(),
-            Some(serde_json::Value::Array(list)) => list
-                .iter()
-                .find(|t| t.get("name").and_then(|n| n.as_str()) == Some("default"))
-                .and_then(|t| t.get("template")?.as_str().map(str::to_string))
-                .ok_or_else(|| {
-                    tok_err(format!(
-                        "{}: chat_template lists no template named default",
-                        cfg_path.display()
-                    ))
-                })?,
-            _ => return Err(tok_err(format!("{}: no chat_template", cfg_path.display()))),
-        };
+        let source = folder::chat_template_source(dir, &cfg, name)?;
         let map = read_json(&dir.join("special_tokens_map.json"))?.unwrap_or_default();
         let special = |key: &str| {
             cfg.get(key)
@@ -439,8 +447,9 @@ pub enum PromptTemplate {
 
 impl PromptTemplate {
     /// The tokenizer and template of `cfg`: with `model.tokenizer` (or, when it is unset,
-    /// `model.path`) naming a Hugging Face folder (or a `tokenizer.json` next to a
-    /// `tokenizer_config.json` holding a `chat_template`), that folder's
+    /// `model.path`) naming a Hugging Face folder (or a `tokenizer.json` in a folder with a chat
+    /// template: `chat_template.jinja`, `additional_chat_templates/*.jinja` or
+    /// `tokenizer_config.json` `chat_template`), that folder's, its `default` template
     /// ([`JinjaTemplate::from_hf_folder`]); else the
     /// tokenizer of [`load_tokenizer`] with ChatML by id when it has the ChatML tokens, else
     /// the GGUF's `tokenizer.chat_template`.
@@ -457,12 +466,7 @@ impl PromptTemplate {
                 Some(path.clone())
             } else {
                 path.parent()
-                    .filter(|d| {
-                        read_json(&d.join("tokenizer_config.json"))
-                            .ok()
-                            .flatten()
-                            .is_some_and(|c| c.get("chat_template").is_some())
-                    })
+                    .filter(|d| folder::has_chat_template(d))
                     .map(Path::to_path_buf)
             };
             if let Some(dir) = dir {
