@@ -62,25 +62,15 @@ fn read(path: &Path) -> Result<String> {
     std::fs::read_to_string(path).map_err(|e| crate::error::PolicyError::io(path, e))
 }
 
-/// The Jinja source of the chat template of the folder `dir` (whose `tokenizer_config.json`,
-/// already read, is `cfg`), as transformers 5 picks it: `name` when given, else the only
-/// template, else the one named `default`.
-///
-/// Errors: [`crate::error::PolicyError::Io`] (an unreadable template file),
-/// [`crate::error::PolicyError::Tokenizer`] naming the file and key: no template anywhere
-/// (naming the three places), a malformed `chat_template` list, several templates and none
-/// named `default` (or none named `name`), listing the names there are.
-pub(crate) fn chat_template_source(
-    dir: &Path,
-    cfg: &serde_json::Value,
-    name: Option<&str>,
-) -> Result<String> {
+/// Every chat template of the folder `dir` (`cfg`: its `tokenizer_config.json`) and where they
+/// were read from, for messages. Errors: as [`chat_template_source`], but for the name.
+fn templates(dir: &Path, cfg: &serde_json::Value) -> Result<(Templates, String)> {
     let cfg_path = dir.join("tokenizer_config.json");
     let file = dir.join(TEMPLATE_FILE);
     let extra_dir = dir.join(TEMPLATE_DIR);
     let extra =
         jinja_files(&extra_dir).map_err(|e| crate::error::PolicyError::io(&extra_dir, e))?;
-    let (templates, from) = if file.is_file() || !extra.is_empty() {
+    Ok(if file.is_file() || !extra.is_empty() {
         let mut named = Vec::new();
         if file.is_file() {
             named.push(("default".to_string(), read(&file)?));
@@ -132,7 +122,23 @@ pub(crate) fn chat_template_source(
                 )))
             }
         }
-    };
+    })
+}
+
+/// The Jinja source of the chat template of the folder `dir` (whose `tokenizer_config.json`,
+/// already read, is `cfg`), as transformers 5 picks it: `name` when given, else the only
+/// template, else the one named `default`.
+///
+/// Errors: [`crate::error::PolicyError::Io`] (an unreadable template file),
+/// [`crate::error::PolicyError::Tokenizer`] naming the file and key: no template anywhere
+/// (naming the three places), a malformed `chat_template` list, several templates and none
+/// named `default` (or none named `name`), listing the names there are.
+pub(crate) fn chat_template_source(
+    dir: &Path,
+    cfg: &serde_json::Value,
+    name: Option<&str>,
+) -> Result<String> {
+    let (templates, from) = templates(dir, cfg)?;
     let want = name.unwrap_or("default");
     match templates {
         Templates::Single(s) if want == "default" => Ok(s),

@@ -73,7 +73,38 @@ pub(super) fn sentencepiece_tokenizer(
              tokenizer.json or a Hugging Face folder) instead"
         ));
     }
-    let merges = match md.get("tokenizer.ggml.merges") {
+    let merges = merges(md, tokens)?;
+    let vocab: tokenizers::models::bpe::Vocab = tokens
+        .iter()
+        .enumerate()
+        .map(|(i, t)| (t.clone(), i as u32))
+        .collect();
+    let bpe = BPE::builder()
+        .vocab_and_merges(vocab, merges)
+        .fuse_unk(true)
+        .byte_fallback(true)
+        .build()
+        .map_err(|e| format!("building the SentencePiece BPE: {e}"))?;
+    let mut tokenizer = Tokenizer::new(bpe);
+    tokenizer.with_pre_tokenizer(Some(Metaspace::new(SPACE, PrependScheme::First, false)));
+    let replace = Replace::new(SPACE.to_string(), " ").map_err(|e| e.to_string())?;
+    tokenizer.with_decoder(Some(DecoderSequence::new(vec![
+        DecoderWrapper::Replace(replace),
+        DecoderWrapper::ByteFallback(ByteFallback::new()),
+        DecoderWrapper::Fuse(Fuse::new()),
+        DecoderWrapper::Strip(Strip::new(' ', 1, 0)),
+    ])));
+    add_gguf_tokens(&mut tokenizer, md, tokens, types)?;
+    Ok(tokenizer)
+}
+
+/// The merges of `tokenizer.ggml.merges` (`"a b"` strings), else those the scores imply
+/// ([`generate_merges`]), as transformers' `get_merges`. Errors: a malformed or missing key.
+fn merges(
+    md: &HashMap<String, gguf_file::Value>,
+    tokens: &[String],
+) -> Result<Vec<(String, String)>, String> {
+    Ok(match md.get("tokenizer.ggml.merges") {
         Some(v) => super::gguf_strings(v, "tokenizer.ggml.merges")?
             .into_iter()
             .map(|m| {
@@ -101,27 +132,19 @@ pub(super) fn sentencepiece_tokenizer(
             }
             generate_merges(tokens, &scores)
         }
-    };
-    let vocab: tokenizers::models::bpe::Vocab = tokens
-        .iter()
-        .enumerate()
-        .map(|(i, t)| (t.clone(), i as u32))
-        .collect();
-    let bpe = BPE::builder()
-        .vocab_and_merges(vocab, merges)
-        .fuse_unk(true)
-        .byte_fallback(true)
-        .build()
-        .map_err(|e| format!("building the SentencePiece BPE: {e}"))?;
-    let mut tokenizer = Tokenizer::new(bpe);
-    tokenizer.with_pre_tokenizer(Some(Metaspace::new(SPACE, PrependScheme::First, false)));
-    let replace = Replace::new(SPACE.to_string(), " ").map_err(|e| e.to_string())?;
-    tokenizer.with_decoder(Some(DecoderSequence::new(vec![
-        DecoderWrapper::Replace(replace),
-        DecoderWrapper::ByteFallback(ByteFallback::new()),
-        DecoderWrapper::Fuse(Fuse::new()),
-        DecoderWrapper::Strip(Strip::new(' ', 1, 0)),
-    ])));
+    })
+}
+
+/// Adds the GGUF's control tokens (type 3) and BOS/EOS/UNK/PAD tokens as special tokens and
+/// its user-defined tokens (type 4) as plain added tokens, as transformers'
+/// `add_gguf_special_tokens` and `TokenizersBackend.__init__` add them.
+/// Errors: a special-token id key that is malformed or out of range.
+fn add_gguf_tokens(
+    tokenizer: &mut Tokenizer,
+    md: &HashMap<String, gguf_file::Value>,
+    tokens: &[String],
+    types: &[i32],
+) -> Result<(), String> {
     let mut specials: Vec<AddedToken> = tokens
         .iter()
         .zip(types)
@@ -146,7 +169,7 @@ pub(super) fn sentencepiece_tokenizer(
         .map(|(s, _)| AddedToken::from(s.clone(), false).normalized(false))
         .collect();
     tokenizer.add_tokens(&user);
-    Ok(tokenizer)
+    Ok(())
 }
 
 /// The BPE merges a SentencePiece vocabulary implies, best first, as transformers'
