@@ -25,6 +25,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use logo_policy::config::{BackendKind, ModelConfig, OpenAiConfig};
+use logo_policy::prompt::ResponsePrompt;
 
 use crate::error::{EngineError, Result};
 
@@ -249,9 +250,14 @@ pub struct GeneratorConfig {
     /// Preferred response: `generated` (default) or `reference`.
     #[serde(default)]
     pub chosen: ChosenSource,
-    /// System message of the chat template.
-    #[serde(default = "default_system_prompt")]
-    pub system_prompt: String,
+    /// The response prompt file (`{system, user}` with `{context}` and `{question}`, see
+    /// [`ResponsePrompt`]), relative to the pipeline file; default logo's
+    /// (`policy/prompts/response.yaml`: a short answer from the given context).
+    #[serde(default)]
+    pub prompt: Option<PathBuf>,
+    /// Replaces the prompt's system message when set.
+    #[serde(default)]
+    pub system_prompt: Option<String>,
     /// Where responses are generated: `in_process` (default, the candle policy of `model`) or
     /// `openai` (an OpenAI-compatible server, settings in `generator.openai`).
     #[serde(default)]
@@ -287,8 +293,21 @@ fn default_max_new_tokens() -> usize {
 fn default_top_p() -> f64 {
     0.9
 }
-fn default_system_prompt() -> String {
-    "You are a helpful assistant. Answer the question using only the given context.".into()
+
+impl GeneratorConfig {
+    /// The response prompt: the file of `prompt` (else the default) with `system_prompt`, when
+    /// set, as its system message. Errors: [`EngineError::Io`] (unreadable file),
+    /// [`EngineError::Config`] (`generator.prompt`: the file, its key and what is wrong).
+    pub fn response_prompt(&self) -> Result<ResponsePrompt> {
+        let mut p = match &self.prompt {
+            Some(path) => ResponsePrompt::from_file(path)?,
+            None => ResponsePrompt::default(),
+        };
+        if let Some(system) = &self.system_prompt {
+            p.system = system.clone();
+        }
+        Ok(p)
+    }
 }
 
 impl Default for GeneratorConfig {
@@ -298,7 +317,8 @@ impl Default for GeneratorConfig {
             temperature: 0.0,
             top_p: default_top_p(),
             chosen: ChosenSource::default(),
-            system_prompt: default_system_prompt(),
+            prompt: None,
+            system_prompt: None,
             backend: BackendKind::default(),
             on_length: OnLength::default(),
             max_regenerations: default_max_regenerations(),
@@ -497,6 +517,9 @@ impl RawPipelineConfig {
         }
         if let Some(a) = self.model.adapter.as_mut() {
             fix(a);
+        }
+        if let Some(p) = self.generator.prompt.as_mut() {
+            fix(p);
         }
     }
 }

@@ -23,6 +23,7 @@ pub mod error;
 pub mod fixtures;
 pub mod gguf;
 pub mod model;
+pub mod prompt;
 pub mod template;
 pub mod tokenizer;
 

@@ -102,9 +102,10 @@ pub struct Generation {
     pub token_ids: Vec<u32>,
     /// `token_ids` decoded (control tokens other than the stop token kept as text).
     pub text: String,
-    /// True when a stop token (`<|im_end|>` or `<|endoftext|>`) ended the generation; false
-    /// when `max_new_tokens` did.
-    pub stopped_on_eos: bool,
+    /// The stop token that ended the generation (one of the template's stop ids, e.g.
+    /// `<|im_end|>` or `<|endoftext|>`), exactly the id the model sampled; `None` when
+    /// `max_new_tokens` did.
+    pub stop_token_id: Option<u32>,
     /// Prompt length, tokens.
     pub prompt_tokens: usize,
     /// Wall time reading the prompt and choosing the first token, seconds.
@@ -139,7 +140,8 @@ fn configure_candle_threads(threads: usize) {
 pub struct Policy {
     backend: Backend,
     tokenizer: Tokenizer,
-    /// ChatML by id when the model's template is ChatML (what `logo-eval` builds prompts with).
+    /// ChatML by id when the vocabulary has the ChatML tokens (what `logo-eval` builds prompts
+    /// with).
     chatml: Option<ChatTemplate>,
     /// Ids that end a generation: the template's end of turn and EOS.
     stop_ids: Vec<u32>,
@@ -245,10 +247,7 @@ impl Policy {
             base.map(|s| s.to_string_lossy().into_owned())
                 .unwrap_or_default()
         });
-        let chatml = match &template {
-            PromptTemplate::ChatMl(t) => Some(*t),
-            PromptTemplate::Jinja(_) => None,
-        };
+        let chatml = ChatTemplate::from_tokenizer(&tokenizer).ok();
         Ok(Policy {
             backend,
             tokenizer,
@@ -356,12 +355,12 @@ impl Policy {
         let result = self.with_session(|session, device| {
             run_generation(session, device, &stops, prompt_ids, opts)
         });
-        let (token_ids, stopped_on_eos, prefill_seconds, decode_seconds) = result?;
+        let (token_ids, stop_token_id, prefill_seconds, decode_seconds) = result?;
         let text = self.tokenizer.decode(&token_ids, false).map_err(tok_err)?;
         Ok(Generation {
             token_ids,
             text,
-            stopped_on_eos,
+            stop_token_id,
             prompt_tokens: prompt_ids.len(),
             prefill_seconds,
             decode_seconds,
@@ -449,15 +448,15 @@ fn prefill(model: &mut Session<'_>, device: &Device, prompt_ids: &[u32]) -> Resu
     logits.ok_or_else(|| PolicyError::Internal("empty prompt in prefill".into()))
 }
 
-/// The decoding loop. Returns (generated ids without stop token, stopped on a stop token,
-/// prefill seconds, decode seconds).
+/// The decoding loop. Returns (generated ids without stop token, the stop token sampled or
+/// `None` at `max_new_tokens`, prefill seconds, decode seconds).
 fn run_generation(
     model: &mut Session<'_>,
     device: &Device,
     stop_ids: &[u32],
     prompt_ids: &[u32],
     opts: &GenerateOptions,
-) -> Result<(Vec<u32>, bool, f64, f64)> {
+) -> Result<(Vec<u32>, Option<u32>, f64, f64)> {
     let sampling = if opts.temperature <= 0.0 {
         Sampling::ArgMax
     } else if opts.top_p >= 1.0 {
@@ -495,10 +494,10 @@ fn run_generation(
 
     let start = Instant::now();
     let mut out = Vec::with_capacity(opts.max_new_tokens);
-    let mut stopped = false;
+    let mut stopped = None;
     loop {
         if stop_ids.contains(&next) {
-            stopped = true;
+            stopped = Some(next);
             break;
         }
         out.push(next);
@@ -558,7 +557,15 @@ mod tests {
         let b = p.generate(&ids, &greedy).unwrap();
         assert_eq!(a.token_ids, b.token_ids);
         assert!(!a.token_ids.is_empty());
-        assert!(a.stopped_on_eos || a.token_ids.len() == 16, "{a:?}");
+        assert!(
+            a.stop_token_id.is_some() || a.token_ids.len() == 16,
+            "{a:?}"
+        );
+        // The id the model stopped on is one of the template's stop ids, never in the ids.
+        if let Some(stop) = a.stop_token_id {
+            assert!(p.stop_ids().contains(&stop), "{a:?}");
+            assert!(!a.token_ids.contains(&stop), "{a:?}");
+        }
         assert_eq!(a.prompt_tokens, ids.len());
         assert!(a.text.contains("Paris"), "{:?}", a.text);
         let sampled = GenerateOptions {
@@ -578,7 +585,7 @@ mod tests {
         };
         let e = p.generate(&ids, &forced).unwrap();
         assert_eq!(e.token_ids.len(), 8);
-        assert!(!e.stopped_on_eos);
+        assert_eq!(e.stop_token_id, None);
     }
 
     #[test]

@@ -10,12 +10,13 @@
 //! mistral.rs) with its Python-compatibility methods (`.strip()`, `.startswith()`, ...) and
 //! `raise_exception`.
 //!
-//! Document text: every user part ([`UserPart`]) enters the template as a placeholder; after
-//! rendering, the text is put back and the whole string is tokenised once with control tokens
-//! parsed, which gives transformers' ids. When a control token of that encoding falls inside
-//! document text (a document that says `<|im_end|>`, `<|eot_id|>`, `[INST]` or `<s>`), the
-//! string is instead tokenised piece by piece: template text with control tokens parsed,
-//! document text as plain text. Token-id parts (pre-tokenised chunks) are spliced verbatim.
+//! Document text: the messages are rendered with their real text (so the template's filters,
+//! such as Llama 3's `| trim`, see it), and the rendered string is tokenised once with control
+//! tokens parsed, which gives transformers' ids; each part of the user message (a context
+//! chunk, the question) is found again in the ids from the tokenizer's offsets. When a control
+//! token of that encoding falls inside the user message (a document that says `<|im_end|>`,
+//! `<|eot_id|>`, `[INST]` or `<s>`), the template text is tokenised with control tokens parsed
+//! and the message as plain text: a control string inside a document is never a control token.
 
 use std::collections::HashSet;
 use std::path::Path;
@@ -26,13 +27,17 @@ use tokenizers::Tokenizer;
 use crate::config::ModelConfig;
 use crate::error::{PolicyError, Result};
 use crate::gguf::read_gguf;
-use crate::tokenizer::{encode_text, load_tokenizer, tok_err, ChatTemplate, UserPart};
+use crate::prompt::ResponsePrompt;
+use crate::tokenizer::{encode_text, load_tokenizer, tok_err, ChatTemplate};
 
 /// Start and end of a placeholder (Unicode private-use characters no tokenizer normalises).
 const MARK_OPEN: char = '\u{F8F0}';
 const MARK_CLOSE: char = '\u{F8F1}';
 
 mod folder;
+mod message;
+
+use message::locate_message;
 
 /// A Jinja chat template with the tokenizer it renders for.
 pub struct JinjaTemplate {
@@ -260,199 +265,212 @@ impl JinjaTemplate {
         &self.stop_ids
     }
 
-    /// A single-turn chat, ids `[T]`: a system message (left out when `system` is empty, and
-    /// folded into the user message as `"{system}\n\n{user}"` when the template refuses a
-    /// system role, as Mistral's does), one user message made of `parts`, the generation
-    /// prompt, then `assistant_prefix` encoded as text. Also returns where each
-    /// [`UserPart::Ids`] part starts in the ids, in order.
+    /// A single-turn chat, ids `[T]`, exactly as transformers' `apply_chat_template(messages,
+    /// add_generation_prompt=True, tokenize=True)` gives them: a system message (left out when
+    /// `system` is empty, and folded into the user message as `"{system}\n\n{user}"` when the
+    /// template refuses a system role, as Mistral's does), one user message whose content is
+    /// `parts` concatenated, the generation prompt, then `assistant_prefix` encoded as text.
     ///
-    /// Errors: [`PolicyError::Tokenizer`] (render or tokenizer failure, a template that drops
-    /// or repeats the user message).
+    /// The messages are rendered with their real text, so the template's content filters
+    /// (`| trim`, Llama 3) apply, and the rendered string is tokenised once with control tokens
+    /// parsed. A control token may come only from the template's own text: when one would
+    /// come from inside the user message (a document quoting `<|im_end|>` or `[INST]`), the
+    /// template text before and after the message is tokenised with control tokens parsed and
+    /// the message as plain text.
+    ///
+    /// Also returns `bounds` `[parts.len() + 1]`: the index of the first token of each part,
+    /// then the index just past the message's last token. A token belongs to the part in
+    /// which it starts (its first byte): a token that straddles two parts (`"▁have"` over
+    /// `"▁hav" | "e"`) counts for the first, and a part whose text the template trims away is
+    /// empty.
+    ///
+    /// Errors: [`PolicyError::Tokenizer`] (render or tokenizer failure; a template that drops
+    /// or repeats the user message, or changes its text other than by trimming whitespace).
     pub fn chat(
         &self,
         system: &str,
-        parts: &[UserPart<'_>],
+        parts: &[&str],
         assistant_prefix: &str,
     ) -> Result<(Vec<u32>, Vec<usize>)> {
-        let user: String = (0..parts.len())
-            .map(|k| format!("{MARK_OPEN}{k}{MARK_CLOSE}"))
-            .collect();
-        let messages = |sys: bool| {
+        let user: String = parts.concat();
+        let placeholder = format!("{MARK_OPEN}0{MARK_CLOSE}");
+        let messages = |sys: bool, content: &str| {
             let mut m = Vec::new();
             if sys {
                 m.push(serde_json::json!({"role": "system", "content": system}));
             }
             let content = if sys || system.is_empty() {
-                user.clone()
+                content.to_string()
             } else {
-                format!("{system}\n\n{user}")
+                format!("{system}\n\n{content}")
             };
             m.push(serde_json::json!({"role": "user", "content": content}));
             m
         };
-        let text = match self.render(&messages(!system.is_empty()), true) {
-            Ok(t) => t,
-            Err(_) if !system.is_empty() => self.render(&messages(false), true)?,
+        let with_system = !system.is_empty();
+        let (sys, shape) = match self.render(&messages(with_system, &placeholder), true) {
+            Ok(t) => (with_system, t),
+            Err(_) if with_system => (false, self.render(&messages(false, &placeholder), true)?),
             Err(e) => return Err(e),
         };
-        self.encode_rendered(&text, parts, assistant_prefix)
+        let real = self.render(&messages(sys, &user), true)?;
+        let span = locate_message(&shape, &real, &user)?;
+        let (ids, offsets) = self.encode_with_offsets(&real, span.rendered.clone())?;
+        // Byte bounds of the parts in `real`, clipped to what the template kept.
+        let mut cut = 0;
+        let mut byte_bounds = Vec::with_capacity(parts.len() + 1);
+        for part in parts.iter().map(|p| p.len()).chain(std::iter::once(0)) {
+            let kept = cut.clamp(span.kept.start, span.kept.end) - span.kept.start;
+            byte_bounds.push(span.rendered.start + kept);
+            cut += part;
+        }
+        let mut bounds = Vec::with_capacity(byte_bounds.len());
+        let mut t = 0;
+        for &b in &byte_bounds {
+            while t < ids.len() && offsets[t] < b {
+                t += 1;
+            }
+            bounds.push(t);
+        }
+        let mut ids = ids;
+        ids.extend(encode_text(&self.plain, assistant_prefix)?);
+        Ok((ids, bounds))
     }
 
-    /// Tokenises a rendered chat whose placeholders stand for `parts` (see the module doc);
-    /// returns the ids and the start of each id part.
-    fn encode_rendered(
+    /// Tokenises `text` (a rendered chat whose user message is at bytes `message`) and returns
+    /// the ids and each token's start byte: in one pass with control tokens parsed when no
+    /// control token starts or ends inside the message, else template text parsed and the
+    /// message as plain text.
+    fn encode_with_offsets(
         &self,
         text: &str,
-        parts: &[UserPart<'_>],
-        assistant_prefix: &str,
+        message: std::ops::Range<usize>,
     ) -> Result<(Vec<u32>, Vec<usize>)> {
-        let mut ids = Vec::new();
-        let mut starts = Vec::new();
-        let mut buf = String::new();
-        let mut docs: Vec<std::ops::Range<usize>> = Vec::new();
-        let mut rest = text;
-        let mut used = vec![false; parts.len()];
-        while let Some(open) = rest.find(MARK_OPEN) {
-            buf.push_str(&rest[..open]);
-            let after = &rest[open + MARK_OPEN.len_utf8()..];
-            let close = after
-                .find(MARK_CLOSE)
-                .ok_or_else(|| tok_err("chat_template: a broken placeholder"))?;
-            let k: usize = after[..close]
-                .parse()
-                .map_err(|_| tok_err("chat_template: a broken placeholder"))?;
-            let part = parts
-                .get(k)
-                .ok_or_else(|| tok_err("chat_template: an unknown placeholder"))?;
-            if std::mem::replace(&mut used[k], true) {
-                return Err(tok_err(
-                    "chat_template: the template repeats the user message; not supported",
-                ));
-            }
-            match part {
-                UserPart::Text(t) => {
-                    let start = buf.len();
-                    buf.push_str(t);
-                    docs.push(start..buf.len());
-                }
-                UserPart::Ids(x) => {
-                    self.flush(&mut buf, &mut docs, &mut ids)?;
-                    starts.push(ids.len());
-                    ids.extend_from_slice(x);
-                }
-            }
-            rest = &after[close + MARK_CLOSE.len_utf8()..];
-        }
-        if used.iter().any(|u| !u) {
-            return Err(tok_err(
-                "chat_template: the template drops part of the user message",
-            ));
-        }
-        buf.push_str(rest);
-        self.flush(&mut buf, &mut docs, &mut ids)?;
-        ids.extend(encode_text(&self.plain, assistant_prefix)?);
-        Ok((ids, starts))
-    }
-
-    /// The LOGO prompt `{Q, C}` (paper 3.2.2) in this template: the user message holds the
-    /// context chunks' ids then `"\n\nQuestion: {question}"` (as
-    /// [`crate::tokenizer::ChatTemplate::prompt`] for ChatML). Returns `(input_ids [T],
-    /// segments [chunks + 2])`: prefix, each chunk, suffix; they sum to `T`.
-    /// Errors: as [`JinjaTemplate::chat`].
-    pub fn prompt(
-        &self,
-        system: &str,
-        context_chunks: &[&[u32]],
-        question: &str,
-    ) -> Result<(Vec<u32>, Vec<u32>)> {
-        let suffix = format!("\n\nQuestion: {question}");
-        let mut parts: Vec<UserPart<'_>> =
-            context_chunks.iter().map(|c| UserPart::Ids(c)).collect();
-        parts.push(UserPart::Text(&suffix));
-        let (ids, starts) = self.chat(system, &parts, "")?;
-        let mut segments = Vec::with_capacity(context_chunks.len() + 2);
-        let first = starts.first().copied().unwrap_or(0);
-        segments.push(first as u32);
-        let mut end = first;
-        for (start, chunk) in starts.iter().zip(context_chunks) {
-            if *start != end {
-                return Err(tok_err("chat_template: text between context chunks"));
-            }
-            segments.push(chunk.len() as u32);
-            end = start + chunk.len();
-        }
-        if context_chunks.is_empty() {
-            // No chunk: the whole prompt is the suffix, `[0, T]`.
-            segments[0] = 0;
-        }
-        segments.push((ids.len() - end) as u32);
-        Ok((ids, segments))
-    }
-
-    /// Tokenises `buf` (template text with document text at `docs`) onto `ids` and empties
-    /// both: in one pass with control tokens parsed when none lands in document text, else
-    /// piece by piece.
-    fn flush(
-        &self,
-        buf: &mut String,
-        docs: &mut Vec<std::ops::Range<usize>>,
-        ids: &mut Vec<u32>,
-    ) -> Result<()> {
-        if buf.is_empty() {
-            docs.clear();
-            return Ok(());
-        }
-        let enc = self.parsing.encode(buf.as_str(), false).map_err(tok_err)?;
+        let enc = self.parsing.encode(text, false).map_err(tok_err)?;
         let clash = enc
             .get_ids()
             .iter()
             .zip(enc.get_offsets())
             .any(|(id, &(a, b))| {
-                self.specials.contains(id) && docs.iter().any(|d| a < d.end && d.start < b)
+                self.specials.contains(id) && a < message.end && message.start < b
             });
         if !clash {
-            ids.extend_from_slice(enc.get_ids());
-        } else {
-            let mut at = 0;
-            for d in docs.iter() {
-                let template_text = &buf[at..d.start];
-                if !template_text.is_empty() {
-                    let e = self.parsing.encode(template_text, false).map_err(tok_err)?;
-                    ids.extend_from_slice(e.get_ids());
-                }
-                ids.extend(encode_text(&self.plain, &buf[d.clone()])?);
-                at = d.end;
-            }
-            if at < buf.len() {
-                let e = self.parsing.encode(&buf[at..], false).map_err(tok_err)?;
-                ids.extend_from_slice(e.get_ids());
-            }
+            let starts = enc.get_offsets().iter().map(|o| o.0).collect();
+            return Ok((enc.get_ids().to_vec(), starts));
         }
-        buf.clear();
-        docs.clear();
-        Ok(())
+        let mut ids = Vec::new();
+        let mut starts = Vec::new();
+        let pieces = [
+            (0..message.start, &self.parsing),
+            (message.clone(), &self.plain),
+            (message.end..text.len(), &self.parsing),
+        ];
+        for (range, tok) in pieces {
+            if range.is_empty() {
+                continue;
+            }
+            let e = tok.encode(&text[range.clone()], false).map_err(tok_err)?;
+            ids.extend_from_slice(e.get_ids());
+            starts.extend(e.get_offsets().iter().map(|o| range.start + o.0));
+        }
+        Ok((ids, starts))
+    }
+
+    /// The LOGO prompt `{Q, C}` (paper 3.2.2) in this template: `prompt.system` as the system
+    /// message and `prompt.user` as the user message, its `{context}` the context chunks'
+    /// text concatenated and its `{question}` the question ([`ResponsePrompt`]); the prompt is
+    /// [`JinjaTemplate::chat`] of them, so the ids are transformers' for the same messages.
+    ///
+    /// Returns `(input_ids [T], segments [chunks + 2])`: the lengths in tokens of the prefix
+    /// (everything before the first chunk), each chunk (its tokens by the rule of
+    /// [`JinjaTemplate::chat`]: a token belongs to the chunk it starts in, so a chunk's
+    /// length may differ from its tokenisation alone, and is 0 when trimmed away), and the
+    /// suffix (the rest of the user message through the generation prompt); they sum to `T`.
+    /// Errors: as [`JinjaTemplate::chat`].
+    pub fn prompt(
+        &self,
+        prompt: &ResponsePrompt,
+        context_chunks: &[&str],
+        question: &str,
+    ) -> Result<(Vec<u32>, Vec<u32>)> {
+        let (before, after) = prompt.around_context(question);
+        let mut parts: Vec<&str> = Vec::with_capacity(context_chunks.len() + 2);
+        parts.push(&before);
+        parts.extend_from_slice(context_chunks);
+        parts.push(&after);
+        let (ids, bounds) = self.chat(&prompt.system, &parts, "")?;
+        let n = context_chunks.len();
+        let mut segments = Vec::with_capacity(n + 2);
+        segments.push(bounds[1] as u32);
+        for w in bounds[1..n + 2].windows(2) {
+            segments.push((w[1] - w[0]) as u32);
+        }
+        segments.push((ids.len() - bounds[n + 1]) as u32);
+        Ok((ids, segments))
     }
 }
 
-/// The chat template of the policy: ChatML assembled by id ([`ChatTemplate`], the embedded
-/// SmolLM2 and every GGUF with ChatML tokens), or any model's Jinja template
-/// ([`JinjaTemplate`], from a Hugging Face folder or a GGUF's `tokenizer.chat_template`).
+/// ChatML (`<|im_start|>{role}\n{content}<|im_end|>\n` per message, then
+/// `<|im_start|>assistant\n`), for a GGUF that has the ChatML tokens but no
+/// `tokenizer.chat_template`. Source: the ChatML format as SmolLM2-Instruct's and Qwen2's
+/// templates write it.
+const CHATML: &str = "{% for message in messages %}{{ '<|im_start|>' + message['role'] + '\\n' \
++ message['content'] + '<|im_end|>' + '\\n' }}{% endfor %}{% if add_generation_prompt %}\
+{{ '<|im_start|>assistant\\n' }}{% endif %}";
+
+/// Control tokens that end a generation wherever the vocabulary has them, as llama.cpp's
+/// server treats them (end-of-generation tokens by name, `llama-vocab.cpp`).
+const END_OF_GENERATION: &[&str] = &[
+    "<|im_end|>",
+    "<|endoftext|>",
+    "<|eot_id|>",
+    "<|end|>",
+    "<end_of_turn>",
+    "<|eom_id|>",
+];
+
+/// The chat template of the policy: any model's Jinja template ([`JinjaTemplate`], from a
+/// Hugging Face folder or a GGUF's `tokenizer.chat_template`, or ChatML for a GGUF with the
+/// ChatML tokens and no template). Cheap to clone (shared).
 #[derive(Debug, Clone)]
-pub enum PromptTemplate {
-    /// ChatML by id.
-    ChatMl(ChatTemplate),
-    /// A Jinja chat template.
-    Jinja(std::sync::Arc<JinjaTemplate>),
-}
+pub struct PromptTemplate(std::sync::Arc<JinjaTemplate>);
 
 impl PromptTemplate {
+    /// Wraps a Jinja template.
+    pub fn new(template: JinjaTemplate) -> Self {
+        PromptTemplate(std::sync::Arc::new(template))
+    }
+
+    /// ChatML over `tok` (which must have `<|im_start|>`, `<|im_end|>`), stopping on
+    /// `<|im_end|>` and `<|endoftext|>`. Errors: [`PolicyError::Tokenizer`] (a token missing).
+    pub fn chatml(tok: &Tokenizer) -> Result<Self> {
+        ChatTemplate::from_tokenizer(tok)?;
+        let stops = END_OF_GENERATION
+            .iter()
+            .filter_map(|t| tok.token_to_id(t))
+            .collect();
+        Ok(Self::new(JinjaTemplate::new(
+            tok,
+            CHATML.into(),
+            None,
+            Some("<|im_end|>".into()),
+            stops,
+        )?))
+    }
+
+    /// The Jinja template.
+    pub fn jinja(&self) -> &JinjaTemplate {
+        &self.0
+    }
+
     /// The tokenizer and template of `cfg`: with `model.tokenizer` (or, when it is unset,
     /// `model.path`) naming a Hugging Face folder (or a `tokenizer.json` in a folder with a chat
     /// template: `chat_template.jinja`, `additional_chat_templates/*.jinja` or
     /// `tokenizer_config.json` `chat_template`), that folder's, its `default` template
-    /// ([`JinjaTemplate::from_hf_folder`]); else the
-    /// tokenizer of [`load_tokenizer`] with ChatML by id when it has the ChatML tokens, else
-    /// the GGUF's `tokenizer.chat_template`.
+    /// ([`JinjaTemplate::from_hf_folder`]); else the tokenizer of [`load_tokenizer`] with the
+    /// GGUF's `tokenizer.chat_template` (stop ids: its end of turn, `tokenizer.ggml.eos_token_id`
+    /// and the end-of-generation control tokens llama.cpp stops on), else ChatML
+    /// ([`PromptTemplate::chatml`]) when the vocabulary has the ChatML tokens.
     ///
     /// Errors: [`PolicyError::Io`], [`PolicyError::Model`], [`PolicyError::Tokenizer`]
     /// (no usable template).
@@ -471,84 +489,70 @@ impl PromptTemplate {
             };
             if let Some(dir) = dir {
                 let (tok, t) = JinjaTemplate::from_hf_folder(&dir)?;
-                return Ok((tok, PromptTemplate::Jinja(std::sync::Arc::new(t))));
+                return Ok((tok, PromptTemplate::new(t)));
             }
         }
         let tok = load_tokenizer(cfg)?;
-        if let Ok(t) = ChatTemplate::from_tokenizer(&tok) {
-            return Ok((tok, PromptTemplate::ChatMl(t)));
-        }
         let (content, _) = read_gguf(&cfg.path)?;
         let md = &content.metadata;
-        let source = md
+        let Some(source) = md
             .get("tokenizer.chat_template")
             .and_then(|v| v.to_string().ok())
             .cloned()
-            .ok_or_else(|| {
-                tok_err(format!(
+        else {
+            return match PromptTemplate::chatml(&tok) {
+                Ok(t) => Ok((tok, t)),
+                Err(_) => Err(tok_err(format!(
                     "{}: no ChatML tokens and no tokenizer.chat_template; give model.tokenizer \
                      (a Hugging Face folder with a chat_template)",
                     cfg.path.display()
-                ))
-            })?;
+                ))),
+            };
+        };
         let token = |key: &str| {
             md.get(key)
                 .and_then(|v| v.to_u32().ok())
                 .and_then(|id| tok.id_to_token(id))
         };
+        let stops = END_OF_GENERATION
+            .iter()
+            .filter_map(|t| tok.token_to_id(t))
+            .collect();
         let t = JinjaTemplate::new(
             &tok,
             source,
             token("tokenizer.ggml.bos_token_id"),
             token("tokenizer.ggml.eos_token_id"),
-            Vec::new(),
+            stops,
         )?;
-        Ok((tok, PromptTemplate::Jinja(std::sync::Arc::new(t))))
+        Ok((tok, PromptTemplate::new(t)))
     }
 
     /// The end-of-turn id closing every response the model ended itself.
     pub fn end_of_turn(&self) -> u32 {
-        match self {
-            PromptTemplate::ChatMl(t) => t.im_end,
-            PromptTemplate::Jinja(t) => t.end_of_turn(),
-        }
+        self.0.end_of_turn()
     }
 
     /// The ids that end a generation, end of turn first.
     pub fn stop_ids(&self) -> Vec<u32> {
-        match self {
-            PromptTemplate::ChatMl(t) => t.stop_ids(),
-            PromptTemplate::Jinja(t) => t.stop_ids().to_vec(),
-        }
+        self.0.stop_ids().to_vec()
     }
 
-    /// A single-turn chat (see [`ChatTemplate::chat`], [`JinjaTemplate::chat`]), ids `[T]`.
+    /// A single-turn chat whose user message is `parts` concatenated, ids `[T]` (see
+    /// [`JinjaTemplate::chat`]). Errors: [`PolicyError::Tokenizer`].
+    pub fn chat(&self, system: &str, parts: &[&str], assistant_prefix: &str) -> Result<Vec<u32>> {
+        Ok(self.0.chat(system, parts, assistant_prefix)?.0)
+    }
+
+    /// The LOGO prompt `{Q, C}` over the context chunks' text in `prompt`'s messages:
+    /// `(input_ids [T], segments [chunks + 2])` (see [`JinjaTemplate::prompt`]).
     /// Errors: [`PolicyError::Tokenizer`].
-    pub fn chat(
-        &self,
-        tok: &Tokenizer,
-        system: &str,
-        parts: &[UserPart<'_>],
-        assistant_prefix: &str,
-    ) -> Result<Vec<u32>> {
-        match self {
-            PromptTemplate::ChatMl(t) => t.chat(tok, system, parts, assistant_prefix),
-            PromptTemplate::Jinja(t) => Ok(t.chat(system, parts, assistant_prefix)?.0),
-        }
-    }
-
-    /// The LOGO prompt `{Q, C}`: `(input_ids [T], segments [chunks + 2])` (see
-    /// [`ChatTemplate::prompt`], [`JinjaTemplate::prompt`]). Errors: [`PolicyError::Tokenizer`].
     pub fn prompt(
         &self,
-        tok: &Tokenizer,
-        system: &str,
-        context_chunks: &[&[u32]],
+        prompt: &ResponsePrompt,
+        context_chunks: &[&str],
         question: &str,
     ) -> Result<(Vec<u32>, Vec<u32>)> {
-        match self {
-            PromptTemplate::ChatMl(t) => t.prompt(tok, system, context_chunks, question),
-            PromptTemplate::Jinja(t) => t.prompt(system, context_chunks, question),
-        }
+        self.0.prompt(prompt, context_chunks, question)
     }
 }

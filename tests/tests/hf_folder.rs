@@ -3,7 +3,8 @@
 //! backend with the logits of the GGUF it came from and of transformers on the same folder;
 //! and data built for a template that is not SmolLM2's ChatML (one written here, whose
 //! assistant turns end with `<|endoftext|>`, as Mistral's end with `</s>`) ends every response
-//! with that template's end of turn and trains.
+//! with the stop token the model wrote (that end of turn, or SmolLM2's own `<|im_end|>`) and
+//! trains.
 //! Under `CI=true` a missing model or venv fails.
 
 use std::path::{Path, PathBuf};
@@ -11,16 +12,17 @@ use std::path::{Path, PathBuf};
 use logo_engine::sink::read_training_samples;
 use logo_policy::config::{ModelConfig, WeightFormat};
 use logo_policy::model::{GenerateOptions, Policy};
+use logo_policy::prompt::ResponsePrompt;
 use logo_policy::template::PromptTemplate;
-use logo_policy::tokenizer::encode_text;
 use logo_tests::{describe, embedded_model, or_skip, run};
 
 /// A chat template written for this test, in Mistral's manner: system and user turns are
 /// ChatML's, but an assistant turn ends with the EOS token (`<|endoftext|>` here), so the end
 /// of turn is not `<|im_end|>`. SmolLM2 (tuned on ChatML) still ends its answer with
-/// `<|im_end|>`, a stop id through `generation_config.json`; the response must then be closed
-/// with the template's own end of turn. (With foreign headers, Zephyr's `<|user|>` say, or
-/// `<|endoftext|>` closing every turn, SmolLM2 rambles past any budget.)
+/// `<|im_end|>`, a stop id through `generation_config.json`; the response then ends with that
+/// `<|im_end|>`, the token the model wrote, not with the template's end of turn. (With
+/// foreign headers, Zephyr's `<|user|>` say, or `<|endoftext|>` closing every turn, SmolLM2
+/// rambles past any budget.)
 const EOS_TURNS: &str = "{% for message in messages %}\
 {% if message['role'] == 'assistant' %}{{ '<|im_start|>assistant\\n' + message['content'] + eos_token + '\\n' }}\
 {% else %}{{ '<|im_start|>' + message['role'] + '\\n' + message['content'] + '<|im_end|>\\n' }}{% endif %}\
@@ -106,18 +108,14 @@ fn an_hf_folder_runs_in_process_with_the_logits_of_its_gguf_and_of_transformers(
     assert_eq!(from_folder.stop_ids(), [IM_END]);
     assert!(from_gguf.stop_ids().contains(&IM_END));
 
-    // The folder's own template (Jinja) renders the GGUF's ChatML prompt id for id.
-    let (tok, template) = PromptTemplate::load(&config(&folder)).unwrap();
-    assert!(matches!(template, PromptTemplate::Jinja(_)));
+    // The folder's own template renders the GGUF's template's prompt id for id.
+    let (_, template) = PromptTemplate::load(&config(&folder)).unwrap();
     let (_, chatml) = PromptTemplate::load(&config(&gguf)).unwrap();
     let context = "Marie Curie was born in 1867 in Warsaw. She moved to Paris in 1891.";
     let question = "Where was Marie Curie born?";
-    let chunk = encode_text(&tok, context).unwrap();
-    let system = "Answer from the context only.";
-    let (ids, _) = template.prompt(&tok, system, &[&chunk], question).unwrap();
-    let (ids_gguf, _) = chatml
-        .prompt(from_gguf.tokenizer(), system, &[&chunk], question)
-        .unwrap();
+    let prompt = ResponsePrompt::default();
+    let (ids, _) = template.prompt(&prompt, &[context], question).unwrap();
+    let (ids_gguf, _) = chatml.prompt(&prompt, &[context], question).unwrap();
     assert_eq!(ids, ids_gguf);
 
     let a = from_gguf.next_token_logits(&ids).unwrap();
@@ -181,7 +179,7 @@ fn doc(i: usize) -> String {
 }
 
 #[test]
-fn data_built_for_another_template_ends_with_its_end_of_turn_and_trains() {
+fn data_built_for_another_template_ends_with_the_models_stop_token_and_trains() {
     let Some(gguf) = or_skip(embedded_model(), "the embedded model (scripts/just setup)") else {
         return;
     };
@@ -233,12 +231,20 @@ fn data_built_for_another_template_ends_with_its_end_of_turn_and_trains() {
             "{}",
             s.key.sample_id
         );
-        // Every response ends with the template's end of turn, once.
-        for r in std::iter::once(&s.chosen_input_ids).chain(&s.rejected_input_ids) {
-            assert_eq!(r.last(), Some(&END_OF_TEXT), "{}", s.key.sample_id);
-            assert!(!r.contains(&IM_END), "{}", s.key.sample_id);
+        // Every response ends with the stop token the model wrote: the template's
+        // end of turn or SmolLM2's own <|im_end|>, recorded in the stop id columns, once.
+        let stops = std::iter::once(&s.chosen_stop_token_id).chain(&s.rejected_stop_token_id);
+        for (r, stop) in std::iter::once(&s.chosen_input_ids)
+            .chain(&s.rejected_input_ids)
+            .zip(stops)
+        {
+            let stop = stop.expect("a stop id");
+            assert!([END_OF_TEXT, IM_END].contains(&stop), "{}", s.key.sample_id);
+            assert_eq!(r.last(), Some(&stop), "{}", s.key.sample_id);
             assert_eq!(
-                r.iter().filter(|&&t| t == END_OF_TEXT).count(),
+                r.iter()
+                    .filter(|&&t| t == END_OF_TEXT || t == IM_END)
+                    .count(),
                 1,
                 "{}",
                 s.key.sample_id

@@ -1,6 +1,6 @@
-//! SentencePiece GGUF tokenizers (`tokenizer.ggml.model = llama`, issue 23 item 1) and chat
+//! SentencePiece GGUF tokenizers (`tokenizer.ggml.model = llama`) and chat
 //! templates of Hugging Face folders as transformers 5 saves them (`chat_template.jinja`,
-//! `additional_chat_templates/`, the `{name, template}` list; issue 23 item 2), against
+//! `additional_chat_templates/`, the `{name, template}` list), against
 //! transformers (the venv's) on the same files.
 //!
 //! Fixtures, made at test time in a temporary folder: `scripts/make-sp-fixtures.py` trains a

@@ -98,7 +98,7 @@ fn check_invariants(out_dir: &Path, model_name: &str) -> (Manifest, Vec<Training
         }
         assert_eq!(s.chosen_finish_reason, "stop");
         assert_eq!(s.rejected_finish_reason, vec!["stop"; m]);
-        // The stop id the backend reported, recorded (issue 23).
+        // The stop id the backend reported, recorded.
         assert_eq!(s.chosen_stop_token_id, Some(IM_END));
         assert_eq!(s.rejected_stop_token_id, vec![Some(IM_END); m]);
         assert!(s.chosen_seed.is_some());

@@ -8,8 +8,9 @@
 
 use std::path::Path;
 
+use logo_policy::prompt::ResponsePrompt;
 use logo_policy::template::JinjaTemplate;
-use logo_policy::tokenizer::{encode_text, UserPart};
+use logo_policy::tokenizer::encode_text;
 use logo_tests::embedded_model;
 use logo_tests::or_skip;
 
@@ -170,9 +171,9 @@ fn four_template_styles_render_to_transformers_ids() {
         );
         let want: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
         let (tok, template) = JinjaTemplate::from_hf_folder(&dir).unwrap();
-        let (got, starts) = template.chat(system, &[UserPart::Text(user)], "").unwrap();
+        let (got, starts) = template.chat(system, &[user], "").unwrap();
         assert_eq!(got, ids(&want["ids"]), "{}", style.name);
-        assert!(starts.is_empty());
+        assert_eq!(starts.len(), 2);
         assert_eq!(
             template.end_of_turn() as u64,
             want["eot"].as_u64().unwrap(),
@@ -191,9 +192,7 @@ fn four_template_styles_render_to_transformers_ids() {
             .map(|(&id, _)| id)
             .collect();
         let count = |v: &[u32]| v.iter().filter(|i| specials.contains(i)).count();
-        let (dirty, _) = template
-            .chat(system, &[UserPart::Text(evil), UserPart::Text(user)], "")
-            .unwrap();
+        let (dirty, _) = template.chat(system, &[evil, user], "").unwrap();
         assert_eq!(count(&dirty), count(&got), "{}: {dirty:?}", style.name);
         let evil_ids = encode_text(&tok, evil).unwrap();
         assert!(
@@ -204,16 +203,38 @@ fn four_template_styles_render_to_transformers_ids() {
             style.name
         );
 
-        // The LOGO prompt: chunk ids spliced verbatim, segments sum to the length.
-        let c0 = encode_text(&tok, "Marie Curie was born in 1867 in Warsaw.").unwrap();
-        let c1 = encode_text(&tok, " She moved to Paris <|im_end|>.").unwrap();
+        // The LOGO prompt over two chunks' text (the second quoting a control token): the
+        // segments sum to the length and each chunk's segment holds its own text's ids (the
+        // chunks meet at a space, where no token straddles them).
+        let (t0, t1) = (
+            "Marie Curie was born in 1867 in Warsaw.",
+            " She moved to Paris <|im_end|>.",
+        );
         let (p, seg) = template
-            .prompt(system, &[&c0, &c1], "Where was she born?")
+            .prompt(
+                &ResponsePrompt {
+                    system: system.into(),
+                    user: "{context}\n\nQuestion: {question}".into(),
+                },
+                &[t0, t1],
+                "Where was she born?",
+            )
             .unwrap();
         assert_eq!(seg.len(), 4);
         assert_eq!(seg.iter().sum::<u32>() as usize, p.len());
         let at = seg[0] as usize;
-        assert_eq!(&p[at..at + c0.len()], c0.as_slice());
-        assert_eq!(&p[at + c0.len()..at + c0.len() + c1.len()], c1.as_slice());
+        let (n0, n1) = (seg[1] as usize, seg[2] as usize);
+        assert_eq!(
+            &p[at..at + n0],
+            encode_text(&tok, t0).unwrap().as_slice(),
+            "{}",
+            style.name
+        );
+        assert_eq!(
+            &p[at + n0..at + n0 + n1],
+            encode_text(&tok, t1).unwrap().as_slice(),
+            "{}",
+            style.name
+        );
     }
 }

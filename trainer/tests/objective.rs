@@ -256,7 +256,7 @@ fn paper_positions_may_go_back_only_in_paper_rows() {
     );
 }
 
-/// Data written before the stop id columns existed (issue 23: `chosen_stop_token_id`,
+/// Data written before the stop id columns existed (`chosen_stop_token_id`,
 /// `rejected_stop_token_id`) reads as the same examples: the trainer reads neither column.
 #[test]
 fn data_without_the_stop_id_columns_reads_the_same() {

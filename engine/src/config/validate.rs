@@ -42,6 +42,7 @@ impl RawPipelineConfig {
     /// Errors: [`EngineError::Config`].
     pub fn validate(&self) -> Result<()> {
         let (s, g, q) = (&self.sampler, &self.generator, &self.questions);
+        g.response_prompt()?;
         if self.source.paths.is_empty() {
             return bad("source.paths", "must list at least one file or glob".into());
         }

@@ -380,7 +380,7 @@ mod tests {
 
     /// The stop id survives a reopen (a number, or `null` for a stop the server did not
     /// identify); a `stop` entry of an older logo, without `stop_token_id`, is not replayed
-    /// (its stop token is unknown: issue 23), a `length` one is.
+    /// (its stop token is unknown), a `length` one is.
     #[test]
     fn the_stop_id_is_replayed_and_old_stop_entries_are_not() {
         let dir = tempfile::tempdir().unwrap();

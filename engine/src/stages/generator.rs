@@ -11,9 +11,16 @@
 //!
 //! Input: [`logo_schemas::sampled_schema`] batches ([`SampledRecord`]); output:
 //! [`logo_schemas::generations_schema`] ([`GeneratedRecord`]). Prompts follow the model's chat
-//! template ([`PromptTemplate::prompt`]: ChatML by id, or any model's Jinja template); a
-//! response that the model ended itself (finish reason `stop`) ends with the template's end of
-//! turn (`<|im_end|>`, `<|eot_id|>`, `</s>`), the token the model must learn.
+//! template, rendered with the chunks' text and tokenised as transformers does
+//! ([`PromptTemplate::prompt`]; the chunks' spans in `prompt_segments` come from the
+//! tokenizer's offsets, a token belonging to the chunk it starts in); a response that the model ended itself (finish reason `stop`) ends with exactly the
+//! stop token the model wrote ([`Completion::stop_token_id`]: the id sampled in process, the
+//! id the server reports), the token the model must learn; it is recorded in
+//! `chosen_stop_token_id` / `rejected_stop_token_id`. A model may end a turn with a token other
+//! than its template's end of turn (`<eos>` where the template writes `<end_of_turn>`,
+//! `<|im_end|>` under a template closing turns with `<|endoftext|>`): the response keeps the
+//! model's. A reference answer (`chosen: reference`) ends with the template's end of turn
+//! (`<|im_end|>`, `<|eot_id|>`, `</s>`).
 //!
 //! Responses come from a [`GenerationBackend`] (`generator.backend`): every response of
 //! every row of a batch is requested at once, up to [`GenerationBackend::max_in_flight`] in
@@ -22,7 +29,10 @@
 //!
 //! Pairs that carry a preference:
 //! - a response that hit `max_new_tokens` (finish reason `length`) is never closed with an
-//!   end-of-turn token it did not write. Per role (`generator.on_length`, [`OnLength`]): a cut
+//!   end-of-turn token it did not write; nor is a `stop` whose stop token the server did not
+//!   identify (a server that reports none, see `logo_policy::backend::OpenAi`): both are
+//!   judged as cut (a stop of that kind is recorded as finish reason `stop` with a null stop
+//!   id, and counted). Per role (`generator.on_length`, [`OnLength`]): a cut
 //!   chosen response is regenerated (default) or the sample skipped (`response hit
 //!   max_new_tokens`); a cut rejected response is kept as written (default: its ids without an
 //!   end of turn, `rejected_finish_reason` `length`; Eq. 2 only lowers its mean
@@ -58,6 +68,7 @@ use crate::stages::seed::derive_seed;
 use logo_formats::rejects::Reject;
 use logo_policy::backend::{Completion, FinishReason, GenerationBackend};
 use logo_policy::model::GenerateOptions;
+use logo_policy::prompt::ResponsePrompt;
 use logo_policy::template::PromptTemplate;
 use logo_policy::tokenizer::encode_text;
 
@@ -71,6 +82,9 @@ const TEMPLATE_ALLOWANCE: usize = 64;
 pub const SKIP_LENGTH: &str = "response hit max_new_tokens";
 /// Skip reason: a rejected response stayed equal to the chosen or another rejected one.
 pub const SKIP_DUPLICATE: &str = "rejected equal to another response";
+/// Skip reason: a response ended on a stop token the server did not identify (and could not
+/// be regenerated), judged like a cut one.
+pub const SKIP_UNKNOWN_STOP: &str = "stop token not identified by the server";
 /// Skip reason: a response was empty after trimming.
 pub const SKIP_EMPTY: &str = "empty response";
 
@@ -79,7 +93,8 @@ pub struct GeneratorStage {
     backend: Arc<dyn GenerationBackend>,
     tokenizer: Tokenizer,
     template: PromptTemplate,
-    system_prompt: String,
+    /// The response prompt (`generator.prompt`, `generator.system_prompt`).
+    prompt: ResponsePrompt,
     chosen: ChosenSource,
     max_new_tokens: usize,
     temperature: f64,
@@ -125,9 +140,12 @@ struct Slot {
 /// One finished response of a [`Plan`], as the sample stores it.
 struct Response {
     text: String,
-    /// The response's token ids: the end of turn appended when the model ended it (`stop`),
-    /// nothing appended when it was cut (`length`, kept rejected responses only).
+    /// The response's token ids: the stop token the model wrote appended when it ended it
+    /// (`stop` with a known stop id), nothing appended when it was cut (`length`) or its stop
+    /// token is unknown (kept rejected responses only).
     input_ids: Vec<u32>,
+    /// The id appended to `input_ids` (the stop token; the end of turn of a reference).
+    stop_token_id: Option<u32>,
     /// `stop`, `length` (a kept cut rejected response), or `reference` for the dataset's
     /// answer.
     finish_reason: String,
@@ -137,19 +155,30 @@ struct Response {
     model: String,
 }
 
+/// True when the end of `c` is not known: cut at `max_new_tokens`, or stopped on a token the
+/// server did not identify. Such a response gets no end id; [`GeneratorStage::judge`] applies
+/// `generator.on_length` to it.
+fn end_unknown(c: &Completion) -> bool {
+    c.finish_reason == FinishReason::Length || c.stop_token_id.is_none()
+}
+
 impl Response {
-    /// The response of a completed `slot`: `end` (the end of turn) is appended to a response
-    /// the model ended itself; a cut one (kept only as a rejected response, see
+    /// The response of a completed `slot`: the stop token the model wrote
+    /// ([`Completion::stop_token_id`]) is appended to a response it ended itself; a cut one or
+    /// one whose stop token is unknown (kept only as a rejected response, see
     /// [`GeneratorStage::judge`]) keeps exactly the ids the model wrote.
-    fn generated(slot: Slot, end: u32) -> Response {
+    fn generated(slot: Slot) -> Response {
         let c = slot.result.expect("complete");
         let mut input_ids = c.token_ids;
-        if c.finish_reason == FinishReason::Stop {
-            input_ids.push(end);
-        }
+        let stop_token_id = match c.finish_reason {
+            FinishReason::Stop => c.stop_token_id,
+            FinishReason::Length => None,
+        };
+        input_ids.extend(stop_token_id);
         Response {
             text: c.text,
             input_ids,
+            stop_token_id,
             finish_reason: c.finish_reason.as_str().into(),
             seed: slot.seed,
             model: c.model,
@@ -172,12 +201,12 @@ struct Plan {
 
 impl GeneratorStage {
     /// Builds the stage from `cfg.generator` (`max_new_tokens`, `temperature`, `top_p`,
-    /// `chosen`, `system_prompt`, `on_length`, `max_regenerations`,
+    /// `chosen`, `prompt`, `system_prompt`, `on_length`, `max_regenerations`,
     /// `regenerate_temperature`), `cfg.seed`, the backend, and the model's tokenizer and chat
     /// template ([`PromptTemplate::load`]).
     ///
     /// `generator_settings` is the JSON
-    /// `{"max_new_tokens", "temperature", "top_p", "seed", "chosen", "on_length",
+    /// `{"prompt": {"system", "user"}, "max_new_tokens", "temperature", "top_p", "seed", "chosen", "on_length",
     /// "max_regenerations", "regenerate_temperature", "backend": {..}}`.
     /// When `sampler.num_chunks × chunker.chunk_size + max_new_tokens` may exceed the model's
     /// positions ([`GenerationBackend::max_positions`]: 8192 for SmolLM2 with f32 weights,
@@ -185,7 +214,7 @@ impl GeneratorStage {
     /// skipped with reason `prompt exceeds the model's context`.
     ///
     /// Errors: [`EngineError::Config`] (`generator.max_new_tokens` leaves no room for a
-    /// prompt).
+    /// prompt; `generator.prompt`), [`EngineError::Io`] (an unreadable prompt file).
     pub fn try_new(
         cfg: &PipelineConfig,
         backend: Arc<dyn GenerationBackend>,
@@ -212,7 +241,9 @@ impl GeneratorStage {
                  the model's {max_positions} positions; such samples are skipped"
             );
         }
+        let prompt = g.response_prompt()?;
         let mut settings = serde_json::json!({
+            "prompt": {"system": prompt.system, "user": prompt.user},
             "max_new_tokens": g.max_new_tokens,
             "temperature": g.temperature,
             "top_p": g.top_p,
@@ -231,7 +262,7 @@ impl GeneratorStage {
             backend,
             tokenizer,
             template,
-            system_prompt: g.system_prompt.clone(),
+            prompt,
             chosen: g.chosen,
             max_new_tokens: g.max_new_tokens,
             temperature: g.temperature,
@@ -284,16 +315,14 @@ impl GeneratorStage {
         Ok(self.backend.complete(prompt, opts)?)
     }
 
-    /// A generation prompt over the chunks `ids` of `row`.
+    /// A generation prompt over the chunks `ids` of `row` (their text, see
+    /// [`PromptTemplate::prompt`]).
     fn prompt_over(&self, row: &SampledRecord, question: &str, ids: &[u32]) -> Result<Vec<u32>> {
-        let chunks: Vec<&[u32]> = ids
+        let chunks: Vec<&str> = ids
             .iter()
-            .map(|&i| row.chunk_input_ids[i as usize].as_slice())
+            .map(|&i| row.chunk_text[i as usize].as_str())
             .collect();
-        Ok(self
-            .template
-            .prompt(&self.tokenizer, &self.system_prompt, &chunks, question)?
-            .0)
+        Ok(self.template.prompt(&self.prompt, &chunks, question)?.0)
     }
 
     /// The plan of one row: its prompts built and lengths checked before any generation;
@@ -305,17 +334,14 @@ impl GeneratorStage {
             return Ok(RowOutcome::Reject(reject));
         }
         let question = row.key.question.clone().unwrap_or_default();
-        let training_chunks: Vec<&[u32]> = row
+        let training_chunks: Vec<&str> = row
             .context_chunk_ids
             .iter()
-            .map(|&i| row.chunk_input_ids[i as usize].as_slice())
+            .map(|&i| row.chunk_text[i as usize].as_str())
             .collect();
-        let (prompt_input_ids, prompt_segments) = self.template.prompt(
-            &self.tokenizer,
-            &self.system_prompt,
-            &training_chunks,
-            &question,
-        )?;
+        let (prompt_input_ids, prompt_segments) =
+            self.template
+                .prompt(&self.prompt, &training_chunks, &question)?;
         let mut plan = Plan {
             prompt_input_ids,
             prompt_segments,
@@ -445,7 +471,14 @@ impl GeneratorStage {
             };
             if c.text.trim().is_empty() {
                 skip = skip.or(Some(SKIP_EMPTY));
-            } else if c.finish_reason == FinishReason::Length {
+            } else if end_unknown(c) {
+                let (event, reason) = match c.finish_reason {
+                    FinishReason::Length => ("regenerations after length", SKIP_LENGTH),
+                    FinishReason::Stop => (
+                        "regenerations after a stop without a stop token id",
+                        SKIP_UNKNOWN_STOP,
+                    ),
+                };
                 match action {
                     // Counted once, in `process`, for the samples that are kept.
                     LengthAction::Keep => {}
@@ -453,10 +486,10 @@ impl GeneratorStage {
                         slot.attempt += 1;
                         slot.pending = true;
                         slot.result = None;
-                        ctx.stats.count(STAGE, "regenerations after length", 1);
+                        ctx.stats.count(STAGE, event, 1);
                     }
                     LengthAction::Regenerate | LengthAction::Skip => {
-                        skip = skip.or(Some(SKIP_LENGTH));
+                        skip = skip.or(Some(reason));
                     }
                 }
             }
@@ -493,7 +526,8 @@ impl GeneratorStage {
 
     /// The output row of a complete plan; [`RowOutcome::Skip`] with the reason
     /// [`GeneratorStage::judge`] gave. Errors: [`EngineError::Internal`] for a plan that is
-    /// not complete.
+    /// not complete. It is over 80 lines: it fills every column of the output row (responses, their
+    /// ids and ends, lineage, stop ids) in one place, in schema order.
     fn finish(&self, plan: Plan) -> Result<RowOutcome<GeneratedRecord>> {
         if let Some(reason) = plan.skipped {
             return Ok(RowOutcome::Skip(reason));
@@ -508,13 +542,14 @@ impl GeneratorStage {
                 let chosen = Response {
                     text: answer,
                     input_ids,
+                    stop_token_id: Some(end),
                     finish_reason: "reference".into(),
                     seed: 0,
                     model: self.generator.clone(),
                 };
                 (chosen, "reference")
             }
-            (None, Some(slot)) => (Response::generated(slot, end), "generated"),
+            (None, Some(slot)) => (Response::generated(slot), "generated"),
             (None, None) => {
                 return Err(EngineError::Internal(
                     "generator: neither a reference nor a chosen response".into(),
@@ -526,7 +561,7 @@ impl GeneratorStage {
                 let slot = slot.ok_or_else(|| {
                     EngineError::Internal("generator: a rejected response without a prompt".into())
                 })?;
-                Ok(Response::generated(slot, end))
+                Ok(Response::generated(slot))
             })
             .collect::<Result<Vec<_>>>()?;
         // The model that answered last (a server may name a revision); the reference has none.
@@ -535,10 +570,12 @@ impl GeneratorStage {
         let (mut rejected, mut rejected_input_ids) = (Vec::with_capacity(m), Vec::with_capacity(m));
         let (mut rejected_finish_reason, mut rejected_seed) =
             (Vec::with_capacity(m), Vec::with_capacity(m));
+        let mut rejected_stop_token_id = Vec::with_capacity(m);
         for r in responses {
             rejected.push(r.text);
             rejected_input_ids.push(r.input_ids);
             rejected_finish_reason.push(r.finish_reason);
+            rejected_stop_token_id.push(r.stop_token_id);
             rejected_seed.push(r.seed);
         }
         let row = plan.row;
@@ -565,6 +602,8 @@ impl GeneratorStage {
             rejected_chunk_ids: row.rejected_chunk_ids,
             chosen_finish_reason: chosen.finish_reason,
             rejected_finish_reason,
+            chosen_stop_token_id: chosen.stop_token_id,
+            rejected_stop_token_id,
             chosen_seed: (chosen_origin == "generated").then_some(chosen.seed),
             rejected_seed,
             generator_model: model,
@@ -582,6 +621,15 @@ fn check_row(row: &SampledRecord) -> std::result::Result<(), Reject> {
         reason: format!("sample {}: {reason}", row.key.sample_id),
     };
     let n = row.chunk_input_ids.len();
+    if row.chunk_text.len() != n {
+        return Err(reject(
+            "chunk_text",
+            format!(
+                "expected {n} chunk texts (one per chunk), got {}",
+                row.chunk_text.len()
+            ),
+        ));
+    }
     if row
         .key
         .question
@@ -643,7 +691,8 @@ impl Stage for GeneratorStage {
     /// Generates every response of the batch (rounds of concurrent requests until no
     /// response needs regenerating) and emits the kept rows in input order. Bad rows go to
     /// `ctx.rejects`; skipped samples are counted (`no reference answer`, `empty response`,
-    /// `prompt exceeds the model's context`, [`SKIP_LENGTH`], [`SKIP_DUPLICATE`]).
+    /// `prompt exceeds the model's context`, [`SKIP_LENGTH`], [`SKIP_UNKNOWN_STOP`],
+    /// [`SKIP_DUPLICATE`]).
     /// Errors: schema mismatch, backend failures, rejects file I/O.
     fn process(&mut self, batch: RecordBatch, ctx: &StageContext) -> Result<Vec<RecordBatch>> {
         let rows = SampledRecord::from_batch(&batch)?;
@@ -670,6 +719,16 @@ impl Stage for GeneratorStage {
                 let cut = r.rejected_finish_reason.iter().filter(|f| *f == "length");
                 ctx.stats
                     .count(STAGE, "cut rejected responses kept", cut.count() as u64);
+                let unknown = r
+                    .rejected_finish_reason
+                    .iter()
+                    .zip(&r.rejected_stop_token_id)
+                    .filter(|(f, id)| *f == "stop" && id.is_none());
+                ctx.stats.count(
+                    STAGE,
+                    "rejected responses kept without a stop token id",
+                    unknown.count() as u64,
+                );
             }
             out.extend(row);
         }
@@ -683,11 +742,10 @@ mod tests {
 
     use super::*;
     use logo_policy::fixtures::{in_process, shared_policy_and_tokenizer};
-    use logo_policy::tokenizer::ChatTemplate;
     use logo_schemas::SampleKey;
 
     fn chatml(tok: &Tokenizer) -> PromptTemplate {
-        PromptTemplate::ChatMl(ChatTemplate::from_tokenizer(tok).unwrap())
+        PromptTemplate::chatml(tok).unwrap()
     }
     use crate::stage::RunStats;
     use logo_formats::rejects::Rejects;
@@ -778,6 +836,14 @@ mod tests {
             assert!(ids.len() >= 2 && ids.len() <= 49);
             assert!(!ids[..ids.len() - 1].contains(&2));
         }
+        // The stop id the model sampled, recorded: each response's last id.
+        assert_eq!(r.chosen_stop_token_id, r.chosen_input_ids.last().copied());
+        let last: Vec<Option<u32>> = r
+            .rejected_input_ids
+            .iter()
+            .map(|ids| ids.last().copied())
+            .collect();
+        assert_eq!(r.rejected_stop_token_id, last);
         // The training prompt: prefix + 2 chunks + suffix.
         assert_eq!(r.prompt_segments.len(), 4);
         assert_eq!(
@@ -900,15 +966,18 @@ mod tests {
         let mut expected = encode_text(&tok, "1889 <|im_end|>").unwrap();
         expected.push(2);
         assert_eq!(r.chosen_input_ids, expected);
+        assert_eq!(r.chosen_stop_token_id, Some(2));
         assert_eq!(r.chosen_input_ids.iter().filter(|&&t| t == 2).count(), 1);
         assert_eq!(r.rejected.len(), 2);
     }
 
+    /// A completion with one id; a `stop` one stopped on `<|im_end|>` (2).
     fn completion(text: &str, finish_reason: FinishReason) -> Completion {
         Completion {
             token_ids: vec![5],
             text: text.into(),
             finish_reason,
+            stop_token_id: (finish_reason == FinishReason::Stop).then_some(2),
             model: "m".into(),
             retries: 0,
         }
@@ -1116,6 +1185,8 @@ mod tests {
             vec![vec![21, 22, 23], vec![31, end]]
         );
         assert_eq!(row.rejected_finish_reason, vec!["length", "stop"]);
+        assert_eq!(row.chosen_stop_token_id, Some(end));
+        assert_eq!(row.rejected_stop_token_id, vec![None, Some(end)]);
         assert_eq!(row.rejected, vec!["In Lyon, which is", "In Rome."]);
         // A cut chosen response is regenerated (attempt 1), not kept.
         let mut plan = plan_with(vec![
@@ -1137,6 +1208,97 @@ mod tests {
                 .events
                 .get("generator: regenerations after length"),
             Some(&1)
+        );
+    }
+
+    /// Issue 23 (item 4): a response ends with exactly the stop token the model wrote, not the
+    /// template's end of turn: a model that ends with `<|endoftext|>` (0) under a ChatML
+    /// template (end of turn `<|im_end|>`, 2) keeps its 0, recorded in the stop id columns. A
+    /// `stop` whose token the server did not identify gets no end id: a rejected one is kept
+    /// as written (stop id null, `rejected responses kept without a stop token id`), a chosen
+    /// one is regenerated like a cut one, then skipped (`stop token not identified by the
+    /// server`).
+    #[test]
+    fn a_response_ends_with_the_stop_token_the_model_wrote() {
+        let Some((policy, tok)) =
+            shared_policy_and_tokenizer("a_response_ends_with_the_stop_token_the_model_wrote")
+        else {
+            return;
+        };
+        let stats = RunStats::default();
+        let rejects = Rejects::in_memory();
+        let ctx = StageContext {
+            rejects: &rejects,
+            stats: &stats,
+        };
+        let cfg = |extra: &str| {
+            PipelineConfig::from_yaml_str(
+                &format!(
+                    "source: {{paths: [d.jsonl]}}\nmodel: {{path: m.gguf}}\n\
+                     generator: {{max_new_tokens: 48{extra}}}\nsampler: {{num_chunks: 2}}\n\
+                     chunker: {{chunk_size: 64}}\n"
+                ),
+                std::path::Path::new("/"),
+            )
+            .unwrap()
+        };
+        let stage =
+            GeneratorStage::try_new(&cfg(""), in_process(&policy), tok.clone(), chatml(&tok))
+                .unwrap();
+        assert_eq!(stage.template.end_of_turn(), 2);
+        let stopped = |ids: Vec<u32>, text: &str, stop: Option<u32>| Completion {
+            token_ids: ids,
+            stop_token_id: stop,
+            ..completion(text, FinishReason::Stop)
+        };
+        let mut plan = plan_with(vec![
+            stopped(vec![11, 12], "In Paris.", Some(0)),
+            stopped(vec![21], "In Lyon.", Some(2)),
+            stopped(vec![31, 32], "In Rome.", None),
+        ]);
+        stage.judge(&mut plan, &ctx);
+        assert_eq!(plan.skipped, None);
+        let RowOutcome::Keep(row) = stage.finish(plan).unwrap() else {
+            panic!("kept");
+        };
+        assert_eq!(row.chosen_input_ids, vec![11, 12, 0]);
+        assert_eq!(row.chosen_stop_token_id, Some(0));
+        assert_eq!(row.rejected_input_ids, vec![vec![21, 2], vec![31, 32]]);
+        assert_eq!(row.rejected_stop_token_id, vec![Some(2), None]);
+        assert_eq!(row.rejected_finish_reason, vec!["stop", "stop"]);
+        let batch = GeneratedRecord::to_batch(std::slice::from_ref(&row)).unwrap();
+        assert_eq!(GeneratedRecord::from_batch(&batch).unwrap(), vec![row]);
+
+        // A chosen response with an unidentified stop: regenerated, then skipped.
+        let chosen_unknown = || {
+            plan_with(vec![
+                stopped(vec![11], "In Paris.", None),
+                stopped(vec![21], "In Lyon.", Some(2)),
+                stopped(vec![31], "In Rome.", Some(2)),
+            ])
+        };
+        let mut plan = chosen_unknown();
+        stage.judge(&mut plan, &ctx);
+        assert!(plan.slots[0].as_ref().unwrap().pending);
+        let never = GeneratorStage::try_new(
+            &cfg(", max_regenerations: 0"),
+            in_process(&policy),
+            tok.clone(),
+            chatml(&tok),
+        )
+        .unwrap();
+        let mut plan = chosen_unknown();
+        never.judge(&mut plan, &ctx);
+        assert_eq!(plan.skipped, Some(SKIP_UNKNOWN_STOP));
+        let snap = stats.snapshot();
+        assert_eq!(
+            snap.events
+                .get("generator: regenerations after a stop without a stop token id"),
+            Some(&1)
+        );
+        assert_eq!(
+            snap.events.get("generator: regenerations after length"),
+            None
         );
     }
 }

@@ -38,7 +38,6 @@ use logo_formats::rejects::Reject;
 use logo_policy::backend::GenerationBackend;
 use logo_policy::model::GenerateOptions;
 use logo_policy::template::PromptTemplate;
-use logo_policy::tokenizer::{encode_text, UserPart};
 
 const STAGE: &str = "questions";
 
@@ -127,16 +126,32 @@ impl QuestionsStage {
         })
     }
 
-    /// The passage `[<= passage_tokens]` of `doc` shown to the model for `sample_id`.
-    /// Errors: [`EngineError::Tokenizer`].
-    fn passage(&self, sample_id: &str, doc: &str) -> Result<Vec<u32>> {
-        let ids = encode_text(&self.tokenizer, doc)?;
-        if ids.len() <= self.passage_tokens {
-            return Ok(ids);
+    /// The passage of `doc` shown to the model for `sample_id`: the text of a window of
+    /// `passage_tokens` tokens of the document's encoding (the whole document when shorter;
+    /// empty when it has no token), cut at the tokens' byte offsets widened to character
+    /// boundaries. Errors: [`EngineError::Tokenizer`].
+    fn passage<'d>(&self, sample_id: &str, doc: &'d str) -> Result<&'d str> {
+        let enc = self
+            .tokenizer
+            .encode(doc, false)
+            .map_err(|e| EngineError::Tokenizer(e.to_string()))?;
+        let offsets = enc.get_offsets();
+        if offsets.len() <= self.passage_tokens {
+            return Ok(if offsets.is_empty() { "" } else { doc });
         }
         let mut rng = rng_for(self.seed, &[STAGE, sample_id]);
-        let start = rng.random_range(0..=ids.len() - self.passage_tokens);
-        Ok(ids[start..start + self.passage_tokens].to_vec())
+        let start = rng.random_range(0..=offsets.len() - self.passage_tokens);
+        let mut from = offsets[start].0.min(doc.len());
+        while !doc.is_char_boundary(from) {
+            from -= 1;
+        }
+        let mut to = offsets[start + self.passage_tokens - 1]
+            .1
+            .clamp(from, doc.len());
+        while !doc.is_char_boundary(to) {
+            to += 1;
+        }
+        Ok(&doc[from..to])
     }
 
     /// Fills the question of one raw row: [`RowOutcome::Skip`] when the reply cannot be
@@ -146,7 +161,8 @@ impl QuestionsStage {
         mut row: DocumentRecord,
         ctx: &StageContext,
     ) -> Result<RowOutcome<DocumentRecord>> {
-        let passage = self.passage(&row.key.sample_id, &row.context)?;
+        let context = row.context.clone();
+        let passage = self.passage(&row.key.sample_id, &context)?;
         if passage.is_empty() {
             return Ok(RowOutcome::Reject(Reject {
                 stage: STAGE.into(),
@@ -172,7 +188,7 @@ impl QuestionsStage {
                     ..GenerateOptions::greedy(self.max_new_tokens)
                 }
             };
-            if let Some((question, answer)) = self.ask_once(&passage, &opts, ctx)? {
+            if let Some((question, answer)) = self.ask_once(passage, &opts, ctx)? {
                 row.key.question = Some(question);
                 row.key.answer = Some(answer);
                 row.key.question_origin = "generated".into();
@@ -186,7 +202,7 @@ impl QuestionsStage {
     /// question line with the model's answer to it. `None` when neither parses.
     fn ask_once(
         &self,
-        passage: &[u32],
+        passage: &str,
         opts: &GenerateOptions,
         ctx: &StageContext,
     ) -> Result<Option<(String, String)>> {
@@ -213,19 +229,14 @@ impl QuestionsStage {
     /// starts with `reply_prefix`. Counts the generated tokens.
     fn continue_reply(
         &self,
-        passage: &[u32],
+        passage: &str,
         reply_prefix: &str,
         opts: &GenerateOptions,
         ctx: &StageContext,
     ) -> Result<String> {
         let prompt = self.template.chat(
-            &self.tokenizer,
             SYSTEM,
-            &[
-                UserPart::Text(BEFORE_PASSAGE),
-                UserPart::Ids(passage),
-                UserPart::Text(AFTER_PASSAGE),
-            ],
+            &[BEFORE_PASSAGE, passage, AFTER_PASSAGE],
             reply_prefix,
         )?;
         let g = self.backend.complete(&prompt, opts)?;
@@ -327,7 +338,7 @@ mod tests {
     use std::sync::PoisonError;
 
     fn chatml(tok: &Tokenizer) -> PromptTemplate {
-        PromptTemplate::ChatMl(logo_policy::tokenizer::ChatTemplate::from_tokenizer(tok).unwrap())
+        PromptTemplate::chatml(tok).unwrap()
     }
     use crate::stage::RunStats;
     use logo_formats::rejects::Rejects;
@@ -416,6 +427,7 @@ mod tests {
                     token_ids: vec![5],
                     text: " The wall is long.".into(),
                     finish_reason: logo_policy::backend::FinishReason::Stop,
+                    stop_token_id: Some(2),
                     model: "stub".into(),
                     retries: 0,
                 })
@@ -533,14 +545,16 @@ mod tests {
         };
         let out = stage.process(input.clone(), &ctx).unwrap();
         assert_eq!(out, vec![input]);
-        // A 48-token window of the document, the same for the same sample id.
+        // The text of a 48-token window of the document, the same for the same sample id: it
+        // is a slice of the document whose own encoding is those 48 tokens.
         let text = doc("a:2", None).context;
-        let all = encode_text(&tok, &text).unwrap();
+        let all = logo_policy::tokenizer::encode_text(&tok, &text).unwrap();
         assert!(all.len() > 48);
         let p = stage.passage("a:2#q0", &text).unwrap();
-        assert_eq!(p.len(), 48);
+        assert!(text.contains(p) && p.len() < text.len(), "{p:?}");
         assert_eq!(p, stage.passage("a:2#q0", &text).unwrap());
-        assert!(all.windows(48).any(|w| w == p.as_slice()));
+        let ids = logo_policy::tokenizer::encode_text(&tok, p).unwrap();
+        assert!(all.windows(48).any(|w| w == ids.as_slice()), "{ids:?}");
         // Too long a passage for the model's window is a config error.
         let mut raw = config(true).into_raw();
         raw.questions.passage_tokens = 8100; // + 40 answer + 128 > 8192 (dense f32 backend)

@@ -46,6 +46,10 @@
 //! The API key (from the variable `generator.openai.api_key_env`) goes only into the
 //! `Authorization: Bearer` header: it is not in `Debug`, in `describe()`, or in any error (a
 //! server's error body is redacted before it is quoted).
+//!
+//! Why this file is over 600 lines: one file per backend (as the engine has one per stage);
+//! the request, the three servers' ways of naming the stop token, retries and the reply's
+//! checks belong to one protocol and are read together.
 
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
